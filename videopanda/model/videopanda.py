@@ -1,0 +1,438 @@
+"""Video-Panda: the STAB and an `mlp2x_gelu` projector in front of a Llama causal LM (SPEC sections 1-3, 5).
+
+Shapes: B = batch, S = sequence length, L = LLM width, D = STAB width, C = chunks, T = frames per chunk.
+
+A sample's `input_ids` hold one FRAME_TOKEN_INDEX (-200) per frame of its video; each is replaced, in
+frame order, by that frame's projected STAB tokens (1 + rows*(cols+1) of them), the labels there
+become IGNORE_INDEX, and the expanded sequences are re-padded (right for training, left for
+generation). All videos of a batch go through the STAB in one call (their chunks concatenated on C)
+and through the projector in one call (all frames' tokens concatenated).
+
+Choices where SPEC is silent (see also docs/DESIGN.md):
+- Distillation reads the hidden states `distill.distill_layer_indices(n)`: 32, 28, ..., 0 for the
+  32-layer LLM (`hidden_states[n]` is the final normed output, `[0]` the input embeddings; checked for
+  transformers 5). A smaller LLM uses every floor(n/8)-th state, repeating indices when n < 8.
+- ZeRO-3 keeps parameters partitioned and gathers them in module hooks, so every rank has to run the
+  same modules every step. In training (grad enabled), a batch without any video still runs the STAB
+  and projector (and, with distillation, the teacher and head) on one dummy chunk of T frames of
+  2x2 patches, and adds 0 x their output to the loss. Inference keeps the text path plain.
+- Checkpoints: `from_pretrained` reads the released layout through a registered key mapping
+  (`checkpoint.register_released_key_mapping`), and `save_pretrained` writes the same layout (the
+  STAB under the released names, safetensors).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from huggingface_hub.dataclasses import strict
+from torch import Tensor, nn
+from transformers import LlamaConfig, LlamaForCausalLM, LlamaModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.models.llama.modeling_llama import LlamaPreTrainedModel
+from transformers.utils import can_return_tuple
+
+from videopanda.constants import (
+    FRAME_TOKEN_INDEX,
+    FRAMES_PER_CHUNK,
+    IGNORE_INDEX,
+    NUM_FRAMES,
+    STUDENT_IMAGE_SIZE,
+    TEACHER_IMAGE_SIZE,
+)
+from videopanda.log import get_logger
+from videopanda.model.checkpoint import IGNORED_ON_LOAD, MODEL_TYPE
+from videopanda.model.distill import distill_layer_indices, distillation_loss
+from videopanda.model.stab import SpatioTemporalAlignmentBlock, STABConfig
+
+logger = get_logger(__name__)
+
+
+@strict
+class VideoPandaConfig(LlamaConfig):
+    """Llama fields (7B defaults: 4096 wide, 32 layers, vocab 32000, 4096 positions, eps 1e-5) plus the
+    released multimodal fields and ours.
+
+    `stab` is an `STABConfig` as a dict; released configs have none, so it is derived from
+    `video_hidden_size` and `frames_per_chunk` with the 7B defaults for the rest. `mm_video_tower`
+    (a folder path relative to the original training run) is only recorded, never opened.
+    """
+
+    model_type = MODEL_TYPE
+
+    max_position_embeddings: int = 4096
+    rms_norm_eps: float = 1e-5
+    mm_video_tower: str | None = None
+    mm_vision_tower: str | None = None
+    video_hidden_size: int = 1024
+    mm_hidden_size: int = 1024
+    mm_projector_type: str = "mlp2x_gelu"
+    video_tower_teacher: str | None = "LanguageBind/LanguageBind_Video_merge"
+    requires_video_distill: bool = True
+    requires_image_distill: bool = False
+    mm_use_im_start_end: bool = False
+    mm_vision_select_layer: int = -2
+    stab: dict | None = None
+    num_frames: int = NUM_FRAMES
+    frames_per_chunk: int = FRAMES_PER_CHUNK
+    image_size: int = STUDENT_IMAGE_SIZE
+    teacher_image_size: int = TEACHER_IMAGE_SIZE
+
+    def __post_init__(self, **kwargs):
+        known = {f.name for f in fields(STABConfig)}
+        given = dict(self.stab or {})
+        unknown = sorted(set(given) - known)
+        if unknown:
+            raise ValueError(f"VideoPandaConfig.stab has unknown fields {unknown} (STABConfig has {sorted(known)})")
+        given.setdefault("width", self.video_hidden_size)
+        given.setdefault("frames_per_chunk", self.frames_per_chunk)
+        self.stab = asdict(STABConfig(**given))
+        super().__post_init__(**kwargs)
+        self._check_multimodal_fields()
+
+    def _check_multimodal_fields(self) -> None:
+        """Raises ValueError on fields that contradict each other (plain ValueError, unlike `@strict`'s
+        validators, so callers see the message directly)."""
+        width = self.stab["width"]
+        if width != self.video_hidden_size or width != self.mm_hidden_size:
+            raise ValueError(f"STAB width {width} must equal video_hidden_size ({self.video_hidden_size}) "
+                             f"and mm_hidden_size ({self.mm_hidden_size})")
+        if self.mm_projector_type != "mlp2x_gelu":
+            raise ValueError(f"mm_projector_type {self.mm_projector_type!r} is not supported (only 'mlp2x_gelu')")
+        if self.stab["frames_per_chunk"] != self.frames_per_chunk:
+            raise ValueError(f"stab.frames_per_chunk {self.stab['frames_per_chunk']} != "
+                             f"frames_per_chunk {self.frames_per_chunk}")
+        if self.num_frames % self.frames_per_chunk:
+            raise ValueError(f"num_frames {self.num_frames} is not a multiple of frames_per_chunk {self.frames_per_chunk}")
+
+    @property
+    def stab_config(self) -> STABConfig:
+        return STABConfig(**self.stab)
+
+
+@dataclass
+class VideoPandaCausalLMOutput(CausalLMOutputWithPast):
+    """`loss` = lm_loss + distill_loss when distilling; both parts are also reported alone."""
+
+    lm_loss: torch.FloatTensor | None = None
+    distill_loss: torch.FloatTensor | None = None
+
+
+@dataclass
+class MultimodalInputs:
+    """Expanded batch: inputs_embeds (B, S', L), attention_mask (B, S'), labels (B, S') or None, and per
+    sample the start position, token count and grid of each frame in the expanded sequence."""
+
+    inputs_embeds: Tensor
+    attention_mask: Tensor
+    labels: Tensor | None
+    frame_spans: list[list[tuple[int, int, tuple[int, int]]]]
+
+
+def _stab_of(model: nn.Module) -> nn.Module | None:
+    inner = getattr(model, "model", model)
+    return getattr(inner, "video_tower", None)
+
+
+class VideoPandaPreTrainedModel(LlamaPreTrainedModel):
+    config: VideoPandaConfig
+    config_class = VideoPandaConfig
+    _no_split_modules = ["LlamaDecoderLayer", "SpatioTemporalAlignmentBlock"]
+    _keys_to_ignore_on_load_unexpected = list(IGNORED_ON_LOAD)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Llama's init for the LLM and projector; the STAB uses its own `reset_parameters` (zero-started
+        LSTE/GSTRA outputs, balance 0, ...), which transformers' generic per-layer init would overwrite.
+        transformers guards `torch.nn.init` during this call, so tensors already loaded stay untouched."""
+        stab = _stab_of(self)
+        if module is stab:
+            stab.reset_parameters()
+        elif stab is None or not any(module is m for m in stab.modules()):
+            super()._init_weights(module)
+
+
+class VideoPandaModel(VideoPandaPreTrainedModel, LlamaModel):
+    """The Llama decoder plus `video_tower` (STAB) and `video_projector` (Linear(D, L) -> GELU -> Linear(L, L))."""
+
+    def __init__(self, config: VideoPandaConfig):
+        super().__init__(config)
+        self.video_tower = SpatioTemporalAlignmentBlock(config.stab_config)
+        self.video_projector = nn.Sequential(
+            nn.Linear(config.mm_hidden_size, config.hidden_size), nn.GELU(), nn.Linear(config.hidden_size, config.hidden_size)
+        )
+        self.post_init()
+
+
+class VideoPandaForCausalLM(VideoPandaPreTrainedModel, LlamaForCausalLM):
+    """Llama causal LM whose inputs may carry video frames; see the module docstring."""
+
+    def __init__(self, config: VideoPandaConfig):
+        # LlamaForCausalLM.__init__ would first build a plain LlamaModel; build ours directly.
+        LlamaPreTrainedModel.__init__(self, config)
+        self.model = VideoPandaModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    # ---- distillation --------------------------------------------------------------------------
+
+    @property
+    def distillation_enabled(self) -> bool:
+        return hasattr(self.model, "video_teacher") and hasattr(self.model, "video_tower_compressor")
+
+    def enable_distillation(self, teacher: nn.Module, head: nn.Module) -> None:
+        """Attach the frozen teacher (`model.video_teacher`) and the trainable head
+        (`model.video_tower_compressor`), the released checkpoint's names."""
+        teacher.requires_grad_(False)
+        teacher.eval()
+        self.model.video_teacher = teacher
+        self.model.video_tower_compressor = head
+
+    # ---- visual tokens ---------------------------------------------------------------------------
+
+    def encode_videos(self, videos: list[Tensor | None]) -> tuple[list[list[Tensor]], list[list[tuple[int, int]]]]:
+        """videos: per sample (C, T, 4, H, W) or None -> per sample, per frame: projected tokens (n_i, L) and grid.
+
+        One STAB call on all chunks and one projector call on all frames' tokens."""
+        present = [v for v in videos if v is not None]
+        tokens: list[list[Tensor]] = [[] for _ in videos]
+        grids: list[list[tuple[int, int]]] = [[] for _ in videos]
+        if not present:
+            return tokens, grids
+        for i, v in enumerate(videos):
+            if v is not None and (v.dim() != 5 or v.shape[1:] != present[0].shape[1:]):
+                raise ValueError(f"sample {i}: video tensor {tuple(v.shape)} does not match (C, T, 4, H, W) "
+                                 f"of the batch's other videos {tuple(present[0].shape)}")
+        stab = self.model.video_tower
+        param = next(stab.parameters())
+        frames = torch.cat(present).to(device=param.device, dtype=param.dtype)
+        frame_tokens, frame_grids = stab(frames)
+        counts = [t.shape[0] for t in frame_tokens]
+        projected = self.model.video_projector(torch.cat(frame_tokens)).split(counts)
+        start = 0
+        for i, v in enumerate(videos):
+            if v is None:
+                continue
+            n = v.shape[0] * v.shape[1]
+            tokens[i] = list(projected[start:start + n])
+            grids[i] = list(frame_grids[start:start + n])
+            start += n
+        return tokens, grids
+
+    def embed_multimodal(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None,
+        labels: Tensor | None,
+        videos: list[Tensor | None] | None,
+        padding_side: str = "right",
+    ) -> MultimodalInputs:
+        """Replace each -200 of `input_ids` (B, S) by one frame's projected tokens (frame k -> k-th
+        placeholder of its sample) and re-pad on `padding_side`. Padding positions (attention 0) of the
+        input are dropped first, so either padding side is accepted."""
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        batch = input_ids.shape[0]
+        videos = list(videos) if videos is not None else [None] * batch
+        if len(videos) != batch:
+            raise ValueError(f"{len(videos)} videos for a batch of {batch} samples (use None for text-only samples)")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        frame_tokens, frame_grids = self.encode_videos(videos)
+        embeds = self.get_input_embeddings()(input_ids.clamp(min=0))
+        sequences, label_seqs, spans = [], [], []
+        for b in range(batch):
+            keep = attention_mask[b].bool()
+            ids, emb = input_ids[b][keep], embeds[b][keep]
+            lab = labels[b][keep] if labels is not None else None
+            slots = (ids == FRAME_TOKEN_INDEX).nonzero().flatten().tolist()
+            if len(slots) != len(frame_tokens[b]):
+                raise ValueError(f"sample {b}: {len(slots)} frame placeholders ({FRAME_TOKEN_INDEX}) in input_ids "
+                                 f"but {len(frame_tokens[b])} frames in its video")
+            pieces, label_pieces, sample_spans = [], [], []
+            cursor, length = 0, 0
+            for slot, tokens, grid in zip(slots, frame_tokens[b], frame_grids[b]):
+                pieces += [emb[cursor:slot], tokens.to(emb.dtype)]
+                length += slot - cursor
+                sample_spans.append((length, tokens.shape[0], grid))
+                length += tokens.shape[0]
+                if lab is not None:
+                    label_pieces += [lab[cursor:slot], lab.new_full((tokens.shape[0],), IGNORE_INDEX)]
+                cursor = slot + 1
+            pieces.append(emb[cursor:])
+            if lab is not None:
+                label_pieces.append(lab[cursor:])
+            sequences.append(torch.cat(pieces))
+            label_seqs.append(torch.cat(label_pieces) if lab is not None else None)
+            spans.append(sample_spans)
+        width = max(s.shape[0] for s in sequences)
+        out_embeds = embeds.new_zeros((batch, width, embeds.shape[-1]))
+        out_mask = attention_mask.new_zeros((batch, width))
+        out_labels = labels.new_full((batch, width), IGNORE_INDEX) if labels is not None else None
+        for b, seq in enumerate(sequences):
+            n = seq.shape[0]
+            offset = width - n if padding_side == "left" else 0
+            out_embeds[b, offset:offset + n] = seq
+            out_mask[b, offset:offset + n] = 1
+            if out_labels is not None:
+                out_labels[b, offset:offset + n] = label_seqs[b]
+            spans[b] = [(start + offset, count, grid) for start, count, grid in spans[b]]
+        return MultimodalInputs(out_embeds, out_mask, out_labels, spans)
+
+    # ---- forward ---------------------------------------------------------------------------------
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values=None,
+        inputs_embeds: Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | Tensor = 0,
+        videos: list[Tensor | None] | None = None,
+        teacher_videos: list[Tensor | None] | None = None,
+        **kwargs,
+    ) -> VideoPandaCausalLMOutput:
+        """input_ids (B, S) with -200 per frame; videos: per sample (C, T, 4, H, W) or None;
+        teacher_videos (training): per sample (C, T, 4, 224, 224) or None -> logits (B, S', V), where
+        S' is the expanded length. Position ids cannot be given together with frame placeholders."""
+        has_video = videos is not None and any(v is not None for v in videos)
+        has_slots = input_ids is not None and bool((input_ids == FRAME_TOKEN_INDEX).any())
+        spans: list = []
+        if has_video or has_slots:
+            if inputs_embeds is not None:
+                raise ValueError("pass either input_ids with frame placeholders and videos, or inputs_embeds")
+            if position_ids is not None:
+                raise ValueError("position_ids cannot be given with frame placeholders: they change the sequence length")
+            merged = self.embed_multimodal(input_ids, attention_mask, labels, videos)
+            input_ids, inputs_embeds = None, merged.inputs_embeds
+            attention_mask, labels, spans = merged.attention_mask, merged.labels, merged.frame_spans
+
+        distill = teacher_videos is not None and self.distillation_enabled
+        want_hidden = bool(kwargs.pop("output_hidden_states", False))
+        outputs = super().forward(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            labels=labels,
+            use_cache=use_cache,
+            logits_to_keep=logits_to_keep,
+            output_hidden_states=want_hidden or (distill and has_video),
+            return_dict=True,
+            **kwargs,
+        )
+        lm_loss, distill_loss, lockstep = outputs.loss, None, None
+        if distill and has_video:
+            distill_loss = self._distillation(outputs.hidden_states, videos, teacher_videos, spans)
+        elif self.training and torch.is_grad_enabled() and not has_video:
+            lockstep = self._lockstep_dummy(distill)
+            distill_loss = lockstep if distill else None
+        loss = lm_loss
+        if distill_loss is not None:
+            loss = distill_loss if loss is None else loss + distill_loss
+        elif lockstep is not None and loss is not None:
+            loss = loss + lockstep
+        return VideoPandaCausalLMOutput(
+            loss=loss,
+            logits=outputs.logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states if want_hidden else None,
+            attentions=outputs.attentions,
+            lm_loss=lm_loss,
+            distill_loss=distill_loss,
+        )
+
+    def _distillation(self, hidden_states, videos, teacher_videos, spans) -> Tensor:
+        """Head on the LLM states at each content frame's grid positions vs the teacher's features."""
+        teacher, head = self.model.video_teacher, self.model.video_tower_compressor
+        if len(teacher_videos) != len(videos):
+            raise ValueError(f"{len(teacher_videos)} teacher videos for {len(videos)} videos")
+        batch_index, positions, grids, content, teacher_frames = [], [], [], [], []
+        for b, (video, teacher_video) in enumerate(zip(videos, teacher_videos)):
+            if (video is None) != (teacher_video is None) or (
+                video is not None and video.shape[:2] != teacher_video.shape[:2]
+            ):
+                raise ValueError(f"sample {b}: teacher video {None if teacher_video is None else tuple(teacher_video.shape)} "
+                                 f"does not match video {None if video is None else tuple(video.shape)}")
+            if video is None:
+                continue
+            teacher_frames.append(teacher_video)
+            has_content = video[:, :, 3].flatten(2).ne(0).any(-1).flatten().tolist()  # per frame, frame order
+            for (start, count, (rows, cols)), keep in zip(spans[b], has_content):
+                content.append(keep)
+                if not keep:
+                    continue
+                row_len = cols + 1 if count == 1 + rows * (cols + 1) else cols
+                grid = torch.arange(rows)[:, None] * row_len + torch.arange(cols)[None, :]
+                positions.append(start + 1 + grid.flatten())
+                batch_index.append(torch.full((rows * cols,), b))
+                grids.append((rows, cols))
+        device = hidden_states[0].device
+        index_b = torch.cat(batch_index).to(device) if batch_index else torch.zeros(0, dtype=torch.long, device=device)
+        index_p = torch.cat(positions).to(device) if positions else index_b
+        layers = distill_layer_indices(len(hidden_states) - 1, head.num_layers_used)
+        student = head([hidden_states[i][index_b, index_p] for i in layers]).split([r * c for r, c in grids])
+        frames = torch.cat(teacher_frames)
+        param = next(teacher.parameters())
+        features = teacher(frames.to(device=param.device, dtype=param.dtype))
+        keep = torch.tensor(content, device=features.device)
+        valid = self._teacher_valid(frames, teacher.grid_size).to(features.device)
+        return distillation_loss(list(student), grids, features[keep], valid[keep])
+
+    @staticmethod
+    def _teacher_valid(frames: Tensor, grid: int) -> Tensor:
+        """(C, T, 4, S, S) teacher frames -> (C*T, grid, grid) bool: patches that are at least half real pixels."""
+        mask = frames[:, :, 3].flatten(0, 1).float()
+        return F.adaptive_avg_pool2d(mask, grid) >= 0.5
+
+    def _lockstep_dummy(self, distill: bool) -> Tensor:
+        """Run the visual modules on one tiny chunk so every rank calls the same modules (ZeRO-3); returns 0."""
+        cfg = self.config.stab_config
+        side = cfg.patch_size * cfg.window
+        param = next(self.model.video_tower.parameters())
+        frames = torch.zeros((1, cfg.frames_per_chunk, 4, side, side), device=param.device, dtype=param.dtype)
+        frames[:, :, 3] = 1
+        tokens, _ = self.model.video_tower(frames)
+        projected = self.model.video_projector(torch.cat(tokens))
+        total = projected.float().sum() * 0.0
+        if distill:
+            head, teacher = self.model.video_tower_compressor, self.model.video_teacher
+            total = total + head([projected] * head.num_layers_used).float().sum() * 0.0
+            size = teacher.config.image_size
+            tparam = next(teacher.parameters())
+            teacher(torch.zeros((1, cfg.frames_per_chunk, 3, size, size), device=tparam.device, dtype=tparam.dtype))
+        return total
+
+    # ---- generation ------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(self, input_ids: Tensor | None = None, videos: list[Tensor | None] | None = None,
+                 attention_mask: Tensor | None = None, **kwargs):
+        """With `videos`, the prompt (B, S) with -200 placeholders is expanded once into left-padded
+        `inputs_embeds` and decoding continues from those; the result then holds only the new tokens
+        (B, new). Without `videos` this is the plain Llama `generate`."""
+        if videos is None:
+            return super().generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        merged = self.embed_multimodal(input_ids, attention_mask, None, videos, padding_side="left")
+        return super().generate(inputs_embeds=merged.inputs_embeds, attention_mask=merged.attention_mask, **kwargs)
+
+    def prepare_inputs_for_generation(self, input_ids, next_sequence_length=None, past_key_values=None,
+                                      attention_mask=None, inputs_embeds=None, is_first_iteration=False, **kwargs):
+        """Without a KV cache every step re-reads the whole sequence: the prompt embeddings (video
+        tokens included) followed by the embeddings of the tokens generated so far."""
+        if inputs_embeds is not None and not is_first_iteration and next_sequence_length is None:
+            inputs_embeds = torch.cat([inputs_embeds, self.get_input_embeddings()(input_ids)], dim=1)
+            is_first_iteration = True
+        return super().prepare_inputs_for_generation(
+            input_ids, next_sequence_length=next_sequence_length, past_key_values=past_key_values,
+            attention_mask=attention_mask, inputs_embeds=inputs_embeds, is_first_iteration=is_first_iteration, **kwargs
+        )
+
+
+__all__ = ["VideoPandaConfig", "VideoPandaModel", "VideoPandaForCausalLM", "VideoPandaCausalLMOutput"]
