@@ -1,0 +1,121 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers.media import make_frames
+
+from videopanda.constants import PAD_COLOR, PIXEL_MEAN, PIXEL_STD
+from videopanda.data.frames import FrameConfig, Placement, frame_placement, preprocess_video
+
+CONFIG = FrameConfig()
+
+
+def normalised(rgb) -> torch.Tensor:
+    return (torch.tensor(rgb, dtype=torch.float32) / 255 - torch.tensor(PIXEL_MEAN)) / torch.tensor(PIXEL_STD)
+
+
+@pytest.mark.parametrize(
+    "height, width, teacher",
+    [
+        # (teacher height, width, top, left): worked out by hand from SPEC section 4.
+        (48, 64, (168, 224, 28, 0)),  # 224*48/64/14 = 12 patches; (16-12)//2 = 2 -> 28
+        (64, 48, (224, 168, 0, 28)),
+        (96, 64, (224, 154, 0, 28)),  # 10.67 -> 11 patches; (16-11)//2 = 2
+        (1080, 1920, (126, 224, 42, 0)),  # 9 patches; (16-9)//2 = 3
+        (240, 320, (168, 224, 28, 0)),
+        (100, 100, (224, 224, 0, 0)),
+        (10, 1000, (14, 224, 98, 0)),  # 0.16 -> 1 patch; (16-1)//2 = 7
+        (50, 260, (56, 224, 84, 0)),  # 3.08 -> 4 patches; (16-4)//2 = 6
+    ],
+)
+def test_placement_teacher_grid_and_student_twice(height, width, teacher):
+    student_place, teacher_place = frame_placement(height, width, CONFIG)
+    assert teacher_place == Placement(*teacher, canvas=224)
+    assert student_place == Placement(*(2 * v for v in teacher), canvas=448)
+
+
+def check_layout(tensor: torch.Tensor, place: Placement, n_real: int):
+    size = place.canvas
+    assert tuple(tensor.shape) == (2, 4, 4, size, size)
+    frames = tensor.reshape(8, 4, size, size)
+    expected_mask = torch.zeros(size, size)
+    expected_mask[place.top : place.top + place.height, place.left : place.left + place.width] = 1
+    real = frames[:n_real]
+    assert torch.equal(real[:, 3], expected_mask.expand(n_real, size, size))
+    outside = expected_mask == 0
+    pad = normalised(PAD_COLOR).view(1, 3, 1)
+    on_canvas = real[:, :3].flatten(2)[:, :, outside.flatten()]
+    assert torch.allclose(on_canvas, pad.expand_as(on_canvas), atol=1e-6)
+    assert torch.count_nonzero(frames[n_real:]) == 0
+
+
+@pytest.mark.parametrize("height, width, n", [(48, 64, 8), (64, 48, 3), (30, 30, 1)])
+def test_student_and_teacher_layout(height, width, n):
+    frames = torch.from_numpy(make_frames(n, height, width))
+    student, teacher = preprocess_video(frames, CONFIG)
+    student_place, teacher_place = frame_placement(height, width, CONFIG)
+    check_layout(student, student_place, n)
+    check_layout(teacher, teacher_place, n)
+    assert student.dtype == teacher.dtype == torch.float32
+
+
+def test_constant_colour_is_normalised_exactly():
+    frames = np.zeros((2, 40, 60, 3), dtype=np.uint8)
+    frames[...] = (200, 100, 50)
+    student, teacher = preprocess_video(frames, CONFIG)
+    for tensor, place in zip((student, teacher), frame_placement(40, 60, CONFIG)):
+        content = tensor[0, 0, :3, place.top : place.top + place.height, place.left : place.left + place.width]
+        assert torch.allclose(content, normalised((200, 100, 50)).view(3, 1, 1).expand_as(content), atol=1e-6)
+
+
+def test_student_content_pools_down_to_the_teacher():
+    # Rendered separately from the same source, the 448 frame average-pooled 2x2 is close to the 224 one.
+    frames = torch.from_numpy(make_frames(1, 96, 128, seed=3))
+    student, teacher = preprocess_video(frames, CONFIG)
+    pooled = F.avg_pool2d(student[0, 0], 2)
+    assert torch.equal(pooled[3], teacher[0, 0, 3])
+    inside = teacher[0, 0, 3] > 0
+    assert (pooled[:3] - teacher[0, 0, :3])[:, inside].abs().mean() < 0.05
+
+
+def test_flip_is_identical_for_student_and_teacher_and_only_on_request():
+    frames = make_frames(4, 48, 64, seed=7)
+    student, teacher = preprocess_video(frames, CONFIG, flip=True)
+    mirrored_student, mirrored_teacher = preprocess_video(np.ascontiguousarray(frames[:, :, ::-1]), CONFIG)
+    assert torch.equal(student, mirrored_student) and torch.equal(teacher, mirrored_teacher)
+    plain_student, plain_teacher = preprocess_video(frames, CONFIG)
+    assert not torch.equal(student, plain_student) and not torch.equal(teacher, plain_teacher)
+    assert torch.equal(student[..., 3, :, :], plain_student[..., 3, :, :])  # the padding geometry does not move
+
+
+def test_other_frame_counts_and_sizes():
+    config = FrameConfig(num_frames=16, image_size=56, teacher_image_size=28)
+    student, teacher = preprocess_video(make_frames(5, 48, 64), config)
+    assert tuple(student.shape) == (4, 4, 4, 56, 56) and tuple(teacher.shape) == (4, 4, 4, 28, 28)
+    assert torch.count_nonzero(student.reshape(16, -1)[5:]) == 0
+    assert all(torch.count_nonzero(f) > 0 for f in student.reshape(16, -1)[:5])
+
+
+@pytest.mark.parametrize("kwargs", [{"num_frames": 6}, {"num_frames": 0}, {"image_size": 300}, {"teacher_image_size": 100}])
+def test_invalid_configs_are_refused(kwargs):
+    with pytest.raises(ValueError):
+        FrameConfig(**kwargs)
+
+
+def test_invalid_inputs_are_refused():
+    with pytest.raises(ValueError, match="expected 1 to 8 frames"):
+        preprocess_video(make_frames(9), CONFIG)
+    with pytest.raises(ValueError, match="uint8"):
+        preprocess_video(torch.zeros(2, 48, 64, 3), CONFIG)
+
+
+def test_resize_matches_pil_bicubic_within_one_grey_level():
+    from PIL import Image
+
+    frames = make_frames(1, 48, 64, seed=9)
+    student, _ = preprocess_video(frames, CONFIG)
+    place, _ = frame_placement(48, 64, CONFIG)
+    content = student[0, 0, :3, place.top : place.top + place.height, place.left : place.left + place.width]
+    rgb = (content * torch.tensor(PIXEL_STD).view(3, 1, 1) + torch.tensor(PIXEL_MEAN).view(3, 1, 1)) * 255
+    pil = np.asarray(Image.fromarray(frames[0]).resize((place.width, place.height), Image.BICUBIC))
+    assert (rgb - torch.from_numpy(pil.copy()).permute(2, 0, 1).float()).abs().max() <= 1.01

@@ -1,0 +1,141 @@
+import numpy as np
+import pytest
+import torch
+from helpers.media import CORPUS, frame_index, make_frames, write_video
+
+from videopanda.data.video import VideoReadError, _read_pyav, read_video, sample_indices
+
+BROKEN = {name: kind for name, kind in CORPUS.items() if kind}
+
+
+def indices_of(frames: torch.Tensor) -> list[int]:
+    return [frame_index(f) for f in frames.numpy()]
+
+
+# --- sampling rule (SPEC section 4), on numbers ---
+
+def test_dense_grid_picks_num_frames_grid_points_with_integer_linspace():
+    # 100 frames at 5 fps: the 1 fps grid is 0, 5, ..., 95 (20 points); linspace over 20 positions.
+    grid = list(range(0, 100, 5))
+    expected = [grid[int(p)] for p in np.linspace(0, 19, 8)]
+    assert sample_indices(100, 5.0, 8) == expected == [0, 10, 25, 40, 50, 65, 80, 95]
+
+
+def test_grid_with_exactly_num_frames_points_is_the_grid():
+    assert sample_indices(80, 10.0, 8) == list(range(0, 80, 10))
+
+
+def test_sparse_grid_spreads_over_all_frames():
+    # 12 frames at 10 fps: grid 0, 10 (2 points < 8) -> 8 indices evenly over the 12 frames.
+    assert sample_indices(12, 10.0, 8) == [int(x) for x in np.linspace(0, 11, 8)] == [0, 1, 3, 4, 6, 7, 9, 11]
+
+
+@pytest.mark.parametrize("total", [1, 3, 7])
+def test_clips_shorter_than_num_frames_return_every_frame(total):
+    assert sample_indices(total, 25.0, 8) == list(range(total))
+
+
+@pytest.mark.parametrize("fps", [0.25, 0.49, 0.0, float("nan"), -3.0])
+def test_slow_or_unknown_frame_rate_uses_stride_one(fps):
+    assert sample_indices(20, fps, 8) == [int(x) for x in np.linspace(0, 19, 8)]
+
+
+def test_python_rounding_of_the_stride():
+    # 2.5 fps rounds to a stride of 2 (Python's round), 29.97 to 30.
+    assert sample_indices(40, 2.5, 8) == [int(x) * 2 for x in np.linspace(0, 19, 8)]
+    assert sample_indices(300, 29.97, 8) == [int(x) * 30 for x in np.linspace(0, 9, 8)]
+
+
+def test_window_in_seconds():
+    # frames floor(3 * 5) = 15 .. ceil(9.5 * 5) - 1 = 47; grid 15, 20, ..., 45 has 7 points < 8.
+    assert sample_indices(100, 5.0, 8, start=3, end=9.5) == [int(x) for x in np.linspace(15, 47, 8)]
+    assert sample_indices(100, 5.0, 8, start=10) == [50 + 5 * int(x) for x in np.linspace(0, 9, 8)]
+
+
+def test_num_frames_is_configurable():
+    picks = sample_indices(1000, 10.0, 16)
+    assert len(picks) == 16 and all(p % 10 == 0 for p in picks) and picks[0] == 0 and picks[-1] == 990
+
+
+def test_bad_windows_are_refused():
+    with pytest.raises(ValueError, match="no frames between"):
+        sample_indices(100, 5.0, 8, start=30)
+    with pytest.raises(ValueError, match="frame rate is unknown"):
+        sample_indices(100, 0.0, 8, start=1)
+
+
+# --- real files ---
+
+@pytest.mark.parametrize("name, shape", [("wide.mp4", (48, 64)), ("portrait.mp4", (64, 48))])
+def test_aspect_ratio_is_kept(media_dir, name, shape):
+    frames = read_video(media_dir / name)
+    assert frames.dtype == torch.uint8 and tuple(frames.shape) == (8, *shape, 3)
+    assert indices_of(frames) == [0, 1, 3, 4, 6, 7, 9, 11]  # 12 frames at 10 fps: sparse grid
+
+
+def test_one_and_three_frame_clips(media_dir):
+    assert indices_of(read_video(media_dir / "one_frame.mp4")) == [0]
+    assert indices_of(read_video(media_dir / "three_frames.mp4")) == [0, 1, 2]
+
+
+def test_slow_gif_below_half_a_frame_per_second(media_dir):
+    frames = read_video(media_dir / "slow.gif")  # 5 frames at 0.25 fps: decord refuses GIFs, PyAV reads it
+    assert tuple(frames.shape) == (5, 48, 64, 3)
+    assert indices_of(frames) == [0, 1, 2, 3, 4]
+
+
+def test_long_clip_follows_the_one_fps_grid(media_dir):
+    assert indices_of(read_video(media_dir / "long.mp4")) == [0, 10, 25, 40, 50, 65, 80, 95]
+    assert indices_of(read_video(media_dir / "long.mp4", start=10, end=20)) == [50 + 5 * int(x) for x in np.linspace(0, 9, 8)]
+    assert len(read_video(media_dir / "long.mp4", num_frames=4)) == 4
+
+
+def test_pixels_survive_decoding(media_dir):
+    decoded = read_video(media_dir / "long.mp4").numpy().astype(int)
+    source = make_frames(100, seed=5)[[0, 10, 25, 40, 50, 65, 80, 95]].astype(int)
+    assert np.abs(decoded - source).mean() < 3
+
+
+def test_pyav_fallback_samples_the_same_frames_as_decord(media_dir):
+    for name in ("long.mp4", "wide.mp4", "clip.avi"):
+        via_pyav = torch.from_numpy(np.stack(_read_pyav(media_dir / name, 8, None, None)))
+        assert indices_of(via_pyav) == indices_of(read_video(media_dir / name)), name
+
+
+def test_gif_frame_rate_and_window(tmp_path):
+    path = write_video(tmp_path / "g.gif", make_frames(40), fps=5)
+    assert indices_of(read_video(path)) == [5 * int(x) for x in np.linspace(0, 7, 8)]
+    # window 2-4 s = frames 10..19; its grid (10, 15) is sparse -> 8 of the 10 frames by linspace.
+    assert indices_of(read_video(path, start=2, end=4)) == [int(x) for x in np.linspace(10, 19, 8)]
+
+
+@pytest.mark.parametrize("name", sorted(BROKEN))
+def test_broken_files_raise_a_clear_error(media_dir, name):
+    with pytest.raises(VideoReadError) as info:
+        read_video(media_dir / name)
+    error = info.value
+    assert error.kind == BROKEN[name]
+    assert str(media_dir / name) in str(error) and error.reason in str(error)
+    assert {"missing": "not found", "empty": "empty", "unreadable": "cannot decode"}[error.kind] in error.reason
+
+
+def test_window_outside_the_clip_is_a_read_error_naming_the_file(media_dir):
+    with pytest.raises(VideoReadError, match="long.mp4.*no frames between"):
+        read_video(media_dir / "long.mp4", start=100)
+
+
+def test_a_folder_is_not_a_video(media_dir):
+    with pytest.raises(VideoReadError, match="not a regular file"):
+        read_video(media_dir)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, kind in CORPUS.items() if kind is None))
+def test_every_good_corpus_file_reads(media_dir, name):
+    frames = read_video(media_dir / name)
+    assert frames.dtype == torch.uint8 and 1 <= len(frames) <= 8 and frames.shape[-1] == 3
+    assert indices_of(frames) == sorted(set(indices_of(frames)))  # distinct, in time order
+
+
+def test_num_frames_must_be_positive(media_dir):
+    with pytest.raises(ValueError, match="num_frames"):
+        read_video(media_dir / "wide.mp4", num_frames=0)

@@ -1,0 +1,217 @@
+"""Video decoding and frame sampling (SPEC section 4): one reader for training, evaluation and inference.
+
+Decoding tries decord first and falls back to PyAV for anything decord refuses (decord cannot open
+GIFs; it also fails on some damaged or unusual files that FFmpeg through PyAV still reads). A file
+neither can read raises `VideoReadError`, whose message names the file and the reason.
+
+Sampling (`sample_indices`), on the frames of the clip, or of the [start, end) window when given:
+
+1. A 1-frame-per-second grid: every `stride`-th frame from the first, stride = max(1, round(avg_fps))
+   (Python's `round`, so 2.5 fps rounds to 2; clips under 0.5 fps get stride 1, every frame).
+2. At least `num_frames` grid points: `num_frames` of them picked with integer linspace over the grid
+   positions (`np.linspace(0, len(grid) - 1, num_frames).astype(int)`), first and last included.
+3. Fewer grid points than `num_frames`: the 1 fps grid is too sparse, so `num_frames` indices are
+   spread evenly over all frames of the window with integer linspace instead
+   (`np.linspace(first, last, num_frames).astype(int)`; no duplicates since there are enough frames).
+4. Fewer frames in the window than `num_frames` (a 1-frame or 3-frame clip): all of them are returned;
+   `frames.preprocess_video` pads the video with all-zero frames up to `num_frames`.
+
+A missing, zero or unparsable frame rate counts as "unknown": stride 1, and a start/end window cannot
+be placed (that is a `VideoReadError`). Frame i is taken to start at i / avg_fps seconds, for both
+backends, so start/end select frames floor(start * fps) .. ceil(end * fps) - 1.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from videopanda.log import get_logger
+
+logger = get_logger(__name__)
+
+
+class VideoReadError(Exception):
+    """A video that cannot be used. `kind` is "missing", "empty" or "unreadable" (for counting)."""
+
+    def __init__(self, path: str | Path, reason: str, kind: str = "unreadable"):
+        self.path = str(path)
+        self.reason = reason
+        self.kind = kind
+        super().__init__(f"{self.path}: {reason}")
+
+
+@dataclass
+class _Opened:
+    """What a backend reports before decoding: frame count and average frame rate (0 = unknown)."""
+
+    num_frames: int
+    fps: float
+
+
+def sample_indices(total: int, fps: float, num_frames: int, start: float | None = None,
+                   end: float | None = None) -> list[int]:
+    """Frame indices to decode from a clip of `total` frames at `fps` (see the module docstring).
+
+    Returns sorted, distinct indices, between 1 and `num_frames` of them. Raises ValueError when the
+    window holds no frame or a window is asked for with an unknown frame rate.
+    """
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be positive, got {num_frames}")
+    if total < 1:
+        raise ValueError("the clip has no frames")
+    known_fps = math.isfinite(fps) and fps > 0
+    first, stop = 0, total
+    if start is not None or end is not None:
+        if not known_fps:
+            raise ValueError("cannot cut a start/end window: the frame rate is unknown")
+        if start is not None:
+            first = max(0, math.floor(start * fps))
+        if end is not None:
+            stop = min(total, math.ceil(end * fps))
+        if stop <= first:
+            raise ValueError(f"no frames between start={start}s and end={end}s (clip: {total} frames at {fps:g} fps)")
+    stride = max(1, round(fps)) if known_fps else 1
+    grid = list(range(first, stop, stride))
+    if len(grid) >= num_frames:
+        picks = np.linspace(0, len(grid) - 1, num_frames).astype(int)
+        return [grid[i] for i in picks]
+    if stop - first >= num_frames:
+        return np.linspace(first, stop - 1, num_frames).astype(int).tolist()
+    return list(range(first, stop))
+
+
+def read_video(path: str | Path, num_frames: int = 8, start: float | None = None,
+               end: float | None = None) -> torch.Tensor:
+    """Decode and sample a video -> uint8 (n, H, W, 3) RGB, 1 <= n <= num_frames, in time order.
+
+    start / end are optional bounds in seconds. Raises `VideoReadError` (naming the file) for a
+    missing, empty or undecodable file, or a window with no frames in it.
+    """
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be positive, got {num_frames}")
+    path = Path(path)
+    if not path.exists():
+        raise VideoReadError(path, "file not found", kind="missing")
+    if not path.is_file():
+        raise VideoReadError(path, "not a regular file", kind="missing")
+    if path.stat().st_size == 0:
+        raise VideoReadError(path, "empty file (0 bytes)", kind="empty")
+    failures = []
+    for name, backend in (("decord", _read_decord), ("PyAV", _read_pyav)):
+        try:
+            frames = backend(path, num_frames, start, end)
+        except _WindowError as exc:
+            raise VideoReadError(path, str(exc)) from None
+        except Exception as exc:  # noqa: BLE001 - any decoder failure means "try the next backend"
+            failures.append(f"{name}: {_short_reason(exc)}")
+            continue
+        if failures:
+            logger.debug("%s: read with PyAV after %s", path, failures[0])
+        return _to_tensor(path, frames)
+    raise VideoReadError(path, "cannot decode (" + "; ".join(failures) + ")")
+
+
+_decord_quiet = False
+
+
+class _WindowError(Exception):
+    """The file is fine but the requested window or frame rate does not allow sampling."""
+
+
+def _indices(opened: _Opened, num_frames: int, start, end) -> list[int]:
+    if opened.num_frames < 1:
+        raise RuntimeError("no frames")
+    try:
+        return sample_indices(opened.num_frames, opened.fps, num_frames, start, end)
+    except ValueError as exc:
+        raise _WindowError(str(exc)) from None
+
+
+def _read_decord(path: Path, num_frames: int, start, end) -> list[np.ndarray]:
+    import decord
+
+    global _decord_quiet
+    if not _decord_quiet:
+        # FFmpeg's console messages about broken files duplicate the exception we turn into a reason.
+        decord.logging.set_level(decord.logging.QUIET)
+        _decord_quiet = True
+    reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+    opened = _Opened(len(reader), float(reader.get_avg_fps() or 0.0))
+    indices = _indices(opened, num_frames, start, end)
+    batch = reader.get_batch(indices).asnumpy()
+    return list(batch)
+
+
+def _read_pyav(path: Path, num_frames: int, start, end) -> list[np.ndarray]:
+    import av
+
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise RuntimeError("no video stream")
+        stream = container.streams.video[0]
+        declared = stream.frames or sum(1 for p in container.demux(stream) if p.size)
+        fps = _pyav_fps(stream, declared)
+    opened = _Opened(declared, fps)
+    indices = _indices(opened, num_frames, start, end)
+    frames, decoded = _decode_pyav(path, set(indices))
+    if len(frames) < len(indices):
+        # The container promised more frames than the decoder delivers: sample again on what exists.
+        if decoded < 1:
+            raise RuntimeError("no decodable frames")
+        indices = _indices(_Opened(decoded, fps), num_frames, start, end)
+        frames, _ = _decode_pyav(path, set(indices))
+    return [frames[i] for i in sorted(frames)]
+
+
+def _decode_pyav(path: Path, wanted: set[int]) -> tuple[dict[int, np.ndarray], int]:
+    """Decode the whole stream once, keeping the frames at `wanted` indices; also returns the count."""
+    import av
+
+    kept: dict[int, np.ndarray] = {}
+    count = 0
+    with av.open(str(path)) as container:
+        for frame in container.decode(container.streams.video[0]):
+            if count in wanted:
+                kept[count] = frame.to_ndarray(format="rgb24")
+            count += 1
+            if len(kept) == len(wanted) and count > max(wanted):
+                break
+    return kept, count
+
+
+def _pyav_fps(stream, num_frames: int) -> float:
+    """Average frame rate of a PyAV stream; from the duration when the container gives no rate."""
+    rate = stream.average_rate
+    if rate:
+        return float(rate)
+    if stream.duration and stream.time_base and num_frames:
+        seconds = float(stream.duration * stream.time_base)
+        if seconds > 0:
+            return num_frames / seconds
+    return 0.0
+
+
+def _to_tensor(path: Path, frames: list[np.ndarray]) -> torch.Tensor:
+    if not frames:
+        raise VideoReadError(path, "no decodable frames")
+    shapes = {f.shape for f in frames}
+    if len(shapes) != 1:
+        raise VideoReadError(path, f"frame size changes within the clip: {sorted(shapes)}")
+    (shape,) = shapes
+    if len(shape) != 3 or shape[2] != 3 or shape[0] < 1 or shape[1] < 1:
+        raise VideoReadError(path, f"unexpected decoded frame shape {shape}")
+    return torch.from_numpy(np.ascontiguousarray(np.stack(frames))).to(torch.uint8)
+
+
+_NOISE = re.compile(r"^\[[\d:]+\]\s*\S+:\d+:\s*|\[Errno -?\d+\]\s*")
+
+
+def _short_reason(exc: Exception) -> str:
+    """First line of a decoder error, without decord's timestamp/source prefix or an errno tag."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return _NOISE.sub("", text)[:300]
