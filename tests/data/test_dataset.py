@@ -1,0 +1,248 @@
+import json
+import logging
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+from transformers import AutoTokenizer
+
+from videopanda.constants import FRAME_TOKEN_INDEX, IGNORE_INDEX
+from videopanda.data.dataset import (
+    DataFormatError,
+    ModalityLengthGroupedSampler,
+    VideoInstructCollator,
+    VideoInstructDataset,
+    load_samples,
+)
+from videopanda.data.frames import FrameConfig
+
+SMALL = FrameConfig(image_size=56, teacher_image_size=28)  # same code path, tiny tensors
+
+
+def video_sample(sid, video, question="what colour is the circle?", answer="the circle is red"):
+    return {"id": sid, "video": video, "conversations": [
+        {"from": "human", "value": f"<video>\n{question}"}, {"from": "gpt", "value": answer}]}
+
+
+def text_sample(sid, words=3):
+    question = " ".join(["describe the square"] * words)
+    return {"id": sid, "conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": "it is green"}]}
+
+
+FILE_A = [
+    video_sample("good_wide", "valley/wide.mp4"),
+    video_sample("missing", "valley/missing.mp4"),
+    text_sample("text_1"),
+    video_sample("random_bytes", "valley/random.mp4"),
+    video_sample("gif", "valley/slow.gif"),
+    {"id": "bad_conversation", "video": "valley/wide.mp4", "conversations": [{"from": "human", "value": "<video>\nhi"}]},
+    video_sample("one_frame", "valley/one_frame.mp4"),
+]
+FILE_B = [
+    video_sample("long", "valley/long.mp4", question="which shape moves first then what turns blue"),
+    text_sample("text_2", words=5),
+    video_sample("truncated", "valley/truncated.mp4"),
+    video_sample("portrait", "valley/portrait.mp4"),
+    video_sample("empty", "valley/empty.mp4"),
+    text_sample("text_3", words=1),
+]
+BAD = {"missing": "video_missing", "random_bytes": "video_unreadable", "bad_conversation": "conversation",
+       "truncated": "video_unreadable", "empty": "video_empty"}
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_tokenizer_dir):
+    return AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, media_dir):
+    root = tmp_path_factory.mktemp("train")
+    (root / "videos").mkdir()
+    (root / "videos" / "valley").symlink_to(media_dir, target_is_directory=True)
+    (root / "a.json").write_text(json.dumps(FILE_A))
+    (root / "b.json").write_text(json.dumps(FILE_B))
+    return root
+
+
+def make_dataset(data, tokenizer, **kwargs):
+    kwargs = {"frame_config": SMALL, "random_flip": False, **kwargs}
+    return VideoInstructDataset([data / "a.json", data / "b.json"], data / "videos", tokenizer, **kwargs)
+
+
+def test_load_samples_concatenates_and_halves(data):
+    assert [s["id"] for s in load_samples([data / "a.json", data / "b.json"])] == [s["id"] for s in FILE_A + FILE_B]
+    halves = load_samples([data / "a.json", data / "b.json"], first_half=True)
+    assert [s["id"] for s in halves] == [s["id"] for s in FILE_A[:4] + FILE_B[:3]]
+
+
+def test_unusable_json_files_are_named(tmp_path):
+    with pytest.raises(DataFormatError, match="nope.json: data JSON not found"):
+        load_samples([tmp_path / "nope.json"])
+    (tmp_path / "broken.json").write_text("[{")
+    with pytest.raises(DataFormatError, match="broken.json: not valid JSON"):
+        load_samples(tmp_path / "broken.json")
+    (tmp_path / "dict.json").write_text("{}")
+    with pytest.raises(DataFormatError, match="dict.json: expected a JSON list"):
+        load_samples(tmp_path / "dict.json")
+
+
+def test_items_for_video_and_text_samples(data, tokenizer):
+    dataset = make_dataset(data, tokenizer, frame_config=FrameConfig())
+    item = dataset[0]
+    assert item["id"] == "good_wide" and item["replaced"] == []
+    assert tuple(item["video"].shape) == (2, 4, 4, 448, 448) and tuple(item["teacher_video"].shape) == (2, 4, 4, 224, 224)
+    assert item["input_ids"].tolist().count(FRAME_TOKEN_INDEX) == 8
+    assert (item["labels"] != IGNORE_INDEX).any()
+    text = dataset[2]
+    assert text["id"] == "text_1" and text["video"] is None and text["teacher_video"] is None
+    assert FRAME_TOKEN_INDEX not in text["input_ids"].tolist()
+    one = dataset[6]  # a 1-frame clip: one real frame, seven all-zero padding frames
+    frames = one["video"].reshape(8, -1)
+    assert torch.count_nonzero(frames[0]) > 0 and torch.count_nonzero(frames[1:]) == 0
+
+
+def test_bad_samples_are_replaced_deterministically_and_reported(data, tokenizer, caplog):
+    first = make_dataset(data, tokenizer)
+    second = make_dataset(data, tokenizer)
+    with caplog.at_level(logging.WARNING, logger="videopanda"):
+        ids_first = [first[i]["id"] for i in range(len(first))]
+        ids_again = [first[i]["id"] for i in range(len(first))]
+    warnings = [r.getMessage() for r in caplog.records]
+    ids_second = [second[i]["id"] for i in range(len(second))]
+    good = [s["id"] for s in FILE_A + FILE_B if s["id"] not in BAD]
+    assert ids_first == ids_second == ids_again
+    for index, sample in enumerate(FILE_A + FILE_B):
+        if sample["id"] in BAD:
+            assert ids_first[index] in good
+            assert first[index]["replaced"][0]["id"] == sample["id"]
+        else:
+            assert ids_first[index] == sample["id"]
+
+    report = first.report()
+    assert {r["id"]: r["kind"] for r in report["bad"]} == BAD
+    assert report["bad_samples"] == len(BAD) and report["samples"] == len(FILE_A) + len(FILE_B)
+    assert report["by_kind"] == {"conversation": 1, "video_empty": 1, "video_missing": 1, "video_unreadable": 2}
+    assert report["replacements"] >= 3 * len(BAD)  # three passes over the data, at least one per bad index
+    for bad_id in BAD:  # each bad sample logged once, with its reason
+        lines = [line for line in warnings if repr(bad_id) in line]
+        assert len(lines) == 1, lines
+    assert "file not found" in next(r["reason"] for r in report["bad"] if r["id"] == "missing")
+
+
+def test_replacement_depends_on_seed_index_and_attempt_only(data, tokenizer):
+    a, b = make_dataset(data, tokenizer, seed=1), make_dataset(data, tokenizer, seed=1)
+    c = make_dataset(data, tokenizer, seed=2)
+    picks = lambda d: [d.replacement_index(i, k) for i in range(len(d)) for k in range(1, 4)]  # noqa: E731
+    assert picks(a) == picks(b) != picks(c)
+
+
+def test_too_long_samples_are_replaced(data, tokenizer):
+    full = make_dataset(data, tokenizer)[0]
+    last_placeholder = int((full["input_ids"] == FRAME_TOKEN_INDEX).nonzero()[-1])
+    first_label = int((full["labels"] != IGNORE_INDEX).nonzero()[0])
+    kept = make_dataset(data, tokenizer, model_max_length=first_label + 1)[0]  # the collator will cut the rest
+    assert kept["id"] == "good_wide" and torch.equal(kept["input_ids"], full["input_ids"])
+    for limit, reason in ((last_placeholder, "frame placeholders beyond"), (first_label, "no supervised token")):
+        dataset = make_dataset(data, tokenizer, model_max_length=limit)
+        assert dataset[0]["id"] != "good_wide"
+        record = dataset.report()["bad"][0]
+        assert record["id"] == "good_wide" and record["kind"] == "too_long" and reason in record["reason"]
+
+
+def test_an_epoch_with_workers_completes_and_reports_every_bad_sample(data, tokenizer):
+    dataset = make_dataset(data, tokenizer, random_flip=True)
+    sampler = ModalityLengthGroupedSampler(dataset.lengths, dataset.is_video, batch_size=2, seed=42)
+    loader = DataLoader(dataset, batch_size=2, sampler=sampler, num_workers=2,
+                        collate_fn=VideoInstructCollator(tokenizer))
+    seen = 0
+    for batch in loader:
+        seen += len(batch["ids"])
+        dataset.absorb(batch["replaced"])
+        for video, ids in zip(batch["videos"], batch["input_ids"]):
+            assert (video is None) == (FRAME_TOKEN_INDEX not in ids.tolist())
+    assert seen == len(dataset)
+    report = dataset.log_summary()
+    assert {r["id"]: r["kind"] for r in report["bad"]} == BAD
+    assert report["replacements"] >= len(BAD)
+
+
+# --- sampler ---
+
+def sampler_data():
+    lengths = [(i * 37) % 101 for i in range(103)]
+    is_video = [(i * 7) % 3 != 0 for i in range(103)]
+    return lengths, is_video
+
+
+def test_sampler_is_a_deterministic_permutation_per_epoch():
+    lengths, is_video = sampler_data()
+    sampler = ModalityLengthGroupedSampler(lengths, is_video, batch_size=4, world_size=2, seed=42)
+    order = list(sampler)
+    assert sorted(order) == list(range(103)) and len(sampler) == 103
+    assert order == list(ModalityLengthGroupedSampler(lengths, is_video, batch_size=4, world_size=2, seed=42))
+    sampler.set_epoch(1)
+    assert list(sampler) != order and sorted(sampler) == list(range(103))
+    assert list(ModalityLengthGroupedSampler(lengths, is_video, batch_size=4, world_size=2, seed=7)) != order
+
+
+@pytest.mark.parametrize("batch_size, world_size", [(4, 2), (3, 1), (2, 4)])
+def test_sampler_groups_by_modality_and_length(batch_size, world_size):
+    lengths, is_video = sampler_data()
+    order = list(ModalityLengthGroupedSampler(lengths, is_video, batch_size, world_size, seed=3))
+    step = batch_size * world_size
+    leftover = sum(is_video) % step + (len(is_video) - sum(is_video)) % step
+    full = order[: len(order) - leftover]
+    for s in range(0, len(full), step):
+        assert len({is_video[i] for i in full[s : s + step]}) == 1, "a step mixes modalities"
+    mixed_batches = 0
+    for b in range(0, len(order), batch_size):
+        batch = order[b : b + batch_size]
+        modalities = [is_video[i] for i in batch]
+        mixed_batches += len(set(modalities)) > 1
+        for same in (True, False):
+            picked = [lengths[i] for i in batch if is_video[i] == same]
+            assert picked == sorted(picked, reverse=True), "a batch is not sorted by length"
+    assert mixed_batches <= 1
+
+
+def test_sampler_ranks_share_one_global_order():
+    lengths, is_video = sampler_data()
+    global_order = list(ModalityLengthGroupedSampler(lengths, is_video, batch_size=4, world_size=3, seed=5))
+    per_rank = [ModalityLengthGroupedSampler(lengths, is_video, batch_size=4, world_size=3, seed=5, rank=r) for r in range(3)]
+    orders = [list(s) for s in per_rank]
+    assert sorted(i for o in orders for i in o) == list(range(103))
+    assert [len(o) for o in orders] == [len(s) for s in per_rank]
+    batches = [global_order[s : s + 4] for s in range(0, 103, 4)]
+    for rank, order in enumerate(orders):
+        assert order == [i for b in batches[rank::3] for i in b]
+    # the k-th batch of every rank is one step of the global order: same modality on every rank
+    for k in range(len(batches) // 3 - 1):
+        assert len({is_video[i] for r in range(3) for i in orders[r][4 * k : 4 * k + 4]}) == 1
+
+
+# --- collator ---
+
+def item(ids, labels, video=None, sid="x"):
+    return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "video": video,
+            "teacher_video": None if video is None else video[..., :2, :2], "id": sid, "replaced": []}
+
+
+def test_collator_pads_right_and_carries_videos(tokenizer):
+    video = torch.zeros(2, 4, 4, 56, 56)
+    items = [item([1, 5, -200, -200, 7, 2], [-100, -100, -100, -100, 7, 2], video, "a"), item([1, 9, 2], [-100, 9, 2], None, "b")]
+    batch = VideoInstructCollator(tokenizer)(items)
+    pad = tokenizer.pad_token_id
+    assert batch["input_ids"].tolist() == [[1, 5, -200, -200, 7, 2], [1, 9, 2, pad, pad, pad]]
+    assert batch["labels"].tolist() == [[-100, -100, -100, -100, 7, 2], [-100, 9, 2, -100, -100, -100]]
+    assert batch["attention_mask"].tolist() == [[1] * 6, [1, 1, 1, 0, 0, 0]]
+    assert batch["videos"][0] is video and batch["videos"][1] is None and batch["teacher_videos"][1] is None
+    assert batch["ids"] == ["a", "b"] and batch["replaced"] == []
+    assert pad == tokenizer.unk_token_id
+
+
+def test_collator_truncates_but_never_through_placeholders(tokenizer):
+    batch = VideoInstructCollator(tokenizer, model_max_length=4)([item([1, -200, 5, 6, 7, 2], [-100, -100, 5, 6, 7, 2])])
+    assert batch["input_ids"].tolist() == [[1, -200, 5, 6]] and batch["labels"].tolist() == [[-100, -100, 5, 6]]
+    with pytest.raises(ValueError, match="'cut'.*2 frame placeholders"):
+        VideoInstructCollator(tokenizer, model_max_length=3)([item([1, 5, 6, -200, -200, 2], [-100] * 5 + [2], sid="cut")])
