@@ -1,0 +1,116 @@
+"""Offline exact-match judge, the Video-ChatGPT benchmark judge stage, and the reports."""
+import json
+
+import pytest
+
+from helpers.judge_server import JudgeServer, reply
+from videopanda.eval.cli import main
+from videopanda.eval.datasets import load_questions
+from videopanda.eval.judge import EXACT_LABEL, compute_metrics
+from videopanda.eval.qa import chunk_file, run_qa
+
+KEY = "sk-bench-KEY-77aa"
+
+
+def test_metric_arithmetic():
+    verdicts = [{"verdict": "yes", "score": 5}, {"verdict": "no", "score": 1}, {"verdict": "yes", "score": 4},
+                {"verdict": "no", "score": 0}, {"verdict": "no", "score": 2}]
+    m = compute_metrics(verdicts)
+    assert (m["num_yes"], m["num_no"], m["num_judged"]) == (2, 3, 5)
+    assert m["accuracy"] == pytest.approx(40.0) and m["score"] == pytest.approx(12 / 5)
+    assert compute_metrics([]) == {"accuracy": None, "score": None, "num_yes": 0, "num_no": 0, "num_judged": 0}
+    assert compute_metrics([{"verdict": None, "score": 3}, {"verdict": None, "score": 4}])["score"] == 3.5
+
+
+def test_exact_judge_end_to_end(msvd_root, tmp_path, capsys):
+    data_root, expected = msvd_root
+    items = load_questions(data_root, "msvd")
+    # q000 exact, q001 punctuation/case/article variant, q002 wrong, q005 has no video -> error row
+    answers = {"q000": "red", "q001": "The Green!", "q002": "purple"}
+
+    def answer(batch):
+        return [FileNotFoundError("no video") if i.video_path is None else answers.get(i.id, f"an {i.answer}.")
+                for i in batch]
+
+    run_qa(items, answer, chunk_file(tmp_path / "pred", 1, 0), progress=False)
+    merged = tmp_path / "merge.jsonl"
+    assert main(["merge", "--pred-dir", str(tmp_path / "pred"), "--dataset", "msvd", "--data-root", str(data_root),
+                 "--output", str(merged)]) == 0
+    assert main(["judge", "--pred-file", str(merged), "--output-dir", str(tmp_path / "judge"), "--judge", "exact",
+                 "--dataset", "msvd", "--no-progress"]) == 0
+    results = json.loads((tmp_path / "judge" / "results.json").read_text())
+    assert results["judge"] == EXACT_LABEL and results["judge_model"] == "exact-match"
+    assert (results["num_yes"], results["num_no"], results["num_failed_inference"]) == (10, 1, 1)
+    assert results["accuracy"] == pytest.approx(1000 / 11) and results["score"] == pytest.approx(50 / 11)
+    # types: "count" for i % 3 == 0 -> q000, q003, q006, q009 (all match); the rest "colour" with q002 wrong, q005 failed
+    assert results["per_type"]["count"]["accuracy"] == 100.0
+    assert results["per_type"]["colour"]["num_no"] == 1 and results["per_type"]["colour"]["num_yes"] == 6
+    assert "not comparable" in capsys.readouterr().out
+
+
+def write_benchmark(data_root):
+    root = data_root / "eval" / "Video_ChatGPT_Benchmark"
+    (root / "videos").mkdir(parents=True)
+    for v in ("v_a", "v_b"):
+        (root / "videos" / f"{v}.mp4").write_bytes(b"video " + v.encode())
+    (root / "generic_qa.json").write_text(json.dumps([
+        {"video_name": "v_a", "Q": "What is in the video?", "A": "A cat sleeps."},
+        {"video_name": "v_missing", "Q": "What colour is the car?", "A": "Red."},
+        {"video_name": "v_b", "Q": "Where is it?", "A": "In a park."}]))
+    (root / "temporal_qa.json").write_text(json.dumps([
+        {"video_name": "v_a", "Q": "What happens first?", "A": "The cat yawns, then sleeps."}]))
+    (root / "consistency_qa.json").write_text(json.dumps([
+        {"video_name": "v_b", "Q1": "Which animal is shown?", "Q2": "What kind of pet appears?", "A": "A dog."}]))
+
+
+ASPECT_SCORE = {"factual correctness": 4, "detail orientation": 3, "contextual understanding": 5,
+                "temporal understanding": 2, "consistency": 1}
+
+
+def test_benchmark_judge_stage_five_aspects(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    data_root, out = tmp_path / "data", tmp_path / "bench"
+    write_benchmark(data_root)
+    items = load_questions(data_root, "videochatgpt")
+    run_qa(items, lambda b: [FileNotFoundError("no video") if i.video_path is None else f"answer to {i.question}"
+                             for i in b], chunk_file(out / "predictions", 1, 0), progress=False)
+
+    def key_of(payload):
+        system = payload["messages"][0]["content"]
+        return next(k for k in ASPECT_SCORE if k in system)
+
+    with JudgeServer(key_of=key_of) as server:
+        for aspect, score in ASPECT_SCORE.items():
+            server.set_script(aspect, [reply(f"Score: {{\"score\": {score}}}")])
+        assert main(["benchmark", "--data-root", str(data_root), "--output-dir", str(out), "--stage", "judge",
+                     "--api-base", server.url, "--judge-model", "gpt-test", "--timeout", "2", "--no-progress"]) == 0
+        calls = {k: len(server.calls(k)) for k in ASPECT_SCORE}
+        consistency_body = server.calls("consistency")[0].json["messages"][1]["content"]
+    # 2 answered generic questions per generic aspect, 1 temporal, 1 consistency pair
+    assert calls == {"factual correctness": 2, "detail orientation": 2, "contextual understanding": 2,
+                     "temporal understanding": 1, "consistency": 1}
+    for text in ("Which animal is shown?", "What kind of pet appears?", "answer to Which animal is shown?",
+                 "answer to What kind of pet appears?", "A dog."):
+        assert text in consistency_body
+    results = json.loads((out / "judge" / "results.json").read_text())
+    assert results["scores"] == {"correctness": 4, "detail": 3, "context": 5, "temporal": 2, "consistency": 1}
+    assert results["average"] == pytest.approx(3.0)
+    assert results["num_failed_inference"]["correctness"] == 1 and results["judge_model"] == "judge-test-0613"
+    printed = capsys.readouterr().out
+    assert "Average" in printed and "3.00" in printed
+    for path in out.rglob("*"):
+        assert not path.is_file() or KEY not in path.read_text(errors="replace")
+
+    report_dir = tmp_path / "report"
+    model_dir = tmp_path / "runs" / "tiny-panda"
+    (model_dir / "msvd" / "judge").mkdir(parents=True)
+    (model_dir / "msvd" / "judge" / "results.json").write_text(json.dumps(
+        {"accuracy": 64.7, "score": 3.81, "judge": "gpt", "judge_model": "gpt-3.5-turbo-0125", "num_failed": 0}))
+    (model_dir / "benchmark").symlink_to(out, target_is_directory=True)
+    assert main(["report", "--results", str(model_dir), "--output-dir", str(report_dir), "--plot"]) == 0
+    markdown = (report_dir / "report.md").read_text()
+    assert "| tiny-panda | 64.7 / 3.8 | - | - | - |" in markdown
+    assert "| tiny-panda | 4.00 | 3.00 | 5.00 | 2.00 | 1.00 | 3.00 |" in markdown
+    assert "gpt-3.5-turbo-0125" in markdown and "judge-test-0613" in markdown
+    assert (report_dir / "benchmark.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((report_dir / "report.json").read_text())["models"]["tiny-panda"]["qa"]["msvd"]["accuracy"] == 64.7

@@ -1,0 +1,114 @@
+"""The Video-ChatGPT benchmark: five judge aspects over generic, temporal and consistency questions.
+
+Inference is the ordinary QA loop over `load_benchmark` items (see `datasets.py` for the files and
+the ids `generic/{i}`, `temporal/{i}`, `consistency/{i}/q1|q2`); `videopanda eval benchmark --stage
+infer` runs it (sharded like `eval qa`), `--stage judge` merges and judges, `--stage all` does both.
+
+Judging (each aspect a score 0..5, no yes/no): correctness, detail orientation and contextual
+understanding from the generic questions, temporal understanding from the temporal ones, and
+consistency from the consistency pairs, where the judge sees both questions and both predictions.
+Each aspect is judged into its own folder (`verdicts.jsonl`, `failed.jsonl`, `results.json`) with
+the same resumable machinery as the QA judge; `results.json` at the top holds the five scores and
+their average (the average is only given when all five exist).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from videopanda.eval.judge import Judge, JudgeItem, run_judge
+from videopanda.eval.prompts import ASPECT_LABELS, aspect_messages, consistency_messages
+from videopanda.eval.records import write_json_atomic
+from videopanda.log import get_logger
+
+logger = get_logger(__name__)
+
+ASPECTS = ("correctness", "detail", "context", "temporal", "consistency")
+_SOURCE = {"correctness": "generic", "detail": "generic", "context": "generic", "temporal": "temporal"}
+
+
+def benchmark_judge_items(records: Sequence[dict[str, Any]]
+                          ) -> dict[str, tuple[list[JudgeItem], list[dict[str, Any]]]]:
+    """Merged benchmark prediction rows -> per aspect (items to judge, rows that failed inference)."""
+    by_part: dict[str, list[dict[str, Any]]] = {"generic": [], "temporal": []}
+    pairs: dict[str, dict[str, dict[str, Any]]] = {}
+    for record in records:
+        parts = str(record["id"]).split("/")
+        if parts[0] in by_part and len(parts) == 2:
+            by_part[parts[0]].append(record)
+        elif parts[0] == "consistency" and len(parts) == 3 and parts[2] in ("q1", "q2"):
+            pairs.setdefault(f"consistency/{parts[1]}", {})[parts[2]] = record
+        else:
+            raise ValueError(f"prediction id {record['id']!r} is not a Video-ChatGPT benchmark id")
+
+    out: dict[str, tuple[list[JudgeItem], list[dict[str, Any]]]] = {}
+    for aspect, part in _SOURCE.items():
+        items, failed = [], []
+        for record in by_part[part]:
+            if record.get("pred") is None:
+                failed.append(record)
+                continue
+            question, answer, pred = str(record["question"]), str(record["answer"]), str(record["pred"])
+            items.append(JudgeItem(id=str(record["id"]), messages=aspect_messages(aspect, question, answer, pred),
+                                   answer=answer, preds=(pred,), need_pred=False))
+        out[aspect] = (items, failed)
+
+    items, failed = [], []
+    for pair_id, pair in pairs.items():
+        q1, q2 = pair.get("q1"), pair.get("q2")
+        if q1 is None or q2 is None or q1.get("pred") is None or q2.get("pred") is None:
+            reasons = [f"{name}: {'missing' if r is None else r.get('error')}"
+                       for name, r in (("q1", q1), ("q2", q2)) if r is None or r.get("pred") is None]
+            failed.append({"id": pair_id, "error": "; ".join(reasons)})
+            continue
+        answer = str(q1["answer"])
+        items.append(JudgeItem(
+            id=pair_id, answer=answer, preds=(str(q1["pred"]), str(q2["pred"])), need_pred=False,
+            messages=consistency_messages(str(q1["question"]), str(q2["question"]), answer,
+                                          str(q1["pred"]), str(q2["pred"]))))
+    out["consistency"] = (items, failed)
+    return out
+
+
+def judge_benchmark(records: Sequence[dict[str, Any]], judge: Judge, output_dir: str | os.PathLike,
+                    workers: int = 8, metadata: dict[str, Any] | None = None,
+                    progress: bool = True) -> dict[str, Any]:
+    """Judge all five aspects into `output_dir/{aspect}/`; write and return `output_dir/results.json`."""
+    output_dir = Path(output_dir)
+    per_aspect: dict[str, dict[str, Any]] = {}
+    for aspect, (items, failed) in benchmark_judge_items(records).items():
+        logger.info("judging %s (%d items, %d failed inference)", ASPECT_LABELS[aspect], len(items), len(failed))
+        per_aspect[aspect] = run_judge(items, judge, output_dir / aspect, failed_inference=failed, workers=workers,
+                                       metadata={**(metadata or {}), "aspect": aspect}, progress=progress)
+    scores = {aspect: per_aspect[aspect]["score"] for aspect in ASPECTS}
+    models = sorted({m for r in per_aspect.values() for m in ([r["judge_model"]] if isinstance(r["judge_model"], str)
+                                                             else r["judge_model"])})
+    results: dict[str, Any] = dict(metadata or {})
+    results.update({
+        "dataset": "videochatgpt",
+        "scores": scores,
+        "average": sum(scores.values()) / len(scores) if all(v is not None for v in scores.values()) else None,
+        "num_judged": {a: per_aspect[a]["num_judged"] for a in ASPECTS},
+        "num_failed": {a: per_aspect[a]["num_failed"] for a in ASPECTS},
+        "num_failed_inference": {a: per_aspect[a]["num_failed_inference"] for a in ASPECTS},
+        "judge": next(iter(per_aspect.values()))["judge"],
+        "judge_model": models[0] if len(models) == 1 else models,
+        "usage": {key: sum(r["usage"][key] for r in per_aspect.values())
+                  for key in ("prompt_tokens", "completion_tokens")},
+    })
+    write_json_atomic(output_dir / "results.json", results)
+    return results
+
+
+def format_benchmark(results: dict[str, Any]) -> str:
+    """The five scores and their average as a small text table."""
+    width = max(len(label) for label in ASPECT_LABELS.values())
+    lines = [f"{ASPECT_LABELS[a]:<{width}}  {_fmt(results['scores'][a])}" for a in ASPECTS]
+    lines.append(f"{'Average':<{width}}  {_fmt(results['average'])}")
+    lines.append(f"judge: {results['judge']}, model {results['judge_model']}")
+    return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"

@@ -1,0 +1,200 @@
+"""Resumable, sharded question answering over an evaluation set.
+
+`run_qa(items, answer_fn, out_file)` is the whole inference loop, independent of how answers are
+produced: `answer_fn(batch: list[QAItem]) -> list[str | Exception]` returns, per item, the answer or
+the exception that prevented it (an unreadable video, say). Each result is appended to `out_file`
+as soon as the batch returns (flushed and fsynced), so a killed run restarted with the same
+arguments answers only what is missing. The CLI passes `ModelAnswerer`, which runs a Video-Panda
+folder; tests and baselines can pass any callable with the same signature.
+
+Prediction lines: `{"id", "question", "answer", "pred"}` plus `"type"` when the dataset has one, and
+`"error"` with `"pred": null` when the item could not be answered (never a silent gap).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from tqdm import tqdm
+
+from videopanda.eval.datasets import QAItem
+from videopanda.eval.records import JsonlAppender, write_jsonl_atomic
+from videopanda.log import get_logger
+
+logger = get_logger(__name__)
+
+AnswerFn = Callable[[list[QAItem]], list["str | Exception"]]
+
+
+def shard(items: Sequence[QAItem], num_chunks: int, chunk_idx: int) -> list[QAItem]:
+    """Contiguous, balanced split: chunk i gets items[i*n//k : (i+1)*n//k]."""
+    if num_chunks < 1 or not 0 <= chunk_idx < num_chunks:
+        raise ValueError(f"need num_chunks >= 1 and 0 <= chunk_idx < num_chunks, got {chunk_idx} of {num_chunks}")
+    n = len(items)
+    return list(items[chunk_idx * n // num_chunks:(chunk_idx + 1) * n // num_chunks])
+
+
+def chunk_file(output_dir: str | os.PathLike, num_chunks: int, chunk_idx: int) -> Path:
+    return Path(output_dir) / f"chunk-{chunk_idx}-of-{num_chunks}.jsonl"
+
+
+def prediction_record(item: QAItem, result: "str | Exception") -> dict[str, Any]:
+    record: dict[str, Any] = {"id": item.id, "question": item.question, "answer": item.answer}
+    if isinstance(result, Exception):
+        record["pred"] = None
+        record["error"] = f"{type(result).__name__}: {result}"
+    else:
+        record["pred"] = result
+    if item.type is not None:
+        record["type"] = item.type
+    return record
+
+
+@dataclass
+class QARunSummary:
+    total: int
+    skipped: int     # already in the file from an earlier run
+    answered: int    # answered in this run
+    errors: int      # error rows written in this run
+
+
+def run_qa(items: Sequence[QAItem], answer_fn: AnswerFn, out_file: str | os.PathLike, batch_size: int = 1,
+           retry_errors: bool = False, progress: bool = True) -> QARunSummary:
+    """Answer every item not yet in `out_file`, appending one line per item as results arrive.
+
+    `retry_errors`: first drop the error rows of earlier runs from the file, so those items are tried again.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    out_file = Path(out_file)
+    if retry_errors and out_file.exists():
+        with JsonlAppender(out_file) as existing:
+            kept = [r for r in existing.records if r.get("error") is None]
+            dropped = len(existing.records) - len(kept)
+        if dropped:
+            logger.info("%s: retrying %d error row(s) of earlier runs", out_file, dropped)
+            write_jsonl_atomic(out_file, kept)
+
+    with JsonlAppender(out_file) as writer:
+        done = {str(r.get("id")) for r in writer.records}
+        todo = [item for item in items if item.key not in done]
+        skipped = len(items) - len(todo)
+        if skipped:
+            logger.info("%s: %d of %d questions already answered, %d to go", out_file, skipped, len(items), len(todo))
+        errors = 0
+        with tqdm(total=len(todo), desc=out_file.stem, unit="q", disable=not progress) as bar:
+            for start in range(0, len(todo), batch_size):
+                batch = todo[start:start + batch_size]
+                results = answer_fn(batch)
+                if len(results) != len(batch):
+                    raise RuntimeError(f"answer_fn returned {len(results)} results for a batch of {len(batch)}")
+                for item, result in zip(batch, results):
+                    if isinstance(result, Exception):
+                        errors += 1
+                        logger.warning("question %s (video %s) failed: %s", item.id, item.video, result)
+                    writer.append(prediction_record(item, result))
+                bar.update(len(batch))
+    return QARunSummary(total=len(items), skipped=skipped, answered=len(todo), errors=errors)
+
+
+class VideoNotFoundError(FileNotFoundError):
+    pass
+
+
+@dataclass
+class ModelAnswererConfig:
+    model: str
+    device: str = "cpu"
+    dtype: str = "auto"            # auto: bfloat16 on CUDA, float32 elsewhere
+    num_frames: int | None = None  # None: the model config's num_frames (8 for Video-Panda)
+    max_new_tokens: int = 1024
+    system: str = "user"           # "user" (training text) or "human" (the original inference text)
+
+
+class ModelAnswerer:
+    """Greedy answers from a Video-Panda model folder (SPEC section 7), batched with left padding.
+
+    Frame geometry (frames per chunk, image sizes, patch size) comes from the model's config.
+    Per item: `read_video` -> `preprocess_video(flip=False)` -> student tensor (C, T, 4, H, W); prompt =
+    `build_generation_prompt(question, num_frames, system)` tokenised with one -200 per frame. A video
+    that cannot be found or decoded becomes that item's exception; the rest of the batch still runs.
+    """
+
+    def __init__(self, config: ModelAnswererConfig):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        import videopanda  # noqa: F401  (registers the model with the Auto classes)
+        from videopanda.data import conversation
+        from videopanda.data.frames import FrameConfig
+
+        self.config = config
+        self.torch = torch
+        if config.dtype == "auto":
+            dtype = torch.bfloat16 if config.device.startswith("cuda") else torch.float32
+        else:
+            dtype = getattr(torch, config.dtype)
+        self.tokenizer = AutoTokenizer.from_pretrained(config.model)
+        self.model = AutoModelForCausalLM.from_pretrained(config.model, dtype=dtype).to(config.device).eval()
+        self.dtype = dtype
+        self.system = {"user": conversation.SYSTEM_USER, "human": conversation.SYSTEM_HUMAN}[config.system]
+        mc = self.model.config
+        self.num_frames = config.num_frames or mc.num_frames
+        self.frame_config = FrameConfig(num_frames=self.num_frames, frames_per_chunk=mc.frames_per_chunk,
+                                        image_size=mc.image_size, teacher_image_size=mc.teacher_image_size,
+                                        patch_size=mc.stab["patch_size"])
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else (self.tokenizer.unk_token_id or 0)
+
+    def _prepare(self, item: QAItem):
+        from videopanda.data.conversation import build_generation_prompt, tokenize_prompt
+        from videopanda.data.frames import preprocess_video
+        from videopanda.data.video import read_video
+
+        if item.video_path is None:
+            raise VideoNotFoundError(f"video {item.video!r} not found in the dataset's videos/ folder "
+                                     f"(tried the name and the name plus each known extension)")
+        frames = read_video(item.video_path, num_frames=self.num_frames)
+        student, _ = preprocess_video(frames, self.frame_config, flip=False)
+        prompt = build_generation_prompt(item.question, self.num_frames, system=self.system)
+        ids = tokenize_prompt(prompt, self.tokenizer)
+        return ids.reshape(-1), student
+
+    def generate(self, prepared: list[tuple[Any, Any]]) -> list[str]:
+        """prepared: per sample (input_ids (S_i,) with -200 per frame, video (C, T, 4, H, W)) -> answers."""
+        torch = self.torch
+        longest = max(ids.numel() for ids, _ in prepared)
+        input_ids = torch.full((len(prepared), longest), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(prepared), longest), dtype=torch.long)
+        for row, (ids, _) in enumerate(prepared):
+            input_ids[row, longest - ids.numel():] = ids
+            attention_mask[row, longest - ids.numel():] = 1
+        videos = [video.to(self.config.device, self.dtype) for _, video in prepared]
+        with torch.inference_mode():
+            output = self.model.generate(
+                input_ids=input_ids.to(self.config.device), attention_mask=attention_mask.to(self.config.device),
+                videos=videos, do_sample=False, num_beams=1, max_new_tokens=self.config.max_new_tokens,
+                pad_token_id=self.pad_id, eos_token_id=self.tokenizer.eos_token_id)
+        output = output.cpu()
+        # generate() returns only the new tokens when it runs on embeddings; strip the prompt if it was echoed.
+        if output.shape[1] >= longest and torch.equal(output[:, :longest], input_ids):
+            output = output[:, longest:]
+        return [text.strip() for text in self.tokenizer.batch_decode(output, skip_special_tokens=True)]
+
+    def __call__(self, items: list[QAItem]) -> list["str | Exception"]:
+        from videopanda.data.video import VideoReadError
+
+        results: list[str | Exception] = [""] * len(items)
+        prepared, rows = [], []
+        for row, item in enumerate(items):
+            try:
+                prepared.append(self._prepare(item))
+                rows.append(row)
+            except (VideoReadError, OSError) as error:
+                results[row] = error
+        if prepared:
+            for row, answer in zip(rows, self.generate(prepared)):
+                results[row] = answer
+        return results
