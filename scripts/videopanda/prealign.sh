@@ -1,0 +1,5 @@
+#!/usr/bin/env bash
+# Video-Panda stage "prealign" (SPEC section 6) under torchrun; see launch_stage.sh for the settings
+# (NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT, GPUS_PER_NODE, DATA_ROOT, MODEL, TEACHER, OUTPUT_DIR,
+# DEEPSPEED_CONFIG) and TRAIN_AND_VALIDATE.md. Extra options go to `videopanda train`.
+exec bash "$(dirname "$0")/launch_stage.sh" prealign "$@"

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+#SBATCH --job-name=videopanda-train
+#SBATCH --nodes=16
+#SBATCH --ntasks-per-node=1
+#SBATCH --gpus-per-node=4
+#SBATCH --cpus-per-task=32
+#SBATCH --time=72:00:00
+#SBATCH --requeue
+#SBATCH --output=logs/videopanda-train-%j.out
+# All three Video-Panda stages on a SLURM allocation: one srun task per node, each running torchrun with
+# GPUS_PER_NODE processes. A stage whose output folder already holds training_complete.json is skipped,
+# an interrupted one resumes from its latest complete checkpoint, so re-submitting (or --requeue after a
+# preemption) continues where the job stopped.
+#
+#   DATA_ROOT=/data/videopanda sbatch scripts/videopanda/slurm_train_all.sh [videopanda train options]
+#
+# Settings (environment): DATA_ROOT (required), EVE_MODEL (checkpoints/EVE-7B-Pretrain-v1.0),
+# TEACHER (checkpoints/LanguageBind_Video_merge), RUN_DIR (checkpoints/videopanda_run), GPUS_PER_NODE (4),
+# MASTER_PORT (29500), DEEPSPEED_CONFIG (configs/deepspeed/zero2.json). Extra arguments go to every stage.
+set -euo pipefail
+REPO="${SLURM_SUBMIT_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}"
+cd "$REPO"
+mkdir -p logs
+: "${DATA_ROOT:?set DATA_ROOT to the folder holding train/train_json and the videos}"
+export DATA_ROOT
+export TEACHER="${TEACHER:-$REPO/checkpoints/LanguageBind_Video_merge}"
+export DEEPSPEED_CONFIG="${DEEPSPEED_CONFIG:-$REPO/configs/deepspeed/zero2.json}"
+export GPUS_PER_NODE="${GPUS_PER_NODE:-${SLURM_GPUS_ON_NODE:-4}}"
+export NNODES="${SLURM_JOB_NUM_NODES:-1}"
+export MASTER_ADDR="${MASTER_ADDR:-$(scontrol show hostnames "${SLURM_JOB_NODELIST:-localhost}" | head -n 1)}"
+export MASTER_PORT="${MASTER_PORT:-29500}"
+RUN_DIR="${RUN_DIR:-$REPO/checkpoints/videopanda_run}"
+EVE_MODEL="${EVE_MODEL:-$REPO/checkpoints/EVE-7B-Pretrain-v1.0}"
+
+run_stage() {  # stage, initial model, output folder, extra arguments...
+  local stage="$1" model="$2" output="$3"
+  shift 3
+  echo "=== $stage: $model -> $output ($NNODES nodes x $GPUS_PER_NODE processes, master $MASTER_ADDR:$MASTER_PORT)"
+  # One task per node; SLURM_NODEID is that node's rank. Variables are expanded on the node.
+  srun --nodes="$NNODES" --ntasks-per-node=1 --kill-on-bad-exit=1 \
+    bash -c 'NODE_RANK=$SLURM_NODEID MODEL="$0" OUTPUT_DIR="$1" exec bash scripts/videopanda/'"$stage"'.sh "${@:2}"' \
+    "$model" "$output" "$@"
+}
+
+run_stage prealign "$EVE_MODEL" "$RUN_DIR/prealign" "$@"
+run_stage pretrain "$RUN_DIR/prealign" "$RUN_DIR/pretrain" "$@"
+run_stage finetune "$RUN_DIR/pretrain" "$RUN_DIR/finetune" "$@"
+echo "=== done: $RUN_DIR/finetune"

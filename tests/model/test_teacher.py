@@ -1,0 +1,136 @@
+"""The LanguageBind video teacher: CLIP conventions, temporal attention, folder loading, frozen behaviour."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import CLIPVisionConfig, CLIPVisionModel
+
+from videopanda.model.teacher import LanguageBindVideoTower, TeacherConfig, TeacherFolderError, init_teacher_weights
+
+TINY = dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=3,
+            image_size=56, patch_size=14, num_frames=8, hidden_act="quick_gelu")
+
+
+def tiny_tower(seed=0, **overrides):
+    return init_teacher_weights(LanguageBindVideoTower(TeacherConfig(**{**TINY, **overrides})), seed=seed, std=0.2)
+
+
+def test_without_temporal_parts_equals_hf_clip_second_to_last_hidden_state():
+    """With the temporal attention switched off (zero out-projection, zero temporal embedding) the tower is
+    a plain CLIP vision transformer: features must be transformers' hidden_states[-2] minus the class token."""
+    clip = CLIPVisionModel(CLIPVisionConfig(**{k: v for k, v in TINY.items() if k != "num_frames"})).eval()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in clip.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    tower = LanguageBindVideoTower(TeacherConfig(**TINY))
+    missing, unexpected = tower.vision_model.load_state_dict(clip.state_dict(), strict=False)
+    assert not unexpected and all("temporal" in k for k in missing)
+    for layer in tower.vision_model.encoder.layers:
+        torch.nn.init.zeros_(layer.temporal_attn.out_proj.weight)
+        torch.nn.init.zeros_(layer.temporal_attn.out_proj.bias)
+    frames = torch.randn(2, 4, 4, 56, 56)
+    ours = tower(frames)
+    with torch.no_grad():
+        ref = clip(pixel_values=frames[:, :, :3].reshape(8, 3, 56, 56), output_hidden_states=True).hidden_states[-2][:, 1:]
+    assert ours.shape == (8, 16, 32)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_temporal_attention_mixes_frames_within_a_chunk_only():
+    tower = tiny_tower()
+    frames = torch.randn(2, 4, 3, 56, 56)
+    base = tower(frames)
+    changed = frames.clone()
+    changed[0, 3] += 1.0  # last frame of chunk 0
+    out = tower(changed)
+    assert not torch.allclose(out[0], base[0]), "frame 0 must see frame 3 of its chunk through temporal attention"
+    torch.testing.assert_close(out[4:], base[4:])  # chunk 1 is independent
+    # The mask channel is dropped.
+    with_mask = torch.cat([frames, torch.zeros(2, 4, 1, 56, 56)], dim=2)
+    torch.testing.assert_close(tower(with_mask), base)
+
+
+def test_temporal_block_matches_a_per_position_loop():
+    """One layer's temporal step, regrouping done by hand one chunk and one position at a time."""
+    tower = tiny_tower(seed=3, num_hidden_layers=1, select_layer=-1)
+    layer = tower.vision_model.encoder.layers[0]
+    x = torch.randn(2 * 4, 17, 32)
+    expected = torch.empty_like(x)
+    with torch.no_grad():
+        for c in range(2):
+            for p in range(17):
+                seq = x[c * 4:(c + 1) * 4, p] + layer.temporal_embedding[0, :4]       # (T, D)
+                normed = layer.temporal_layer_norm1(seq)[None]
+                expected[c * 4:(c + 1) * 4, p] = seq + layer.temporal_attn(normed)[0]
+        expected = expected + layer.self_attn(layer.layer_norm1(expected))
+        expected = expected + layer.mlp(layer.layer_norm2(expected))
+        torch.testing.assert_close(layer(x, 4), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_frozen_eval_no_grad():
+    tower = tiny_tower()
+    tower.train()
+    assert not tower.training and not any(m.training for m in tower.modules())
+    assert not any(p.requires_grad for p in tower.parameters())
+    out = tower(torch.randn(1, 4, 3, 56, 56, requires_grad=True))
+    assert not out.requires_grad
+
+
+def test_save_and_load_round_trip(tmp_path):
+    tower = tiny_tower(seed=1)
+    folder = tower.save_pretrained(tmp_path / "teacher")
+    config = json.loads((folder / "config.json").read_text())
+    assert config["vision_config"]["num_frames"] == 8
+    assert all(k.startswith("vision_model.") for k in load_file(folder / "model.safetensors"))
+    loaded = LanguageBindVideoTower.from_pretrained(folder)
+    frames = torch.randn(1, 4, 3, 56, 56)
+    torch.testing.assert_close(loaded(frames), tower(frames))
+
+
+def test_loads_sharded_bin_in_languagebind_layout(tmp_path):
+    """Nested config with a text tower, sharded pytorch_model-*.bin with an index, text keys and an old
+    position_ids buffer that must be ignored; gelu activation read from the config."""
+    tower = tiny_tower(seed=2, hidden_act="gelu")
+    state = {f"vision_model.{k}": v for k, v in tower.vision_model.state_dict().items()}
+    state["vision_model.embeddings.position_ids"] = torch.arange(17)[None]
+    state["text_model.embeddings.token_embedding.weight"] = torch.randn(10, 32)
+    state["logit_scale"] = torch.tensor(1.0)
+    keys = sorted(state)
+    shards = {"pytorch_model-00001-of-00002.bin": keys[: len(keys) // 2], "pytorch_model-00002-of-00002.bin": keys[len(keys) // 2:]}
+    folder = tmp_path / "LanguageBind_Video_merge"
+    folder.mkdir()
+    for name, names in shards.items():
+        torch.save({k: state[k] for k in names}, folder / name)
+    (folder / "pytorch_model.bin.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {k: n for n, names in shards.items() for k in names}}))
+    vision = {**TINY, "hidden_act": "gelu", "add_time_attn": True, "force_patch_dropout": 0.0}
+    (folder / "config.json").write_text(json.dumps({"model_type": "LanguageBindVideo", "text_config": {"hidden_size": 32},
+                                                    "vision_config": vision}))
+    loaded = LanguageBindVideoTower.from_pretrained(folder)
+    assert loaded.config.hidden_act == "gelu"
+    frames = torch.randn(1, 4, 3, 56, 56)
+    torch.testing.assert_close(loaded(frames), tower(frames))
+
+
+def test_clear_errors(tmp_path):
+    with pytest.raises(TeacherFolderError, match="does not exist"):
+        LanguageBindVideoTower.from_pretrained(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TeacherFolderError, match="no config.json"):
+        LanguageBindVideoTower.from_pretrained(tmp_path / "empty")
+    folder = tiny_tower().save_pretrained(tmp_path / "teacher")
+    state = load_file(folder / "model.safetensors")
+    state.pop("vision_model.encoder.layers.1.temporal_attn.q_proj.weight")
+    state["vision_model.encoder.layers.9.mlp.fc1.weight"] = torch.zeros(1)
+    from safetensors.torch import save_file
+    save_file(state, str(folder / "model.safetensors"))
+    with pytest.raises(TeacherFolderError, match=r"missing: vision_model\.encoder\.layers\.1\.temporal_attn\.q_proj\.weight.*"
+                                                 r"unexpected: vision_model\.encoder\.layers\.9\.mlp\.fc1\.weight"):
+        LanguageBindVideoTower.from_pretrained(folder)
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(TeacherFolderError, match="no model weights"):
+        LanguageBindVideoTower.from_pretrained(folder)
+    with pytest.raises(ValueError, match="224x224|56x56"):
+        tiny_tower()(torch.randn(1, 4, 3, 28, 28))

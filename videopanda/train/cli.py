@@ -1,0 +1,204 @@
+"""`videopanda train`: one training stage, in one process or under torchrun (see TRAIN_AND_VALIDATE.md).
+
+Order of work: parse arguments -> preflight checks (no process group yet) -> model, teacher, data ->
+HF TrainingArguments (this starts the process group) -> train, resuming from the latest complete
+checkpoint -> final model folder + `training_complete.json` -> barrier and process-group teardown.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from videopanda.log import get_logger, setup_logging
+from videopanda.train.args import TrainArgs, parse_train_args
+from videopanda.train.checkpointing import FINAL_MARKER, discard_incomplete, is_finished, write_json_atomic
+from videopanda.train.preflight import Preflight, PreflightError, run_preflight
+
+logger = get_logger(__name__)
+
+
+class SeededItems(Dataset):
+    """Wraps the training dataset so that item i draws its randomness (the flip) from a generator seeded
+    by (seed, i) instead of the process-wide one: the same sample gets the same flip whatever the worker,
+    the number of workers, and whether the run was resumed, which keeps resumed loss curves exact."""
+
+    def __init__(self, dataset, seed: int):
+        self.dataset = dataset
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed * 1_000_003 + index)
+            return self.dataset[index]
+
+    @property
+    def lengths(self) -> list[int]:
+        return self.dataset.lengths
+
+    @property
+    def is_video(self) -> list[bool]:
+        return self.dataset.is_video
+
+    def absorb(self, records) -> None:
+        self.dataset.absorb(records)
+
+
+def _device(args: TrainArgs) -> str:
+    if args.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise PreflightError("--device cuda but no CUDA device is visible")
+    return args.device
+
+
+def _attn_implementation(requested: str, device: str) -> str:
+    if requested != "auto":
+        return requested
+    if device == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def _report_to(value: str) -> list[str]:
+    return [] if value in ("none", "") else [v.strip() for v in value.split(",") if v.strip()]
+
+
+def train(args: TrainArgs, plan: Preflight) -> int:
+    from transformers import AutoTokenizer, TrainingArguments, set_seed
+
+    from videopanda.data.dataset import VideoInstructCollator, VideoInstructDataset
+    from videopanda.data.frames import FrameConfig
+    from videopanda.train.stages import apply_stage, build_model, prepare_zero3
+    from videopanda.train.trainer import LOSS_LOG, LossLogCallback, VideoPandaTrainer
+
+    device = _device(args)
+    bf16 = args.precision == "bf16" or (args.precision == "auto" and device == "cuda")
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    attn = _attn_implementation(args.attn_implementation, device)
+    batch = plan.batch
+    logger.info("stage %s on %d process(es), %s, %s, attention %s: global batch %d = %d per device x %d processes x %d "
+                "accumulation steps", args.stage, batch.world_size, device, "bf16" if bf16 else "fp32", attn,
+                batch.global_batch_size, batch.per_device_batch_size, batch.world_size, batch.gradient_accumulation_steps)
+
+    set_seed(args.seed)  # identical fresh weights on every rank
+    tokenizer = AutoTokenizer.from_pretrained(args.model, model_max_length=args.max_length, padding_side="right")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token
+    model = build_model(args.model, init=args.init, stab_overrides=args.stab_overrides(),
+                        config_overrides=args.config_overrides(),
+                        teacher_folder=args.teacher if args.distill else None, dtype=dtype, attn_implementation=attn)
+    model.config.use_cache = False
+    apply_stage(model, args.stage)
+    deepspeed = args.deepspeed
+    if plan.deepspeed_stage == 3:
+        deepspeed = prepare_zero3(model, json.loads(Path(args.deepspeed).read_text()))
+
+    config = model.config
+    frames = FrameConfig(num_frames=config.num_frames, frames_per_chunk=config.frames_per_chunk,
+                         image_size=config.image_size, teacher_image_size=config.teacher_image_size,
+                         patch_size=config.stab["patch_size"])
+    dataset = VideoInstructDataset(plan.data_json, plan.video_folder, tokenizer, frames, first_half=bool(args.first_half),
+                                   random_flip=args.random_flip, seed=args.seed, model_max_length=args.max_length)
+    logger.info("data: %d samples (%d with video) from %s", plan.num_samples, plan.num_video_samples,
+                ", ".join(str(p) for p in plan.data_json))
+
+    on_gpu = device == "cuda"
+    training_args = TrainingArguments(
+        output_dir=args.output_dir,
+        per_device_train_batch_size=batch.per_device_batch_size,
+        gradient_accumulation_steps=batch.gradient_accumulation_steps,
+        learning_rate=args.learning_rate,
+        weight_decay=args.weight_decay,
+        warmup_steps=args.warmup_ratio,
+        lr_scheduler_type="cosine",
+        num_train_epochs=args.num_train_epochs,
+        max_steps=args.max_steps,
+        max_grad_norm=args.max_grad_norm,
+        logging_steps=args.logging_steps,
+        save_strategy="steps",
+        save_steps=args.save_steps,
+        save_total_limit=None,  # pruning happens after a checkpoint is marked complete (trainer.py)
+        seed=args.seed,
+        data_seed=args.seed,
+        bf16=bf16,
+        tf32=True if on_gpu else None,
+        use_cpu=not on_gpu,
+        ddp_backend="gloo" if not on_gpu and batch.world_size > 1 else None,
+        ddp_find_unused_parameters=False,
+        deepspeed=deepspeed,
+        gradient_checkpointing=args.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        dataloader_num_workers=args.num_workers,
+        remove_unused_columns=False,
+        report_to=_report_to(args.report_to),
+        disable_tqdm=False,
+    )  # from here on the process group exists
+    trainer = VideoPandaTrainer(
+        model=model, args=training_args, train_dataset=SeededItems(dataset, args.seed),
+        data_collator=VideoInstructCollator(tokenizer, args.max_length), processing_class=tokenizer,
+        callbacks=[LossLogCallback(Path(args.output_dir) / LOSS_LOG)],
+        visual_learning_rate=args.visual_learning_rate, save_teacher=args.save_teacher,
+        keep_checkpoints=args.save_total_limit, group_by_modality_length=args.group_by_modality_length,
+    )
+    if training_args.should_save:
+        discard_incomplete(args.output_dir)
+    trainer.accelerator.wait_for_everyone()
+    if plan.resume_from is not None:
+        logger.info("resuming from %s", plan.resume_from)
+    result = trainer.train(resume_from_checkpoint=str(plan.resume_from) if plan.resume_from else None)
+    trainer.save_model(args.output_dir)
+    report = dataset.log_summary()
+    trainer.accelerator.wait_for_everyone()
+    if training_args.should_save:
+        (Path(args.output_dir) / "data_report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+        write_json_atomic(Path(args.output_dir) / FINAL_MARKER, {
+            "stage": args.stage, "global_step": trainer.state.global_step, "train_loss": result.training_loss,
+            "init": str(args.model), "init_kind": plan.init_kind, "teacher": args.teacher if args.distill else None,
+            "world_size": batch.world_size, "global_batch_size": batch.global_batch_size,
+        })
+        logger.info("stage %s finished: %s", args.stage, args.output_dir)
+    trainer.accelerator.wait_for_everyone()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    setup_logging()
+    import sys
+
+    args = parse_train_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        plan = run_preflight(args)
+        if args.check_only:
+            logger.info("check passed: %s init, %d samples (%d with video), global batch %d = %d x %d x %d, resume %s",
+                        plan.init_kind, plan.num_samples, plan.num_video_samples, plan.batch.global_batch_size,
+                        plan.batch.per_device_batch_size, plan.batch.world_size, plan.batch.gradient_accumulation_steps,
+                        plan.resume_from or "none")
+            return 0
+        if args.resume == "auto" and is_finished(args.output_dir):
+            logger.info("%s already holds a finished %s stage (%s); nothing to do", args.output_dir, args.stage,
+                        FINAL_MARKER)
+            return 0
+        return train(args, plan)
+    except PreflightError as err:
+        logger.error("%s", err)
+        return 2
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
+
+__all__ = ["SeededItems", "main", "train"]

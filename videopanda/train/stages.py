@@ -1,0 +1,281 @@
+"""Stage initialisation and freezing (SPEC section 6).
+
+Module groups, by state-dict prefix: `stab` (model.video_tower), `projector` (model.video_projector),
+`distill_head` (model.video_tower_compressor), `teacher` (model.video_teacher, always frozen) and
+`llm` (everything else: embeddings, decoder layers, final norm, lm_head).
+
+- prealign trains stab + projector + distill_head; the LLM is frozen.
+- pretrain and finetune train everything but the teacher.
+
+Initialisation (`build_model`), from `--model`:
+- a Video-Panda folder (model_type "videopanda": the previous stage's output, or a tiny model made for
+  the quickstart): `from_pretrained`, plus the distillation head from its `model.video_tower_compressor.*`
+  tensors (which `from_pretrained` ignores); a folder this trainer finished must hold the complete head.
+- an EVE-7B-Pretrain folder: the LLM through `from_pretrained`, then its `model.vision_tower.*` (minus
+  the CLIP teacher), `model.mm_projector.*` and `model.vision_tower_compressor.*` (minus `teacher_layer.`)
+  through `checkpoint.eve_key_to_model_key` into the STAB, projector and head; the temporal STAB parts
+  (LSTE, DPE, GSTRA with its query, context projection and balance) start fresh. What was loaded and
+  what was not is logged.
+- a plain Llama folder: the LLM only; every visual part starts fresh (`--stab KEY=VALUE` sets the STAB).
+The teacher always comes from the LanguageBind folder (`--teacher`).
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from videopanda.log import get_logger
+from videopanda.model.checkpoint import (
+    EVE_HEAD_PREFIX,
+    EVE_PROJECTOR_PREFIX,
+    EVE_TOWER_PREFIX,
+    HEAD_PREFIX,
+    HEAD_TEACHER_PART,
+    PROJECTOR_PREFIX,
+    STAB_PREFIX,
+    TEACHER_PREFIX,
+    eve_key_to_model_key,
+    place_state_dict,
+)
+from videopanda.train.checkpointing import FINAL_MARKER
+
+logger = get_logger(__name__)
+
+GROUP_PREFIXES: tuple[tuple[str, str], ...] = (
+    ("teacher", TEACHER_PREFIX),
+    ("distill_head", HEAD_PREFIX),
+    ("stab", STAB_PREFIX),
+    ("projector", PROJECTOR_PREFIX),
+)
+GROUPS = ("llm", "stab", "projector", "distill_head", "teacher")
+VISUAL_GROUPS = frozenset({"stab", "projector", "distill_head"})
+TEMPORAL_STAB_PARTS = ("lste.", "dpe.", "gstra.", "context.")
+"""STAB parts (module names) that an EVE initialisation leaves fresh: LSTE, DPE, GSTRA (+ query), context."""
+
+INIT_KINDS = ("videopanda", "eve", "llama")
+
+
+def module_group(name: str) -> str:
+    """Group of a parameter / state-dict name of `VideoPandaForCausalLM`."""
+    for group, prefix in GROUP_PREFIXES:
+        if name.startswith(prefix):
+            return group
+    return "llm"
+
+
+def trainable_groups(stage: str) -> frozenset[str]:
+    if stage == "prealign":
+        return VISUAL_GROUPS
+    if stage in ("pretrain", "finetune"):
+        return frozenset(set(GROUPS) - {"teacher"})
+    raise ValueError(f"unknown stage {stage!r}")
+
+
+@dataclass
+class GroupInfo:
+    name: str
+    trainable: bool
+    num_params: int
+
+
+def apply_stage(model: nn.Module, stage: str) -> list[GroupInfo]:
+    """Set requires_grad per group for `stage` and log one line per group; returns the groups present."""
+    train = trainable_groups(stage)
+    counts: dict[str, int] = {}
+    for name, param in model.named_parameters():
+        group = module_group(name)
+        param.requires_grad_(group in train)
+        counts[group] = counts.get(group, 0) + param.numel()
+    infos = [GroupInfo(g, g in train, counts[g]) for g in GROUPS if g in counts]
+    for info in infos:
+        logger.info("stage %s: %-12s %-9s %12s parameters", stage, info.name,
+                    "trainable" if info.trainable else "frozen", f"{info.num_params:,}")
+    return infos
+
+
+# ---- initialisation --------------------------------------------------------------------------------
+
+
+def read_config(folder: str | Path) -> dict:
+    path = Path(folder) / "config.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{folder}: no config.json (not a model folder)") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+
+
+def detect_init_kind(folder: str | Path, init: str = "auto") -> str:
+    """videopanda / eve / llama, from the folder's config.json model_type unless given."""
+    if init != "auto":
+        if init not in INIT_KINDS:
+            raise ValueError(f"--init must be auto or one of {INIT_KINDS}, got {init!r}")
+        return init
+    model_type = read_config(folder).get("model_type")
+    if model_type == "videopanda":
+        return "videopanda"
+    if model_type == "eve" or any(k in read_config(folder) for k in ("mm_vision_tower", "mm_projector_type")):
+        return "eve"
+    if model_type == "llama":
+        return "llama"
+    raise ValueError(f"{folder}: model_type {model_type!r} is none of videopanda, eve, llama; pass --init")
+
+
+_CONFIG_DROP = ("model_type", "architectures", "auto_map", "transformers_version", "_name_or_path", "torch_dtype",
+                "dtype", "stab")
+
+
+def videopanda_config_from_llm(folder: str | Path, stab_overrides: dict, config_overrides: dict | None = None):
+    """A VideoPandaConfig carrying an EVE / Llama folder's LLM fields, `config_overrides` (frame sizes,
+    number of frames, ...) and a fresh STAB (`stab_overrides`)."""
+    from videopanda.model.videopanda import VideoPandaConfig
+
+    raw = {k: v for k, v in read_config(folder).items() if k not in _CONFIG_DROP}
+    raw.update(config_overrides or {})
+    stab = dict(stab_overrides)
+    width = stab.get("width", raw.get("video_hidden_size", 1024))
+    stab["width"] = width
+    raw.update(video_hidden_size=width, mm_hidden_size=width)
+    return VideoPandaConfig(**raw, stab=stab)
+
+
+def _place_parts(parts: dict[str, nn.Module], state: dict[str, torch.Tensor], key_map: Callable[[str], str | None],
+                 source: str, expect_missing: dict[str, tuple[str, ...]], strict: bool) -> dict[str, int]:
+    """Place mapped tensors into each part (model prefix -> module); returns tensors placed per part.
+    Tensors that map outside every part are reported as unplaceable."""
+    placed: dict[str, int] = {}
+    leftovers = []
+    for prefix, module in parts.items():
+        def local(name: str, prefix=prefix) -> str | None:
+            ours = key_map(name)
+            return ours[len(prefix):] if ours is not None and ours.startswith(prefix) else None
+
+        mine = {k: v for k, v in state.items() if local(k) is not None}
+        report = place_state_dict(module, mine, local, source=f"{source} -> {prefix.rstrip('.')}",
+                                  expect_missing=expect_missing.get(prefix, ()), strict=strict)
+        placed[prefix] = len(report.placed)
+    for name in state:
+        ours = key_map(name)
+        if ours is not None and not ours.startswith(tuple(parts)):
+            leftovers.append(name)
+    if leftovers:
+        message = f"{source}: {len(leftovers)} tensors fit no visual part: {', '.join(sorted(leftovers))}"
+        if strict:
+            raise ValueError(message)
+        logger.warning(message)
+    return placed
+
+
+def load_eve_visual_parts(model: nn.Module, head: nn.Module | None, folder: str | Path) -> None:
+    """STAB (non-temporal parts), projector and distillation head from an EVE-7B-Pretrain folder."""
+    from videopanda.model.teacher import read_prefixed_tensors
+
+    state = read_prefixed_tensors(folder, (EVE_TOWER_PREFIX, EVE_PROJECTOR_PREFIX, EVE_HEAD_PREFIX))
+    parts: dict[str, nn.Module] = {STAB_PREFIX: model.model.video_tower, PROJECTOR_PREFIX: model.model.video_projector}
+    if head is not None:
+        parts[HEAD_PREFIX] = head
+    placed = _place_parts(parts, state, eve_key_to_model_key, f"EVE {folder}", {STAB_PREFIX: TEMPORAL_STAB_PARTS},
+                          strict=False)
+    fresh = sorted({name.split(".")[0] for name, _ in model.model.video_tower.named_parameters()
+                    if name.startswith(TEMPORAL_STAB_PARTS)})
+    logger.info("EVE init: loaded %d STAB, %d projector, %d distillation-head tensors; fresh: STAB temporal parts (%s)%s",
+                placed[STAB_PREFIX], placed[PROJECTOR_PREFIX], placed.get(HEAD_PREFIX, 0), ", ".join(fresh),
+                "" if head is None or placed.get(HEAD_PREFIX) else ", distillation head")
+
+
+def load_head_from_folder(head: nn.Module, folder: str | Path) -> int:
+    """The distillation head from a Video-Panda folder's `model.video_tower_compressor.*` (its teacher copy
+    ignored). Strict for folders this trainer finished (FINAL_MARKER); otherwise missing parts are logged
+    and start fresh. Returns the number of tensors placed."""
+    from videopanda.model.teacher import read_prefixed_tensors
+
+    state = read_prefixed_tensors(folder, (HEAD_PREFIX,))
+    ours = (Path(folder) / FINAL_MARKER).is_file()
+    if not state:
+        if ours:
+            raise ValueError(f"{folder}: finished by this trainer but holds no distillation head ({HEAD_PREFIX}*)")
+        logger.warning("%s holds no distillation head (%s*): it starts fresh", folder, HEAD_PREFIX)
+        return 0
+
+    def key_map(name: str) -> str | None:
+        return None if HEAD_TEACHER_PART in name else name[len(HEAD_PREFIX):]
+
+    report = place_state_dict(head, state, key_map, source=f"distillation head from {folder}", strict=ours)
+    return len(report.placed)
+
+
+def build_model(folder: str | Path, *, init: str, stab_overrides: dict, teacher_folder: str | Path | None,
+                dtype: torch.dtype, attn_implementation: str, config_overrides: dict | None = None):
+    """The model for one stage, distillation attached when `teacher_folder` is given (see module docstring)."""
+    from videopanda.model.distill import DistillationHead
+    from videopanda.model.teacher import LanguageBindVideoTower
+    from videopanda.model.videopanda import VideoPandaForCausalLM
+
+    kind = detect_init_kind(folder, init)
+    logger.info("initialising from %s (%s folder)", folder, kind)
+    if kind == "videopanda":
+        if stab_overrides or config_overrides:
+            logger.warning("--stab / --model-config are ignored: the configuration comes from %s", folder)
+        model = VideoPandaForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation=attn_implementation)
+    else:
+        config = videopanda_config_from_llm(folder, stab_overrides, config_overrides)
+        model = VideoPandaForCausalLM.from_pretrained(folder, config=config, dtype=dtype,
+                                                      attn_implementation=attn_implementation)
+        if kind == "llama":
+            logger.info("Llama init: LLM loaded; STAB, projector and distillation head start fresh")
+    head = None
+    if teacher_folder is not None:
+        teacher = LanguageBindVideoTower.from_pretrained(teacher_folder, dtype=dtype)
+        if teacher.config.image_size != model.config.teacher_image_size:
+            raise ValueError(f"teacher {teacher_folder} takes {teacher.config.image_size} px frames but the model's "
+                             f"teacher_image_size is {model.config.teacher_image_size}")
+        head = DistillationHead(model.config.hidden_size, teacher.config.hidden_size).to(dtype)
+        if kind == "videopanda":
+            load_head_from_folder(head, folder)
+    if kind == "eve":
+        load_eve_visual_parts(model, head, folder)
+    if head is not None:
+        model.enable_distillation(teacher, head)
+    return model
+
+
+def _frames_require_grad(module: nn.Module, args: tuple) -> tuple | None:
+    """Forward pre-hook of the STAB under ZeRO-3: its input frames require grad while training, so that
+    DeepSpeed's leaf-module gradient hook (a full backward hook) fires after every STAB parameter's
+    gradient exists rather than never."""
+    if not torch.is_grad_enabled() or not module.training or not args or not torch.is_tensor(args[0]):
+        return None
+    return (args[0].detach().requires_grad_(True), *args[1:])
+
+
+def prepare_zero3(model: nn.Module, config: dict) -> dict:
+    """Make ZeRO-3 safe for the STAB; returns the DeepSpeed config to use (a modified copy).
+
+    ZeRO-3 gathers partitioned parameters with collectives around every module call and checks that
+    all ranks call the same modules in the same order. The STAB runs its LSD / FSRA / context modules
+    once per group of frames sharing a crop box, which depends on the videos a rank holds, and reads
+    children's weights directly. So the STAB is a ZeRO-3 leaf module (DeepSpeed's public API): DeepSpeed
+    sees it as one module, called once per forward on every rank (text-only batches run it on a dummy
+    chunk), and gathers all its parameters at that call. DeepSpeed reduces a leaf's gradients from a full
+    backward hook, which PyTorch only runs when the module's input requires grad and its output holds a
+    tensor at the top level (see TRAIN_AND_VALIDATE.md, ZeRO-3). Prefetching follows each rank's own
+    trace and is switched off."""
+    from deepspeed.utils import set_z3_leaf_modules_by_name
+
+    set_z3_leaf_modules_by_name(model, ["model.video_tower"])
+    model.model.video_tower.register_forward_pre_hook(_frames_require_grad)
+    out = json.loads(json.dumps(config))
+    out.setdefault("zero_optimization", {})["stage3_prefetch_bucket_size"] = 0
+    logger.info("ZeRO-3: the STAB is gathered as one leaf module; parameter prefetching off")
+    return out
+
+
+__all__ = ["GROUPS", "GroupInfo", "TEMPORAL_STAB_PARTS", "VISUAL_GROUPS", "apply_stage", "build_model",
+           "detect_init_kind", "load_eve_visual_parts", "load_head_from_folder", "prepare_zero3",
+           "module_group", "trainable_groups", "videopanda_config_from_llm"]

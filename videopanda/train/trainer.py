@@ -1,0 +1,189 @@
+"""`VideoPandaTrainer`: the HF Trainer with Video-Panda's parameter groups, loss parts, sampler and saving.
+
+- Optimizer: AdamW with up to four groups: visual (STAB, projector, distillation head) at
+  `visual_learning_rate` and the rest at the base rate, each split into decayed matrices and
+  never-decayed biases / norms / vectors. Under a DeepSpeed config that offloads the optimizer,
+  DeepSpeedCPUAdam takes the same groups.
+- Loss: each micro-batch's loss is lm_loss + distill_loss (the model adds them). `lm_loss` and
+  `distill_loss` are logged separately (tensorboard and the JSONL loss log), averaged over the
+  micro-batches and ranks of the logging interval; distill_loss only over micro-batches with video.
+- Sampler: `ModalityLengthGroupedSampler` in its global order (accelerate shards it per rank).
+- Saving: teacher tensors stay out of saved folders unless `save_teacher`; every checkpoint gets its
+  completion marker after all ranks wrote it, and old checkpoints are pruned only after that
+  (`checkpointing`).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainerCallback
+
+from videopanda.log import get_logger
+from videopanda.model.checkpoint import TEACHER_PREFIX
+from videopanda.train.checkpointing import mark_complete, prune_checkpoints
+from videopanda.train.stages import VISUAL_GROUPS, module_group
+
+logger = get_logger(__name__)
+
+LOSS_LOG = "loss_log.jsonl"
+
+
+def no_decay(name: str, param: torch.nn.Parameter) -> bool:
+    """Biases, norms and other vectors (embeddings of one token, balance) are never decayed."""
+    return param.dim() < 2 or "norm" in name.lower()
+
+
+def parameter_groups(model: torch.nn.Module, learning_rate: float, visual_learning_rate: float,
+                     weight_decay: float) -> list[dict]:
+    """Trainable parameters in (visual | rest) x (decay | no decay) groups; empty groups are left out."""
+    buckets: dict[tuple[bool, bool], list] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        key = (module_group(name) in VISUAL_GROUPS, no_decay(name, param))
+        buckets.setdefault(key, []).append(param)
+    groups = []
+    for (visual, plain), params in sorted(buckets.items()):
+        groups.append({"params": params, "lr": visual_learning_rate if visual else learning_rate,
+                       "weight_decay": 0.0 if plain else weight_decay,
+                       "name": f"{'visual' if visual else 'base'}{'_no_decay' if plain else ''}"})
+    if not groups:
+        raise ValueError("no trainable parameters")
+    return groups
+
+
+class LossLogCallback(TrainerCallback):
+    """Appends every training log (step, loss, lm_loss, distill_loss, learning_rate, ...) to
+    `output_dir/loss_log.jsonl` on the main process. On a resumed run, lines past the resumed step
+    (written after the checkpoint by the interrupted run) are dropped first, so the file is the
+    loss curve of one uninterrupted run."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero or not self.path.exists():
+            return
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a kill
+            if record.get("step", 0) <= state.global_step:
+                kept.append(line)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(f"{line}\n" for line in kept))
+        tmp.replace(self.path)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs or "loss" not in logs:
+            return
+        record = {"step": state.global_step, **{k: v for k, v in logs.items() if isinstance(v, (int, float))}}
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
+class VideoPandaTrainer(Trainer):
+    def __init__(self, *args, visual_learning_rate: float, save_teacher: bool = False, keep_checkpoints: int = 2,
+                 group_by_modality_length: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.visual_learning_rate = visual_learning_rate
+        self.save_teacher = save_teacher
+        self.keep_checkpoints = keep_checkpoints
+        self.group_by_modality_length = group_by_modality_length
+        # Every micro-batch's loss is a per-token mean (lm) plus a per-frame mean (distill); the Trainer
+        # divides by the accumulation steps instead of passing num_items_in_batch to the model.
+        self.model_accepts_loss_kwargs = False
+        self._loss_parts = torch.zeros(4, dtype=torch.float64)  # lm sum, lm count, distill sum, distill count
+
+    # ---- data ------------------------------------------------------------------------------------
+
+    def _get_train_sampler(self, train_dataset=None):
+        from videopanda.data.dataset import ModalityLengthGroupedSampler
+
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if not self.group_by_modality_length:
+            return super()._get_train_sampler(train_dataset)
+        return ModalityLengthGroupedSampler(dataset.lengths, dataset.is_video, self.args.per_device_train_batch_size,
+                                            world_size=self.args.world_size, seed=self.args.seed)
+
+    # ---- optimizer -------------------------------------------------------------------------------
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is not None:
+            return self.optimizer
+        groups = parameter_groups(model or self.model, self.args.learning_rate, self.visual_learning_rate,
+                                  self.args.weight_decay)
+        kwargs = {"betas": (self.args.adam_beta1, self.args.adam_beta2), "eps": self.args.adam_epsilon}
+        if self._offloads_optimizer():
+            from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+            self.optimizer = DeepSpeedCPUAdam(groups, lr=self.args.learning_rate, adamw_mode=True, **kwargs)
+        else:
+            self.optimizer = torch.optim.AdamW(groups, lr=self.args.learning_rate, **kwargs)
+        for group in groups:
+            logger.info("optimizer group %-16s lr %.2e  weight decay %.2g  %s parameters", group["name"], group["lr"],
+                        group["weight_decay"], f"{sum(p.numel() for p in group['params']):,}")
+        return self.optimizer
+
+    def _offloads_optimizer(self) -> bool:
+        ds_config = getattr(self.args, "hf_deepspeed_config", None)
+        config = ds_config.config if ds_config is not None else {}
+        device = config.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none")
+        return device not in (None, "none")
+
+    # ---- loss ------------------------------------------------------------------------------------
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        replaced = inputs.pop("replaced", None)
+        inputs.pop("ids", None)
+        if replaced:
+            self.train_dataset.absorb(replaced)
+        has_video = any(v is not None for v in inputs.get("videos") or [])
+        outputs = model(**inputs)
+        parts = self._loss_parts
+        if outputs.lm_loss is not None:
+            parts[0] += float(outputs.lm_loss.detach())
+            parts[1] += 1
+        if has_video and outputs.distill_loss is not None:
+            parts[2] += float(outputs.distill_loss.detach())
+            parts[3] += 1
+        return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:  # a training log: every rank is here (the Trainer gathers the loss too)
+            totals = self._loss_parts.to(self.args.device, dtype=torch.float32)
+            if self.args.world_size > 1:
+                totals = self.accelerator.reduce(totals, reduction="sum")
+            lm_sum, lm_n, d_sum, d_n = totals.tolist()
+            if lm_n:
+                logs["lm_loss"] = lm_sum / lm_n
+            if d_n:
+                logs["distill_loss"] = d_sum / d_n
+            self._loss_parts.zero_()
+        super().log(logs, start_time)
+
+    # ---- saving ----------------------------------------------------------------------------------
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        if not self.save_teacher:
+            if state_dict is None and self.args.should_save:
+                state_dict = self.accelerator.unwrap_model(self.model).state_dict()
+            if state_dict is not None:
+                state_dict = {k: v for k, v in state_dict.items() if not k.startswith(TEACHER_PREFIX)}
+        super()._save(output_dir, state_dict=state_dict)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        super()._save_checkpoint(model, trial)
+        folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            mark_complete(folder, self.state.global_step, self.args.world_size)
+            prune_checkpoints(folder.parent, self.keep_checkpoints)
+        self.accelerator.wait_for_everyone()
+
+
+__all__ = ["LOSS_LOG", "LossLogCallback", "VideoPandaTrainer", "no_decay", "parameter_groups"]
