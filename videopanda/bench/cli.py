@@ -1,0 +1,122 @@
+"""`videopanda bench visual | data | ttft`: speed benchmarks (methodology in docs/benchmarks.md).
+
+    videopanda bench visual --device cpu --threads 2 --output bench_visual_cpu.json
+    videopanda bench visual --device cuda --dtype bfloat16 --output bench_visual_h100.json
+    videopanda bench data --synthetic 8 --workers 1 --output bench_data.json
+    videopanda bench ttft --device cuda --dtype bfloat16 --output bench_ttft_h100.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+from pathlib import Path
+
+from videopanda.log import get_logger
+
+logger = get_logger(__name__)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="videopanda bench", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="bench", required=True)
+
+    visual = sub.add_parser("visual", help="STAB + projector against CLIP ViT-L/14 and the LanguageBind video tower")
+    visual.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    visual.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    visual.add_argument("--frames", type=int, default=8)
+    visual.add_argument("--warmup", type=int, default=None, help="untimed calls per row (default 1 on CPU, 10 on CUDA)")
+    visual.add_argument("--iters", type=int, default=None, help="timed calls per row (default 3 on CPU, 50 on CUDA)")
+    visual.add_argument("--threads", type=int, default=2, help="CPU intra-op threads (default 2)")
+    visual.add_argument("--compile", action="store_true", help="time torch.compile'd modules (FLOPs stay eager)")
+    visual.add_argument("--tiny", action="store_true", help="tiny widths and frames: a seconds-long smoke run")
+    visual.add_argument("--rows", default=None, help="comma-separated subset of rows (default: all three)")
+    visual.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="also print the top N ops of each row from torch.profiler")
+    visual.add_argument("--output", type=Path, default=None, help="write the JSON report here")
+
+    data = sub.add_parser("data", help="decode + preprocess 8 frames: videos/s per worker")
+    source = data.add_mutually_exclusive_group(required=True)
+    source.add_argument("--video", nargs="+", default=[], help="video files to decode")
+    source.add_argument("--synthetic", type=int, default=0, metavar="N", help="write N synthetic mp4s first")
+    data.add_argument("--size", default="640x360", help="synthetic video size WxH (default 640x360)")
+    data.add_argument("--fps", type=int, default=30, help="synthetic frame rate (default 30)")
+    data.add_argument("--seconds", type=float, default=10.0, help="synthetic duration (default 10)")
+    data.add_argument("--workers", type=int, default=1)
+    data.add_argument("--repeats", type=int, default=3, help="timed passes over each worker's videos")
+    data.add_argument("--frames", type=int, default=8)
+    data.add_argument("--output", type=Path, default=None)
+
+    ttft = sub.add_parser("ttft", help="time to first token, 7B shape with random weights")
+    ttft.add_argument("--device", default="cuda")
+    ttft.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    ttft.add_argument("--frames", type=int, default=8)
+    ttft.add_argument("--layers", type=int, default=None, help="LLM layers (default: the 7B config's 32)")
+    ttft.add_argument("--hidden", type=int, default=None, help="LLM width (smoke tests only)")
+    ttft.add_argument("--intermediate", type=int, default=None)
+    ttft.add_argument("--heads", type=int, default=None)
+    ttft.add_argument("--vocab", type=int, default=None)
+    ttft.add_argument("--stab-width", type=int, default=None)
+    ttft.add_argument("--text-tokens", type=int, default=32)
+    ttft.add_argument("--decode-tokens", type=int, default=8)
+    ttft.add_argument("--warmup", type=int, default=None)
+    ttft.add_argument("--iters", type=int, default=None)
+    ttft.add_argument("--threads", type=int, default=2)
+    ttft.add_argument("--tiny", action="store_true", help="a tiny model and 112 px frames (CPU smoke test)")
+    ttft.add_argument("--output", type=Path, default=None)
+    return parser
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise SystemExit(f"videopanda bench data: --size must look like 640x360, got {text!r}") from None
+    return width, height
+
+
+def _run(args: argparse.Namespace, command: str) -> tuple[dict, str]:
+    if args.bench == "visual":
+        from videopanda.bench.visual import ROW_NAMES, VisualBenchConfig, format_report, run_visual_bench
+
+        rows = ROW_NAMES if args.rows is None else [r.strip() for r in args.rows.split(",") if r.strip()]
+        report = run_visual_bench(VisualBenchConfig(
+            device=args.device, dtype=args.dtype, frames=args.frames, warmup=args.warmup, iters=args.iters,
+            threads=args.threads, compile=args.compile, tiny=args.tiny, rows=rows, profile=args.profile,
+            command=command))
+        return report, format_report(report)
+    if args.bench == "data":
+        from videopanda.bench.data_path import DataBenchConfig, format_report, run_data_bench
+
+        width, height = _size(args.size)
+        report = run_data_bench(DataBenchConfig(
+            videos=args.video, synthetic=args.synthetic, width=width, height=height, fps=args.fps,
+            seconds=args.seconds, workers=args.workers, repeats=args.repeats, num_frames=args.frames,
+            command=command))
+        return report, format_report(report)
+    from videopanda.bench.ttft import TTFTBenchConfig, format_report, run_ttft_bench
+
+    report = run_ttft_bench(TTFTBenchConfig(
+        device=args.device, dtype=args.dtype, frames=args.frames, layers=args.layers, hidden=args.hidden,
+        intermediate=args.intermediate, heads=args.heads, vocab=args.vocab, stab_width=args.stab_width,
+        text_tokens=args.text_tokens, decode_tokens=args.decode_tokens, warmup=args.warmup, iters=args.iters,
+        threads=args.threads, tiny=args.tiny, command=command))
+    return report, format_report(report)
+
+
+def main(argv: list[str]) -> int:
+    from videopanda.bench.timing import BenchError
+
+    args = _parser().parse_args(argv)
+    command = "videopanda bench " + shlex.join(argv)
+    try:
+        report, table = _run(args, command)
+    except (BenchError, ValueError, FileNotFoundError) as err:
+        logger.error("bench %s failed: %s", args.bench, err)
+        return 1
+    print(table)
+    if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(report, indent=2) + "\n")
+        logger.info("wrote %s", args.output)
+    return 0
