@@ -23,4 +23,10 @@ $PY -m pip install -q -e ".[test]"
 if ! $PY -c "import deepspeed" 2>/dev/null; then
   DS_BUILD_OPS=0 $PY -m pip install -q --no-build-isolation deepspeed
 fi
+# DeepSpeed's torch comm backend JIT-compiles its shared-memory op (deepspeed_shm_comm) on a machine's
+# first run (about a minute on 2 cores, cached in torch's extension folder); build it once here, through the
+# very function the backend calls, so the first training run or test does not pay it inside its timeout.
+echo "building DeepSpeed's shared-memory comm op (about a minute the first time)" >&2
+$PY -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()" >/dev/null \
+  || echo "warning: DeepSpeed's shm comm op did not build here; the first DeepSpeed run will try again" >&2
 echo "$want" > "$stamp"

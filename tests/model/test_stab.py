@@ -345,6 +345,20 @@ def test_parameter_counts_of_the_7b_block():
 # Initialisation and gradients
 
 
+@pytest.mark.parametrize("row_tokens", [True, False])
+def test_packed_output_is_the_list_output_concatenated_in_frame_order(row_tokens):
+    cfg = STABConfig(width=64, num_heads=8, use_row_tokens=row_tokens)
+    block, _ = loaded_block(cfg, seed=3)
+    frames = make_frames(*CASES["mixed_regions_224"][:3], CASES["mixed_regions_224"][3], seed=5)
+    with torch.no_grad():
+        tokens, grids = block(frames)
+        packed, packed_grids = block(frames, packed=True)
+    assert isinstance(tokens, list) and torch.is_tensor(packed) and packed_grids == grids
+    assert torch.equal(packed, torch.cat(tokens))
+    assert [block.num_tokens(g) for g in grids] == [t.shape[0] for t in tokens]
+    assert all(torch.equal(a, b) for a, b in zip(packed.split([block.num_tokens(g) for g in grids]), tokens))
+
+
 def test_zero_starts():
     block = SpatioTemporalAlignmentBlock(SMALL)
     zero = ["lste.reduce.weight", "lste.reduce.bias", "dpe.bias", "gstra.out_proj.weight", "gstra.out_proj.bias",

@@ -10,7 +10,10 @@ a sample without "video" (or with "video": null) is text-only. Video paths are r
 Bad samples never stop training. A missing, empty or undecodable video, a malformed conversation or
 a sample whose frame placeholders or supervised tokens would not survive truncation to
 `model_max_length` is replaced by another sample, drawn from `numpy.random.default_rng([seed, index,
-attempt])`: the same choice on every rank and in every worker. Each bad sample is logged once per
+attempt])`: the same choice on every rank and in every worker. The random flip of the sample loaded at
+that attempt is the next draw of the same generator (the first at attempt 0), so an item's randomness
+depends on (seed, index, attempt) only: not on the worker, the number of workers, or whether a training
+run was resumed, which keeps resumed loss curves exact. Each bad sample is logged once per
 process with its reason and remembered, so a known-bad file is not opened again. Every item carries
 the replacements made while producing it (`item["replaced"]`, each record tagged with the process
 id); the collator passes them on as `batch["replaced"]` and the training loop hands them to
@@ -90,7 +93,7 @@ class VideoInstructDataset(Dataset):
     An item: `input_ids` int64 (S,), `labels` int64 (S,), `video` student float (C, T, 4, 448, 448)
     or None, `teacher_video` float (C, T, 4, 224, 224) or None, `id`, and `replaced` (records of the
     samples replaced while producing this item). `random_flip` draws a horizontal flip with
-    probability 0.5 per item (torch's default generator, seeded per worker by the DataLoader) and
+    probability 0.5 per item from the generator of (seed, index, attempt) (module docstring) and
     applies it to student and teacher alike; keep it off outside training.
     """
 
@@ -127,20 +130,25 @@ class VideoInstructDataset(Dataset):
         """Per sample: True when it references a video."""
         return [video_of(s) is not None for s in self.samples]
 
+    def _draw(self, index: int, attempt: int) -> tuple[int, bool]:
+        """(sample to load, flip it) for `index` at `attempt`, from `default_rng([seed, index, attempt])`: at
+        attempt >= 1 the first draw picks the replacement; the flip is the next draw."""
+        rng = np.random.default_rng([self.seed, index, attempt])
+        candidate = int(rng.integers(len(self.samples))) if attempt else index
+        return candidate, self.random_flip and bool(rng.random() < 0.5)
+
     def replacement_index(self, index: int, attempt: int) -> int:
         """The sample tried instead of `index` at attempt >= 1: a function of (seed, index, attempt) only."""
-        return int(np.random.default_rng([self.seed, index, attempt]).integers(len(self.samples)))
+        return self._draw(index, attempt)[0]
 
     def __getitem__(self, index: int) -> dict:
         replaced = []
-        candidate = index
         for attempt in range(self.max_attempts):
-            if attempt:
-                candidate = self.replacement_index(index, attempt)
+            candidate, flip = self._draw(index, attempt)
             record = self._bad.get(candidate)
             if record is None:
                 try:
-                    item = self._load(candidate)
+                    item = self._load(candidate, flip)
                 except (VideoReadError, ConversationFormatError, SampleTooLongError) as exc:
                     record = self._remember(candidate, exc)
                 else:
@@ -153,7 +161,7 @@ class VideoInstructDataset(Dataset):
             f"{len(self._bad)} of {len(self)} samples seen so far are bad: check the data with `videopanda data check`"
         )
 
-    def _load(self, index: int) -> dict:
+    def _load(self, index: int, flip: bool) -> dict:
         sample = self.samples[index]
         sid = sample_id(sample, index)
         if not isinstance(sample, dict):
@@ -168,7 +176,6 @@ class VideoInstructDataset(Dataset):
         student = teacher = None
         if video is not None:
             frames = read_video(self.video_folder / video, num_frames)
-            flip = self.random_flip and bool(torch.rand(()) < 0.5)
             student, teacher = preprocess_video(frames, self.frame_config, flip=flip)
         return {"input_ids": input_ids, "labels": labels, "video": student, "teacher_video": teacher, "id": sid}
 

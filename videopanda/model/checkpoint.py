@@ -15,21 +15,23 @@ transformers' own conversion-mapping registry (`register_released_key_mapping`),
 `WeightRenaming` per released STAB key. The registry is also used in reverse by `save_pretrained`,
 so our own folders store the STAB under the released names too, and both layouts load the same way.
 
-Readers: `read_state_dict(folder)` reads `model.safetensors[.index.json]` or
-`pytorch_model[.bin | -*.bin + .bin.index.json]` (`.bin` with `weights_only=True`);
+Readers: `read_state_dict(folder, prefixes=None)` reads `model.safetensors[.index.json]` or
+`pytorch_model[.bin | -*.bin + .bin.index.json]` (`.bin` with `weights_only=True`), all tensors or only
+those under some key prefixes (`read_prefixed_tensors`);
 `place_state_dict` copies a mapped state dict into a module and reports, loudly, every key it could
 not place and every parameter left unset.
 """
 from __future__ import annotations
 
 import json
+import pickle
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+from safetensors import safe_open
 from torch import nn
 from tqdm import tqdm
 
@@ -180,12 +182,23 @@ def register_released_key_mapping() -> None:
     register_checkpoint_conversion_mapping(MODEL_TYPE, weight_renamings(), overwrite=True)
 
 
-def _load_file(path: Path) -> dict[str, torch.Tensor]:
+def _read_file(path: Path, prefixes: tuple[str, ...] | None) -> dict[str, torch.Tensor]:
+    """The tensors of one weight file (all, or those whose key starts with one of `prefixes`), on the CPU.
+
+    A `.bin` holding anything but tensors raises `pickle.UnpicklingError` (`weights_only=True`); any other
+    unreadable file raises ValueError. Both name the file."""
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint shard {path} is missing")
-    if path.suffix == ".safetensors":
-        return load_file(str(path), device="cpu")
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    wanted = (lambda key: True) if prefixes is None else (lambda key: key.startswith(prefixes))
+    try:
+        if path.suffix == ".safetensors":
+            with safe_open(str(path), framework="pt", device="cpu") as handle:
+                return {k: handle.get_tensor(k) for k in handle.keys() if wanted(k)}
+        return {k: v for k, v in torch.load(path, map_location="cpu", weights_only=True, mmap=True).items() if wanted(k)}
+    except pickle.UnpicklingError as err:
+        raise pickle.UnpicklingError(f"{path}: {err}") from err
+    except Exception as err:  # a truncated or foreign file
+        raise ValueError(f"{path} cannot be read: {err}") from err
 
 
 def checkpoint_files(folder: str | Path) -> tuple[list[Path], dict[str, str] | None]:
@@ -209,15 +222,20 @@ def checkpoint_files(folder: str | Path) -> tuple[list[Path], dict[str, str] | N
     )
 
 
-def read_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
-    """All tensors of a model folder, on the CPU, under their stored names.
+def read_state_dict(folder: str | Path, prefixes: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a model folder, on the CPU, under their stored names: all of them, or only those whose
+    key starts with one of `prefixes` (then, with an index, only the shards holding such keys are opened).
 
-    Raises when a shard named by the index is missing, or the index and the shards disagree.
+    Raises FileNotFoundError naming the folder or a shard named by the index that is missing, ValueError
+    when the index and the shards disagree or a file cannot be read (see `_read_file`).
     """
     files, weight_map = checkpoint_files(folder)
+    if weight_map is not None and prefixes is not None:
+        weight_map = {k: name for k, name in weight_map.items() if k.startswith(prefixes)}
+        files = [path for path in files if path.name in set(weight_map.values())]
     state: dict[str, torch.Tensor] = {}
     for path in tqdm(files, desc=f"reading {Path(folder).name}", disable=len(files) < 2):
-        shard = _load_file(path)
+        shard = _read_file(path, prefixes)
         if weight_map is not None:
             listed = {k for k, name in weight_map.items() if name == path.name}
             if listed != set(shard):
@@ -227,6 +245,13 @@ def read_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
                 )
         state.update(shard)
     return state
+
+
+def read_prefixed_tensors(folder: str | Path, prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """Only the tensors whose key starts with one of `prefixes` (`read_state_dict` with prefixes): the
+    teacher's `vision_model.*`, the visual parts of an EVE folder, the distillation head of ours, so a
+    7B LLM is never read."""
+    return read_state_dict(folder, prefixes)
 
 
 @dataclass

@@ -349,10 +349,16 @@ class SpatioTemporalAlignmentBlock(nn.Module):
 
     # -- forward -------------------------------------------------------------------------------------
 
-    def forward(self, frames: Tensor) -> tuple[list[Tensor], list[tuple[int, int]]]:
+    def forward(self, frames: Tensor, packed: bool = False) -> tuple[list[Tensor] | Tensor, list[tuple[int, int]]]:
         """frames (C, T, 4, H, W) float -> per frame, in frame order: tokens (n_i, D) and its LSD grid (rows, cols).
-        n_i = 1 + rows*(cols+1) with row tokens (1 + rows*cols without). Token 0 is the context token;
-        then the grid row-major, each row followed by its split token."""
+        n_i = 1 + rows*(cols+1) with row tokens (1 + rows*cols without), see `num_tokens`. Token 0 is the
+        context token; then the grid row-major, each row followed by its split token.
+
+        `packed=True` returns the tokens as one tensor (sum_i n_i, D), the frames' tokens concatenated in
+        frame order (split it with `num_tokens` of the grids). The model calls it so because under ZeRO-3
+        the STAB is a DeepSpeed leaf module: DeepSpeed re-gathers a module's parameters for backward from
+        hooks on the tensors of its output (tuples searched, lists not) and reduces a leaf's gradients in
+        a full backward hook, which PyTorch attaches only to tensors at the output's top level."""
         cfg = self.config
         p = cfg.patch_size
         if frames.dim() != 5 or frames.shape[2] != 4:
@@ -383,7 +389,15 @@ class SpatioTemporalAlignmentBlock(nn.Module):
                                                     None if video_tokens is None else video_tokens[select])
             for i, t in zip(members, group_tokens.unbind(0)):
                 tokens[i], grids[i] = t, grid
+        if packed:
+            return torch.cat(tokens), grids  # type: ignore[arg-type, return-value]
         return tokens, grids  # type: ignore[return-value]
+
+    def num_tokens(self, grid: tuple[int, int]) -> int:
+        """Tokens of a frame with LSD grid (rows, cols): the context token, the grid and, with row tokens,
+        one split token per row."""
+        rows, cols = grid
+        return 1 + rows * (cols + 1 if self.config.use_row_tokens else cols)
 
     def _embed_patches(self, frames: Tensor) -> Tensor:
         """frames (N, 4, H, W) -> patch embeddings (N, h, w, D), as unfold + one matmul."""

@@ -20,6 +20,7 @@ Choices where SPEC is silent (recorded here):
 from __future__ import annotations
 
 import json
+import pickle
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from torch import Tensor, nn
 from transformers.activations import ACT2FN
 
 from videopanda.log import get_logger
+from videopanda.model.checkpoint import read_prefixed_tensors
 
 logger = get_logger(__name__)
 
@@ -234,7 +236,7 @@ class LanguageBindVideoTower(nn.Module):
             raise TeacherFolderError(f"teacher config {config_path} is invalid: {err}") from err
         try:
             raw = read_prefixed_tensors(folder, (WEIGHT_PREFIX,))
-        except (FileNotFoundError, ValueError) as err:
+        except (FileNotFoundError, ValueError, pickle.UnpicklingError) as err:
             raise TeacherFolderError(f"teacher folder: {err}") from err
         state = {k[len(WEIGHT_PREFIX):]: v for k, v in raw.items() if k[len(WEIGHT_PREFIX):] not in IGNORED_KEYS}
         if not state:
@@ -260,36 +262,6 @@ class LanguageBindVideoTower(nn.Module):
         return tower
 
 
-def read_prefixed_tensors(folder: str | Path, prefixes: tuple[str, ...]) -> dict[str, Tensor]:
-    """Only the tensors whose key starts with one of `prefixes`, from a model folder's weights (safetensors or
-    .bin, single or sharded; with an index, only the shards holding such keys are opened). Used for the
-    teacher's `vision_model.*` and for the visual parts of an EVE folder, so a 7B LLM is never read.
-    Raises FileNotFoundError / ValueError naming the folder or file."""
-    from safetensors import safe_open
-
-    from videopanda.model.checkpoint import checkpoint_files
-
-    folder = Path(folder)
-    files, weight_map = checkpoint_files(folder)
-    if weight_map is not None:
-        wanted = {name for key, name in weight_map.items() if key.startswith(prefixes)}
-        files = [path for path in files if path.name in wanted]
-    out: dict[str, Tensor] = {}
-    for path in files:
-        if not path.is_file():
-            raise FileNotFoundError(f"{folder}: shard {path.name} listed in its index is missing")
-        try:
-            if path.suffix == ".safetensors":
-                with safe_open(str(path), framework="pt") as handle:
-                    out.update({k: handle.get_tensor(k) for k in handle.keys() if k.startswith(prefixes)})
-            else:
-                loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-                out.update({k: v for k, v in loaded.items() if k.startswith(prefixes)})
-        except Exception as err:  # a truncated or foreign file: name it
-            raise ValueError(f"{path} cannot be read: {err}") from err
-    return out
-
-
 def init_teacher_weights(tower: LanguageBindVideoTower, seed: int = 0, std: float = 0.02) -> LanguageBindVideoTower:
     """Random weights (normal std for matrices and embeddings, unit LayerNorms) for tiny test / quickstart teachers."""
     generator = torch.Generator().manual_seed(seed)
@@ -303,6 +275,5 @@ def init_teacher_weights(tower: LanguageBindVideoTower, seed: int = 0, std: floa
     return tower
 
 
-__all__ = ["LanguageBindVideoTower", "TeacherConfig", "TeacherFolderError", "init_teacher_weights",
-           "read_prefixed_tensors"]
+__all__ = ["LanguageBindVideoTower", "TeacherConfig", "TeacherFolderError", "init_teacher_weights"]
 

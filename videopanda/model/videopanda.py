@@ -13,9 +13,15 @@ Choices where SPEC is silent (see also docs/DESIGN.md):
   32-layer LLM (`hidden_states[n]` is the final normed output, `[0]` the input embeddings; checked for
   transformers 5). A smaller LLM uses every floor(n/8)-th state, repeating indices when n < 8.
 - ZeRO-3 keeps parameters partitioned and gathers them in module hooks, so every rank has to run the
-  same modules every step. In training (grad enabled), a batch without any video still runs the STAB
-  and projector (and, with distillation, the teacher and head) on one dummy chunk of T frames of
-  2x2 patches, and adds 0 x their output to the loss. Inference keeps the text path plain.
+  same modules in the same order every step. In training (grad enabled), a batch without any video
+  still runs the STAB and projector on one dummy chunk of T frames of 2x2 patches before the LLM, where
+  videos run, adding 0 x their output to the input embeddings; with distillation, the head (on the
+  LLM's first-position states) and the teacher (on a blank chunk) run after the LLM, where the real
+  distillation runs, and the distillation loss is 0 x the head's output. Inference keeps the text
+  path plain.
+- The STAB is called (as a module, so hooks fire) with `packed=True`: one token tensor for all frames,
+  split here by the grids. Under ZeRO-3 it is a leaf module, and DeepSpeed needs a tensor at the top
+  level of its output to gather it for backward and to reduce its gradients (see `stab.py`).
 - Checkpoints: `from_pretrained` reads the released layout through a registered key mapping
   (`checkpoint.register_released_key_mapping`), and `save_pretrained` writes the same layout (the
   STAB under the released names, safetensors).
@@ -207,9 +213,8 @@ class VideoPandaForCausalLM(VideoPandaPreTrainedModel, LlamaForCausalLM):
         stab = self.model.video_tower
         param = next(stab.parameters())
         frames = torch.cat(present).to(device=param.device, dtype=param.dtype)
-        frame_tokens, frame_grids = stab(frames)
-        counts = [t.shape[0] for t in frame_tokens]
-        projected = self.model.video_projector(torch.cat(frame_tokens)).split(counts)
+        packed, frame_grids = stab(frames, packed=True)                       # (sum_i n_i, D)
+        projected = self.model.video_projector(packed).split([stab.num_tokens(g) for g in frame_grids])
         start = 0
         for i, v in enumerate(videos):
             if v is None:
@@ -311,6 +316,11 @@ class VideoPandaForCausalLM(VideoPandaPreTrainedModel, LlamaForCausalLM):
             merged = self.embed_multimodal(input_ids, attention_mask, labels, videos)
             input_ids, inputs_embeds = None, merged.inputs_embeds
             attention_mask, labels, spans = merged.attention_mask, merged.labels, merged.frame_spans
+        lockstep = self.training and torch.is_grad_enabled() and not has_video
+        if lockstep:
+            if inputs_embeds is None:
+                inputs_embeds = self.get_input_embeddings()(input_ids)
+            input_ids, inputs_embeds = None, inputs_embeds + self._lockstep_visual().to(inputs_embeds.dtype)
 
         distill = teacher_videos is not None and self.distillation_enabled
         want_hidden = bool(kwargs.pop("output_hidden_states", False))
@@ -323,21 +333,18 @@ class VideoPandaForCausalLM(VideoPandaPreTrainedModel, LlamaForCausalLM):
             labels=labels,
             use_cache=use_cache,
             logits_to_keep=logits_to_keep,
-            output_hidden_states=want_hidden or (distill and has_video),
+            output_hidden_states=want_hidden or (distill and (has_video or lockstep)),
             return_dict=True,
             **kwargs,
         )
-        lm_loss, distill_loss, lockstep = outputs.loss, None, None
+        lm_loss, distill_loss = outputs.loss, None
         if distill and has_video:
             distill_loss = self._distillation(outputs.hidden_states, videos, teacher_videos, spans)
-        elif self.training and torch.is_grad_enabled() and not has_video:
-            lockstep = self._lockstep_dummy(distill)
-            distill_loss = lockstep if distill else None
+        elif distill and lockstep:
+            distill_loss = self._lockstep_distillation(outputs.hidden_states)
         loss = lm_loss
         if distill_loss is not None:
             loss = distill_loss if loss is None else loss + distill_loss
-        elif lockstep is not None and loss is not None:
-            loss = loss + lockstep
         return VideoPandaCausalLMOutput(
             loss=loss,
             logits=outputs.logits,
@@ -391,23 +398,26 @@ class VideoPandaForCausalLM(VideoPandaPreTrainedModel, LlamaForCausalLM):
         mask = frames[:, :, 3].flatten(0, 1).float()
         return F.adaptive_avg_pool2d(mask, grid) >= 0.5
 
-    def _lockstep_dummy(self, distill: bool) -> Tensor:
-        """Run the visual modules on one tiny chunk so every rank calls the same modules (ZeRO-3); returns 0."""
+    def _lockstep_visual(self) -> Tensor:
+        """STAB and projector on one dummy chunk (T frames of 2x2 patches), through `encode_videos` like real
+        videos, so that every rank calls the same modules (ZeRO-3) -> a 0-d zero connected to both."""
         cfg = self.config.stab_config
         side = cfg.patch_size * cfg.window
-        param = next(self.model.video_tower.parameters())
-        frames = torch.zeros((1, cfg.frames_per_chunk, 4, side, side), device=param.device, dtype=param.dtype)
+        frames = torch.zeros((1, cfg.frames_per_chunk, 4, side, side))
         frames[:, :, 3] = 1
-        tokens, _ = self.model.video_tower(frames)
-        projected = self.model.video_projector(torch.cat(tokens))
-        total = projected.float().sum() * 0.0
-        if distill:
-            head, teacher = self.model.video_tower_compressor, self.model.video_teacher
-            total = total + head([projected] * head.num_layers_used).float().sum() * 0.0
-            size = teacher.config.image_size
-            tparam = next(teacher.parameters())
-            teacher(torch.zeros((1, cfg.frames_per_chunk, 3, size, size), device=tparam.device, dtype=tparam.dtype))
-        return total
+        tokens, _ = self.encode_videos([frames])
+        return torch.cat(tokens[0]).sum() * 0.0
+
+    def _lockstep_distillation(self, hidden_states) -> Tensor:
+        """Head on the first position's states of sample 0, then the teacher on a blank chunk, in the order of
+        `_distillation` -> a 0-d float32 zero connected to the head."""
+        teacher, head = self.model.video_teacher, self.model.video_tower_compressor
+        layers = distill_layer_indices(len(hidden_states) - 1, head.num_layers_used)
+        zero = head([hidden_states[i][0, :1] for i in layers]).float().sum() * 0.0
+        size = teacher.config.image_size
+        param = next(teacher.parameters())
+        teacher(torch.zeros((1, self.config.frames_per_chunk, 3, size, size), device=param.device, dtype=param.dtype))
+        return zero
 
     # ---- generation ------------------------------------------------------------------------------
 

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset
 
 from videopanda.log import get_logger, setup_logging
 from videopanda.train.args import TrainArgs, parse_train_args
@@ -20,35 +18,6 @@ from videopanda.train.checkpointing import FINAL_MARKER, discard_incomplete, is_
 from videopanda.train.preflight import Preflight, PreflightError, run_preflight
 
 logger = get_logger(__name__)
-
-
-class SeededItems(Dataset):
-    """Wraps the training dataset so that item i draws its randomness (the flip) from a generator seeded
-    by (seed, i) instead of the process-wide one: the same sample gets the same flip whatever the worker,
-    the number of workers, and whether the run was resumed, which keeps resumed loss curves exact."""
-
-    def __init__(self, dataset, seed: int):
-        self.dataset = dataset
-        self.seed = seed
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> dict:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed * 1_000_003 + index)
-            return self.dataset[index]
-
-    @property
-    def lengths(self) -> list[int]:
-        return self.dataset.lengths
-
-    @property
-    def is_video(self) -> list[bool]:
-        return self.dataset.is_video
-
-    def absorb(self, records) -> None:
-        self.dataset.absorb(records)
 
 
 def _device(args: TrainArgs) -> str:
@@ -142,7 +111,7 @@ def train(args: TrainArgs, plan: Preflight) -> int:
         disable_tqdm=False,
     )  # from here on the process group exists
     trainer = VideoPandaTrainer(
-        model=model, args=training_args, train_dataset=SeededItems(dataset, args.seed),
+        model=model, args=training_args, train_dataset=dataset,
         data_collator=VideoInstructCollator(tokenizer, args.max_length), processing_class=tokenizer,
         callbacks=[LossLogCallback(Path(args.output_dir) / LOSS_LOG)],
         visual_learning_rate=args.visual_learning_rate, save_teacher=args.save_teacher,
@@ -201,4 +170,4 @@ if __name__ == "__main__":
     raise SystemExit(main())
 
 
-__all__ = ["SeededItems", "main", "train"]
+__all__ = ["main", "train"]

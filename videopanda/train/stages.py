@@ -41,6 +41,7 @@ from videopanda.model.checkpoint import (
     TEACHER_PREFIX,
     eve_key_to_model_key,
     place_state_dict,
+    read_prefixed_tensors,
 )
 from videopanda.train.checkpointing import FINAL_MARKER
 
@@ -174,8 +175,6 @@ def _place_parts(parts: dict[str, nn.Module], state: dict[str, torch.Tensor], ke
 
 def load_eve_visual_parts(model: nn.Module, head: nn.Module | None, folder: str | Path) -> None:
     """STAB (non-temporal parts), projector and distillation head from an EVE-7B-Pretrain folder."""
-    from videopanda.model.teacher import read_prefixed_tensors
-
     state = read_prefixed_tensors(folder, (EVE_TOWER_PREFIX, EVE_PROJECTOR_PREFIX, EVE_HEAD_PREFIX))
     parts: dict[str, nn.Module] = {STAB_PREFIX: model.model.video_tower, PROJECTOR_PREFIX: model.model.video_projector}
     if head is not None:
@@ -193,8 +192,6 @@ def load_head_from_folder(head: nn.Module, folder: str | Path) -> int:
     """The distillation head from a Video-Panda folder's `model.video_tower_compressor.*` (its teacher copy
     ignored). Strict for folders this trainer finished (FINAL_MARKER); otherwise missing parts are logged
     and start fresh. Returns the number of tensors placed."""
-    from videopanda.model.teacher import read_prefixed_tensors
-
     state = read_prefixed_tensors(folder, (HEAD_PREFIX,))
     ours = (Path(folder) / FINAL_MARKER).is_file()
     if not state:
@@ -248,7 +245,8 @@ def build_model(folder: str | Path, *, init: str, stab_overrides: dict, teacher_
 def _frames_require_grad(module: nn.Module, args: tuple) -> tuple | None:
     """Forward pre-hook of the STAB under ZeRO-3: its input frames require grad while training, so that
     DeepSpeed's leaf-module gradient hook (a full backward hook) fires after every STAB parameter's
-    gradient exists rather than never."""
+    gradient exists (with no input requiring grad, PyTorch runs it as soon as the output's gradient exists,
+    before any parameter gradient of the module)."""
     if not torch.is_grad_enabled() or not module.training or not args or not torch.is_tensor(args[0]):
         return None
     return (args[0].detach().requires_grad_(True), *args[1:])
@@ -263,9 +261,9 @@ def prepare_zero3(model: nn.Module, config: dict) -> dict:
     children's weights directly. So the STAB is a ZeRO-3 leaf module (DeepSpeed's public API): DeepSpeed
     sees it as one module, called once per forward on every rank (text-only batches run it on a dummy
     chunk), and gathers all its parameters at that call. DeepSpeed reduces a leaf's gradients from a full
-    backward hook, which PyTorch only runs when the module's input requires grad and its output holds a
-    tensor at the top level (see TRAIN_AND_VALIDATE.md, ZeRO-3). Prefetching follows each rank's own
-    trace and is switched off."""
+    backward hook, which PyTorch runs after the parameters' gradients only when the module's input
+    requires grad (the pre-hook above) and its output holds a tensor at the top level (the model calls
+    the STAB with `packed=True`). Prefetching follows each rank's own trace and is switched off."""
     from deepspeed.utils import set_z3_leaf_modules_by_name
 
     set_z3_leaf_modules_by_name(model, ["model.video_tower"])
