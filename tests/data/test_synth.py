@@ -1,0 +1,229 @@
+"""The synthetic video-QA benchmark: layout, determinism, balance, and that every clip shows what its
+questions claim (checked on the pixels the real reader decodes)."""
+import json
+from collections import Counter
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from videopanda.data import synth
+from videopanda.data.video import read_video, sample_indices
+
+REPO = Path(__file__).resolve().parents[2]
+TINY_CONFIG = REPO / "configs" / "model" / "tiny.json"
+SEED, NUM_TRAIN, NUM_TEST = 3, 6, 8
+
+
+@pytest.fixture(scope="module")
+def synth_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth")
+    code = synth.main(["--out", str(out), "--seed", str(SEED), "--num-train", str(NUM_TRAIN),
+                       "--num-test", str(NUM_TEST), "--workers", "2", "--model-config", str(TINY_CONFIG)])
+    assert code == 0
+    return out
+
+
+def _json(path: Path):
+    return json.loads(path.read_text())
+
+
+def _test_dir(root: Path) -> Path:
+    return root / "eval" / "GPT_Zero_Shot_QA" / "Synth_Zero_Shot_QA"
+
+
+def _data_files(root: Path) -> dict[str, bytes]:
+    """Every dataset file (JSON and mp4) under root, model folders excluded."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and "models" not in p.relative_to(root).parts and p.name != "synth_meta.json"}
+
+
+def test_layout_follows_the_training_and_zero_shot_layouts(synth_dir):
+    train_json = synth_dir / "train" / "train_json"
+    valley, tune = _json(train_json / "valley_.json"), _json(train_json / "videochatgpt_tune_.json")
+    assert len(valley) == len(tune) == NUM_TRAIN
+    for sample in valley + tune:
+        assert set(sample) == {"id", "video", "conversations"}
+        assert (synth_dir / "train" / sample["video"]).is_file()
+        turns = sample["conversations"]
+        assert [t["from"] for t in turns] == ["human", "gpt"] * (len(turns) // 2)
+        assert turns[0]["value"].startswith("<video>\n")
+        assert all("<video>" not in t["value"] for t in turns[1:])
+    assert all(len(s["conversations"]) >= 8 for s in tune)  # at least motion, counting, two temporal
+    for sample in tune:
+        assert all(len(t["value"].split()) == 1 for t in sample["conversations"][1::2])
+
+    test_q, test_a = _json(_test_dir(synth_dir) / "test_q.json"), _json(_test_dir(synth_dir) / "test_a.json")
+    assert len(test_q) == len(test_a) == NUM_TEST
+    assert all(set(q) == {"video_name", "question", "question_id"} for q in test_q)
+    assert all(set(a) == {"answer", "type", "question_id"} for a in test_a)
+    assert len({q["question_id"] for q in test_q}) == NUM_TEST
+    assert {q["question_id"] for q in test_q} == {a["question_id"] for a in test_a}
+    for q in test_q:
+        assert (_test_dir(synth_dir) / "videos" / f"{q['video_name']}.mp4").is_file()
+    for a in test_a:
+        assert a["answer"] in synth.ANSWERS[a["type"]]
+
+
+def test_model_folders_load(synth_dir):
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from videopanda.model.teacher import LanguageBindVideoTower
+
+    base = synth_dir / "models" / "base"
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = LlamaForCausalLM.from_pretrained(base)
+    tiny = _json(TINY_CONFIG)
+    assert model.config.hidden_size == tiny["hidden_size"]
+    assert model.config.num_hidden_layers == tiny["num_hidden_layers"]
+    assert model.config.vocab_size == len(tokenizer)
+    question = _json(_test_dir(synth_dir) / "test_q.json")[0]["question"]
+    ids = tokenizer(question).input_ids
+    assert tokenizer.decode(ids, skip_special_tokens=True) == question
+    teacher = LanguageBindVideoTower.from_pretrained(synth_dir / "models" / "teacher")
+    size = tiny["teacher_image_size"]
+    assert teacher.config.image_size == size
+    features = teacher(torch.zeros(2, 4, 4, size, size))
+    assert features.shape == (8, (size // teacher.config.patch_size) ** 2, teacher.config.hidden_size)
+
+
+def test_same_seed_gives_identical_files_whatever_the_worker_count(synth_dir, tmp_path):
+    again = tmp_path / "again"
+    config = synth.SynthConfig(out=again, seed=SEED, num_train=NUM_TRAIN, num_test=NUM_TEST, workers=1, models=False)
+    synth.generate(config)
+    first, second = _data_files(synth_dir), _data_files(again)
+    assert first.keys() == second.keys()
+    assert [k for k in first if first[k] != second[k]] == []
+
+
+def test_another_seed_gives_other_clips():
+    a = [synth.make_scene(0, "train", i)[0] for i in range(8)]
+    b = [synth.make_scene(1, "train", i)[0] for i in range(8)]
+    assert a != b
+
+
+def test_test_answers_are_balanced_per_type():
+    per_type: dict[str, Counter] = {t: Counter() for t in synth.QUESTION_TYPES}
+    forms = Counter()
+    n = 4 * 24  # 24 questions a type: a whole number of cycles through every answer list (and both forms)
+    for i in range(n):
+        scene, focus, _ = synth.make_scene(0, "test", i)
+        per_type[focus["type"]][focus["answer"]] += 1
+        if focus["type"] == "temporal":
+            forms["turn" in focus["question"]] += 1
+        assert focus in synth.questions(scene)
+    for qtype, counts in per_type.items():
+        assert set(counts) == set(synth.ANSWERS[qtype]), qtype
+        assert len(set(counts.values())) == 1, (qtype, counts)
+    assert forms[True] == forms[False]
+
+
+def test_every_question_is_unambiguous():
+    for i in range(200):
+        scene = synth.make_scene(0, "train", i)[0]
+        objects = scene.objects
+        assert len({o.shape for o in objects}) == len(objects)
+        assert len({o.colour for o in objects}) == len(objects)
+        assert sum(o.moves for o in objects) == 1
+        assert sum(o.new_colour is not None for o in objects) == 1
+        assert scene.changer.new_colour not in {o.colour for o in objects}
+        asked = [q for q in synth.questions(scene) if q["type"] == "appearance"]
+        assert all(q["answer"] != scene.changer.colour for q in asked)
+        assert 0.3 <= scene.changer.change_time <= 0.7
+        assert all(o.appear_time == 0 or 0.3 <= o.appear_time <= 0.6 for o in objects)
+
+
+def _colour_mask(frame: np.ndarray, colour: str) -> np.ndarray:
+    return np.abs(frame.astype(int) - np.array(synth.COLOURS[colour])).sum(-1) < 90
+
+
+def _colours_present(frame: np.ndarray, min_pixels: int) -> set[str]:
+    return {c for c in synth.COLOURS if _colour_mask(frame, c).sum() >= min_pixels}
+
+
+def _clips(root: Path):
+    for i in range(NUM_TRAIN):
+        yield synth.make_scene(SEED, "train", i)[0], root / "train" / synth.TRAIN_VIDEO_DIR / f"synth_{SEED}_{i:06d}.mp4"
+    for i in range(NUM_TEST):
+        yield synth.make_scene(SEED, "test", i)[0], _test_dir(root) / "videos" / f"synth_test_{SEED}_{i:06d}.mp4"
+
+
+def test_decoded_clips_show_what_the_questions_claim(synth_dir):
+    aspects = {a[0] / a[1] for a in synth.ASPECTS}
+    for scene, path in _clips(synth_dir):
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            fps, total = float(stream.average_rate), stream.frames
+        assert fps == scene.fps and fps in synth.FPS_CHOICES
+        assert total == scene.num_frames
+        assert synth.DURATION_RANGE[0] - 1 / fps <= total / fps <= synth.DURATION_RANGE[1] + 1 / fps
+        assert max(scene.width, scene.height) in synth.LONG_SIDES
+        assert min(abs(scene.width / scene.height - a) for a in aspects) < 0.05
+
+        frames = read_video(path, num_frames=8).numpy()
+        assert frames.shape == (8, scene.height, scene.width, 3), path
+        times = [i / (total - 1) for i in sample_indices(total, fps, 8)]
+        first, last = frames[0], frames[-1]
+        min_pixels = int(0.25 * scene.objects[0].size ** 2)
+
+        at_start = {o.colour_at(times[0]) for o in scene.objects if o.appear_time <= times[0]}
+        at_end = {o.colour_at(times[-1]) for o in scene.objects}
+        assert _colours_present(first, min_pixels) == at_start, path
+        assert _colours_present(last, min_pixels) == at_end, path
+        assert len(at_end) == len(scene.objects)  # counting: one colour per shape at the end
+
+        changer = scene.changer
+        assert times[0] < changer.change_time <= times[-1]
+        assert changer.colour in _colours_present(first, min_pixels) - _colours_present(last, min_pixels)
+        assert changer.new_colour in _colours_present(last, min_pixels) - _colours_present(first, min_pixels)
+
+        mover = scene.mover
+        ys0, xs0 = np.nonzero(_colour_mask(first, mover.colour_at(times[0])))
+        ys1, xs1 = np.nonzero(_colour_mask(last, mover.colour_at(times[-1])))
+        dx, dy = xs1.mean() - xs0.mean(), ys1.mean() - ys0.mean()
+        expected = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}[scene.direction]
+        along = dx * expected[0] + dy * expected[1]
+        across = abs(dx * expected[1] + dy * expected[0])
+        span = scene.width if expected[0] else scene.height
+        assert along > 0.3 * span and across < 3, (path, scene.direction, dx, dy)
+
+
+def test_decord_reads_every_frame_size_the_generator_uses(tmp_path):
+    """decord (the first-choice reader) mis-sizes some widths; read_video would hide that behind PyAV."""
+    import decord
+
+    for aspect in synth.ASPECTS:
+        for long_side in synth.LONG_SIDES:
+            scale = long_side / max(aspect)
+            width, height = (2 * round(a * scale / 2) for a in aspect)
+            path = synth.encode_mp4(np.zeros((3, height, width, 3), np.uint8), 8, tmp_path / f"{width}x{height}.mp4")
+            frames = decord.VideoReader(str(path)).get_batch([0, 2]).asnumpy()
+            assert frames.shape == (2, height, width, 3), (aspect, long_side)
+
+
+def test_shapes_rest_inside_single_cells_of_the_token_grid():
+    """Any-resolution framing maps the cell grid onto whole LSD tokens; resting shapes stay inside a cell."""
+    from videopanda.data.frames import FrameConfig, frame_placement
+
+    config = FrameConfig(image_size=112, teacher_image_size=56)
+    for i in range(100):
+        scene = synth.make_scene(0, "train", i)[0]
+        cols, rows = synth.grid_shape(scene.width, scene.height)
+        student, _ = frame_placement(scene.height, scene.width, config)
+        assert (student.width, student.height) == (cols * 28, rows * 28)
+        assert student.left % 28 == 0 and student.top % 28 == 0
+        cell_w, cell_h = scene.width / cols, scene.height / rows
+        for o in scene.objects:
+            for x, y in {o.start, o.end}:
+                col, row = int(x // cell_w), int(y // cell_h)
+                assert col * cell_w <= x - o.size / 2 and x + o.size / 2 <= (col + 1) * cell_w
+                assert row * cell_h <= y - o.size / 2 and y + o.size / 2 <= (row + 1) * cell_h
+
+
+def test_bad_arguments_are_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        synth.main(["--out", str(tmp_path), "--num-train", "0"])
+    assert exc.value.code == 2
+    assert "--num-train" in capsys.readouterr().err

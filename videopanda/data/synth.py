@@ -1,0 +1,581 @@
+"""The synthetic video-QA benchmark: `videopanda synth --out data/synth`.
+
+A procedural dataset of real encoded mp4 clips (varied aspect ratios, lengths and frame rates) in
+which large, high-contrast coloured shapes sit on a dark background; in every clip exactly one shape
+moves in a straight line, exactly one shape changes colour once, and sometimes one more shape appears
+half-way. Everything the questions ask about is visible in the 8 frames the recipe samples (SPEC
+section 4 spreads them over the whole clip; events happen between 30% and 65% of the duration).
+
+Question types (single-word answers, balanced over the answer list of each type in the test set):
+
+| type        | question                                    | answers                         |
+|-------------|---------------------------------------------|---------------------------------|
+| appearance  | What colour is the {shape}?                 | red green blue yellow white purple |
+| motion      | Which way does the {shape} move?            | left right up down              |
+| counting    | How many shapes are there at the end?       | one two three four              |
+| temporal    | What colour did the {shape} turn? /         | the six colours                 |
+|             | What colour was the {shape} at the start?   |                                 |
+
+Appearance questions only ask about shapes whose colour never changes; the two temporal forms ask
+for the colour after and before the change, so a model must know which frames come first.
+
+Written (SPEC sections 6 and 7 layouts):
+
+```
+OUT/train/train_json/valley_.json              captions (stages 1 and 2)
+OUT/train/train_json/videochatgpt_tune_.json   multi-turn QA about every clip (stage 3)
+OUT/train/synth/{id}.mp4
+OUT/eval/GPT_Zero_Shot_QA/Synth_Zero_Shot_QA/{videos/{video_name}.mp4, test_q.json, test_a.json}
+OUT/models/base/        tokenizer trained on all synthetic text + a small Llama (LlamaForCausalLM)
+OUT/models/teacher/     a tiny LanguageBind-layout video tower with random weights
+OUT/synth_meta.json     the generation settings and answer counts
+```
+
+Everything is a function of `--seed`: each clip draws from its own `random.Random` seeded with the
+seed, the split and the index, so the output does not depend on the number of worker processes, and
+the clips are encoded with a deterministic encoder (identical bytes run to run).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from videopanda.log import get_logger
+
+logger = get_logger(__name__)
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (235, 35, 35),
+    "green": (35, 205, 55),
+    "blue": (40, 90, 255),
+    "yellow": (245, 225, 30),
+    "white": (240, 240, 240),
+    "purple": (165, 45, 225),
+}
+SHAPES = ("circle", "square", "triangle", "cross")
+DIRECTIONS = ("left", "right", "up", "down")
+COUNT_WORDS = ("one", "two", "three", "four")
+BACKGROUNDS = ((20, 20, 20), (35, 35, 45), (45, 40, 30), (25, 40, 35))
+
+QUESTION_TYPES = ("appearance", "motion", "counting", "temporal")
+ANSWERS: dict[str, tuple[str, ...]] = {
+    "appearance": tuple(COLOURS),
+    "motion": DIRECTIONS,
+    "counting": COUNT_WORDS,
+    "temporal": tuple(COLOURS),
+}
+
+ASPECTS = ((4, 3), (16, 9), (3, 4), (1, 1), (9, 16))
+LONG_SIDES = (144, 160, 176, 192)
+"""Longer side in pixels. decord 0.6 returns mis-sized frames for clips 48 or 72 pixels wide; no
+aspect gives those widths with these sides (a test decodes every frame size used)."""
+FPS_CHOICES = (6, 8, 10, 12, 15, 24)
+DURATION_RANGE = (2.0, 12.0)
+GRID_CELLS = 4
+"""Shapes sit on a grid of GRID_CELLS cells along the longer side. The quickstart's student frame is
+112 px, i.e. 4 LSD cells of 28 px (2x2 patches of 14 px), and any-resolution framing puts cell
+boundaries exactly on token boundaries (the shorter side becomes a whole number of cells and the
+padding is a whole number of cells), so every resting shape lies inside one visual token."""
+SHAPE_FILL = 0.8
+"""Shape size as a fraction of the smaller cell side."""
+
+DATASET_DIR = Path("eval/GPT_Zero_Shot_QA/Synth_Zero_Shot_QA")
+TRAIN_VIDEO_DIR = "synth"
+CAPTION_PROMPTS = (
+    "Describe the video.",
+    "What happens in this video?",
+    "Describe what you see in the clip.",
+    "Give a short description of the video.",
+)
+SYSTEM_TEXTS = (
+    "A chat between a curious user and an artificial intelligence assistant. The assistant gives "
+    "helpful, detailed, and polite answers to the user's questions.",
+    "A chat between a curious human and an artificial intelligence assistant. The assistant gives "
+    "helpful, detailed, and polite answers to the human's questions.",
+)
+
+
+@dataclass(frozen=True)
+class SynthObject:
+    """One shape. Positions are centres in pixels; `size` is the shape's bounding-box side."""
+
+    shape: str
+    colour: str
+    size: int
+    start: tuple[float, float]
+    end: tuple[float, float]
+    new_colour: str | None = None  # set for the shape that changes colour
+    change_time: float = 0.0       # fraction of the clip at which the colour changes
+    appear_time: float = 0.0       # fraction of the clip at which the shape appears (0 = from the start)
+
+    @property
+    def moves(self) -> bool:
+        return self.start != self.end
+
+    def colour_at(self, t: float) -> str:
+        return self.new_colour if self.new_colour is not None and t >= self.change_time else self.colour
+
+
+@dataclass(frozen=True)
+class Scene:
+    width: int
+    height: int
+    fps: int
+    num_frames: int
+    background: tuple[int, int, int]
+    objects: tuple[SynthObject, ...]
+    direction: str
+
+    @property
+    def duration(self) -> float:
+        return self.num_frames / self.fps
+
+    @property
+    def mover(self) -> SynthObject:
+        return next(o for o in self.objects if o.moves)
+
+    @property
+    def changer(self) -> SynthObject:
+        return next(o for o in self.objects if o.new_colour is not None)
+
+
+# ---- scenes ------------------------------------------------------------------------------------
+
+
+def sample_scene(rng: random.Random, qtype: str, answer: str, form: str = "turn") -> Scene:
+    """A random scene in which the question of `qtype` (temporal: `form` "turn" or "start") has
+    `answer`. Every scene has one mover and one colour changer (possibly the same shape)."""
+    if answer not in ANSWERS[qtype]:
+        raise ValueError(f"{answer!r} is not an answer of question type {qtype!r}")
+    if qtype == "counting":
+        count = COUNT_WORDS.index(answer) + 1
+    elif qtype == "appearance":
+        count = rng.randint(2, 4)  # the asked shape must not be the one that changes colour
+    else:
+        count = rng.randint(1, 4)
+    shapes = rng.sample(SHAPES, count)
+    mover = rng.randrange(count)
+    changer = rng.randrange(count)
+    direction = answer if qtype == "motion" else rng.choice(DIRECTIONS)
+
+    # Colours: distinct at the start, and the new colour is used by no other shape at any time,
+    # so "the red one" is unambiguous throughout.
+    colours: list[str | None] = [None] * count
+    new_colour: str | None = None
+    if qtype == "appearance":
+        asked = rng.choice([i for i in range(count) if i != changer])
+        colours[asked] = answer
+    elif qtype == "temporal" and form == "turn":
+        new_colour = answer
+    elif qtype == "temporal":
+        colours[changer] = answer
+    taken = {c for c in colours if c} | ({new_colour} if new_colour else set())
+    for i in range(count):
+        if colours[i] is None:
+            colours[i] = rng.choice(sorted(set(COLOURS) - taken))
+            taken.add(colours[i])
+    if new_colour is None:
+        new_colour = rng.choice(sorted(set(COLOURS) - taken))
+
+    # An extra shape that appears half-way: one that neither moves nor changes colour.
+    static = [i for i in range(count) if i not in (mover, changer)]
+    appearer = rng.choice(static) if static and rng.random() < 0.4 else None
+
+    aspect = rng.choice(ASPECTS)
+    long_side = rng.choice(LONG_SIDES)
+    scale = long_side / max(aspect)
+    width, height = (2 * round(a * scale / 2) for a in aspect)
+    fps = rng.choice(FPS_CHOICES)
+    num_frames = max(2, round(rng.uniform(*DURATION_RANGE) * fps))
+    background = rng.choice(BACKGROUNDS)
+    positions, size = _layout(rng, width, height, count, mover, direction)
+    change_time = rng.uniform(0.35, 0.65)
+    objects = tuple(
+        SynthObject(
+            shape=shapes[i],
+            colour=colours[i],
+            size=size,
+            start=positions[i][0],
+            end=positions[i][1],
+            new_colour=new_colour if i == changer else None,
+            change_time=change_time if i == changer else 0.0,
+            appear_time=rng.uniform(0.3, 0.6) if i == appearer else 0.0,
+        )
+        for i in range(count)
+    )
+    return Scene(width, height, fps, num_frames, background, objects, direction)
+
+
+def grid_shape(width: int, height: int, cells: int = GRID_CELLS) -> tuple[int, int]:
+    """(columns, rows) of the cell grid: `cells` along the longer side and, along the shorter one, the
+    number of patches any-resolution framing gives it on a grid of `cells` patches
+    (ceil(cells * short / long), as in `videopanda.data.frames.frame_placement`)."""
+    long_side, short_side = max(width, height), min(width, height)
+    short_cells = -(-(cells * short_side) // long_side)
+    return (cells, short_cells) if width >= height else (short_cells, cells)
+
+
+def _layout(rng: random.Random, width: int, height: int, count: int, mover: int, direction: str):
+    """Placement on the cell grid (see GRID_CELLS): the mover travels along one lane (a row for left /
+    right, a column for up / down) from the centre of its first cell to the centre of its last; the
+    other shapes sit at the centres of distinct cells outside that lane, so no two shapes ever overlap.
+    Returns ([(start, end)] centre positions per shape, shape size in pixels)."""
+    cols, rows = grid_shape(width, height)
+    cell_w, cell_h = width / cols, height / rows
+    size = int(SHAPE_FILL * min(cell_w, cell_h))
+    horizontal = direction in ("left", "right")
+    lane = rng.randrange(rows if horizontal else cols)
+    free = [(c, r) for r in range(rows) for c in range(cols) if (r if horizontal else c) != lane]
+    cells = iter(rng.sample(free, count - 1))
+
+    def centre(c: float, r: float) -> tuple[float, float]:
+        return ((c + 0.5) * cell_w, (r + 0.5) * cell_h)
+
+    if horizontal:
+        ends = (centre(0, lane), centre(cols - 1, lane))
+    else:
+        ends = (centre(lane, 0), centre(lane, rows - 1))
+    if direction in ("left", "up"):
+        ends = ends[::-1]
+    positions = []
+    for i in range(count):
+        if i == mover:
+            positions.append(ends)
+        else:
+            p = centre(*next(cells))
+            positions.append((p, p))
+    return positions, size
+
+
+# ---- text --------------------------------------------------------------------------------------
+
+
+def questions(scene: Scene) -> list[dict[str, str]]:
+    """Every question the scene answers unambiguously: [{"type", "question", "answer"}]."""
+    mover, changer = scene.mover, scene.changer
+    out = [
+        {"type": "motion", "question": f"Which way does the {mover.shape} move?", "answer": scene.direction},
+        {"type": "counting", "question": "How many shapes are there at the end?", "answer": COUNT_WORDS[len(scene.objects) - 1]},
+        {"type": "temporal", "question": f"What colour did the {changer.shape} turn?", "answer": changer.new_colour},
+        {"type": "temporal", "question": f"What colour was the {changer.shape} at the start?", "answer": changer.colour},
+    ]
+    out += [{"type": "appearance", "question": f"What colour is the {o.shape}?", "answer": o.colour}
+            for o in scene.objects if o.new_colour is None]
+    return out
+
+
+def question_for(scene: Scene, qtype: str, answer: str, form: str = "turn") -> dict[str, str]:
+    """The question of `qtype` (and temporal `form`) whose answer is `answer` in this scene."""
+    for q in questions(scene):
+        if q["type"] == qtype and q["answer"] == answer and (qtype != "temporal" or (form == "turn") == ("turn" in q["question"])):
+            return q
+    raise AssertionError(f"scene has no {qtype}/{form} question answered {answer!r}")
+
+
+def caption(scene: Scene) -> str:
+    """A full description: the shapes present at the start, the motion, the colour change, the
+    appearance, and the final count, in the order they happen."""
+    start = [o for o in scene.objects if o.appear_time == 0.0]
+    names = [f"a {o.colour} {o.shape}" for o in start]
+    listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+    events = [(0.0, f"The {scene.mover.shape} moves {scene.direction}.")]
+    events.append((scene.changer.change_time, f"The {scene.changer.shape} turns {scene.changer.new_colour}."))
+    events += [(o.appear_time, f"A {o.colour} {o.shape} appears.") for o in scene.objects if o.appear_time > 0]
+    events.sort(key=lambda e: e[0])
+    total = len(scene.objects)
+    end = f"In the end there {'is one shape' if total == 1 else f'are {COUNT_WORDS[total - 1]} shapes'}."
+    verb = "is" if len(names) == 1 else "are"
+    return " ".join([f"{listed[0].upper()}{listed[1:]} {verb} on a dark background."] + [e[1] for e in events] + [end])
+
+
+# ---- pixels ------------------------------------------------------------------------------------
+
+
+def _sprite(shape: str, size: int) -> np.ndarray:
+    """bool (size, size) mask of a shape filling its box (cross arms one third wide)."""
+    c = (np.arange(size) + 0.5) / size * 2 - 1  # pixel centres in [-1, 1]
+    y, x = np.meshgrid(c, c, indexing="ij")
+    if shape == "circle":
+        return x**2 + y**2 <= 1.0
+    if shape == "square":
+        return (np.abs(x) <= 0.85) & (np.abs(y) <= 0.85)
+    if shape == "triangle":
+        return (y <= 0.9) & (np.abs(x) <= (y + 1.0) / 1.9 * 0.95)
+    if shape == "cross":
+        return ((np.abs(x) <= 1 / 3) & (np.abs(y) <= 1.0)) | ((np.abs(y) <= 1 / 3) & (np.abs(x) <= 1.0))
+    raise ValueError(f"unknown shape {shape!r}")
+
+
+def render(scene: Scene) -> np.ndarray:
+    """uint8 (num_frames, height, width, 3) RGB frames of the scene."""
+    frames = np.empty((scene.num_frames, scene.height, scene.width, 3), np.uint8)
+    frames[:] = np.asarray(scene.background, np.uint8)
+    sprites = {o.shape: _sprite(o.shape, o.size) for o in scene.objects}
+    for f in range(scene.num_frames):
+        t = f / max(scene.num_frames - 1, 1)
+        for o in scene.objects:
+            if t < o.appear_time:
+                continue
+            cx = o.start[0] + (o.end[0] - o.start[0]) * t
+            cy = o.start[1] + (o.end[1] - o.start[1]) * t
+            x0, y0 = round(cx - o.size / 2), round(cy - o.size / 2)
+            sprite = sprites[o.shape]
+            ys = slice(max(y0, 0), min(y0 + o.size, scene.height))
+            xs = slice(max(x0, 0), min(x0 + o.size, scene.width))
+            mask = sprite[ys.start - y0 : ys.stop - y0, xs.start - x0 : xs.stop - x0]
+            frames[f, ys, xs][mask] = COLOURS[o.colour_at(t)]
+    return frames
+
+
+VIDEO_CODEC = "mpeg4"
+"""MPEG-4 part 2 (libavcodec's own encoder, no B-frames, near-lossless at qscale 2). Chosen over
+libx264 because x264 output was not byte-identical from run to run here even single-threaded, and
+byte-identical clips are what the determinism test checks. Both decord and PyAV read it."""
+
+
+def encode_mp4(frames: np.ndarray, fps: int, path: Path, codec: str = VIDEO_CODEC) -> Path:
+    """Encode uint8 (n, H, W, 3) frames (H, W even) to an mp4 (written to a temporary name, then renamed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    with av.open(str(tmp), mode="w", format="mp4") as container:
+        stream = container.add_stream(codec, rate=Fraction(fps))
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.thread_count = 1
+        stream.options = {"crf": "12", "preset": "veryfast", "threads": "1"} if codec == "libx264" else {"qscale": "2"}
+        for array in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    os.replace(tmp, path)
+    return path
+
+
+# ---- the dataset -------------------------------------------------------------------------------
+
+
+@dataclass
+class SynthConfig:
+    out: Path = Path("data/synth")
+    seed: int = 0
+    num_train: int = 2000
+    num_test: int = 400
+    workers: int = field(default_factory=lambda: min(2, os.cpu_count() or 1))
+    models: bool = True
+    model_config: Path | None = None     # VideoPandaConfig JSON whose Llama fields shape the base model
+    vocab_size: int = 600
+    lm_steps: int = 0                    # language-model pre-training steps on the synthetic text (0 = random init)
+    teacher_width: int = 64
+    teacher_layers: int = 2
+    teacher_image_size: int = 56
+
+
+def _target(index: int) -> tuple[str, str, str]:
+    """Balanced (type, answer, temporal form) for sample `index`: types round-robin, answers cycling
+    through each type's list, the two temporal forms alternating."""
+    qtype = QUESTION_TYPES[index % len(QUESTION_TYPES)]
+    turn = index // len(QUESTION_TYPES)
+    answers = ANSWERS[qtype]
+    form = ("turn", "start")[(turn // len(answers)) % 2] if qtype == "temporal" else "turn"
+    return qtype, answers[turn % len(answers)], form
+
+
+def make_scene(seed: int, split: str, index: int) -> tuple[Scene, dict[str, str], random.Random]:
+    """Sample `index` of `split` ("train" / "test"): its scene, its focus question (the test question)
+    and the sample's random generator, positioned after the scene was drawn."""
+    rng = random.Random(f"videopanda-synth/{seed}/{split}/{index}")
+    qtype, answer, form = _target(index)
+    scene = sample_scene(rng, qtype, answer, form)
+    return scene, question_for(scene, qtype, answer, form), rng
+
+
+def _make_sample(args: tuple[int, str, int, str]) -> dict:
+    """Generate, render and encode one clip; returns its record (runs in a worker process)."""
+    seed, split, index, video_path = args
+    scene, focus, rng = make_scene(seed, split, index)
+    encode_mp4(render(scene), scene.fps, Path(video_path))
+    qas = questions(scene)
+    return {
+        "focus": focus,
+        "questions": qas,
+        "caption": caption(scene),
+        "caption_prompt": rng.choice(CAPTION_PROMPTS),
+        "qa_order": rng.sample(range(len(qas)), len(qas)),
+    }
+
+
+def _generate(config: SynthConfig, split: str, count: int, paths: list[Path]) -> list[dict]:
+    from tqdm import tqdm
+
+    jobs = [(config.seed, split, i, str(p)) for i, p in enumerate(paths)]
+    if config.workers <= 1:
+        return [_make_sample(j) for j in tqdm(jobs, desc=f"synth {split}", unit="clip")]
+    with ProcessPoolExecutor(config.workers) as pool:
+        return list(tqdm(pool.map(_make_sample, jobs, chunksize=8), total=count, desc=f"synth {split}", unit="clip"))
+
+
+def generate(config: SynthConfig) -> dict:
+    """Write the dataset (and, with `config.models`, the model folders); returns the metadata."""
+    out = Path(config.out)
+    train_json = out / "train" / "train_json"
+    train_json.mkdir(parents=True, exist_ok=True)
+    test_dir = out / DATASET_DIR
+    (test_dir / "videos").mkdir(parents=True, exist_ok=True)
+
+    train_names = [f"synth_{config.seed}_{i:06d}" for i in range(config.num_train)]
+    train = _generate(config, "train", config.num_train,
+                      [out / "train" / TRAIN_VIDEO_DIR / f"{n}.mp4" for n in train_names])
+    test_names = [f"synth_test_{config.seed}_{i:06d}" for i in range(config.num_test)]
+    test = _generate(config, "test", config.num_test, [test_dir / "videos" / f"{n}.mp4" for n in test_names])
+
+    valley, tune = [], []
+    for name, rec in zip(train_names, train):
+        video = f"{TRAIN_VIDEO_DIR}/{name}.mp4"
+        valley.append({"id": name, "video": video, "conversations": [
+            {"from": "human", "value": f"<video>\n{rec['caption_prompt']}"},
+            {"from": "gpt", "value": rec["caption"]},
+        ]})
+        turns = []
+        for j, k in enumerate(rec["qa_order"]):
+            q = rec["questions"][k]
+            turns.append({"from": "human", "value": ("<video>\n" if j == 0 else "") + q["question"]})
+            turns.append({"from": "gpt", "value": q["answer"]})
+        tune.append({"id": name, "video": video, "conversations": turns})
+    test_q = [{"video_name": name, "question": rec["focus"]["question"], "question_id": f"synth_q_{i:06d}"}
+              for i, (name, rec) in enumerate(zip(test_names, test))]
+    test_a = [{"answer": rec["focus"]["answer"], "type": rec["focus"]["type"], "question_id": f"synth_q_{i:06d}"}
+              for i, rec in enumerate(test)]
+    _write_json(train_json / "valley_.json", valley)
+    _write_json(train_json / "videochatgpt_tune_.json", tune)
+    _write_json(test_dir / "test_q.json", test_q)
+    _write_json(test_dir / "test_a.json", test_a)
+
+    meta = {
+        "seed": config.seed,
+        "num_train": config.num_train,
+        "num_test": config.num_test,
+        "codec": VIDEO_CODEC,
+        "question_types": {t: list(a) for t, a in ANSWERS.items()},
+        "test_answer_counts": {t: dict(sorted(Counter(a["answer"] for a in test_a if a["type"] == t).items()))
+                               for t in QUESTION_TYPES},
+    }
+    if config.models:
+        meta["models"] = build_models(config, [_chat_text(s["conversations"], i) for i, s in enumerate(valley + tune)])
+    _write_json(out / "synth_meta.json", meta)
+    logger.info("synthetic benchmark in %s: %d training clips, %d test questions", out, config.num_train, config.num_test)
+    return meta
+
+
+def _chat_text(conversations: list[dict[str, str]], index: int) -> str:
+    """A conversation as the prompt template writes it (the two system texts alternate), so the
+    tokenizer learns the pieces in the proportions training sees them: a long system text in few tokens."""
+    rounds = [f"USER: {h['value'].replace('<video>', '').strip()} ASSISTANT: {g['value']}"
+              for h, g in zip(conversations[::2], conversations[1::2])]
+    return " ".join([SYSTEM_TEXTS[index % 2], *rounds])
+
+
+def _write_json(path: Path, data) -> None:
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+# ---- model folders -----------------------------------------------------------------------------
+
+DEFAULT_LLM = {"hidden_size": 128, "intermediate_size": 352, "num_hidden_layers": 4, "num_attention_heads": 2,
+               "num_key_value_heads": 2, "max_position_embeddings": 1024, "rms_norm_eps": 1e-5}
+LLM_FIELDS = tuple(DEFAULT_LLM) + ("rope_theta", "tie_word_embeddings", "hidden_act")
+
+
+def build_models(config: SynthConfig, texts: list[str]) -> dict:
+    """Tokenizer + base Llama folder (OUT/models/base) and random LanguageBind teacher (OUT/models/teacher)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from videopanda.data.tokenizer import train_llama_tokenizer
+    from videopanda.model.teacher import LanguageBindVideoTower, TeacherConfig, init_teacher_weights
+
+    base = Path(config.out) / "models" / "base"
+    train_llama_tokenizer(texts, base, vocab_size=config.vocab_size)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    llm = dict(DEFAULT_LLM)
+    if config.model_config is not None:
+        raw = json.loads(Path(config.model_config).read_text())
+        llm.update({k: raw[k] for k in LLM_FIELDS if k in raw})
+    torch.manual_seed(config.seed)
+    llama_config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                               eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **llm)
+    model = LlamaForCausalLM(llama_config)
+    if config.lm_steps > 0:
+        _pretrain_lm(model, tokenizer, texts, config.lm_steps, config.seed)
+    model.save_pretrained(base)
+
+    teacher_config = TeacherConfig(hidden_size=config.teacher_width, intermediate_size=4 * config.teacher_width,
+                                   num_attention_heads=max(1, config.teacher_width // 32),
+                                   num_hidden_layers=config.teacher_layers, image_size=config.teacher_image_size,
+                                   num_frames=8)
+    teacher_dir = Path(config.out) / "models" / "teacher"
+    init_teacher_weights(LanguageBindVideoTower(teacher_config), seed=config.seed).save_pretrained(teacher_dir)
+    return {"base": str(base), "teacher": str(teacher_dir), "vocab_size": len(tokenizer), "llm": llm,
+            "lm_steps": config.lm_steps,
+            "model_config": str(Path(config.model_config).resolve()) if config.model_config else None}
+
+
+def _pretrain_lm(model, tokenizer, texts: list[str], steps: int, seed: int) -> None:
+    """A short next-token pre-training of the base model on the synthetic sentences (batch 32)."""
+    import torch
+    from tqdm import tqdm
+
+    generator = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+    model.train()
+    for step in tqdm(range(steps), desc="base LM", unit="step"):
+        pick = torch.randint(len(texts), (32,), generator=generator).tolist()
+        batch = tokenizer([texts[i] + tokenizer.eos_token for i in pick], return_tensors="pt", padding=True)
+        labels = batch.input_ids.masked_fill(batch.attention_mask == 0, -100)
+        for group in opt.param_groups:
+            group["lr"] = 1e-3 * 0.5 * (1 + math.cos(math.pi * step / steps))
+        loss = model(**batch, labels=labels).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+    logger.info("base LM pre-trained for %d steps, final loss %.3f", steps, loss.item())
+
+
+# ---- command line ------------------------------------------------------------------------------
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="videopanda synth", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("data/synth"), help="output DATA_ROOT (default data/synth)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-train", type=int, default=SynthConfig.num_train, help="training clips")
+    parser.add_argument("--num-test", type=int, default=SynthConfig.num_test, help="test clips (one question each)")
+    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--no-models", action="store_true", help="skip the tokenizer, base model and teacher folders")
+    parser.add_argument("--model-config", type=Path, help="VideoPandaConfig JSON (e.g. configs/model/tiny.json) for the base Llama's shape")
+    parser.add_argument("--vocab-size", type=int, default=SynthConfig.vocab_size)
+    parser.add_argument("--lm-steps", type=int, default=0, help="pre-train the base Llama on the synthetic text for this many steps")
+    parser.add_argument("--teacher-image-size", type=int, default=SynthConfig.teacher_image_size)
+    args = parser.parse_args(argv)
+    if args.num_train < 1 or args.num_test < 1:
+        parser.error("--num-train and --num-test must be at least 1")
+    config = SynthConfig(out=args.out, seed=args.seed, num_train=args.num_train, num_test=args.num_test,
+                         workers=args.workers, models=not args.no_models, model_config=args.model_config,
+                         vocab_size=args.vocab_size, lm_steps=args.lm_steps, teacher_image_size=args.teacher_image_size)
+    meta = generate(config)
+    print(json.dumps({k: meta[k] for k in ("num_train", "num_test", "test_answer_counts")}))
+    return 0
