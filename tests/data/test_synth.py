@@ -130,7 +130,8 @@ def test_every_question_is_unambiguous():
         assert sum(o.new_colour is not None for o in objects) == 1
         assert scene.changer.new_colour not in {o.colour for o in objects}
         asked = [q for q in synth.questions(scene) if q["type"] == "appearance"]
-        assert all(q["answer"] != scene.changer.colour for q in asked)
+        assert all(scene.changer.colour not in q["question"] for q in asked)
+        assert all(scene.changer.new_colour not in q["question"] for q in asked)
         assert 0.3 <= scene.changer.change_time <= 0.7
         assert all(o.appear_time == 0 or 0.3 <= o.appear_time <= 0.6 for o in objects)
 

@@ -10,14 +10,15 @@ Question types (single-word answers, balanced over the answer list of each type 
 
 | type        | question                                    | answers                         |
 |-------------|---------------------------------------------|---------------------------------|
-| appearance  | What colour is the {shape}?                 | red green blue yellow white purple |
+| appearance  | What shape is the {colour} one?             | circle square triangle cross    |
 | motion      | Which way does the {shape} move?            | left right up down              |
 | counting    | How many shapes are there at the end?       | one two three four              |
 | temporal    | What colour did the {shape} turn? /         | the six colours                 |
 |             | What colour was the {shape} at the start?   |                                 |
 
-Appearance questions only ask about shapes whose colour never changes; the two temporal forms ask
-for the colour after and before the change, so a model must know which frames come first.
+Appearance questions name a shape by a colour it keeps all clip long (never the one that changes);
+the two temporal forms ask for the colour after and before the change, so a model must know which
+frames come first.
 
 Written (SPEC sections 6 and 7 layouts):
 
@@ -67,10 +68,11 @@ SHAPES = ("circle", "square", "triangle", "cross")
 DIRECTIONS = ("left", "right", "up", "down")
 COUNT_WORDS = ("one", "two", "three", "four")
 BACKGROUNDS = ((20, 20, 20), (35, 35, 45), (45, 40, 30), (25, 40, 35))
+BACKGROUND_RAMP = 70
 
 QUESTION_TYPES = ("appearance", "motion", "counting", "temporal")
 ANSWERS: dict[str, tuple[str, ...]] = {
-    "appearance": tuple(COLOURS),
+    "appearance": SHAPES,
     "motion": DIRECTIONS,
     "counting": COUNT_WORDS,
     "temporal": tuple(COLOURS),
@@ -164,19 +166,21 @@ def sample_scene(rng: random.Random, qtype: str, answer: str, form: str = "turn"
         count = rng.randint(2, 4)  # the asked shape must not be the one that changes colour
     else:
         count = rng.randint(1, 4)
-    shapes = rng.sample(SHAPES, count)
     mover = rng.randrange(count)
     changer = rng.randrange(count)
+    if qtype == "appearance":
+        asked = rng.choice([i for i in range(count) if i != changer])
+        shapes = rng.sample([s for s in SHAPES if s != answer], count - 1)
+        shapes.insert(asked, answer)
+    else:
+        shapes = rng.sample(SHAPES, count)
     direction = answer if qtype == "motion" else rng.choice(DIRECTIONS)
 
     # Colours: distinct at the start, and the new colour is used by no other shape at any time,
     # so "the red one" is unambiguous throughout.
     colours: list[str | None] = [None] * count
     new_colour: str | None = None
-    if qtype == "appearance":
-        asked = rng.choice([i for i in range(count) if i != changer])
-        colours[asked] = answer
-    elif qtype == "temporal" and form == "turn":
+    if qtype == "temporal" and form == "turn":
         new_colour = answer
     elif qtype == "temporal":
         colours[changer] = answer
@@ -270,7 +274,7 @@ def questions(scene: Scene) -> list[dict[str, str]]:
         {"type": "temporal", "question": f"What colour did the {changer.shape} turn?", "answer": changer.new_colour},
         {"type": "temporal", "question": f"What colour was the {changer.shape} at the start?", "answer": changer.colour},
     ]
-    out += [{"type": "appearance", "question": f"What colour is the {o.shape}?", "answer": o.colour}
+    out += [{"type": "appearance", "question": f"What shape is the {o.colour} one?", "answer": o.shape}
             for o in scene.objects if o.new_colour is None]
     return out
 
@@ -317,10 +321,23 @@ def _sprite(shape: str, size: int) -> np.ndarray:
     raise ValueError(f"unknown shape {shape!r}")
 
 
+def background_image(scene: Scene) -> np.ndarray:
+    """uint8 (height, width, 3): the scene's dark base colour with red rising to the right and blue
+    rising downwards (by up to BACKGROUND_RAMP). The tokens of this architecture carry no absolute
+    position, so the backdrop tells every visual token where in the frame it is."""
+    x = (np.arange(scene.width) + 0.5) / scene.width
+    y = (np.arange(scene.height) + 0.5) / scene.height
+    image = np.empty((scene.height, scene.width, 3))
+    image[:] = scene.background
+    image[..., 0] += BACKGROUND_RAMP * x[None, :]
+    image[..., 2] += BACKGROUND_RAMP * y[:, None]
+    return image.round().astype(np.uint8)
+
+
 def render(scene: Scene) -> np.ndarray:
     """uint8 (num_frames, height, width, 3) RGB frames of the scene."""
     frames = np.empty((scene.num_frames, scene.height, scene.width, 3), np.uint8)
-    frames[:] = np.asarray(scene.background, np.uint8)
+    frames[:] = background_image(scene)
     sprites = {o.shape: _sprite(o.shape, o.size) for o in scene.objects}
     for f in range(scene.num_frames):
         t = f / max(scene.num_frames - 1, 1)
@@ -494,8 +511,8 @@ def _write_json(path: Path, data) -> None:
 
 # ---- model folders -----------------------------------------------------------------------------
 
-DEFAULT_LLM = {"hidden_size": 128, "intermediate_size": 352, "num_hidden_layers": 4, "num_attention_heads": 2,
-               "num_key_value_heads": 2, "max_position_embeddings": 1024, "rms_norm_eps": 1e-5}
+DEFAULT_LLM = {"hidden_size": 128, "intermediate_size": 352, "num_hidden_layers": 4, "num_attention_heads": 4,
+               "num_key_value_heads": 4, "max_position_embeddings": 1024, "rms_norm_eps": 1e-5}
 LLM_FIELDS = tuple(DEFAULT_LLM) + ("rope_theta", "tie_word_embeddings", "hidden_act")
 
 

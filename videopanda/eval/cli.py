@@ -141,7 +141,7 @@ def _cmd_judge(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="videopanda eval judge", description="Judge merged QA predictions.")
     p.add_argument("--pred-file", required=True, type=Path)
     p.add_argument("--output-dir", required=True, type=Path)
-    p.add_argument("--dataset", default=None, help="label stored in results.json (msvd, msrvtt, tgif, activitynet)")
+    p.add_argument("--dataset", default=None, help="label stored in results.json (msvd, msrvtt, tgif, activitynet, synth)")
     _add_judge_args(p, model_flags=("--model", "--judge-model"))
     _progress_arg(p)
     args = p.parse_args(argv)

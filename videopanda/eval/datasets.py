@@ -2,7 +2,7 @@
 
 Layout under `DATA_ROOT/eval/` (SPEC section 7):
 
-    GPT_Zero_Shot_QA/{MSVD,MSRVTT,TGIF,Activitynet}_Zero_Shot_QA/
+    GPT_Zero_Shot_QA/{MSVD,MSRVTT,TGIF,Activitynet}_Zero_Shot_QA/   (and Synth_Zero_Shot_QA from `videopanda synth`)
         videos/        the clips
         test_q.json    [{"video_name": ..., "question": ..., "question_id": ...}, ...]
         test_a.json    [{"answer": ..., "type": ..., "question_id": ...}, ...]
@@ -36,6 +36,7 @@ QA_DATASETS = {
     "msrvtt": "MSRVTT_Zero_Shot_QA",
     "tgif": "TGIF_Zero_Shot_QA",
     "activitynet": "Activitynet_Zero_Shot_QA",
+    "synth": "Synth_Zero_Shot_QA",  # the built-in synthetic benchmark (`videopanda synth`)
 }
 BENCHMARK = "videochatgpt"
 BENCHMARK_DIR = "Video_ChatGPT_Benchmark"

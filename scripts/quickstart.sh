@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The README's main command: synthetic video-QA data -> prealign -> pretrain -> finetune (torchrun,
+# 2 processes, DeepSpeed ZeRO-2 on CPU) -> evaluation with the exact-match judge, on a 2-core CPU.
+# Writes outputs/quickstart/{summary.json, loss_curves.png, results.md, logs/}.
+#
+#   bash scripts/quickstart.sh                                  # the full model
+#   QUICKSTART_ABLATION=no-lste,no-gstra bash scripts/quickstart.sh   # -> outputs/quickstart_no-lste_no-gstra
+#   bash scripts/quickstart.sh --help                           # every option
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+exec .venv/bin/python -m videopanda.quickstart "$@"
