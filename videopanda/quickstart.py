@@ -14,7 +14,14 @@ Steps, each one an ordinary command that is logged before it runs (so it can be 
 Choices for the synthetic data (where the real recipe's settings would not work here):
 - No random horizontal flip: it would turn "left" into "right" without changing the answer.
 - Short stages with higher learning rates than the 7B recipe (a 1M-parameter LLM trained from
-  scratch, not a pre-trained 7B), no gradient checkpointing (nothing to save at this size).
+  scratch, not a pre-trained 7B), most of the budget in finetuning (the stage the questions are
+  asked in), the STAB and projector at 5x the LLM's rate; no gradient checkpointing (nothing to
+  save at this size).
+- The random teacher's position embeddings are drawn larger than its other weights
+  (`SynthConfig.teacher_position_std`), so that, like a real LanguageBind teacher, its features say
+  where each patch is. The Llama sees its visual tokens only in order (RoPE), which tells rows apart
+  (a row is several tokens) but hardly columns; without this the model learns "up"/"down" and never
+  "left"/"right".
 """
 from __future__ import annotations
 
@@ -32,7 +39,7 @@ from pathlib import Path
 
 from videopanda.log import get_logger, setup_logging
 
-logger = get_logger(__name__)
+logger = get_logger("videopanda.quickstart")  # also when run as `python -m videopanda.quickstart`
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("prealign", "pretrain", "finetune")
@@ -69,15 +76,15 @@ class QuickstartConfig:
     data: Path = Path("data/synth")
     model_config: Path = REPO / "configs" / "model" / "tiny.json"
     seed: int = 0
-    num_train: int = 2000
+    num_train: int = 3000
     num_test: int = 400
     nproc: int = 2
     global_batch_size: int = 16
     ablation: list[str] = field(default_factory=list)
     stages: dict[str, StageSettings] = field(default_factory=lambda: {
-        "prealign": StageSettings(epochs=1.0, learning_rate=1e-3, visual_learning_rate=2e-3),
-        "pretrain": StageSettings(epochs=1.0, learning_rate=2e-3, visual_learning_rate=2e-3),
-        "finetune": StageSettings(epochs=2.0, learning_rate=2e-3, visual_learning_rate=2e-3),
+        "prealign": StageSettings(epochs=0.1, learning_rate=2e-3, visual_learning_rate=1e-2),
+        "pretrain": StageSettings(epochs=0.5, learning_rate=2e-3, visual_learning_rate=1e-2),
+        "finetune": StageSettings(epochs=7.0, learning_rate=2e-3, visual_learning_rate=1e-2),
     })
     eval_batch_size: int = 16
     max_new_tokens: int = 16
@@ -109,8 +116,13 @@ def ensure_data(cfg: QuickstartConfig) -> None:
     meta_path = cfg.data / "synth_meta.json"
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text())
-        wanted = {"seed": cfg.seed, "num_train": cfg.num_train, "num_test": cfg.num_test}
-        same_model = meta.get("models", {}).get("model_config") == str(cfg.model_config.resolve())
+        from videopanda.data.synth import GENERATOR_VERSION, SynthConfig
+
+        wanted = {"seed": cfg.seed, "num_train": cfg.num_train, "num_test": cfg.num_test,
+                  "generator_version": GENERATOR_VERSION}
+        models = meta.get("models", {})
+        same_model = (models.get("model_config") == str(cfg.model_config.resolve())
+                      and models.get("teacher_position_std") == SynthConfig.teacher_position_std)
         if all(meta.get(k) == v for k, v in wanted.items()) and same_model:
             logger.info("reusing the synthetic data in %s (same seed and sizes)", cfg.data)
             return

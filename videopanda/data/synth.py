@@ -2,23 +2,28 @@
 
 A procedural dataset of real encoded mp4 clips (varied aspect ratios, lengths and frame rates) in
 which large, high-contrast coloured shapes sit on a dark background; in every clip exactly one shape
-moves in a straight line, exactly one shape changes colour once, and sometimes one more shape appears
-half-way. Everything the questions ask about is visible in the 8 frames the recipe samples (SPEC
-section 4 spreads them over the whole clip; events happen between 30% and 65% of the duration).
+moves in a straight line, exactly one other shape changes colour once (a lone shape does both), and
+sometimes one more shape appears. Everything the questions ask about is visible in the 8 frames the
+recipe samples (SPEC section 4 spreads them over the whole clip): the colour change happens between the
+4th and the 5th sampled frame, so the first 4-frame chunk shows the colour before and the second the
+colour after; a shape that appears does so within the first chunk (after the 1st, 2nd or 3rd sampled
+frame), so "what colour did X turn" is never confused with the colour of a newcomer; the mover crosses
+the frame from the first sampled frame to the last.
 
 Question types (single-word answers, balanced over the answer list of each type in the test set):
 
 | type        | question                                    | answers                         |
 |-------------|---------------------------------------------|---------------------------------|
-| appearance  | What shape is the {colour} one?             | circle square triangle cross    |
+| appearance  | What colour is the moving {shape}?          | red green blue yellow white purple |
 | motion      | Which way does the {shape} move?            | left right up down              |
 | counting    | How many shapes are there at the end?       | one two three four              |
 | temporal    | What colour did the {shape} turn? /         | the six colours                 |
 |             | What colour was the {shape} at the start?   |                                 |
 
-Appearance questions name a shape by a colour it keeps all clip long (never the one that changes);
-the two temporal forms ask for the colour after and before the change, so a model must know which
-frames come first.
+Appearance questions ask for the colour of the mover only when the mover keeps its colour (another
+shape changes); the two temporal forms ask for the colour after and before the change, so a model
+must know which frames come first. (Asking for the shape of "the red one" instead needs shape
+recognition at 28 px a token, which the quickstart's tiny model does not learn within its budget.)
 
 Written (SPEC sections 6 and 7 layouts):
 
@@ -52,6 +57,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+from videopanda.constants import NUM_FRAMES
+from videopanda.data.video import sample_indices
 from videopanda.log import get_logger
 
 logger = get_logger(__name__)
@@ -70,9 +77,12 @@ COUNT_WORDS = ("one", "two", "three", "four")
 BACKGROUNDS = ((20, 20, 20), (35, 35, 45), (45, 40, 30), (25, 40, 35))
 BACKGROUND_RAMP = 70
 
+GENERATOR_VERSION = 2
+"""Bumped whenever the same seed would give different clips or questions (the quickstart then regenerates)."""
+
 QUESTION_TYPES = ("appearance", "motion", "counting", "temporal")
 ANSWERS: dict[str, tuple[str, ...]] = {
-    "appearance": SHAPES,
+    "appearance": tuple(COLOURS),
     "motion": DIRECTIONS,
     "counting": COUNT_WORDS,
     "temporal": tuple(COLOURS),
@@ -163,24 +173,21 @@ def sample_scene(rng: random.Random, qtype: str, answer: str, form: str = "turn"
     if qtype == "counting":
         count = COUNT_WORDS.index(answer) + 1
     elif qtype == "appearance":
-        count = rng.randint(2, 4)  # the asked shape must not be the one that changes colour
+        count = rng.randint(2, 4)  # the mover keeps its colour: another shape changes
     else:
         count = rng.randint(1, 4)
     mover = rng.randrange(count)
-    changer = rng.randrange(count)
-    if qtype == "appearance":
-        asked = rng.choice([i for i in range(count) if i != changer])
-        shapes = rng.sample([s for s in SHAPES if s != answer], count - 1)
-        shapes.insert(asked, answer)
-    else:
-        shapes = rng.sample(SHAPES, count)
+    changer = rng.choice([i for i in range(count) if i != mover]) if count > 1 else mover
+    shapes = rng.sample(SHAPES, count)
     direction = answer if qtype == "motion" else rng.choice(DIRECTIONS)
 
     # Colours: distinct at the start, and the new colour is used by no other shape at any time,
     # so "the red one" is unambiguous throughout.
     colours: list[str | None] = [None] * count
     new_colour: str | None = None
-    if qtype == "temporal" and form == "turn":
+    if qtype == "appearance":
+        colours[mover] = answer
+    elif qtype == "temporal" and form == "turn":
         new_colour = answer
     elif qtype == "temporal":
         colours[changer] = answer
@@ -192,7 +199,7 @@ def sample_scene(rng: random.Random, qtype: str, answer: str, form: str = "turn"
     if new_colour is None:
         new_colour = rng.choice(sorted(set(COLOURS) - taken))
 
-    # An extra shape that appears half-way: one that neither moves nor changes colour.
+    # An extra shape that appears early on: one that neither moves nor changes colour.
     static = [i for i in range(count) if i not in (mover, changer)]
     appearer = rng.choice(static) if static and rng.random() < 0.4 else None
 
@@ -204,7 +211,9 @@ def sample_scene(rng: random.Random, qtype: str, answer: str, form: str = "turn"
     num_frames = max(2, round(rng.uniform(*DURATION_RANGE) * fps))
     background = rng.choice(BACKGROUNDS)
     positions, size = _layout(rng, width, height, count, mover, direction)
-    change_time = rng.uniform(0.35, 0.65)
+    picked = sample_indices(num_frames, fps, NUM_FRAMES)
+    halfway = _between(rng, picked, len(picked) // 2 - 1, num_frames)
+    early = _between(rng, picked, rng.randrange(len(picked) // 2 - 1), num_frames)
     objects = tuple(
         SynthObject(
             shape=shapes[i],
@@ -213,12 +222,19 @@ def sample_scene(rng: random.Random, qtype: str, answer: str, form: str = "turn"
             start=positions[i][0],
             end=positions[i][1],
             new_colour=new_colour if i == changer else None,
-            change_time=change_time if i == changer else 0.0,
-            appear_time=rng.uniform(0.3, 0.6) if i == appearer else 0.0,
+            change_time=halfway if i == changer else 0.0,
+            appear_time=early if i == appearer else 0.0,
         )
         for i in range(count)
     )
     return Scene(width, height, fps, num_frames, background, objects, direction)
+
+
+def _between(rng: random.Random, picked: list[int], k: int, num_frames: int) -> float:
+    """A random time (a fraction of the clip; frame f shows time f / (num_frames - 1)) after sampled
+    frame `picked[k]` and up to sampled frame `picked[k + 1]` (`videopanda.data.video.sample_indices`)."""
+    first_new = rng.randint(picked[k] + 1, picked[k + 1])
+    return (first_new - 0.5) / (num_frames - 1)
 
 
 def grid_shape(width: int, height: int, cells: int = GRID_CELLS) -> tuple[int, int]:
@@ -274,8 +290,8 @@ def questions(scene: Scene) -> list[dict[str, str]]:
         {"type": "temporal", "question": f"What colour did the {changer.shape} turn?", "answer": changer.new_colour},
         {"type": "temporal", "question": f"What colour was the {changer.shape} at the start?", "answer": changer.colour},
     ]
-    out += [{"type": "appearance", "question": f"What shape is the {o.colour} one?", "answer": o.shape}
-            for o in scene.objects if o.new_colour is None]
+    if mover.new_colour is None:
+        out.append({"type": "appearance", "question": f"What colour is the moving {mover.shape}?", "answer": mover.colour})
     return out
 
 
@@ -397,6 +413,11 @@ class SynthConfig:
     teacher_width: int = 64
     teacher_layers: int = 2
     teacher_image_size: int = 56
+    # A random teacher with CLIP-like weights (std 0.02) has features that say what colour a patch is but
+    # hardly where it is; a real LanguageBind teacher's features say both. Larger random position
+    # embeddings give the quickstart teacher that second part, which the distillation loss then passes
+    # to the student's visual hidden states (the Llama alone only sees token order, through RoPE).
+    teacher_position_std: float = 0.5
 
 
 def _target(index: int) -> tuple[str, str, str]:
@@ -480,6 +501,7 @@ def generate(config: SynthConfig) -> dict:
     _write_json(test_dir / "test_a.json", test_a)
 
     meta = {
+        "generator_version": GENERATOR_VERSION,
         "seed": config.seed,
         "num_train": config.num_train,
         "num_test": config.num_test,
@@ -544,9 +566,10 @@ def build_models(config: SynthConfig, texts: list[str]) -> dict:
                                    num_hidden_layers=config.teacher_layers, image_size=config.teacher_image_size,
                                    num_frames=8)
     teacher_dir = Path(config.out) / "models" / "teacher"
-    init_teacher_weights(LanguageBindVideoTower(teacher_config), seed=config.seed).save_pretrained(teacher_dir)
+    init_teacher_weights(LanguageBindVideoTower(teacher_config), seed=config.seed,
+                         position_std=config.teacher_position_std).save_pretrained(teacher_dir)
     return {"base": str(base), "teacher": str(teacher_dir), "vocab_size": len(tokenizer), "llm": llm,
-            "lm_steps": config.lm_steps,
+            "lm_steps": config.lm_steps, "teacher_position_std": config.teacher_position_std,
             "model_config": str(Path(config.model_config).resolve()) if config.model_config else None}
 
 
@@ -587,12 +610,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--vocab-size", type=int, default=SynthConfig.vocab_size)
     parser.add_argument("--lm-steps", type=int, default=0, help="pre-train the base Llama on the synthetic text for this many steps")
     parser.add_argument("--teacher-image-size", type=int, default=SynthConfig.teacher_image_size)
+    parser.add_argument("--teacher-position-std", type=float, default=SynthConfig.teacher_position_std,
+                        help="std of the random teacher's position embeddings (its other weights: 0.02)")
     args = parser.parse_args(argv)
     if args.num_train < 1 or args.num_test < 1:
         parser.error("--num-train and --num-test must be at least 1")
     config = SynthConfig(out=args.out, seed=args.seed, num_train=args.num_train, num_test=args.num_test,
                          workers=args.workers, models=not args.no_models, model_config=args.model_config,
-                         vocab_size=args.vocab_size, lm_steps=args.lm_steps, teacher_image_size=args.teacher_image_size)
+                         vocab_size=args.vocab_size, lm_steps=args.lm_steps, teacher_image_size=args.teacher_image_size,
+                         teacher_position_std=args.teacher_position_std)
     meta = generate(config)
     print(json.dumps({k: meta[k] for k in ("num_train", "num_test", "test_answer_counts")}))
     return 0

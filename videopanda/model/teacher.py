@@ -262,8 +262,10 @@ class LanguageBindVideoTower(nn.Module):
         return tower
 
 
-def init_teacher_weights(tower: LanguageBindVideoTower, seed: int = 0, std: float = 0.02) -> LanguageBindVideoTower:
-    """Random weights (normal std for matrices and embeddings, unit LayerNorms) for tiny test / quickstart teachers."""
+def init_teacher_weights(tower: LanguageBindVideoTower, seed: int = 0, std: float = 0.02,
+                         position_std: float | None = None) -> LanguageBindVideoTower:
+    """Random weights for tiny test / quickstart teachers: normal(0, std) matrices and embeddings, unit
+    LayerNorms, zero biases; the spatial position embeddings get `position_std` instead when given."""
     generator = torch.Generator().manual_seed(seed)
     for name, param in tower.named_parameters():
         if param.dim() == 1 and ("norm" in name):
@@ -271,7 +273,8 @@ def init_teacher_weights(tower: LanguageBindVideoTower, seed: int = 0, std: floa
         elif name.endswith("bias"):
             param.data.zero_()
         else:
-            param.data.copy_(torch.randn(param.shape, generator=generator) * std)
+            scale = position_std if position_std is not None and name.endswith("position_embedding.weight") else std
+            param.data.copy_(torch.randn(param.shape, generator=generator) * scale)
     return tower
 
 
