@@ -37,6 +37,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from videopanda.eval.records import write_json_atomic
 from videopanda.log import get_logger, setup_logging
 
 logger = get_logger("videopanda.quickstart")  # also when run as `python -m videopanda.quickstart`
@@ -308,7 +309,7 @@ def run(cfg: QuickstartConfig) -> dict:
                "model_config": str(cfg.model_config), "seed": cfg.seed, "num_train": cfg.num_train,
                "num_test": cfg.num_test}
     summary["elapsed_s"] = round(time.monotonic() - start, 1)
-    (cfg.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json_atomic(cfg.out / "summary.json", summary)
     plot_losses(cfg, cfg.out / "loss_curves.png")
     table = results_table(summary)
     (cfg.out / "results.md").write_text(table + "\n")

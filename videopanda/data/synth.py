@@ -20,8 +20,8 @@ Question types (single-word answers, balanced over the answer list of each type 
 | temporal    | What colour did the {shape} turn? /         | the six colours                 |
 |             | What colour was the {shape} at the start?   |                                 |
 
-Appearance questions ask for the colour of the mover only when the mover keeps its colour (another
-shape changes); the two temporal forms ask for the colour after and before the change, so a model
+Appearance questions ask for the colour of the mover, which keeps its colour whenever there are two
+or more shapes (a lone shape is asked no appearance question); the two temporal forms ask for the colour after and before the change, so a model
 must know which frames come first. (Asking for the shape of "the red one" instead needs shape
 recognition at 28 px a token, which the quickstart's tiny model does not learn within its budget.)
 
@@ -58,7 +58,9 @@ import av
 import numpy as np
 
 from videopanda.constants import NUM_FRAMES
+from videopanda.data.conversation import SYSTEM_HUMAN, SYSTEM_USER
 from videopanda.data.video import sample_indices
+from videopanda.eval.records import write_json_atomic
 from videopanda.log import get_logger
 
 logger = get_logger(__name__)
@@ -110,12 +112,7 @@ CAPTION_PROMPTS = (
     "Describe what you see in the clip.",
     "Give a short description of the video.",
 )
-SYSTEM_TEXTS = (
-    "A chat between a curious user and an artificial intelligence assistant. The assistant gives "
-    "helpful, detailed, and polite answers to the user's questions.",
-    "A chat between a curious human and an artificial intelligence assistant. The assistant gives "
-    "helpful, detailed, and polite answers to the human's questions.",
-)
+SYSTEM_TEXTS = (SYSTEM_USER, SYSTEM_HUMAN)
 
 
 @dataclass(frozen=True)
@@ -167,7 +164,8 @@ class Scene:
 
 def sample_scene(rng: random.Random, qtype: str, answer: str, form: str = "turn") -> Scene:
     """A random scene in which the question of `qtype` (temporal: `form` "turn" or "start") has
-    `answer`. Every scene has one mover and one colour changer (possibly the same shape)."""
+    `answer`. Every scene has one mover and one colour changer, two different shapes unless the
+    scene has only one."""
     if answer not in ANSWERS[qtype]:
         raise ValueError(f"{answer!r} is not an answer of question type {qtype!r}")
     if qtype == "counting":
@@ -495,10 +493,10 @@ def generate(config: SynthConfig) -> dict:
               for i, (name, rec) in enumerate(zip(test_names, test))]
     test_a = [{"answer": rec["focus"]["answer"], "type": rec["focus"]["type"], "question_id": f"synth_q_{i:06d}"}
               for i, rec in enumerate(test)]
-    _write_json(train_json / "valley_.json", valley)
-    _write_json(train_json / "videochatgpt_tune_.json", tune)
-    _write_json(test_dir / "test_q.json", test_q)
-    _write_json(test_dir / "test_a.json", test_a)
+    write_json_atomic(train_json / "valley_.json", valley)
+    write_json_atomic(train_json / "videochatgpt_tune_.json", tune)
+    write_json_atomic(test_dir / "test_q.json", test_q)
+    write_json_atomic(test_dir / "test_a.json", test_a)
 
     meta = {
         "generator_version": GENERATOR_VERSION,
@@ -512,7 +510,7 @@ def generate(config: SynthConfig) -> dict:
     }
     if config.models:
         meta["models"] = build_models(config, [_chat_text(s["conversations"], i) for i, s in enumerate(valley + tune)])
-    _write_json(out / "synth_meta.json", meta)
+    write_json_atomic(out / "synth_meta.json", meta)
     logger.info("synthetic benchmark in %s: %d training clips, %d test questions", out, config.num_train, config.num_test)
     return meta
 
@@ -523,12 +521,6 @@ def _chat_text(conversations: list[dict[str, str]], index: int) -> str:
     rounds = [f"USER: {h['value'].replace('<video>', '').strip()} ASSISTANT: {g['value']}"
               for h, g in zip(conversations[::2], conversations[1::2])]
     return " ".join([SYSTEM_TEXTS[index % 2], *rounds])
-
-
-def _write_json(path: Path, data) -> None:
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
 
 
 # ---- model folders -----------------------------------------------------------------------------
@@ -604,11 +596,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-train", type=int, default=SynthConfig.num_train, help="training clips")
     parser.add_argument("--num-test", type=int, default=SynthConfig.num_test, help="test clips (one question each)")
-    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--workers", type=int, default=SynthConfig().workers)
     parser.add_argument("--no-models", action="store_true", help="skip the tokenizer, base model and teacher folders")
     parser.add_argument("--model-config", type=Path, help="VideoPandaConfig JSON (e.g. configs/model/tiny.json) for the base Llama's shape")
     parser.add_argument("--vocab-size", type=int, default=SynthConfig.vocab_size)
-    parser.add_argument("--lm-steps", type=int, default=0, help="pre-train the base Llama on the synthetic text for this many steps")
+    parser.add_argument("--lm-steps", type=int, default=SynthConfig.lm_steps, help="pre-train the base Llama on the synthetic text for this many steps")
     parser.add_argument("--teacher-image-size", type=int, default=SynthConfig.teacher_image_size)
     parser.add_argument("--teacher-position-std", type=float, default=SynthConfig.teacher_position_std,
                         help="std of the random teacher's position embeddings (its other weights: 0.02)")
