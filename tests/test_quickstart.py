@@ -1,5 +1,6 @@
 """The quickstart driver's pieces that run without training: the flags it hands to the stage launchers
-(parsed by the real `videopanda train` parser), ablations, and the report built from loss logs."""
+(parsed by the real `videopanda train` parser), ablations, the report built from loss logs, and when
+an existing synthetic data folder is reused."""
 import json
 from pathlib import Path
 
@@ -66,3 +67,21 @@ def test_report_from_loss_logs(tmp_path):
                         "judge": "exact-match"}, "elapsed_s": 42.0}
     table = quickstart.results_table(summary)
     assert "| counting | 75.0 |" in table and "**87.5**" in table and "| pretrain | 5 | 0.5000 | 10 |" in table
+
+
+def test_data_folder_is_reused_only_when_it_matches(tmp_path):
+    from videopanda.data import synth
+
+    cfg = quickstart.QuickstartConfig(out=tmp_path / "out", data=tmp_path / "data", num_train=2, num_test=4)
+    assert quickstart.stale_data_reason(cfg) == "no dataset there"
+    assert synth.main(["--out", str(cfg.data), "--num-train", "2", "--num-test", "4", "--workers", "1",
+                       "--model-config", str(cfg.model_config)]) == 0
+    assert quickstart.stale_data_reason(cfg) is None
+    other_seed = quickstart.QuickstartConfig(data=cfg.data, num_train=2, num_test=4, seed=1)
+    assert quickstart.stale_data_reason(other_seed).startswith("seed 0 != 1")
+    # a different Llama shape in the model config means a different base model: regenerate
+    tiny = json.loads(cfg.model_config.read_text())
+    tiny["num_hidden_layers"] += 1
+    (tmp_path / "deeper.json").write_text(json.dumps(tiny))
+    deeper = quickstart.QuickstartConfig(data=cfg.data, num_train=2, num_test=4, model_config=tmp_path / "deeper.json")
+    assert "base Llama" in quickstart.stale_data_reason(deeper)

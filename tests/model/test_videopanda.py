@@ -147,7 +147,7 @@ def test_mixed_batch_equals_each_sample_alone(model):
     ids, mask = padded(rows)
     labels = ids.masked_fill(ids < 0, IGNORE_INDEX).masked_fill(mask == 0, IGNORE_INDEX)
     with torch.no_grad():
-        batch = model(input_ids=ids, attention_mask=mask, labels=labels, videos=videos)
+        batch = model(input_ids=ids, attention_mask=mask, videos=videos)
         lengths = []
         for i, (row, v) in enumerate(zip(rows, videos)):
             alone = model(input_ids=torch.tensor([row]), videos=[v])
@@ -157,7 +157,22 @@ def test_mixed_batch_equals_each_sample_alone(model):
     # the letterboxed frames have a 1x2 grid (4 tokens), its padding frames the top-left 2x2 window (7 tokens)
     assert lengths == [6 + 8 * TOKENS_56, 3 + 6 * 4 + 2 * TOKENS_56, 7]
     assert batch.logits.shape[1] == max(lengths)
-    assert batch.lm_loss is not None and torch.equal(batch.loss, batch.lm_loss) and batch.distill_loss is None
+
+
+def test_loss_with_labels_is_the_cross_entropy_of_the_full_logits(model):
+    rows, videos = mixed_batch()
+    ids, mask = padded(rows)
+    labels = ids.masked_fill(ids < 0, IGNORE_INDEX).masked_fill(mask == 0, IGNORE_INDEX)
+    labels[0, :3] = IGNORE_INDEX  # an unsupervised prompt
+    with torch.no_grad():
+        full = model(input_ids=ids, attention_mask=mask, videos=videos).logits
+        expanded = model.embed_multimodal(ids, mask, labels, videos).labels
+        out = model(input_ids=ids, attention_mask=mask, labels=labels, videos=videos)
+    assert out.logits is None and out.distill_loss is None and torch.equal(out.loss, out.lm_loss)
+    wanted = torch.nn.functional.cross_entropy(full[:, :-1].flatten(0, 1), expanded[:, 1:].flatten(),
+                                               ignore_index=IGNORE_INDEX)
+    torch.testing.assert_close(out.lm_loss, wanted, rtol=1e-5, atol=1e-6)
+    assert (expanded[:, 1:] != IGNORE_INDEX).sum() < expanded.numel() // 2  # most positions carry no loss
 
 
 def test_generate_with_and_without_cache_agree_and_match_a_plain_greedy_loop(model):

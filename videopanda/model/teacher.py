@@ -263,9 +263,11 @@ class LanguageBindVideoTower(nn.Module):
 
 
 def init_teacher_weights(tower: LanguageBindVideoTower, seed: int = 0, std: float = 0.02,
-                         position_std: float | None = None) -> LanguageBindVideoTower:
+                         position_std: float | None = None, patch_std: float | None = None) -> LanguageBindVideoTower:
     """Random weights for tiny test / quickstart teachers: normal(0, std) matrices and embeddings, unit
-    LayerNorms, zero biases; the spatial position embeddings get `position_std` instead when given."""
+    LayerNorms, zero biases; the spatial position embeddings get `position_std` and the patch embedding
+    (what a patch shows) `patch_std` instead, when given."""
+    special = {"position_embedding.weight": position_std, "patch_embedding.weight": patch_std}
     generator = torch.Generator().manual_seed(seed)
     for name, param in tower.named_parameters():
         if param.dim() == 1 and ("norm" in name):
@@ -273,7 +275,7 @@ def init_teacher_weights(tower: LanguageBindVideoTower, seed: int = 0, std: floa
         elif name.endswith("bias"):
             param.data.zero_()
         else:
-            scale = position_std if position_std is not None and name.endswith("position_embedding.weight") else std
+            scale = next((s for suffix, s in special.items() if s is not None and name.endswith(suffix)), std)
             param.data.copy_(torch.randn(param.shape, generator=generator) * scale)
     return tower
 

@@ -22,6 +22,10 @@ Choices where SPEC is silent (see also docs/DESIGN.md):
 - The STAB is called (as a module, so hooks fire) with `packed=True`: one token tensor for all frames,
   split here by the grids. Under ZeRO-3 it is a leaf module, and DeepSpeed needs a tensor at the top
   level of its output to gather it for backward and to reduce its gradients (see `stab.py`).
+- With `labels`, the output has the loss but no logits: only the states whose next token is
+  supervised go through `lm_head` (`lm_loss`). The full (B, S', V) logits would be the largest
+  activation of 7B training (8 x 2048 x 32000 float32 = 2 GB a device) and most of them (the visual
+  tokens, the prompts) carry no loss. Call without labels for logits.
 - Checkpoints: `from_pretrained` reads the released layout through a registered key mapping
   (`checkpoint.register_released_key_mapping`), and `save_pretrained` writes the same layout (the
   STAB under the released names, safetensors).
@@ -304,7 +308,8 @@ class VideoPandaForCausalLM(VideoPandaPreTrainedModel, LlamaForCausalLM):
     ) -> VideoPandaCausalLMOutput:
         """input_ids (B, S) with -200 per frame; videos: per sample (C, T, 4, H, W) or None;
         teacher_videos (training): per sample (C, T, 4, 224, 224) or None -> logits (B, S', V), where
-        S' is the expanded length. Position ids cannot be given together with frame placeholders."""
+        S' is the expanded length; with labels, the loss and no logits (see the module docstring).
+        Position ids cannot be given together with frame placeholders."""
         has_video = videos is not None and any(v is not None for v in videos)
         has_slots = input_ids is not None and bool((input_ids == FRAME_TOKEN_INDEX).any())
         spans: list = []
@@ -324,20 +329,22 @@ class VideoPandaForCausalLM(VideoPandaPreTrainedModel, LlamaForCausalLM):
 
         distill = teacher_videos is not None and self.distillation_enabled
         want_hidden = bool(kwargs.pop("output_hidden_states", False))
-        outputs = super().forward(
+        outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
             past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
-            labels=labels,
             use_cache=use_cache,
-            logits_to_keep=logits_to_keep,
             output_hidden_states=want_hidden or (distill and (has_video or lockstep)),
-            return_dict=True,
             **kwargs,
         )
-        lm_loss, distill_loss = outputs.loss, None
+        logits = lm_loss = distill_loss = None
+        if labels is None:
+            keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+            logits = self.lm_head(outputs.last_hidden_state[:, keep, :])
+        else:
+            lm_loss = self.lm_loss(outputs.last_hidden_state, labels)
         if distill and has_video:
             distill_loss = self._distillation(outputs.hidden_states, videos, teacher_videos, spans)
         elif distill and lockstep:
@@ -347,13 +354,22 @@ class VideoPandaForCausalLM(VideoPandaPreTrainedModel, LlamaForCausalLM):
             loss = distill_loss if loss is None else loss + distill_loss
         return VideoPandaCausalLMOutput(
             loss=loss,
-            logits=outputs.logits,
+            logits=logits,
             past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states if want_hidden else None,
             attentions=outputs.attentions,
             lm_loss=lm_loss,
             distill_loss=distill_loss,
         )
+
+    def lm_loss(self, hidden: Tensor, labels: Tensor) -> Tensor:
+        """Next-token cross-entropy, the mean over supervised tokens (as `LlamaForCausalLM`'s loss), from
+        the final normed states hidden (B, S', L) and labels (B, S'). Only the N states whose next token
+        is supervised go through `lm_head`: (N, V) logits instead of (B, S', V)."""
+        targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+        supervised = targets != IGNORE_INDEX
+        logits = self.lm_head(hidden[supervised])
+        return F.cross_entropy(logits.float(), targets[supervised])
 
     def _distillation(self, hidden_states, videos, teacher_videos, spans) -> Tensor:
         """Head on the LLM states at each content frame's grid positions vs the teacher's features."""
