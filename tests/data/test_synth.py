@@ -78,6 +78,7 @@ def test_model_folders_load(synth_dir):
     tiny = _json(TINY_CONFIG)
     assert model.config.hidden_size == tiny["hidden_size"]
     assert model.config.num_hidden_layers == tiny["num_hidden_layers"]
+    assert (model.config.num_attention_heads, model.config.head_dim) == (tiny["num_attention_heads"], tiny["head_dim"])
     assert model.config.vocab_size == len(tokenizer)
     question = _json(_test_dir(synth_dir) / "test_q.json")[0]["question"]
     ids = tokenizer(question).input_ids
