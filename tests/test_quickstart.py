@@ -52,6 +52,12 @@ def test_unknown_ablation_is_refused(capsys):
     assert "no-such-part" in capsys.readouterr().err
 
 
+def test_batch_that_does_not_split_over_the_processes_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        quickstart.main(["--global-batch-size", "15", "--nproc", "2"])
+    assert "--global-batch-size 15 is not a multiple of --nproc 2" in capsys.readouterr().err
+
+
 def test_report_from_loss_logs(tmp_path):
     cfg = _config(tmp_path)
     for i, stage in enumerate(quickstart.STAGES):
@@ -85,3 +91,9 @@ def test_data_folder_is_reused_only_when_it_matches(tmp_path):
     (tmp_path / "deeper.json").write_text(json.dumps(tiny))
     deeper = quickstart.QuickstartConfig(data=cfg.data, num_train=2, num_test=4, model_config=tmp_path / "deeper.json")
     assert "base Llama" in quickstart.stale_data_reason(deeper)
+    # a folder from before smooth teacher positions (no such field in its metadata): regenerate
+    meta_path = cfg.data / "synth_meta.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["models"]["teacher_position_frequencies"]
+    meta_path.write_text(json.dumps(meta))
+    assert "teacher_position_frequencies 0 != 2" in quickstart.stale_data_reason(cfg)

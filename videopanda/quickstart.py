@@ -19,7 +19,9 @@ Choices for the synthetic data (where the real recipe's settings would not work 
   save at this size).
 - The random teacher's position embeddings and patch embedding are drawn larger than its other
   weights (`SynthConfig.teacher_position_std` 0.5, `teacher_patch_std` 0.1), so that, like a real
-  LanguageBind teacher, its features say both where each patch is and what it shows. The Llama sees
+  LanguageBind teacher, its features say both where each patch is and what it shows, and its patch
+  positions vary smoothly over the grid as a trained ViT's do (`teacher_position_frequencies` 2,
+  `videopanda.model.teacher.smooth_position_embedding`). The Llama sees
   its visual tokens only in order (RoPE), which tells rows apart (a row is several tokens) but hardly
   columns. Position alone (patch std 0.02) crowds colour out of the features and the colour questions
   fall to chance; position 1.0 with patch 0.1 does the same to a lesser degree (README table).
@@ -131,7 +133,9 @@ def stale_data_reason(cfg: QuickstartConfig) -> str | None:
               "generator_version": (meta.get("generator_version"), GENERATOR_VERSION),
               "base Llama": (models.get("llm"), llm_fields(cfg.model_config)),
               "teacher_position_std": (models.get("teacher_position_std"), SynthConfig.teacher_position_std),
-              "teacher_patch_std": (models.get("teacher_patch_std"), SynthConfig.teacher_patch_std)}
+              "teacher_patch_std": (models.get("teacher_patch_std"), SynthConfig.teacher_patch_std),
+              "teacher_position_frequencies": (models.get("teacher_position_frequencies", 0),
+                                               SynthConfig.teacher_position_frequencies)}
     changed = [f"{name} {have!r} != {want!r}" for name, (have, want) in wanted.items() if have != want]
     return "; ".join(changed) or None
 
@@ -346,14 +350,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-train", type=int, default=QuickstartConfig.num_train)
     parser.add_argument("--num-test", type=int, default=QuickstartConfig.num_test)
     parser.add_argument("--nproc", type=int, default=2, help="training processes (and eval processes)")
+    parser.add_argument("--global-batch-size", type=int, default=QuickstartConfig.global_batch_size,
+                        help="samples per optimiser step in every stage (a multiple of --nproc)")
     args = parser.parse_args(argv)
     ablation = [a.strip() for a in args.ablation.split(",") if a.strip()]
+    if args.global_batch_size % args.nproc:
+        parser.error(f"--global-batch-size {args.global_batch_size} is not a multiple of --nproc {args.nproc}")
     unknown = [a for a in ablation if a not in ABLATIONS]
     if unknown:
         parser.error(f"unknown ablation(s) {unknown}; choose from {', '.join(ABLATIONS)}")
     out = args.out or Path("outputs/quickstart" + ("_" + "_".join(ablation) if ablation else ""))
     cfg = QuickstartConfig(out=out, data=args.data, model_config=args.model_config, seed=args.seed,
-                           num_train=args.num_train, num_test=args.num_test, nproc=args.nproc, ablation=ablation)
+                           num_train=args.num_train, num_test=args.num_test, nproc=args.nproc, ablation=ablation,
+                           global_batch_size=args.global_batch_size)
     setup_logging()
     try:
         run(cfg)

@@ -134,3 +134,32 @@ def test_clear_errors(tmp_path):
         LanguageBindVideoTower.from_pretrained(folder)
     with pytest.raises(ValueError, match="224x224|56x56"):
         tiny_tower()(torch.randn(1, 4, 3, 28, 28))
+
+
+def test_smooth_position_embeddings_order_the_patches_along_each_axis():
+    """With position_frequencies the patch positions are a smooth 2D code: a linear map reads column and
+    row exactly, nearer patches are more alike, and every other weight is the same draw as without it."""
+    config = TeacherConfig(**{**TINY, "image_size": 112})  # an 8x8 grid
+    plain = init_teacher_weights(LanguageBindVideoTower(config), seed=3, position_std=0.5)
+    smooth = init_teacher_weights(LanguageBindVideoTower(config), seed=3, position_std=0.5, position_frequencies=2)
+    positions = smooth.vision_model.embeddings.position_embedding.weight.detach()
+    grid = smooth.grid_size
+    patches = positions[1:]
+    assert abs(patches.std().item() - 0.5) < 1e-4
+    # a linear readout of the embedding orders the patches along each axis (the k = 1 cosines are monotone)
+    column = torch.arange(grid).repeat(grid).float()
+    row = torch.arange(grid).repeat_interleave(grid).float()
+    for target, along in ((column, 1), (row, 0)):
+        centred = target - target.mean()
+        readout = (patches @ torch.linalg.lstsq(patches, centred[:, None], driver="gelsd").solution).view(grid, grid)
+        assert (readout.diff(dim=along) > 0.1).all()
+        assert torch.corrcoef(torch.stack([readout.flatten(), centred]))[0, 1] > 0.95
+    # similarity falls with distance: neighbour > far end of the same row > opposite corner
+    similarity = [torch.nn.functional.cosine_similarity(patches[0], patches[i], dim=0) for i in (1, grid - 1, -1)]
+    assert similarity[0] > similarity[1] > similarity[2]
+    # the class token's position and all other weights: identical to the independent draw
+    plain_state, smooth_state = plain.state_dict(), smooth.state_dict()
+    key = "vision_model.embeddings.position_embedding.weight"
+    assert torch.equal(plain_state[key][0], smooth_state[key][0])
+    assert not torch.equal(plain_state[key][1:], smooth_state[key][1:])
+    assert all(torch.equal(plain_state[k], smooth_state[k]) for k in plain_state if k != key)

@@ -20,6 +20,7 @@ Choices where SPEC is silent (recorded here):
 from __future__ import annotations
 
 import json
+import math
 import pickle
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -262,11 +263,33 @@ class LanguageBindVideoTower(nn.Module):
         return tower
 
 
+def smooth_position_embedding(grid: int, width: int, frequencies: int, std: float,
+                               generator: torch.Generator) -> Tensor:
+    """(grid*grid, width) patch position embeddings that change smoothly over the grid, as a trained ViT's do.
+
+    Features cos(pi k u) and cos(pi k v), k = 1..frequencies, of the patch centre's normalised column u
+    and row v (in (0, 1)); each feature standardised over the grid; mapped to `width` dims by a random
+    normal matrix; scaled to element std `std`. With k = 1 the code is monotone along each axis, so
+    "further right" is one direction of the feature space rather than a per-patch lookup."""
+    centres = (torch.arange(grid) + 0.5) / grid
+    k = torch.arange(1, frequencies + 1)
+    codes = torch.cos(math.pi * k[None, :] * centres[:, None])                       # (grid, K)
+    per_patch = torch.cat([codes[None].expand(grid, grid, frequencies),              # column features
+                           codes[:, None].expand(grid, grid, frequencies)], -1)      # row features
+    per_patch = per_patch.reshape(grid * grid, 2 * frequencies)
+    per_patch = (per_patch - per_patch.mean(0)) / per_patch.std(0)
+    mixed = per_patch @ (torch.randn(2 * frequencies, width, generator=generator) / math.sqrt(2 * frequencies))
+    return mixed / mixed.std() * std
+
+
 def init_teacher_weights(tower: LanguageBindVideoTower, seed: int = 0, std: float = 0.02,
-                         position_std: float | None = None, patch_std: float | None = None) -> LanguageBindVideoTower:
+                         position_std: float | None = None, patch_std: float | None = None,
+                         position_frequencies: int = 0) -> LanguageBindVideoTower:
     """Random weights for tiny test / quickstart teachers: normal(0, std) matrices and embeddings, unit
     LayerNorms, zero biases; the spatial position embeddings get `position_std` and the patch embedding
-    (what a patch shows) `patch_std` instead, when given."""
+    (what a patch shows) `patch_std` instead, when given. With `position_frequencies` > 0 the patch
+    positions (not the class token's) are `smooth_position_embedding` with that many frequencies per
+    axis, drawn from a second generator (seed + 1) so that every other weight is the same draw."""
     special = {"position_embedding.weight": position_std, "patch_embedding.weight": patch_std}
     generator = torch.Generator().manual_seed(seed)
     for name, param in tower.named_parameters():
@@ -277,8 +300,14 @@ def init_teacher_weights(tower: LanguageBindVideoTower, seed: int = 0, std: floa
         else:
             scale = next((s for suffix, s in special.items() if s is not None and name.endswith(suffix)), std)
             param.data.copy_(torch.randn(param.shape, generator=generator) * scale)
+    if position_frequencies > 0:
+        positions = tower.vision_model.embeddings.position_embedding.weight
+        positions.data[1:] = smooth_position_embedding(tower.grid_size, positions.shape[1], position_frequencies,
+                                                       std if position_std is None else position_std,
+                                                       torch.Generator().manual_seed(seed + 1))
     return tower
 
 
-__all__ = ["LanguageBindVideoTower", "TeacherConfig", "TeacherFolderError", "init_teacher_weights"]
+__all__ = ["LanguageBindVideoTower", "TeacherConfig", "TeacherFolderError", "init_teacher_weights",
+           "smooth_position_embedding"]
 
