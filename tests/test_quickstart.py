@@ -97,3 +97,27 @@ def test_data_folder_is_reused_only_when_it_matches(tmp_path):
     del meta["models"]["teacher_position_frequencies"]
     meta_path.write_text(json.dumps(meta))
     assert "teacher_position_frequencies 0 != 2" in quickstart.stale_data_reason(cfg)
+
+
+def test_output_folder_of_another_run_is_refused(tmp_path):
+    """Finished stages and answers in the output folder are reused (resume), so a folder written with
+    other settings, or with outputs but no record of its settings, must be refused, not mixed in."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "synth_meta.json").write_text(json.dumps({"seed": 0, "generator_version": 2}))
+    cfg = quickstart.QuickstartConfig(out=tmp_path / "out", data=data)
+    settings = quickstart.run_settings(cfg)
+    assert settings["data"] == {"seed": 0, "generator_version": 2} and settings["stages"]["finetune"]["epochs"] == 7.0
+    quickstart.claim_output_folder(cfg.out, settings)
+    assert json.loads((cfg.out / quickstart.RUN_SETTINGS).read_text()) == settings
+    (cfg.out / "finetune").mkdir()
+    quickstart.claim_output_folder(cfg.out, settings)  # the same run again: resumes
+    ablated = quickstart.run_settings(quickstart.QuickstartConfig(out=cfg.out, data=data, ablation=["no-lste"]))
+    with pytest.raises(RuntimeError, match=r"other settings \(ablation differ\)"):
+        quickstart.claim_output_folder(cfg.out, ablated)
+    (data / "synth_meta.json").write_text(json.dumps({"seed": 0, "generator_version": 3}))
+    with pytest.raises(RuntimeError, match=r"other settings \(data differ\)"):
+        quickstart.claim_output_folder(cfg.out, quickstart.run_settings(cfg))
+    (cfg.out / quickstart.RUN_SETTINGS).unlink()
+    with pytest.raises(RuntimeError, match="holds finetune from a run whose settings were not recorded"):
+        quickstart.claim_output_folder(cfg.out, settings)

@@ -11,6 +11,9 @@ Steps, each one an ordinary command that is logged before it runs (so it can be 
    `eval judge --judge exact` on the held-out questions.
 4. `OUT/summary.json`, `OUT/loss_curves.png` and a results table in the log.
 
+`OUT/run_settings.json` records what the results depend on; re-running into the same folder resumes
+(finished stages and answers are reused), and a folder holding a run with other settings is refused.
+
 Choices for the synthetic data (where the real recipe's settings would not work here):
 - No random horizontal flip: it would turn "left" into "right" without changing the answer.
 - Short stages with higher learning rates than the 7B recipe (a 1M-parameter LLM trained from
@@ -52,6 +55,7 @@ REPO = Path(__file__).resolve().parents[1]
 STAGES = ("prealign", "pretrain", "finetune")
 DATASET = "synth"
 LOSS_LOG = "loss_log.jsonl"
+RUN_SETTINGS = "run_settings.json"
 
 ABLATIONS: dict[str, dict] = {
     "no-lste": {"stab": {"use_lste": False}},
@@ -316,10 +320,45 @@ def results_table(summary: dict) -> str:
 # ---- entry point ---------------------------------------------------------------------------------
 
 
+def run_settings(cfg: QuickstartConfig) -> dict:
+    """Everything a run's results depend on: the quickstart settings, the model config's contents and
+    the data folder's metadata (as JSON values)."""
+    meta_path = cfg.data / "synth_meta.json"
+    settings = {"model_config": json.loads(cfg.model_config.read_text()), "seed": cfg.seed,
+                "num_train": cfg.num_train, "num_test": cfg.num_test, "nproc": cfg.nproc,
+                "global_batch_size": cfg.global_batch_size, "ablation": cfg.ablation,
+                "stages": {name: vars(s) for name, s in cfg.stages.items()},
+                "eval_batch_size": cfg.eval_batch_size, "max_new_tokens": cfg.max_new_tokens,
+                "data": json.loads(meta_path.read_text()) if meta_path.is_file() else None}
+    return json.loads(json.dumps(settings))
+
+
+def claim_output_folder(out: Path, settings: dict) -> None:
+    """Record `settings` in `out`, or check them against the run already there. Finished stages and
+    answered questions in `out` are reused (that is how a crashed run resumes), so a folder holding a
+    run with other settings is refused rather than silently mixed into this one."""
+    path = out / RUN_SETTINGS
+    if path.is_file():
+        previous = json.loads(path.read_text())
+        changed = sorted(k for k in settings.keys() | previous.keys() if settings.get(k) != previous.get(k))
+        if changed:
+            raise RuntimeError(f"{out} holds a quickstart run with other settings ({', '.join(changed)} differ); "
+                               "its finished stages and answers would be reused: delete it or pass another --out")
+        logger.info("%s holds a run with the same settings: finished stages and answers are reused", out)
+        return
+    leftovers = [name for name in (*STAGES, "eval") if (out / name).exists()]
+    if leftovers:
+        raise RuntimeError(f"{out} holds {', '.join(leftovers)} from a run whose settings were not recorded "
+                           f"(no {RUN_SETTINGS}); delete it or pass another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, settings)
+
+
 def run(cfg: QuickstartConfig) -> dict:
     start = time.monotonic()
     cfg.out.mkdir(parents=True, exist_ok=True)
     ensure_data(cfg)
+    claim_output_folder(cfg.out, run_settings(cfg))
     init = cfg.data / "models" / "base"
     stages = []
     for stage in STAGES:
