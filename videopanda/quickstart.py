@@ -122,24 +122,31 @@ def _run(cmd: list[str], log_file: Path, env: dict[str, str] | None = None) -> f
     return elapsed
 
 
+def read_data_meta(data: Path) -> dict | None:
+    """The data folder's `synth_meta.json` (written by `videopanda synth`), or None when there is none."""
+    path = data / "synth_meta.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+TEACHER_FIELDS = {"teacher_position_std": None, "teacher_patch_std": None, "teacher_position_frequencies": 0}
+"""SynthConfig teacher fields checked for reuse -> value meant when a folder's metadata lacks the field."""
+
+
 def stale_data_reason(cfg: QuickstartConfig) -> str | None:
     """Why the data folder cannot be reused (None when it can): no dataset there, or one written with a
     different seed, size, generator version, base Llama shape or teacher initialisation."""
     from videopanda.data.synth import GENERATOR_VERSION, SynthConfig, llm_fields
 
-    meta_path = cfg.data / "synth_meta.json"
-    if not meta_path.is_file():
+    meta = read_data_meta(cfg.data)
+    if meta is None:
         return "no dataset there"
-    meta = json.loads(meta_path.read_text())
     models = meta.get("models", {})
     wanted = {"seed": (meta.get("seed"), cfg.seed), "num_train": (meta.get("num_train"), cfg.num_train),
               "num_test": (meta.get("num_test"), cfg.num_test),
               "generator_version": (meta.get("generator_version"), GENERATOR_VERSION),
-              "base Llama": (models.get("llm"), llm_fields(cfg.model_config)),
-              "teacher_position_std": (models.get("teacher_position_std"), SynthConfig.teacher_position_std),
-              "teacher_patch_std": (models.get("teacher_patch_std"), SynthConfig.teacher_patch_std),
-              "teacher_position_frequencies": (models.get("teacher_position_frequencies", 0),
-                                               SynthConfig.teacher_position_frequencies)}
+              "base Llama": (models.get("llm"), llm_fields(cfg.model_config))}
+    wanted.update({name: (models.get(name, absent), getattr(SynthConfig, name))
+                   for name, absent in TEACHER_FIELDS.items()})
     changed = [f"{name} {have!r} != {want!r}" for name, (have, want) in wanted.items() if have != want]
     return "; ".join(changed) or None
 
@@ -323,13 +330,12 @@ def results_table(summary: dict) -> str:
 def run_settings(cfg: QuickstartConfig) -> dict:
     """Everything a run's results depend on: the quickstart settings, the model config's contents and
     the data folder's metadata (as JSON values)."""
-    meta_path = cfg.data / "synth_meta.json"
     settings = {"model_config": json.loads(cfg.model_config.read_text()), "seed": cfg.seed,
                 "num_train": cfg.num_train, "num_test": cfg.num_test, "nproc": cfg.nproc,
                 "global_batch_size": cfg.global_batch_size, "ablation": cfg.ablation,
                 "stages": {name: vars(s) for name, s in cfg.stages.items()},
                 "eval_batch_size": cfg.eval_batch_size, "max_new_tokens": cfg.max_new_tokens,
-                "data": json.loads(meta_path.read_text()) if meta_path.is_file() else None}
+                "data": read_data_meta(cfg.data)}
     return json.loads(json.dumps(settings))
 
 
@@ -350,7 +356,6 @@ def claim_output_folder(out: Path, settings: dict) -> None:
     if leftovers:
         raise RuntimeError(f"{out} holds {', '.join(leftovers)} from a run whose settings were not recorded "
                            f"(no {RUN_SETTINGS}); delete it or pass another --out")
-    out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, settings)
 
 
