@@ -141,6 +141,9 @@ def test_every_question_is_unambiguous():
         asked = [q for q in synth.questions(scene) if q["type"] == "appearance"]
         assert len(asked) == (len(objects) > 1)
         assert all(q["answer"] == scene.mover.colour for q in asked)
+        # the motion question names the mover by its colour at the start and its shape, which no other shape shares
+        (motion,) = [q["question"].split() for q in synth.questions(scene) if q["type"] == "motion"]
+        assert [o for o in objects if o.colour in motion and o.shape in motion] == [scene.mover]
         times = [f / (scene.num_frames - 1) for f in sample_indices(scene.num_frames, scene.fps, 8)]
         assert times[3] < scene.changer.change_time <= times[4]  # between the two 4-frame chunks
         # a newcomer shows up inside the first chunk, so only the changer's new colour is new in the second

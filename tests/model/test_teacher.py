@@ -163,3 +163,30 @@ def test_smooth_position_embeddings_order_the_patches_along_each_axis():
     assert torch.equal(plain_state[key][0], smooth_state[key][0])
     assert not torch.equal(plain_state[key][1:], smooth_state[key][1:])
     assert all(torch.equal(plain_state[k], smooth_state[k]) for k in plain_state if k != key)
+
+
+def test_temporal_std_makes_each_frame_carry_the_other_frames_of_its_chunk():
+    """With CLIP-scale temporal weights a frame's features hardly depend on the other frames of its chunk;
+    `temporal_std` scales the temporal embeddings and temporal attention so that they do (changing only
+    the last frame moves the first frame's features), and leaves every other weight as drawn."""
+    config = TeacherConfig(**{**TINY, "num_hidden_layers": 2})
+    torch.manual_seed(0)
+    clip = torch.rand(1, 4, 3, 56, 56)
+    edited = clip.clone()
+    edited[0, 3] = torch.rand(3, 56, 56)
+
+    def first_frame_shift(tower):
+        with torch.no_grad():
+            before, after = tower(clip).view(4, -1, config.hidden_size), tower(edited).view(4, -1, config.hidden_size)
+        return ((before[0] - after[0]).norm() / before[0].norm()).item()
+
+    plain = init_teacher_weights(LanguageBindVideoTower(config), seed=5, position_std=0.5, patch_std=0.1)
+    mixed = init_teacher_weights(LanguageBindVideoTower(config), seed=5, position_std=0.5, patch_std=0.1, temporal_std=0.1)
+    assert first_frame_shift(plain) < 0.01
+    assert first_frame_shift(mixed) > 0.025
+    plain_state, mixed_state = plain.state_dict(), mixed.state_dict()
+    for key in plain_state:
+        temporal = "temporal_embedding" in key or ("temporal_attn" in key and key.endswith("weight"))
+        assert torch.equal(plain_state[key], mixed_state[key]) != temporal, key
+        if temporal:
+            assert abs(mixed_state[key].std().item() - 0.1) < 0.03, key

@@ -15,7 +15,7 @@ Question types (single-word answers, balanced over the answer list of each type 
 | type        | question                                    | answers                         |
 |-------------|---------------------------------------------|---------------------------------|
 | appearance  | What colour is the moving {shape}?          | red green blue yellow white purple |
-| motion      | Which way does the {shape} move?            | left right up down              |
+| motion      | Which way does the {colour} {shape} move?   | left right up down              |
 | counting    | How many shapes are there at the end?       | one two three four              |
 | temporal    | What colour did the {shape} turn? /         | the six colours                 |
 |             | What colour was the {shape} at the start?   |                                 |
@@ -24,6 +24,9 @@ Appearance questions ask for the colour of the mover, which keeps its colour whe
 or more shapes (a lone shape is asked no appearance question); the two temporal forms ask for the colour after and before the change, so a model
 must know which frames come first. (Asking for the shape of "the red one" instead needs shape
 recognition at 28 px a token, which the quickstart's tiny model does not learn within its budget.)
+For the same reason the motion question names the mover by its colour at the start as well as its
+shape: the colour points at the mover's tokens, and the direction still needs the order of the frames
+(a shape at the left edge in one frame may be moving left or right).
 
 Written (SPEC sections 6 and 7 layouts):
 
@@ -79,7 +82,7 @@ COUNT_WORDS = ("one", "two", "three", "four")
 BACKGROUNDS = ((20, 20, 20), (35, 35, 45), (45, 40, 30), (25, 40, 35))
 BACKGROUND_RAMP = 70
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 """Bumped whenever the same seed would give different clips or questions (the quickstart then regenerates)."""
 
 QUESTION_TYPES = ("appearance", "motion", "counting", "temporal")
@@ -283,7 +286,7 @@ def questions(scene: Scene) -> list[dict[str, str]]:
     """Every question the scene answers unambiguously: [{"type", "question", "answer"}]."""
     mover, changer = scene.mover, scene.changer
     out = [
-        {"type": "motion", "question": f"Which way does the {mover.shape} move?", "answer": scene.direction},
+        {"type": "motion", "question": f"Which way does the {mover.colour} {mover.shape} move?", "answer": scene.direction},
         {"type": "counting", "question": "How many shapes are there at the end?", "answer": COUNT_WORDS[len(scene.objects) - 1]},
         {"type": "temporal", "question": f"What colour did the {changer.shape} turn?", "answer": changer.new_colour},
         {"type": "temporal", "question": f"What colour was the {changer.shape} at the start?", "answer": changer.colour},
@@ -307,7 +310,7 @@ def caption(scene: Scene) -> str:
     start = [o for o in scene.objects if o.appear_time == 0.0]
     names = [f"a {o.colour} {o.shape}" for o in start]
     listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
-    events = [(0.0, f"The {scene.mover.shape} moves {scene.direction}.")]
+    events = [(0.0, f"The {scene.mover.colour} {scene.mover.shape} moves {scene.direction}.")]
     events.append((scene.changer.change_time, f"The {scene.changer.shape} turns {scene.changer.new_colour}."))
     events += [(o.appear_time, f"A {o.colour} {o.shape} appears.") for o in scene.objects if o.appear_time > 0]
     events.sort(key=lambda e: e[0])
@@ -424,6 +427,7 @@ class SynthConfig:
     teacher_position_std: float = 0.5
     teacher_position_frequencies: int = 2
     teacher_patch_std: float = 0.1
+    teacher_temporal_std: float | None = None
 
 
 def _target(index: int) -> tuple[str, str, str]:
@@ -575,11 +579,13 @@ def build_models(config: SynthConfig, texts: list[str]) -> dict:
     init_teacher_weights(LanguageBindVideoTower(teacher_config), seed=config.seed,
                          position_std=config.teacher_position_std,
                          patch_std=config.teacher_patch_std,
-                         position_frequencies=config.teacher_position_frequencies).save_pretrained(teacher_dir)
+                         position_frequencies=config.teacher_position_frequencies,
+                         temporal_std=config.teacher_temporal_std).save_pretrained(teacher_dir)
     return {"base": str(base), "teacher": str(teacher_dir), "vocab_size": len(tokenizer), "llm": llm,
             "lm_steps": config.lm_steps, "teacher_position_std": config.teacher_position_std,
             "teacher_patch_std": config.teacher_patch_std,
             "teacher_position_frequencies": config.teacher_position_frequencies,
+            "teacher_temporal_std": config.teacher_temporal_std,
             "model_config": str(Path(config.model_config).resolve()) if config.model_config else None}
 
 
@@ -624,6 +630,8 @@ def main(argv: list[str]) -> int:
                         help="std of the random teacher's position embeddings (its other weights: 0.02)")
     parser.add_argument("--teacher-patch-std", type=float, default=SynthConfig.teacher_patch_std,
                         help="std of the random teacher's patch embedding")
+    parser.add_argument("--teacher-temporal-std", type=float, default=SynthConfig.teacher_temporal_std,
+                        help="std of the random teacher's temporal embeddings and temporal attention (default: its other weights' 0.02)")
     parser.add_argument("--teacher-position-frequencies", type=int, default=SynthConfig.teacher_position_frequencies,
                         help="smooth 2D position embeddings with this many cosine frequencies per axis (0: independent per patch)")
     args = parser.parse_args(argv)
@@ -633,7 +641,8 @@ def main(argv: list[str]) -> int:
                          workers=args.workers, models=not args.no_models, model_config=args.model_config,
                          vocab_size=args.vocab_size, lm_steps=args.lm_steps, teacher_image_size=args.teacher_image_size,
                          teacher_position_std=args.teacher_position_std, teacher_patch_std=args.teacher_patch_std,
-                         teacher_position_frequencies=args.teacher_position_frequencies)
+                         teacher_position_frequencies=args.teacher_position_frequencies,
+                         teacher_temporal_std=args.teacher_temporal_std)
     meta = generate(config)
     print(json.dumps({k: meta[k] for k in ("num_train", "num_test", "test_answer_counts")}))
     return 0

@@ -284,13 +284,17 @@ def smooth_position_embedding(grid: int, width: int, frequencies: int, std: floa
 
 def init_teacher_weights(tower: LanguageBindVideoTower, seed: int = 0, std: float = 0.02,
                          position_std: float | None = None, patch_std: float | None = None,
-                         position_frequencies: int = 0) -> LanguageBindVideoTower:
+                         position_frequencies: int = 0, temporal_std: float | None = None) -> LanguageBindVideoTower:
     """Random weights for tiny test / quickstart teachers: normal(0, std) matrices and embeddings, unit
     LayerNorms, zero biases; the spatial position embeddings get `position_std` and the patch embedding
     (what a patch shows) `patch_std` instead, when given. With `position_frequencies` > 0 the patch
     positions (not the class token's) are `smooth_position_embedding` with that many frequencies per
-    axis, drawn from a second generator (seed + 1) so that every other weight is the same draw."""
-    special = {"position_embedding.weight": position_std, "patch_embedding.weight": patch_std}
+    axis, drawn from a second generator (seed + 1) so that every other weight is the same draw.
+    `temporal_std`, when given, replaces `std` for the temporal embeddings and temporal attention
+    matrices, which sets how much each frame's features mix in the other frames of its chunk."""
+    special = {"position_embedding.weight": position_std, "patch_embedding.weight": patch_std,
+               "temporal_embedding": temporal_std, **{f"temporal_attn.{proj}.weight": temporal_std
+                                                      for proj in ("q_proj", "k_proj", "v_proj", "out_proj")}}
     generator = torch.Generator().manual_seed(seed)
     for name, param in tower.named_parameters():
         if param.dim() == 1 and ("norm" in name):
