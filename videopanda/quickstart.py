@@ -47,7 +47,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from videopanda.eval.records import write_json_atomic
+from videopanda.io import write_json_atomic
 from videopanda.log import get_logger, setup_logging
 
 logger = get_logger("videopanda.quickstart")  # also when run as `python -m videopanda.quickstart`

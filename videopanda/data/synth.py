@@ -63,7 +63,7 @@ import numpy as np
 from videopanda.constants import NUM_FRAMES
 from videopanda.data.conversation import SYSTEM_HUMAN, SYSTEM_USER
 from videopanda.data.video import sample_indices
-from videopanda.eval.records import write_json_atomic
+from videopanda.io import write_json_atomic
 from videopanda.log import get_logger
 
 logger = get_logger(__name__)

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 from videopanda.eval.judge import Judge, JudgeItem, run_judge
 from videopanda.eval.prompts import ASPECT_LABELS, aspect_messages, consistency_messages
-from videopanda.eval.records import write_json_atomic
+from videopanda.io import write_json_atomic
 from videopanda.log import get_logger
 
 logger = get_logger(__name__)

@@ -42,7 +42,8 @@ from urllib.parse import urlsplit, urlunsplit
 from tqdm import tqdm
 
 from videopanda.eval.prompts import PROMPT_VERSION, Messages, qa_messages
-from videopanda.eval.records import JsonlAppender, write_json_atomic, write_jsonl_atomic
+from videopanda.eval.records import JsonlAppender
+from videopanda.io import write_json_atomic, write_jsonl_atomic
 from videopanda.log import get_logger
 
 logger = get_logger(__name__)

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from videopanda.eval.datasets import QAItem
-from videopanda.eval.records import RecordsError, read_jsonl, write_jsonl_atomic
+from videopanda.eval.records import RecordsError, read_jsonl
+from videopanda.io import write_jsonl_atomic
 from videopanda.log import get_logger
 
 logger = get_logger(__name__)

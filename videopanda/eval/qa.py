@@ -20,7 +20,8 @@ from typing import Any, Callable, Sequence
 from tqdm import tqdm
 
 from videopanda.eval.datasets import QAItem
-from videopanda.eval.records import JsonlAppender, write_jsonl_atomic
+from videopanda.eval.records import JsonlAppender
+from videopanda.io import write_jsonl_atomic
 from videopanda.log import get_logger
 
 logger = get_logger(__name__)

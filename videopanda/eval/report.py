@@ -16,7 +16,7 @@ from typing import Any, Sequence
 from videopanda.eval.benchmark import ASPECTS
 from videopanda.eval.datasets import BENCHMARK, QA_DATASETS
 from videopanda.eval.prompts import ASPECT_LABELS
-from videopanda.eval.records import write_json_atomic
+from videopanda.io import write_json_atomic
 from videopanda.log import get_logger
 
 logger = get_logger(__name__)

@@ -17,6 +17,7 @@ import shutil
 import time
 from pathlib import Path
 
+from videopanda.io import write_json_atomic
 from videopanda.log import get_logger
 
 logger = get_logger(__name__)
@@ -24,24 +25,6 @@ logger = get_logger(__name__)
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 COMPLETE_MARKER = "checkpoint_complete.json"
 FINAL_MARKER = "training_complete.json"
-
-
-def write_json_atomic(path: str | Path, payload: dict) -> Path:
-    """Write JSON to `path` so that readers see either nothing or the whole file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as handle:
-        json.dump(payload, handle, indent=2)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-    return path
 
 
 def checkpoint_folders(output_dir: str | Path) -> list[tuple[int, Path]]:
@@ -119,4 +102,4 @@ def is_finished(output_dir: str | Path) -> bool:
 
 
 __all__ = ["COMPLETE_MARKER", "FINAL_MARKER", "checkpoint_folders", "discard_incomplete", "is_complete",
-           "is_finished", "latest_complete_checkpoint", "mark_complete", "prune_checkpoints", "write_json_atomic"]
+           "is_finished", "latest_complete_checkpoint", "mark_complete", "prune_checkpoints"]

@@ -14,7 +14,8 @@ import torch
 
 from videopanda.log import get_logger, setup_logging
 from videopanda.train.args import TrainArgs, parse_train_args
-from videopanda.train.checkpointing import FINAL_MARKER, discard_incomplete, is_finished, write_json_atomic
+from videopanda.io import write_json_atomic
+from videopanda.train.checkpointing import FINAL_MARKER, discard_incomplete, is_finished
 from videopanda.train.preflight import Preflight, PreflightError, run_preflight
 
 logger = get_logger(__name__)

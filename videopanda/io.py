@@ -1,0 +1,143 @@
+"""File safety in one place: atomic writes that leave no temporary file behind, and one-line errors.
+
+A write goes to a temporary file beside the target (a unique name per process), is flushed and
+fsynced, then renamed over the target, so a reader sees the old file or the whole new one. When
+anything fails (a full disk, a permission, an interrupt) the temporary file is removed and an
+`OutputError` names the file and the reason in one line; a full disk is said as
+"no space left on device" whatever layer noticed it.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+
+class OutputError(OSError):
+    """An output that could not be written; the message names the file and the reason."""
+
+    def __init__(self, path: str | os.PathLike, reason: str, errno_: int | None = None):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(errno_, f"{self.path}: {reason}")
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for ENOSPC / EDQUOT anywhere in the exception's chain of causes."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def describe_os_error(exc: BaseException, path: str | os.PathLike) -> OutputError:
+    """An `OutputError` for `path` from any exception raised while writing it.
+
+    Libraries that write through C++ streams (torch.save, DeepSpeed) lose errno ("basic_ios::clear:
+    iostream error"); when the folder's file system is full, that is reported as a full disk too.
+    """
+    if isinstance(exc, OutputError):
+        return exc
+    if is_disk_full(exc) or _file_system_full(path):
+        return OutputError(path, "no space left on device", errno.ENOSPC)
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return OutputError(path, reason, getattr(exc, "errno", None))
+
+
+def _file_system_full(path: str | os.PathLike, margin_bytes: int = 1 << 20) -> bool:
+    folder = Path(path)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return shutil.disk_usage(folder).free < margin_bytes
+    except OSError:
+        return False
+
+
+@contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
+    """Open a temporary file that replaces `path` when the block ends without error.
+
+    On any error the temporary file is removed and the error is raised as an `OutputError`.
+    `mode` is "w" (text, UTF-8) or "wb".
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open mode must be 'w' or 'wb', got {mode!r}")
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, OutputError):
+            raise describe_os_error(exc, path) from exc
+        raise
+    _sync_folder(path.parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Replace `path` with `text` at once."""
+    with atomic_open(path) as handle:
+        handle.write(text)
+    return Path(path)
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
+    """Replace `path` with `obj` as indented JSON (UTF-8, trailing newline) at once."""
+    return write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> Path:
+    """Replace `path` with one JSON object per line at once."""
+    with atomic_open(path) as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return Path(path)
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Run `write(tmp_path)` (a library that writes a file by name, e.g. an encoder) then rename.
+
+    The temporary name keeps the target's suffix so format detection by extension still works.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, OutputError):
+            raise describe_os_error(exc, path) from exc
+        raise
+    return path
