@@ -3,9 +3,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers.media import make_frames
+from PIL import Image
 
 from videopanda.constants import PAD_COLOR, PIXEL_MEAN, PIXEL_STD
-from videopanda.data.frames import FrameConfig, Placement, frame_placement, preprocess_video
+from videopanda.data.frames import FrameConfig, Placement, frame_placement, preprocess_video, resize_frames
 
 CONFIG = FrameConfig()
 
@@ -109,13 +110,64 @@ def test_invalid_inputs_are_refused():
         preprocess_video(torch.zeros(2, 48, 64, 3), CONFIG)
 
 
-def test_resize_matches_pil_bicubic_within_one_grey_level():
-    from PIL import Image
+def noise(n: int, height: int, width: int, seed: int = 0) -> np.ndarray:
+    """Uniform-noise uint8 frames (n, height, width, 3): the hardest case for a resampler to match."""
+    return np.random.default_rng(seed).integers(0, 256, size=(n, height, width, 3), dtype=np.uint8)
 
-    frames = make_frames(1, 48, 64, seed=9)
-    student, _ = preprocess_video(frames, CONFIG)
-    place, _ = frame_placement(48, 64, CONFIG)
-    content = student[0, 0, :3, place.top : place.top + place.height, place.left : place.left + place.width]
-    rgb = (content * torch.tensor(PIXEL_STD).view(3, 1, 1) + torch.tensor(PIXEL_MEAN).view(3, 1, 1)) * 255
-    pil = np.asarray(Image.fromarray(frames[0]).resize((place.width, place.height), Image.BICUBIC))
-    assert (rgb - torch.from_numpy(pil.copy()).permute(2, 0, 1).float()).abs().max() <= 1.01
+
+def pil_resize(frame: np.ndarray, place: Placement) -> np.ndarray:
+    """The original's resize: a PIL RGB image through Image.resize((w, h)) with Pillow's default filter."""
+    return np.asarray(Image.fromarray(frame).convert("RGB").resize((place.width, place.height)))
+
+
+ODD_SIZES = [(97, 333), (333, 97), (500, 14), (14, 500), (48, 64)]
+
+
+@pytest.mark.parametrize("height, width", ODD_SIZES)
+def test_resized_frames_are_pillows_pixels(height, width):
+    frames = noise(3, height, width, seed=height + width)
+    places = frame_placement(height, width, CONFIG)
+    resized = resize_frames(frames, [(p.height, p.width) for p in places])
+    for out, place in zip(resized, places):
+        assert out.dtype == np.uint8 and out.shape == (3, place.height, place.width, 3)
+        for frame, got in zip(frames, out):
+            assert np.array_equal(got, pil_resize(frame, place))
+
+
+@pytest.mark.parametrize("height, width", ODD_SIZES)
+def test_preprocessed_picture_is_pillows_pixels(height, width):
+    # Undo the normalisation of the pasted area: the uint8 values must be Pillow's exactly.
+    frames = noise(2, height, width, seed=7)
+    std, mean = torch.tensor(PIXEL_STD).view(3, 1, 1), torch.tensor(PIXEL_MEAN).view(3, 1, 1)
+    outputs = preprocess_video(torch.from_numpy(frames), CONFIG)
+    for tensor, place in zip(outputs, frame_placement(height, width, CONFIG)):
+        flat = tensor.reshape(CONFIG.num_frames, 4, place.canvas, place.canvas)
+        for i, frame in enumerate(frames):
+            picture = flat[i, :3, place.top : place.top + place.height, place.left : place.left + place.width]
+            grey = ((picture * std + mean) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+            assert np.array_equal(grey, pil_resize(frame, place))
+
+
+def reference(frames: np.ndarray, place: Placement, num_frames: int) -> np.ndarray:
+    """Built by hand as the original does: PIL resize, paste on a mean-colour canvas, /255, normalise,
+    append the mask; then all-zero frames up to num_frames. -> float64 (num_frames, 4, S, S)."""
+    out = np.zeros((num_frames, 4, place.canvas, place.canvas))
+    for i, frame in enumerate(frames):
+        canvas = Image.new("RGB", (place.canvas, place.canvas), PAD_COLOR)
+        canvas.paste(Image.fromarray(pil_resize(frame, place)), (place.left, place.top))
+        rgb = np.asarray(canvas, dtype=np.float64) / 255.0
+        out[i, :3] = ((rgb - np.array(PIXEL_MEAN)) / np.array(PIXEL_STD)).transpose(2, 0, 1)
+        out[i, 3, place.top : place.top + place.height, place.left : place.left + place.width] = 1.0
+    return out
+
+
+@pytest.mark.parametrize("flip", [False, True])
+@pytest.mark.parametrize("height, width", [(97, 333), (360, 640), (333, 97)])
+def test_preprocess_video_equals_a_hand_built_reference(height, width, flip):
+    frames = noise(3, height, width, seed=11)
+    source = frames[:, :, ::-1] if flip else frames  # the flip mirrors the decoded frames
+    outputs = preprocess_video(frames, CONFIG, flip=flip)
+    for tensor, place in zip(outputs, frame_placement(height, width, CONFIG)):
+        expected = reference(np.ascontiguousarray(source), place, CONFIG.num_frames)
+        got = tensor.reshape(CONFIG.num_frames, 4, place.canvas, place.canvas).double().numpy()
+        assert np.abs(got - expected).max() < 1e-5

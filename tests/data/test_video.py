@@ -25,9 +25,36 @@ def test_grid_with_exactly_num_frames_points_is_the_grid():
     assert sample_indices(80, 10.0, 8) == list(range(0, 80, 10))
 
 
-def test_sparse_grid_spreads_over_all_frames():
-    # 12 frames at 10 fps: grid 0, 10 (2 points < 8) -> 8 indices evenly over the 12 frames.
-    assert sample_indices(12, 10.0, 8) == [int(x) for x in np.linspace(0, 11, 8)] == [0, 1, 3, 4, 6, 7, 9, 11]
+# (frames, fps) -> indices, worked out by hand from SPEC section 4. Sparse grid (fewer than 8 points):
+# k = min(8, n), s = max(1, (n - 1) // (k - 1)), frames 0, s, ..., (k - 1) * s.
+SAMPLING_TABLE = [
+    # 45 at 30 fps: grid 0, 30 is sparse; s = 44 // 7 = 6 -> stops at 42, not at the last frame 44.
+    (45, 30.0, [0, 6, 12, 18, 24, 30, 36, 42]),
+    # 9 at 30 fps: grid 0; s = 8 // 7 = 1 -> the first 8 frames.
+    (9, 30.0, [0, 1, 2, 3, 4, 5, 6, 7]),
+    # 100 at 29.97 fps: stride round(29.97) = 30, grid 0, 30, 60, 90 is sparse; s = 99 // 7 = 14.
+    (100, 29.97, [0, 14, 28, 42, 56, 70, 84, 98]),
+    # 1 frame: k = 1, that frame.
+    (1, 30.0, [0]),
+    # 7 frames: k = 7, s = 6 // 6 = 1 -> all of them.
+    (7, 30.0, [0, 1, 2, 3, 4, 5, 6]),
+    # 240 at 30 fps: grid 0, 30, ..., 210 has exactly 8 points -> the grid.
+    (240, 30.0, [0, 30, 60, 90, 120, 150, 180, 210]),
+    # 15 at 1 fps: stride 1, 15 grid points; positions linspace(0, 14, 8) = 0, 2, ..., 14.
+    (15, 1.0, [0, 2, 4, 6, 8, 10, 12, 14]),
+    # 12 at 10 fps: grid 0, 10 is sparse; s = 11 // 7 = 1.
+    (12, 10.0, [0, 1, 2, 3, 4, 5, 6, 7]),
+    # 60 at 10 fps: grid 0, 10, ..., 50 (6 points); s = 59 // 7 = 8 -> 0..56.
+    (60, 10.0, [0, 8, 16, 24, 32, 40, 48, 56]),
+    # 250 at 30 fps: grid 0, 30, ..., 240 (9 points); positions linspace(0, 8, 8) = 0, 1.14, 2.29, 3.43,
+    # 4.57, 5.71, 6.86, 8 -> 0, 1, 2, 3, 4, 5, 6, 8.
+    (250, 30.0, [0, 30, 60, 90, 120, 150, 180, 240]),
+]
+
+
+@pytest.mark.parametrize("total, fps, expected", SAMPLING_TABLE)
+def test_sampling_table(total, fps, expected):
+    assert sample_indices(total, fps, 8) == expected
 
 
 @pytest.mark.parametrize("total", [1, 3, 7])
@@ -47,8 +74,11 @@ def test_python_rounding_of_the_stride():
 
 
 def test_window_in_seconds():
-    # frames floor(3 * 5) = 15 .. ceil(9.5 * 5) - 1 = 47; grid 15, 20, ..., 45 has 7 points < 8.
-    assert sample_indices(100, 5.0, 8, start=3, end=9.5) == [int(x) for x in np.linspace(15, 47, 8)]
+    # frames floor(3 * 5) = 15 .. ceil(9.5 * 5) - 1 = 47 (n = 33); grid 15, 20, ..., 45 has 7 points < 8:
+    # s = 32 // 7 = 4 from the window's first frame.
+    assert sample_indices(100, 5.0, 8, start=3, end=9.5) == [15, 19, 23, 27, 31, 35, 39, 43]
+    # frames 30 .. 34 (n = 5 < 8): all of them.
+    assert sample_indices(100, 5.0, 8, start=6, end=7) == [30, 31, 32, 33, 34]
     assert sample_indices(100, 5.0, 8, start=10) == [50 + 5 * int(x) for x in np.linspace(0, 9, 8)]
 
 
@@ -70,7 +100,7 @@ def test_bad_windows_are_refused():
 def test_aspect_ratio_is_kept(media_dir, name, shape):
     frames = read_video(media_dir / name)
     assert frames.dtype == torch.uint8 and tuple(frames.shape) == (8, *shape, 3)
-    assert indices_of(frames) == [0, 1, 3, 4, 6, 7, 9, 11]  # 12 frames at 10 fps: sparse grid
+    assert indices_of(frames) == [0, 1, 2, 3, 4, 5, 6, 7]  # 12 frames at 10 fps: sparse grid, s = 11 // 7 = 1
 
 
 def test_one_and_three_frame_clips(media_dir):
@@ -102,11 +132,19 @@ def test_pyav_fallback_samples_the_same_frames_as_decord(media_dir):
         assert indices_of(via_pyav) == indices_of(read_video(media_dir / name)), name
 
 
+def test_short_clip_is_sampled_at_an_even_stride_by_both_decoders(tmp_path):
+    # 45 frames at 30 fps (1.5 s): the 1 fps grid (0, 30) is sparse -> stride 44 // 7 = 6, ending at 42.
+    path = write_video(tmp_path / "short.mp4", make_frames(45), fps=30)
+    expected = [0, 6, 12, 18, 24, 30, 36, 42]
+    assert indices_of(read_video(path)) == expected
+    assert indices_of(torch.from_numpy(np.stack(_read_pyav(path, 8, None, None)))) == expected
+
+
 def test_gif_frame_rate_and_window(tmp_path):
     path = write_video(tmp_path / "g.gif", make_frames(40), fps=5)
     assert indices_of(read_video(path)) == [5 * int(x) for x in np.linspace(0, 7, 8)]
-    # window 2-4 s = frames 10..19; its grid (10, 15) is sparse -> 8 of the 10 frames by linspace.
-    assert indices_of(read_video(path, start=2, end=4)) == [int(x) for x in np.linspace(10, 19, 8)]
+    # window 2-4 s = frames 10..19; its grid (10, 15) is sparse -> s = 9 // 7 = 1 from frame 10.
+    assert indices_of(read_video(path, start=2, end=4)) == list(range(10, 18))
 
 
 @pytest.mark.parametrize("name", sorted(BROKEN))

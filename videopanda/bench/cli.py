@@ -45,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     data.add_argument("--workers", type=int, default=1)
     data.add_argument("--repeats", type=int, default=3, help="timed passes over each worker's videos")
     data.add_argument("--frames", type=int, default=8)
+    data.add_argument("--student-only", action="store_true",
+                      help="preprocess the student frames alone, as inference does (default: student and teacher)")
     data.add_argument("--output", type=Path, default=None)
 
     ttft = sub.add_parser("ttft", help="time to first token, 7B shape with random weights")
@@ -92,7 +94,7 @@ def _run(args: argparse.Namespace, command: str) -> tuple[dict, str]:
         report = run_data_bench(DataBenchConfig(
             videos=args.video, synthetic=args.synthetic, width=width, height=height, fps=args.fps,
             seconds=args.seconds, workers=args.workers, repeats=args.repeats, num_frames=args.frames,
-            command=command))
+            teacher=not args.student_only, command=command))
         return report, format_report(report)
     from videopanda.bench.ttft import TTFTBenchConfig, format_report, run_ttft_bench
 

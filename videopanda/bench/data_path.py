@@ -2,7 +2,8 @@
 
 Each worker is a separate process (spawned, one intra-op thread, like a DataLoader worker) that runs
 `videopanda.data.video.read_video` and `videopanda.data.frames.preprocess_video` (student 448 and
-teacher 224 tensors) on its share of the videos: one untimed warm-up video, then every video of its
+teacher 224 tensors, as training makes them; `--student-only`: the student alone, as inference and
+evaluation make it) on its share of the videos: one untimed warm-up video, then every video of its
 share `repeats` times, timed one by one with `time.perf_counter`. Reported: per worker videos/s
 (timed videos / busy seconds), their mean, the aggregate (the sum over workers) and the median
 decode and preprocess milliseconds.
@@ -38,6 +39,7 @@ class DataBenchConfig:
     workers: int = 1
     repeats: int = 3
     num_frames: int = 8
+    teacher: bool = True
     command: str = ""
 
     def __post_init__(self) -> None:
@@ -82,7 +84,7 @@ def write_synthetic_videos(folder: Path, count: int, width: int, height: int, fp
     return paths
 
 
-def _worker(paths: list[str], num_frames: int, repeats: int) -> dict:
+def _worker(paths: list[str], num_frames: int, repeats: int, teacher: bool) -> dict:
     """Runs in a spawned process: decode + preprocess `paths` `repeats` times, timing each video."""
     import torch
 
@@ -91,14 +93,14 @@ def _worker(paths: list[str], num_frames: int, repeats: int) -> dict:
 
     torch.set_num_threads(1)
     config = FrameConfig(num_frames=num_frames)
-    preprocess_video(read_video(paths[0], num_frames=num_frames), config)
+    preprocess_video(read_video(paths[0], num_frames=num_frames), config, teacher=teacher)
     decode_ms, preprocess_ms = [], []
     for _ in range(repeats):
         for path in paths:
             t0 = time.perf_counter()
             frames = read_video(path, num_frames=num_frames)
             t1 = time.perf_counter()
-            preprocess_video(frames, config)
+            preprocess_video(frames, config, teacher=teacher)
             t2 = time.perf_counter()
             decode_ms.append((t1 - t0) * 1e3)
             preprocess_ms.append((t2 - t1) * 1e3)
@@ -115,7 +117,8 @@ def _run_workers(paths: list[Path], config: DataBenchConfig) -> tuple[list[dict]
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(max_workers=len(shares), mp_context=context) as pool:
         t0 = time.perf_counter()
-        results = list(pool.map(_worker, shares, [config.num_frames] * len(shares), [config.repeats] * len(shares)))
+        n = len(shares)
+        results = list(pool.map(_worker, shares, [config.num_frames] * n, [config.repeats] * n, [config.teacher] * n))
         wall_s = time.perf_counter() - t0
     return results, wall_s
 
@@ -147,6 +150,7 @@ def run_data_bench(config: DataBenchConfig) -> dict:
         **environment(torch.device("cpu"), threads=1),
         **source,
         "num_frames": config.num_frames,
+        "teacher": config.teacher,
         "workers": len(results),
         "repeats": config.repeats,
         "videos_timed": sum(r["videos"] for r in results),

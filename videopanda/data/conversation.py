@@ -1,23 +1,40 @@
 """Prompt template, tokenisation with frame placeholders, and label masking (SPEC section 3).
 
-Text of a conversation (Vicuna v1.1, as SPEC section 3 states it)::
+Text of a conversation (Vicuna v1.1, separators " " and "</s>")::
 
-    {system} USER: {msg_1} ASSISTANT: {reply_1}</s> USER: {msg_2} ASSISTANT: {reply_2}</s>
+    {system} USER: {msg_1} ASSISTANT: {reply_1}</s>USER: {msg_2} ASSISTANT: {reply_2}</s>
 
-and a generation prompt ends with `USER: {msg} ASSISTANT:`. Both system texts keep the role names
-USER / ASSISTANT; only the system sentence differs.
+The system text, `USER: {msg}` and `ASSISTANT: {reply}` are joined by single spaces; a reply ends with
+`</s>` and the next round's `USER:` follows it with no space. A generation prompt ends with
+`USER: {msg} ASSISTANT:`. Both system texts keep the role names USER / ASSISTANT; only the system
+sentence differs.
 
 A `<video>` in a human message is removed and the message becomes `<image>` * num_frames + "\n" +
 the rest: the placeholders are concatenated with no separator, then one newline. Messages are
-stripped of surrounding whitespace first (stray spaces around a reply would otherwise tokenise
-differently alone and in context). Tokenising splits the text on `<image>`, encodes each piece
-without special tokens, puts FRAME_TOKEN_INDEX (-200) between pieces and a single BOS in front.
+stripped of surrounding whitespace first; an empty reply, or an empty human message without the
+video, is a `ConversationFormatError`.
 
-Labels are computed from separately tokenised pieces: the system text, each `USER: ... ASSISTANT:`
-part (-100) and each `{reply}</s>` (supervised), joined at the single spaces of the template. The
-concatenated pieces must equal the tokenisation of the whole text; when they do not (for example an
-an empty reply), `ConversationFormatError` is raised
-naming the sample, and the dataset counts and reports the skip. A sample is never silently masked.
+Tokenising splits the text on `<image>`, encodes each piece without special tokens (so each piece
+gets the tokenizer's own leading "▁"), puts FRAME_TOKEN_INDEX (-200) between pieces and a single BOS
+in front: the ids the original's `tokenizer_image_token` gives. How the text after a `</s>` is
+encoded is the tokenizer's business: with `legacy=True` the next `USER` gets a "▁" prefix, with
+`legacy=False` (Vicuna v1.5's setting) it does not.
+
+Labels come from that one tokenisation, by character offsets (a fast tokenizer's offset mapping): a
+token is supervised iff its characters overlap ` {reply}</s>`, the span from the space after
+`ASSISTANT:` to the end of the reply's `</s>`; everything else (BOS, system, every
+`USER: ... ASSISTANT:` part, the placeholders) is IGNORE_INDEX (-100). The space before a reply is
+supervised: in a SentencePiece vocabulary it is the "▁" that starts the reply's first token (or a
+lone "▁" token), and the original supervises it too (it masks the tokens of `... ASSISTANT: ` minus
+two: the BOS and the trailing "▁"). These are the original's labels for any number of rounds and
+either `legacy` setting wherever the original's round-by-round token count agrees with the whole
+text. Where it does not, the original zeroes the whole sample: with `legacy=False` it takes one token
+off every round after the first, which is right only for a vocabulary where `USER` at the start of a
+text is one token more than `USER` right after `</s>`; offsets need no such assumption. (A vocabulary
+keeping whitespace at the end of pieces puts the space in ":▁"; that token is supervised, as in the
+original.) Each reply's `</s>` must come out as the tokenizer's EOS token exactly; when it does not,
+labels cannot be placed and `ConversationFormatError` is raised naming the sample (the dataset
+counts and reports the skip). A sample is never silently masked.
 """
 from __future__ import annotations
 
@@ -72,7 +89,8 @@ def conversation_rounds(conversations, num_frames: int, has_video: bool | None =
     alternating, starting with a human turn and ending with a reply. has_video None: a video is shown
     iff some human turn holds `<video>`; True: the video goes to the first human turn holding `<video>`,
     or to the first human turn if none does; False: `<video>` is an error. At most one `<video>`; a
-    literal `<image>` or `</s>` in a message is an error. Raises ConversationFormatError naming `sample_id`.
+    literal `<image>` or `</s>` in a message, an empty reply, or an empty human message (without the
+    video) is an error. Raises ConversationFormatError naming `sample_id`.
     """
     if not isinstance(conversations, Sequence) or isinstance(conversations, str) or not conversations:
         raise ConversationFormatError(sample_id, "'conversations' must be a non-empty list of turns")
@@ -103,18 +121,17 @@ def conversation_rounds(conversations, num_frames: int, has_video: bool | None =
     rounds = []
     for i in range(0, len(turns), 2):
         message = human_message(turns[i], num_frames, with_video and i == video_turn)
-        rounds.append((message, turns[i + 1].strip()))
+        reply = turns[i + 1].strip()
+        for k, text in ((i, message), (i + 1, reply)):
+            if not text:
+                raise ConversationFormatError(sample_id, f"turn {k} is empty")
+        rounds.append((message, reply))
     return rounds
 
 
 def conversation_text(rounds: Sequence[tuple[str, str | None]], system: str = SYSTEM_USER) -> str:
     """The template text; a last round whose reply is None ends with "ASSISTANT:" (a generation prompt)."""
-    parts = [system] if system else []
-    for message, reply in rounds:
-        parts.append(f"USER: {message} ASSISTANT:")
-        if reply is not None:
-            parts.append(f"{reply}{EOS_TEXT}")
-    return " ".join(parts)
+    return _template(rounds, system)[0]
 
 
 def build_generation_prompt(question: str, num_frames: int, system: str = SYSTEM_USER) -> str:
@@ -124,47 +141,72 @@ def build_generation_prompt(question: str, num_frames: int, system: str = SYSTEM
 
 def tokenize_prompt(prompt: str, tokenizer) -> torch.Tensor:
     """Prompt text -> int64 (S,) ids: BOS, then the text with -200 for each `<image>` placeholder."""
-    return torch.tensor(_encode(prompt, tokenizer, bos=True), dtype=torch.long)
+    return torch.tensor(_encode(prompt, tokenizer)[0], dtype=torch.long)
 
 
 def tokenize_conversation(conversations, tokenizer, num_frames: int, system: str = SYSTEM_USER,
                           has_video: bool | None = None, sample_id=None) -> tuple[torch.Tensor, torch.Tensor]:
     """A LLaVA-style turn list -> (input_ids, labels), both int64 (S,).
 
-    labels equal input_ids on every reply and its `</s>`, IGNORE_INDEX (-100) elsewhere (BOS, system,
-    `USER: ... ASSISTANT:` parts, frame placeholders). Raises ConversationFormatError (naming
-    sample_id) for a malformed conversation or when the per-round tokenisation disagrees with the
-    tokenisation of the whole text.
+    input_ids: `tokenize_prompt` of the whole template text. labels equal input_ids on every token
+    overlapping a ` {reply}</s>` span (the space before the reply included), IGNORE_INDEX (-100)
+    elsewhere (BOS, system, `USER: ... ASSISTANT:` parts, frame placeholders). Needs a fast tokenizer
+    (offset mapping), else TypeError. Raises ConversationFormatError (naming sample_id) for a malformed
+    conversation or when a reply's `</s>` is not tokenised as exactly the EOS token.
     """
     rounds = conversation_rounds(conversations, num_frames, has_video, sample_id)
-    pieces: list[tuple[str, bool]] = [(system, False)] if system else []
-    for message, reply in rounds:
-        pieces += [(f"USER: {message} ASSISTANT:", False), (f"{reply}{EOS_TEXT}", True)]
-    input_ids: list[int] = []
-    labels: list[int] = []
-    for i, (text, supervised) in enumerate(pieces):
-        ids = _encode(text, tokenizer, bos=i == 0)
-        input_ids += ids
-        labels += ids if supervised else [IGNORE_INDEX] * len(ids)
-    full = _encode(conversation_text(rounds, system), tokenizer, bos=True)
-    if full != input_ids:
-        at = next((k for k, (a, b) in enumerate(zip(full, input_ids)) if a != b), min(len(full), len(input_ids)))
-        raise ConversationFormatError(
-            sample_id,
-            f"per-round tokenisation disagrees with the whole text at token {at} "
-            f"({len(input_ids)} vs {len(full)} tokens); labels cannot be placed",
-        )
-    if all(label == IGNORE_INDEX for label in labels):
-        raise ConversationFormatError(sample_id, "no supervised tokens")
+    text, spans = _template(rounds, system)
+    input_ids, offsets = _encode(text, tokenizer, with_offsets=True)
+    labels = [IGNORE_INDEX] * len(input_ids)
+    for n, (begin, end) in enumerate(spans):
+        inside = [k for k, (s, e) in enumerate(offsets) if s < end and e > begin]
+        eos = inside[-1] if inside else None
+        if eos is None or input_ids[eos] != tokenizer.eos_token_id or offsets[eos] != (end - len(EOS_TEXT), end):
+            raise ConversationFormatError(
+                sample_id,
+                f"the {EOS_TEXT} ending turn {2 * n + 1} is not tokenised as the EOS token "
+                f"(id {tokenizer.eos_token_id}); labels cannot be placed",
+            )
+        for k in inside:
+            labels[k] = input_ids[k]
     return torch.tensor(input_ids, dtype=torch.long), torch.tensor(labels, dtype=torch.long)
 
 
-def _encode(text: str, tokenizer, bos: bool) -> list[int]:
-    chunks = text.split(FRAME_PLACEHOLDER)
-    ids = [tokenizer.bos_token_id] if bos else []
-    for i, chunk in enumerate(chunks):
+def _template(rounds: Sequence[tuple[str, str | None]], system: str) -> tuple[str, list[tuple[int, int]]]:
+    """The template text and, per reply, the character span [begin, end) of ` {reply}</s>` in it."""
+    text = f"{system} " if system else ""
+    spans = []
+    for i, (message, reply) in enumerate(rounds):
+        text += f"USER: {message} ASSISTANT:"
+        if reply is None:
+            if i != len(rounds) - 1:
+                raise ValueError(f"round {i} has no reply; only the last round may be a generation prompt")
+            continue
+        begin = len(text)
+        text += f" {reply}{EOS_TEXT}"
+        spans.append((begin, len(text)))
+    return text, spans
+
+
+def _encode(text: str, tokenizer, with_offsets: bool = False) -> tuple[list[int], list[tuple[int, int]]]:
+    """BOS, then each `<image>`-separated piece of text tokenised alone, FRAME_TOKEN_INDEX between pieces.
+
+    Returns (ids, offsets): with_offsets, offsets[k] is token k's character span (start, end) in
+    text ((0, 0) for the BOS, the placeholder's own span for a -200); otherwise offsets is empty.
+    """
+    if with_offsets and not getattr(tokenizer, "is_fast", False):
+        raise TypeError(f"labels need a fast tokenizer (offset mapping); got {type(tokenizer).__name__}")
+    ids = [tokenizer.bos_token_id]
+    offsets = [(0, 0)]
+    start = 0
+    for i, chunk in enumerate(text.split(FRAME_PLACEHOLDER)):
         if i:
             ids.append(FRAME_TOKEN_INDEX)
+            offsets.append((start - len(FRAME_PLACEHOLDER), start))
         if chunk:
-            ids += tokenizer(chunk, add_special_tokens=False).input_ids
-    return ids
+            encoded = tokenizer(chunk, add_special_tokens=False, return_offsets_mapping=with_offsets)
+            ids += encoded.input_ids
+            if with_offsets:
+                offsets += [(start + s, start + e) for s, e in encoded.offset_mapping]
+        start += len(chunk) + len(FRAME_PLACEHOLDER)
+    return ids, offsets if with_offsets else []

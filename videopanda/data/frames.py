@@ -10,11 +10,13 @@ and the student frame is exactly `image_size / teacher_image_size` (2) times it:
 - the student size and offsets are those numbers times the scale (448 = 2 * 224).
 
 Both tensors are rendered from the same decoded frames (the student is not an upsampled teacher).
+Resizing is Pillow's, as in the original: each decoded frame becomes one PIL RGB image, resized with
+`Image.resize((w, h))` (BICUBIC, Pillow's default for RGB, with its built-in antialiasing) to the
+student size and, separately, to the teacher size. The uint8 pixels are Pillow's exactly; other
+resamplers (torch's antialiased bicubic included) differ by a grey level on most downscales and by
+up to ~20 on thin upscaled frames. Pasting, normalising and the mask are done batched in torch.
 Choices where SPEC is silent:
 
-- Resizing is `F.interpolate(mode="bicubic", antialias=True)` on the uint8 frames, batched: torch's
-  uint8 path rounds and clamps between its two passes like PIL does, and matches PIL's BICUBIC
-  resize to within 1 grey level (the float path differs by up to ~20 near sharp edges).
 - The horizontal flip (training only, `flip=True`) mirrors the decoded frames before resizing, so
   student and teacher get the same flip and the padding offsets stay those of the geometry above.
 - The canvas is PAD_COLOR and is normalised together with the picture; padding frames of a short
@@ -22,11 +24,12 @@ Choices where SPEC is silent:
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from PIL import Image
 
 from videopanda.constants import (
     FRAMES_PER_CHUNK,
@@ -98,39 +101,59 @@ def frame_placement(height: int, width: int, config: FrameConfig) -> tuple[Place
 
 
 def preprocess_video(frames_uint8: torch.Tensor | np.ndarray, config: FrameConfig | None = None,
-                     flip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                     flip: bool = False, teacher: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """uint8 frames (n, H, W, 3) RGB, 1 <= n <= num_frames -> (student, teacher) float32 tensors.
 
     student: (C, T, 4, image_size, image_size), teacher: (C, T, 4, teacher_image_size, teacher_image_size),
     C = num_frames // frames_per_chunk, T = frames_per_chunk. Channels 0-2 normalised RGB, channel 3 the
-    validity mask. Frames n..num_frames-1 are all-zero padding frames.
+    validity mask. Frames n..num_frames-1 are all-zero padding frames. With `teacher=False` (inference:
+    only training's distillation reads the teacher frames) the teacher is None and its resize is skipped.
     """
     config = config or FrameConfig()
-    frames = torch.as_tensor(np.asarray(frames_uint8) if isinstance(frames_uint8, np.ndarray) else frames_uint8)
-    if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+    if isinstance(frames_uint8, torch.Tensor):
+        frames = frames_uint8.numpy(force=True)
+    else:
+        frames = np.asarray(frames_uint8)
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"frames must be uint8 (n, H, W, 3), got {frames.dtype} {tuple(frames.shape)}")
     n = frames.shape[0]
     if not 1 <= n <= config.num_frames:
         raise ValueError(f"expected 1 to {config.num_frames} frames, got {n}")
-    pixels = frames.permute(0, 3, 1, 2)
     if flip:
-        pixels = pixels.flip(-1)
-    student_place, teacher_place = frame_placement(frames.shape[1], frames.shape[2], config)
-    return _render(pixels, student_place, config), _render(pixels, teacher_place, config)
+        frames = frames[:, :, ::-1]
+    places = frame_placement(frames.shape[1], frames.shape[2], config)[:2 if teacher else 1]
+    resized = resize_frames(frames, [(place.height, place.width) for place in places])
+    rendered = [_render(torch.from_numpy(r), place, config) for r, place in zip(resized, places)]
+    return rendered[0], rendered[1] if teacher else None
 
 
-def _render(pixels: torch.Tensor, place: Placement, config: FrameConfig) -> torch.Tensor:
-    """pixels uint8 (n, 3, H, W) -> float (C, T, 4, S, S) on the canvas described by `place`."""
-    n = pixels.shape[0]
-    resized = F.interpolate(pixels, size=(place.height, place.width), mode="bicubic", align_corners=False, antialias=True)
-    canvas = torch.tensor(PAD_COLOR, dtype=torch.uint8).view(1, 3, 1, 1).repeat(n, 1, place.canvas, place.canvas)
+def resize_frames(frames: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+    """uint8 (n, H, W, 3) RGB -> one uint8 (n, h, w, 3) array per (h, w) in `sizes`.
+
+    Each frame is wrapped as a PIL RGB image once and resized to every size with Pillow's
+    `Image.resize((w, h))`, BICUBIC: the original's pixels, bit for bit.
+    """
+    outputs = [np.empty((len(frames), h, w, 3), dtype=np.uint8) for h, w in sizes]
+    for i, frame in enumerate(frames):
+        image = Image.fromarray(frame)
+        for out, (h, w) in zip(outputs, sizes):
+            out[i] = np.asarray(image.resize((w, h), Image.Resampling.BICUBIC))
+    return outputs
+
+
+def _render(resized: torch.Tensor, place: Placement, config: FrameConfig) -> torch.Tensor:
+    """resized uint8 (n, height, width, 3) -> float (C, T, 4, S, S): pasted on the PAD_COLOR canvas
+    described by `place`, normalised, mask channel appended, padding frames after."""
+    n = resized.shape[0]
     rows = slice(place.top, place.top + place.height)
     cols = slice(place.left, place.left + place.width)
-    canvas[:, :, rows, cols] = resized
     std = torch.tensor(PIXEL_STD).view(1, 3, 1, 1)
     scale, shift = 1.0 / (255.0 * std), -torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1) / std
     out = torch.empty(config.num_frames, 4, place.canvas, place.canvas)
-    out[:n, :3].copy_(canvas).mul_(scale).add_(shift)
+    # The canvas colour goes through the same arithmetic as the picture, so a pasted pixel of that
+    # colour is bit-identical to the canvas around it.
+    out[:n, :3] = torch.tensor(PAD_COLOR, dtype=torch.float32).view(1, 3, 1, 1).mul(scale).add(shift)
+    out[:n, :3, rows, cols].copy_(resized.permute(0, 3, 1, 2)).mul_(scale).add_(shift)
     out[:n, 3] = 0.0
     out[:n, 3, rows, cols] = 1.0
     out[n:] = 0.0

@@ -4,17 +4,20 @@ Decoding tries decord first and falls back to PyAV for anything decord refuses (
 GIFs; it also fails on some damaged or unusual files that FFmpeg through PyAV still reads). A file
 neither can read raises `VideoReadError`, whose message names the file and the reason.
 
-Sampling (`sample_indices`), on the frames of the clip, or of the [start, end) window when given:
+Sampling (`sample_indices`), on the frames of the clip, or of the [start, end) window when given
+(n frames, counted from the window's first frame), as the original Video-Panda data path does:
 
 1. A 1-frame-per-second grid: every `stride`-th frame from the first, stride = max(1, round(avg_fps))
-   (Python's `round`, so 2.5 fps rounds to 2; clips under 0.5 fps get stride 1, every frame).
-2. At least `num_frames` grid points: `num_frames` of them picked with integer linspace over the grid
-   positions (`np.linspace(0, len(grid) - 1, num_frames).astype(int)`), first and last included.
-3. Fewer grid points than `num_frames`: the 1 fps grid is too sparse, so `num_frames` indices are
-   spread evenly over all frames of the window with integer linspace instead
-   (`np.linspace(first, last, num_frames).astype(int)`; no duplicates since there are enough frames).
-4. Fewer frames in the window than `num_frames` (a 1-frame or 3-frame clip): all of them are returned;
-   `frames.preprocess_video` pads the video with all-zero frames up to `num_frames`.
+   (Python's `round`, so 2.5 fps rounds to 2; clips at or under 0.5 fps get stride 1, every frame).
+2. More grid points than `num_frames`: `num_frames` of them picked with integer linspace over the grid
+   positions (`grid[i] for i in np.linspace(0, len(grid) - 1, num_frames, dtype=int)`), first and
+   last included. Exactly `num_frames` grid points: the grid itself.
+3. Fewer grid points than `num_frames`: k = min(num_frames, n) frames at an even integer stride
+   s = max(1, (n - 1) // (k - 1)) from the first: 0, s, 2s, ..., (k - 1)s. This is a stride, not a
+   linspace: it stops short of the last frame when (n - 1) is not a multiple of (k - 1) (45 frames at
+   30 fps give 0, 6, ..., 42, not ..., 44).
+4. A window of fewer frames than `num_frames` (a 1-frame or 3-frame clip) therefore returns all of
+   them; `frames.preprocess_video` pads the video with all-zero frames up to `num_frames`.
 
 A missing, zero or unparsable frame rate counts as "unknown": stride 1, and a start/end window cannot
 be placed (that is a `VideoReadError`). Frame i is taken to start at i / avg_fps seconds, for both
@@ -78,11 +81,11 @@ def sample_indices(total: int, fps: float, num_frames: int, start: float | None 
     stride = max(1, round(fps)) if known_fps else 1
     grid = list(range(first, stop, stride))
     if len(grid) >= num_frames:
-        picks = np.linspace(0, len(grid) - 1, num_frames).astype(int)
+        picks = np.linspace(0, len(grid) - 1, num_frames, dtype=int)
         return [grid[i] for i in picks]
-    if stop - first >= num_frames:
-        return np.linspace(first, stop - 1, num_frames).astype(int).tolist()
-    return list(range(first, stop))
+    count = min(num_frames, stop - first)
+    step = max(1, (stop - first - 1) // (count - 1)) if count > 1 else 1
+    return [first + i * step for i in range(count)]
 
 
 def read_video(path: str | Path, num_frames: int = 8, start: float | None = None,
