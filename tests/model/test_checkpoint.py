@@ -1,11 +1,22 @@
-"""Checkpoints: the released layout through the Auto classes, our save/load round trip, readers and key maps."""
+"""Checkpoints: the released layout through the Auto classes, our save/load round trip, readers and key maps,
+and the distillation head from EVE, released and our own training folders."""
 import json
+import logging
+import math
 import pickle
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from helpers.released import TOWER_FOLDER, build_released_folder, released_state_dict
+from helpers.released import (
+    TOWER_FOLDER,
+    build_eve_folder,
+    build_released_folder,
+    head_names_and_shapes,
+    released_state_dict,
+    write_sharded_bin,
+)
 from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -169,8 +180,9 @@ def test_key_maps():
     assert released_key_to_model_key("model.video_tower.lmhra2.pos_embed.1.bias") is None
     assert released_key_to_model_key("model.vision_tower.dpe.weight") is None
     assert released_key_to_model_key("model.video_tower_compressor.teacher_layer.x") is None
-    assert released_key_to_model_key("model.video_tower_compressor.layer_proj.0.0.weight", include_training=True) == \
-        "model.video_tower_compressor.layer_proj.0.0.weight"
+    assert released_key_to_model_key("model.video_tower_compressor.norm_layer.0.0.weight", include_training=True) == \
+        "model.video_tower_compressor.norm_layer.0.0.weight"
+    assert released_key_to_model_key("model.video_tower_compressor.teacher_layer.x", include_training=True) is None
     for released in released_stab_keys():
         ours = released_key_to_model_key("model.video_tower." + released)
         if ours is not None:
@@ -179,9 +191,12 @@ def test_key_maps():
     assert eve_key_to_model_key("model.vision_tower.global_attention.q.1.weight") == "model.video_tower.fsra.query.weight"
     assert eve_key_to_model_key("model.vision_tower.clip_vision_tower.vision_model.post_layernorm.weight") is None
     assert eve_key_to_model_key("model.mm_projector.2.bias") == "model.video_projector.2.bias"
+    assert eve_key_to_model_key("model.vision_tower_compressor.clip_layer.vision_model.pre_layrnorm.weight") is None
     assert eve_key_to_model_key("model.vision_tower_compressor.teacher_layer.a.weight") is None
-    assert eve_key_to_model_key("model.vision_tower_compressor.fused_proj.weight") == \
-        "model.video_tower_compressor.fused_proj.weight"
+    assert eve_key_to_model_key("model.vision_tower_compressor.norm_layer.3.1.weight") == \
+        "model.video_tower_compressor.norm_layer.3.1.weight"
+    assert eve_key_to_model_key("model.vision_tower_compressor.output_layer.bias") == \
+        "model.video_tower_compressor.output_layer.bias"
     assert eve_key_to_model_key("lm_head.weight") == "lm_head.weight"
 
 
@@ -193,3 +208,149 @@ def test_helper_state_dict_has_every_released_name():
         assert state["model.video_tower." + released].dtype in (torch.bfloat16, torch.int64)
         assert torch.equal(state["model.vision_tower." + released], state["model.video_tower." + released])
     assert state["model.video_tower.lmhra1.pos_embed.0.num_batches_tracked"].dtype == torch.int64
+
+
+# ---- the distillation head: EVE (stage 1), released and training folders ------------------------------------
+
+LLM, STAB_WIDTH, TEACHER_WIDTH = 64, 32, 48
+TRAINING_CONFIG = {"num_frames": 4, "frames_per_chunk": 4, "image_size": 112, "teacher_image_size": 56}
+HEAD_PREFIX = "model.video_tower_compressor."
+
+
+class _Messages(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture
+def vp_log():
+    """Messages of the `videopanda` loggers at INFO and above (they do not propagate to caplog)."""
+    logger, handler = logging.getLogger("videopanda"), _Messages()
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    yield handler.messages
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+def _teacher_folder(folder: Path, image_size: int) -> Path:
+    from videopanda.model.teacher import LanguageBindVideoTower, TeacherConfig, init_teacher_weights
+
+    config = TeacherConfig(hidden_size=TEACHER_WIDTH, intermediate_size=2 * TEACHER_WIDTH, num_attention_heads=4,
+                           num_hidden_layers=2, image_size=image_size, num_frames=8)
+    return init_teacher_weights(LanguageBindVideoTower(config), seed=1).save_pretrained(folder)
+
+
+def _build(folder: Path, teacher: Path):
+    from videopanda.train.stages import build_model
+
+    return build_model(folder, init="auto", stab_overrides={"width": STAB_WIDTH, "num_heads": 4},
+                       config_overrides=TRAINING_CONFIG, teacher_folder=teacher, dtype=torch.float32,
+                       attn_implementation="sdpa")
+
+
+@pytest.fixture(scope="module")
+def eve(tmp_path_factory, tiny_tokenizer_dir):
+    folder = tmp_path_factory.mktemp("EVE-7B-Pretrain")
+    state = build_eve_folder(folder, tiny_tokenizer_dir, hidden=LLM, stab_width=STAB_WIDTH, teacher_width=TEACHER_WIDTH)
+    return folder, state, _teacher_folder(tmp_path_factory.mktemp("teacher56"), 56)
+
+
+def _head_by_hand(raw: dict[str, torch.Tensor], states: list[torch.Tensor], heads: int = 8) -> torch.Tensor:
+    """The head written out from the checkpoint's tensors: LayerNorm + Linear per layer (j = 0 the layer-32
+    query), attention of the query over the other 8 per head with scale width^-0.5,
+    input_layer(layer-32 state) + output_layer(fused)."""
+    w = {k: v.float() for k, v in raw.items()}
+    projected = []
+    for j, state in enumerate(states):
+        normed = torch.nn.functional.layer_norm(state, (state.shape[-1],), w[f"norm_layer.{j}.0.weight"],
+                                                w[f"norm_layer.{j}.0.bias"], eps=1e-5)
+        projected.append(normed @ w[f"norm_layer.{j}.1.weight"].T)
+    width = projected[0].shape[-1]
+    d = width // heads
+    out = torch.empty(states[0].shape[0], width)
+    for n in range(states[0].shape[0]):
+        fused = torch.empty(width)
+        for h in range(heads):
+            part = slice(h * d, (h + 1) * d)
+            query = projected[0][n, part]
+            keys = torch.stack([projected[j][n, part] for j in range(1, 9)])
+            fused[part] = torch.softmax(keys @ query / math.sqrt(width), dim=0) @ keys
+        out[n] = (states[0][n] @ w["input_layer.weight"].T + w["input_layer.bias"]
+                  + fused @ w["output_layer.weight"].T + w["output_layer.bias"])
+    return out
+
+
+def test_stage1_from_eve_places_all_31_head_tensors(eve, vp_log):
+    folder, state, teacher = eve
+    model = _build(folder, teacher)
+    head = model.model.video_tower_compressor
+    raw = {k[len("model.vision_tower_compressor."):]: v for k, v in state.items()
+           if k.startswith("model.vision_tower_compressor.") and ".clip_layer." not in k}
+    assert len(raw) == 31 and {k: tuple(v.shape) for k, v in raw.items()} == head_names_and_shapes(LLM, TEACHER_WIDTH)
+    ours = head.state_dict()
+    assert set(ours) == set(raw)
+    assert all(torch.equal(ours[k], raw[k].float()) for k in raw)
+    assert any("31 of 31 distillation-head tensors" in m for m in vp_log), vp_log
+    assert not any("could not be placed" in m or "received nothing" in m for m in vp_log if "compressor" in m)
+    torch.manual_seed(0)
+    states = [torch.randn(5, LLM) for _ in range(9)]
+    with torch.no_grad():
+        torch.testing.assert_close(head(states), _head_by_hand(raw, states), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda s: s.pop("model.vision_tower_compressor.norm_layer.4.1.weight"), r"received nothing: norm_layer\.4\.1\.weight"),
+    (lambda s: s.update({"model.vision_tower_compressor.norm_layer.9.0.weight": torch.ones(LLM)}),
+     r"could not be placed: model\.vision_tower_compressor\.norm_layer\.9\.0\.weight"),
+], ids=["missing", "extra"])
+def test_stage1_from_eve_refuses_a_missing_or_extra_head_tensor(eve, tmp_path, edit, message):
+    folder, state, teacher = eve
+    broken = tmp_path / "eve_broken"
+    broken.mkdir()
+    shutil.copy(folder / "config.json", broken / "config.json")
+    changed = dict(state)
+    edit(changed)
+    write_sharded_bin(broken, changed, shards=2)
+    with pytest.raises(ValueError, match=message):
+        _build(broken, teacher)
+
+
+def test_released_folder_head_loads_and_its_teacher_copy_is_skipped(tmp_path, tiny_tokenizer_dir):
+    folder = tmp_path / "videopanda_prtr1"
+    state = build_released_folder(folder, tiny_tokenizer_dir, hidden=LLM, stab_width=STAB_WIDTH,
+                                  teacher_width=TEACHER_WIDTH)
+    assert any(k.startswith(HEAD_PREFIX + "teacher_layer.") for k in state)
+    model = _build(folder, _teacher_folder(tmp_path / "teacher224", 224))  # released configs: 224 px teacher
+    ours = model.model.video_tower_compressor.state_dict()
+    released = {k[len(HEAD_PREFIX):]: v for k, v in state.items()
+                if k.startswith(HEAD_PREFIX) and not k.startswith(HEAD_PREFIX + "teacher_layer.")}
+    assert set(ours) == set(released) and len(ours) == 31
+    assert all(torch.equal(ours[k], released[k].float()) for k in released)
+
+
+def test_training_folder_keeps_the_head_under_the_released_names_bit_exact(eve, tmp_path):
+    from safetensors import safe_open
+
+    from videopanda.train.checkpointing import FINAL_MARKER
+
+    folder, _, teacher = eve
+    model = _build(folder, teacher)
+    head = model.model.video_tower_compressor
+    with torch.no_grad():
+        for p in head.parameters():
+            p.add_(torch.randn_like(p) * 0.01)  # as after training: values no checkpoint holds
+    saved = tmp_path / "prealign"
+    model.save_pretrained(saved, state_dict={k: v for k, v in model.state_dict().items()
+                                             if not k.startswith("model.video_teacher.")})
+    (saved / FINAL_MARKER).write_text("{}")
+    with safe_open(str(saved / "model.safetensors"), framework="pt") as handle:
+        names = {k[len(HEAD_PREFIX):] for k in handle.keys() if k.startswith(HEAD_PREFIX)}
+    assert names == set(head_names_and_shapes(LLM, TEACHER_WIDTH))
+    loaded = _build(saved, teacher).model.video_tower_compressor.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in head.state_dict().items())

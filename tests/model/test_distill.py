@@ -1,10 +1,15 @@
-"""Distillation head (layer fusion) and the cosine distillation loss."""
+"""Distillation head (layer fusion, checkpoint names), the cosine distillation loss, and how the model hands
+videos to the teacher."""
 import math
 
 import pytest
 import torch
+from helpers.released import head_names_and_shapes
 
+from videopanda.constants import FRAME_TOKEN_INDEX
 from videopanda.model.distill import DistillationHead, distill_layer_indices, distillation_loss
+from videopanda.model.teacher import LanguageBindVideoTower, TeacherConfig, init_teacher_weights
+from videopanda.model.videopanda import VideoPandaConfig, VideoPandaForCausalLM
 
 
 def test_layer_indices():
@@ -15,16 +20,14 @@ def test_layer_indices():
 def test_head_parameters_and_fusion_match_a_hand_computation():
     torch.manual_seed(0)
     head = DistillationHead(llm_width=24, teacher_width=16, num_heads=4)
-    names = {n: tuple(p.shape) for n, p in head.named_parameters()}
-    assert names["layer_proj.0.0.weight"] == (24,) and names["layer_proj.8.1.weight"] == (16, 24)
-    assert "layer_proj.0.1.bias" not in names
-    assert names["residual_proj.weight"] == (16, 24) and names["residual_proj.bias"] == (16,)
-    assert names["fused_proj.weight"] == (16, 16)
+    names = {n: tuple(p.shape) for n, p in head.state_dict().items()}
+    assert names == head_names_and_shapes(24, 16)  # the EVE / released checkpoint names, 31 tensors
+    assert len(names) == 31
     states = [torch.randn(5, 24) for _ in range(9)]
     out = head(states)
     assert out.shape == (5, 16)
     with torch.no_grad():
-        proj = [head.layer_proj[i](states[i]) for i in range(9)]
+        proj = [head.norm_layer[i](states[i]) for i in range(9)]
         expected = torch.empty(5, 16)
         for tok in range(5):
             fused = []
@@ -33,7 +36,7 @@ def test_head_parameters_and_fusion_match_a_hand_computation():
                 ks = torch.stack([proj[i][tok, h * 4:(h + 1) * 4] for i in range(1, 9)])
                 weights = torch.softmax(ks @ q / math.sqrt(16), dim=0)  # scale: full width 16, not head width 4
                 fused.append(weights @ ks)
-            expected[tok] = head.residual_proj(states[0][tok]) + head.fused_proj(torch.cat(fused))
+            expected[tok] = head.input_layer(states[0][tok]) + head.output_layer(torch.cat(fused))
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="9 layer states"):
         head(states[:8])
@@ -87,3 +90,60 @@ def test_head_learns_to_match_teacher_on_a_fixed_batch():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.2 * losses[0]
+
+
+def _model_with_teacher(num_frames: int) -> VideoPandaForCausalLM:
+    torch.manual_seed(0)
+    config = VideoPandaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                              num_attention_heads=4, video_hidden_size=64, mm_hidden_size=64, image_size=56,
+                              teacher_image_size=28, num_frames=num_frames, pad_token_id=0)
+    model = VideoPandaForCausalLM(config)
+    teacher = LanguageBindVideoTower(TeacherConfig(hidden_size=32, intermediate_size=64, num_attention_heads=4,
+                                                   num_hidden_layers=2, image_size=28, num_frames=8))
+    init_teacher_weights(teacher, seed=1, std=0.2, temporal_std=0.5)
+    model.enable_distillation(teacher, DistillationHead(llm_width=64, teacher_width=32, num_heads=4))
+    return model
+
+
+@pytest.mark.parametrize("num_frames", [4, 8])
+def test_the_model_hands_the_teacher_whole_videos_and_never_mixes_two(num_frames):
+    """A batch of two videos: the teacher's features are those of each video alone (a temporal group of 8
+    frames for 8-frame videos; for 4-frame videos one group each, not one 8-frame group of both)."""
+    model = _model_with_teacher(num_frames).eval()
+    teacher = model.model.video_teacher
+    chunks = num_frames // 4
+    generator = torch.Generator().manual_seed(3)
+    videos = [torch.rand(chunks, 4, 4, 56, 56, generator=generator) for _ in range(2)]
+    teacher_videos = [torch.rand(chunks, 4, 4, 28, 28, generator=generator) for _ in range(2)]
+    for v in videos + teacher_videos:
+        v[:, :, 3] = 1
+    ids = torch.tensor([[1] + [FRAME_TOKEN_INDEX] * num_frames + [5, 6]] * 2)
+    seen = []
+    handle = teacher.register_forward_hook(lambda module, args, kwargs, out: seen.append(out), with_kwargs=True)
+    try:
+        with torch.no_grad():
+            out = model(input_ids=ids, labels=ids, videos=videos, teacher_videos=teacher_videos)
+    finally:
+        handle.remove()
+    assert out.distill_loss > 0 and len(seen) == 1
+    with torch.no_grad():
+        alone = torch.cat([teacher(v) for v in teacher_videos])
+        if num_frames == 4:  # the wrong grouping: both 4-frame videos in one 8-frame group
+            wrong = teacher(torch.cat(teacher_videos))
+        else:  # the wrong grouping: each 4-frame chunk on its own
+            wrong = torch.cat([teacher(chunk[None]) for v in teacher_videos for chunk in v])
+    torch.testing.assert_close(seen[0], alone, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(wrong, alone, atol=1e-3)
+
+
+def test_text_only_training_step_runs_the_teacher_on_one_blank_video():
+    model = _model_with_teacher(8).train()
+    seen = []
+    handle = model.model.video_teacher.register_forward_hook(lambda module, args, out: seen.append(args[0].shape))
+    try:
+        out = model(input_ids=torch.tensor([[1, 5, 6, 7]]), labels=torch.tensor([[1, 5, 6, 7]]),
+                    videos=[None], teacher_videos=[None])
+    finally:
+        handle.remove()
+    assert out.distill_loss == 0
+    assert seen == [torch.Size([2, 4, 3, 28, 28])]

@@ -38,22 +38,101 @@ def test_without_temporal_parts_equals_hf_clip_second_to_last_hidden_state():
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
 
 
-def test_temporal_attention_mixes_frames_within_a_chunk_only():
-    tower = tiny_tower()
+def _linear(x, layer):
+    return x @ layer.weight.T + layer.bias
+
+
+def _layer_norm(x, norm):
+    mean = x.mean(-1, keepdim=True)
+    var = ((x - mean) ** 2).mean(-1, keepdim=True)
+    return (x - mean) / torch.sqrt(var + norm.eps) * norm.weight + norm.bias
+
+
+def _attention(x, attn, heads):
+    """x (S, D): softmax(q k^T / sqrt(d_head)) v per head, written out."""
+    q, k, v = _linear(x, attn.q_proj), _linear(x, attn.k_proj), _linear(x, attn.v_proj)
+    d = x.shape[-1] // heads
+    out = torch.empty_like(x)
+    for h in range(heads):
+        part = slice(h * d, (h + 1) * d)
+        weights = torch.softmax(q[:, part] @ k[:, part].T / d ** 0.5, dim=-1)
+        out[:, part] = weights @ v[:, part]
+    return _linear(out, attn.out_proj)
+
+
+def reference_features(tower, video):
+    """video (N, 3, S, S): ONE video's frames in time order -> (N, P, D), by loops: every position's temporal
+    attention over all N frames with temporal_embedding[:, :N], then each frame's spatial block."""
+    cfg, vm = tower.config, tower.vision_model
+    n, heads = video.shape[0], cfg.num_attention_heads
+    emb = vm.embeddings
+    patches = torch.nn.functional.conv2d(video, emb.patch_embedding.weight, stride=cfg.patch_size)
+    tokens = torch.cat([emb.class_embedding.expand(n, 1, -1), patches.flatten(2).transpose(1, 2)], dim=1)
+    x = _layer_norm(tokens + emb.position_embedding.weight, vm.pre_layrnorm)
+    for layer in vm.encoder.layers[:cfg.num_hidden_layers - 1]:          # hidden_states[-2]
+        x = x.clone()
+        for p in range(x.shape[1]):
+            seq = x[:, p] + layer.temporal_embedding[0, :n]
+            x[:, p] = seq + _attention(_layer_norm(seq, layer.temporal_layer_norm1), layer.temporal_attn, heads)
+        for f in range(n):
+            y = x[f] + _attention(_layer_norm(x[f], layer.layer_norm1), layer.self_attn, heads)
+            hidden = torch.nn.functional.gelu(_linear(_layer_norm(y, layer.layer_norm2), layer.mlp.fc1))
+            x[f] = y + _linear(hidden, layer.mlp.fc2)
+    return x[:, 1:]
+
+
+def test_temporal_attention_spans_all_frames_of_a_video_like_a_per_position_loop():
+    """An 8-frame video in two 4-frame chunks: one temporal group of 8 frames (the config's num_frames),
+    as the written-out reference computes it; frame 7 reaches frame 0."""
+    tower = tiny_tower(seed=4, hidden_act="gelu", num_hidden_layers=3)
+    init_teacher_weights(tower, seed=4, std=0.2, temporal_std=0.5)
     frames = torch.randn(2, 4, 3, 56, 56)
-    base = tower(frames)
+    ours = tower(frames)
+    with torch.no_grad():
+        expected = reference_features(tower, frames.flatten(0, 1))
+    assert ours.shape == (8, 16, 32)
+    torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4)
     changed = frames.clone()
-    changed[0, 3] += 1.0  # last frame of chunk 0
-    out = tower(changed)
-    assert not torch.allclose(out[0], base[0]), "frame 0 must see frame 3 of its chunk through temporal attention"
-    torch.testing.assert_close(out[4:], base[4:])  # chunk 1 is independent
+    changed[1, 3] = torch.randn(3, 56, 56)  # frame 7, in the second chunk
+    shift = (tower(changed)[0] - ours[0]).norm() / ours[0].norm()
+    assert shift > 1e-2, "frame 0 must see frame 7 of its video through temporal attention"
     # The mask channel is dropped.
-    with_mask = torch.cat([frames, torch.zeros(2, 4, 1, 56, 56)], dim=2)
-    torch.testing.assert_close(tower(with_mask), base)
+    torch.testing.assert_close(tower(torch.cat([frames, torch.ones(2, 4, 1, 56, 56)], dim=2)), ours)
+
+
+def test_videos_of_a_batch_never_mix_and_long_videos_group_by_num_frames():
+    tower = tiny_tower(seed=5, hidden_act="gelu")
+    init_teacher_weights(tower, seed=5, std=0.2, temporal_std=0.5)
+    a, b = torch.randn(2, 4, 3, 56, 56), torch.randn(2, 4, 3, 56, 56)
+    batch = tower(torch.cat([a, b]), num_videos=2)
+    torch.testing.assert_close(batch[:8], tower(a), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(batch[8:], tower(b), rtol=1e-5, atol=1e-5)
+    other = tower(torch.cat([a, torch.randn(2, 4, 3, 56, 56)]), num_videos=2)
+    torch.testing.assert_close(other[:8], batch[:8], rtol=0, atol=0)
+    # Videos shorter than num_frames (8): each 4-frame video is its own group, with temporal_embedding[:, :4].
+    short = tower(torch.cat([a[:1], b[:1]]), num_videos=2)
+    torch.testing.assert_close(short[:4], tower(a[:1]), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(short[4:], reference_features(tower, b[0]), rtol=1e-4, atol=1e-4)
+    # A 16-frame video is two 8-frame groups (LanguageBind reshapes by num_frames): frame 15 does not reach frame 0.
+    long = torch.cat([a, b])
+    edited = long.clone()
+    edited[3, 3] += 1.0
+    torch.testing.assert_close(tower(edited)[:8], tower(long)[:8], rtol=0, atol=0)
+    assert not torch.allclose(tower(edited)[8], tower(long)[8])
+
+
+def test_frame_counts_that_do_not_split_into_groups_are_refused():
+    tower = tiny_tower()
+    assert [tower.temporal_group(n) for n in (1, 4, 8, 16, 24)] == [1, 4, 8, 8, 8]
+    with pytest.raises(ValueError, match="videos of 12 frames.*8-frame groups"):
+        tower(torch.randn(3, 4, 3, 56, 56))
+    with pytest.raises(ValueError, match="3 chunks for 2 videos"):
+        tower(torch.randn(3, 4, 3, 56, 56), num_videos=2)
 
 
 def test_temporal_block_matches_a_per_position_loop():
-    """One layer's temporal step, regrouping done by hand one chunk and one position at a time."""
+    """One layer's temporal step, regrouping done by hand one 4-frame group and one position at a time."""
     tower = tiny_tower(seed=3, num_hidden_layers=1, select_layer=-1)
     layer = tower.vision_model.encoder.layers[0]
     x = torch.randn(2 * 4, 17, 32)
@@ -165,8 +244,8 @@ def test_smooth_position_embeddings_order_the_patches_along_each_axis():
     assert all(torch.equal(plain_state[k], smooth_state[k]) for k in plain_state if k != key)
 
 
-def test_temporal_std_makes_each_frame_carry_the_other_frames_of_its_chunk():
-    """With CLIP-scale temporal weights a frame's features hardly depend on the other frames of its chunk;
+def test_temporal_std_makes_each_frame_carry_the_other_frames_of_its_video():
+    """With CLIP-scale temporal weights a frame's features hardly depend on the other frames of its video;
     `temporal_std` scales the temporal embeddings and temporal attention so that they do (changing only
     the last frame moves the first frame's features), and leaves every other weight as drawn."""
     config = TeacherConfig(**{**TINY, "num_hidden_layers": 2})

@@ -8,7 +8,8 @@ Name maps (all take and return full state-dict keys):
   already ours; STAB names go through `stab.released_stab_key_to_module_key`.
 - `eve_key_to_model_key`: an EVE-7B-Pretrain key -> ours, for the stage-1 initialisation:
   `model.vision_tower.*` (minus its CLIP teacher) -> STAB, `model.mm_projector.*` -> projector,
-  `model.vision_tower_compressor.*` (minus its `teacher_layer.` copy) -> distillation head.
+  `model.vision_tower_compressor.*` (minus its `clip_layer.` CLIP copy) -> distillation head, whose
+  module names are the checkpoint names (`distill.DistillationHead`), so only the prefix changes.
 
 `AutoModelForCausalLM.from_pretrained` applies the STAB part of the released map through
 transformers' own conversion-mapping registry (`register_released_key_mapping`), one exact
@@ -17,15 +18,19 @@ so our own folders store the STAB under the released names too, and both layouts
 
 Readers: `read_state_dict(folder, prefixes=None)` reads `model.safetensors[.index.json]` or
 `pytorch_model[.bin | -*.bin + .bin.index.json]` (`.bin` with `weights_only=True`), all tensors or only
-those under some key prefixes (`read_prefixed_tensors`);
+those under some key prefixes (`read_prefixed_tensors`); `stored_tensors(folder)` lists every tensor's
+dtype and shape from the files' headers (safetensors header, `.bin` pickle on the meta device) without
+reading data, checking on the way that every file is there and readable;
 `place_state_dict` copies a mapped state dict into a module and reports, loudly, every key it could
 not place and every parameter left unset.
 """
 from __future__ import annotations
 
 import json
+import math
 import pickle
 import re
+import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,17 +56,20 @@ UNUSED_STAB_PREFIX = "lmhra2."
 EVE_TOWER_PREFIX = "model.vision_tower."
 EVE_PROJECTOR_PREFIX = "model.mm_projector."
 EVE_HEAD_PREFIX = "model.vision_tower_compressor."
-HEAD_TEACHER_PART = "teacher_layer."
-"""The compressor (distillation head) of the released and EVE checkpoints holds a teacher copy here."""
+HEAD_TEACHER_PARTS = ("teacher_layer.", "clip_layer.")
+"""The compressor (distillation head) of the released (`teacher_layer.`) and EVE (`clip_layer.`)
+checkpoints holds a copy of its teacher under these names; the head never loads them."""
 
 IGNORED_ON_LOAD = (
     r"^model\.vision_tower\.",
     r"^model\.mm_projector\.",
     r"^model\.video_teacher\.",
     r"^model\.video_tower_compressor\.",
+    r"^model\.vision_tower_compressor\.",
     r"^model\.video_tower\.lmhra2\.",
 )
-"""Regexes of released keys that inference never uses (`_keys_to_ignore_on_load_unexpected`)."""
+"""Regexes of released (and EVE) keys that `from_pretrained` never uses (`_keys_to_ignore_on_load_unexpected`);
+training places the distillation head itself (`train.stages`)."""
 
 SAFE_INDEX, SAFE_SINGLE = "model.safetensors.index.json", "model.safetensors"
 BIN_INDEX, BIN_SINGLE = "pytorch_model.bin.index.json", "pytorch_model.bin"
@@ -121,7 +129,7 @@ def released_key_to_model_key(key: str, include_training: bool = False) -> str |
         ours = _stab_module_key(key[len(STAB_PREFIX):])
         return None if ours is None else STAB_PREFIX + ours
     if key.startswith(HEAD_PREFIX):
-        return key if include_training and HEAD_TEACHER_PART not in key else None
+        return key if include_training and not key[len(HEAD_PREFIX):].startswith(HEAD_TEACHER_PARTS) else None
     if key.startswith(ALIAS_PREFIXES) or key.startswith(TEACHER_PREFIX):
         return None
     return key
@@ -145,7 +153,7 @@ def eve_key_to_model_key(key: str) -> str | None:
     """An EVE-7B-Pretrain key -> our key (stage-1 initialisation), None for what stage 1 does not take.
 
     LLM keys keep their names; the vision tower goes to the STAB (its CLIP teacher dropped), the
-    projector to ours, the compressor (minus its `teacher_layer.` copy) to the distillation head.
+    projector to ours, the compressor (minus its teacher copy) to the distillation head.
     """
     if key.startswith(EVE_TOWER_PREFIX):
         name = key[len(EVE_TOWER_PREFIX):]
@@ -157,7 +165,7 @@ def eve_key_to_model_key(key: str) -> str | None:
         return PROJECTOR_PREFIX + key[len(EVE_PROJECTOR_PREFIX):]
     if key.startswith(EVE_HEAD_PREFIX):
         name = key[len(EVE_HEAD_PREFIX):]
-        return None if HEAD_TEACHER_PART in name else HEAD_PREFIX + name
+        return None if name.startswith(HEAD_TEACHER_PARTS) else HEAD_PREFIX + name
     return key
 
 
@@ -182,11 +190,19 @@ def register_released_key_mapping() -> None:
     register_checkpoint_conversion_mapping(MODEL_TYPE, weight_renamings(), overwrite=True)
 
 
+def one_line_error(err: BaseException) -> str:
+    """One line for a library error: its first line, or for torch's weights-only refusal (a page of advice
+    around one line) the line that says what was refused."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    refusal = [line for line in lines if "WeightsUnpickler error" in line]
+    return (refusal or lines or [type(err).__name__])[0]
+
+
 def _read_file(path: Path, prefixes: tuple[str, ...] | None) -> dict[str, torch.Tensor]:
     """The tensors of one weight file (all, or those whose key starts with one of `prefixes`), on the CPU.
 
     A `.bin` holding anything but tensors raises `pickle.UnpicklingError` (`weights_only=True`); any other
-    unreadable file raises ValueError. Both name the file."""
+    unreadable file raises ValueError. Both name the file in one line."""
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint shard {path} is missing")
     wanted = (lambda key: True) if prefixes is None else (lambda key: key.startswith(prefixes))
@@ -196,25 +212,55 @@ def _read_file(path: Path, prefixes: tuple[str, ...] | None) -> dict[str, torch.
                 return {k: handle.get_tensor(k) for k in handle.keys() if wanted(k)}
         return {k: v for k, v in torch.load(path, map_location="cpu", weights_only=True, mmap=True).items() if wanted(k)}
     except pickle.UnpicklingError as err:
-        raise pickle.UnpicklingError(f"{path}: {err}") from err
+        raise pickle.UnpicklingError(f"{path}: {one_line_error(err)}") from err
     except Exception as err:  # a truncated or foreign file
-        raise ValueError(f"{path} cannot be read: {err}") from err
+        raise ValueError(f"{path} cannot be read: {one_line_error(err)}") from err
+
+
+def _read_index(index: Path) -> dict[str, str]:
+    """The tensor name -> file name map of a sharded checkpoint's index json; ValueError naming the index."""
+    try:
+        data = json.loads(index.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{index}: not a checkpoint index (not JSON text: {err})") from err
+    except OSError as err:
+        raise ValueError(f"{index}: cannot be read ({err.strerror or err})") from err
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if (not isinstance(weight_map, dict) or not weight_map
+            or not all(isinstance(name, str) and name for name in weight_map.values())):
+        raise ValueError(f'{index}: not a checkpoint index (needs a non-empty "weight_map" object of '
+                         f"tensor name -> file name)")
+    return weight_map
+
+
+def _check_shard_keys(path: Path, weight_map: Mapping[str, str], keys: Iterable[str]) -> None:
+    """ValueError unless the shard at `path` holds exactly the keys the index assigns to it."""
+    listed = {k for k, name in weight_map.items() if name == path.name}
+    found = set(keys)
+    if listed != found:
+        raise ValueError(
+            f"{path}: index and shard disagree (in index only: {sorted(listed - found)[:5]}, "
+            f"in shard only: {sorted(found - listed)[:5]})"
+        )
 
 
 def checkpoint_files(folder: str | Path) -> tuple[list[Path], dict[str, str] | None]:
     """The weight files of a model folder and, when sharded, its index's key -> file map.
 
-    Prefers safetensors over `.bin`, an index over a single file. Raises FileNotFoundError naming the folder.
+    Prefers safetensors over `.bin`, an index over a single file. Raises FileNotFoundError naming the folder,
+    or the index and the first file it names that is missing; ValueError naming an index that is not one.
     """
     folder = Path(folder)
     for index_name, single_name in ((SAFE_INDEX, SAFE_SINGLE), (BIN_INDEX, BIN_SINGLE)):
         index = folder / index_name
         if index.is_file():
-            try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError) as err:
-                raise ValueError(f"{index}: not a checkpoint index ({err})") from err
-            return [folder / name for name in dict.fromkeys(weight_map.values())], weight_map
+            weight_map = _read_index(index)
+            files = [folder / name for name in dict.fromkeys(weight_map.values())]
+            missing = [path for path in files if not path.is_file()]
+            if missing:
+                more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+                raise FileNotFoundError(f"{index}: weight file {missing[0]} is missing{more}")
+            return files, weight_map
         if (folder / single_name).is_file():
             return [folder / single_name], None
     raise FileNotFoundError(
@@ -237,12 +283,7 @@ def read_state_dict(folder: str | Path, prefixes: tuple[str, ...] | None = None)
     for path in tqdm(files, desc=f"reading {Path(folder).name}", disable=len(files) < 2):
         shard = _read_file(path, prefixes)
         if weight_map is not None:
-            listed = {k for k, name in weight_map.items() if name == path.name}
-            if listed != set(shard):
-                raise ValueError(
-                    f"{path}: index and shard disagree (in index only: {sorted(listed - set(shard))[:5]}, "
-                    f"in shard only: {sorted(set(shard) - listed)[:5]})"
-                )
+            _check_shard_keys(path, weight_map, shard)
         state.update(shard)
     return state
 
@@ -252,6 +293,85 @@ def read_prefixed_tensors(folder: str | Path, prefixes: tuple[str, ...]) -> dict
     teacher's `vision_model.*`, the visual parts of an EVE folder, the distillation head of ours, so a
     7B LLM is never read."""
     return read_state_dict(folder, prefixes)
+
+
+@dataclass(frozen=True)
+class StoredTensor:
+    """One tensor as its weight file describes it (read without its data)."""
+
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    file: Path
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "I64": torch.int64, "I32": torch.int32,
+    "I16": torch.int16, "I8": torch.int8, "U64": torch.uint64, "U32": torch.uint32, "U16": torch.uint16,
+    "U8": torch.uint8, "BOOL": torch.bool,
+}
+LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+"""How a `.bin` in torch's pre-zip format starts: pickle protocol 2, then torch's magic number."""
+
+
+def file_tensors(path: Path) -> dict[str, StoredTensor] | None:
+    """Every tensor of one weight file, from its header only: the JSON header of a safetensors file (checked
+    against the file's size, so a truncated file fails), the pickle of a zip `.bin` unpickled onto the meta
+    device (`weights_only=True`). None for a `.bin` in torch's legacy pre-zip format, whose tensors cannot
+    be listed without reading it all.
+
+    Raises FileNotFoundError, pickle.UnpicklingError (a `.bin` holding anything but tensors) or ValueError
+    (truncated, garbage, not a state dict), each naming the file in one line."""
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint shard {path} is missing")
+    if path.suffix == ".safetensors":
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as handle:
+                headers = {k: handle.get_slice(k) for k in handle.keys()}
+                listed = {k: (part.get_dtype(), tuple(part.get_shape())) for k, part in headers.items()}
+        except Exception as err:  # safetensors raises its own error type for a bad header
+            raise ValueError(f"{path} cannot be read: {one_line_error(err)}") from err
+        unknown = sorted({dtype for dtype, _ in listed.values()} - set(SAFETENSORS_DTYPES))
+        if unknown:
+            raise ValueError(f"{path}: tensors of unsupported dtype {', '.join(unknown)}")
+        return {k: StoredTensor(SAFETENSORS_DTYPES[dtype], shape, path) for k, (dtype, shape) in listed.items()}
+    if not zipfile.is_zipfile(path):
+        with path.open("rb") as handle:
+            if handle.read(len(LEGACY_TORCH_MAGIC)) == LEGACY_TORCH_MAGIC:
+                return None
+        raise ValueError(f"{path} cannot be read: not a complete PyTorch weight file (truncated or corrupt)")
+    try:
+        loaded = torch.load(path, map_location="meta", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise pickle.UnpicklingError(f"{path}: {one_line_error(err)}") from err
+    except Exception as err:  # a damaged archive
+        raise ValueError(f"{path} cannot be read: {one_line_error(err)}") from err
+    if not isinstance(loaded, Mapping) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise ValueError(f"{path}: not a state dict (tensor name -> tensor)")
+    return {k: StoredTensor(v.dtype, tuple(v.shape), path) for k, v in loaded.items()}
+
+
+def stored_tensors(folder: str | Path) -> tuple[dict[str, StoredTensor], list[Path]]:
+    """Every tensor of a model folder from its weight files' headers (`file_tensors`), and the legacy-format
+    `.bin` files whose tensors could not be listed. Checks what `read_state_dict` would, without reading
+    data: raises FileNotFoundError (no weights, a missing shard), ValueError (a bad index or file, an
+    index that disagrees with a shard) or pickle.UnpicklingError, each naming the file."""
+    files, weight_map = checkpoint_files(folder)
+    tensors: dict[str, StoredTensor] = {}
+    unlisted: list[Path] = []
+    for path in files:
+        found = file_tensors(path)
+        if found is None:
+            unlisted.append(path)
+            continue
+        if weight_map is not None:
+            _check_shard_keys(path, weight_map, found)
+        tensors.update(found)
+    return tensors, unlisted
 
 
 @dataclass

@@ -7,10 +7,13 @@ projection is the query and the other eight are keys and values of one multi-hea
 layer axis (8 heads, scores scaled by D_t^-0.5, the full width, softmax over the 8 layers, no further
 in-projections). Output = Linear(L -> D_t)(layer-32 state) + Linear(D_t -> D_t)(fused).
 
-Parameter names (ours; SPEC does not give the released or EVE names of this head, so no key map is
-applied and checkpoints of this project store it under `model.video_tower_compressor.`):
-`layer_proj.{i}.0` LayerNorm(L), `layer_proj.{i}.1` Linear(L, D_t, bias=False) for i = 0 (layer 32)
-... 8 (layer 0); `residual_proj` Linear(L, D_t); `fused_proj` Linear(D_t, D_t).
+Parameter names are the checkpoint names of EVE (`model.vision_tower_compressor.*`) and of the
+released Video-Panda (`model.video_tower_compressor.*`), so the head loads from both and this project's
+folders store it under `model.video_tower_compressor.` + the same names, with no key map:
+`norm_layer.{j}.0` LayerNorm(L) and `norm_layer.{j}.1` Linear(L, D_t, bias=False), where j reads
+hidden state 32 - 4j (j = 0 is the layer-32 query); `input_layer` Linear(L, D_t) on the layer-32 state;
+`output_layer` Linear(D_t, D_t) on the fused mix. 9 * 3 + 4 = 31 tensors. The checkpoints' teacher copies
+inside the compressor (`clip_layer.*` in EVE, `teacher_layer.*` in Video-Panda) are not part of it.
 
 Loss choices where SPEC is silent: cosine similarity is computed in float32; when the student grid
 differs from the teacher's valid box, the teacher box is average-pooled (`adaptive_avg_pool2d`) to the
@@ -46,23 +49,24 @@ class DistillationHead(nn.Module):
         self.num_layers_used = num_layers_used
         self.num_heads = num_heads
         self.teacher_width = teacher_width
-        self.layer_proj = nn.ModuleList(
+        self.norm_layer = nn.ModuleList(
             nn.Sequential(nn.LayerNorm(llm_width), nn.Linear(llm_width, teacher_width, bias=False))
             for _ in range(num_layers_used))
-        self.residual_proj = nn.Linear(llm_width, teacher_width)
-        self.fused_proj = nn.Linear(teacher_width, teacher_width)
+        self.input_layer = nn.Linear(llm_width, teacher_width)
+        self.output_layer = nn.Linear(teacher_width, teacher_width)
 
     def forward(self, layer_states: Sequence[Tensor]) -> Tensor:
-        """layer_states: `num_layers_used` tensors (n, L), the last-layer (32) state FIRST -> (n, teacher_width)."""
+        """layer_states: `num_layers_used` tensors (n, L) in `distill_layer_indices` order, the last-layer (32)
+        state FIRST (state j goes through `norm_layer[j]`) -> (n, teacher_width)."""
         if len(layer_states) != self.num_layers_used:
             raise ValueError(f"distillation head expects {self.num_layers_used} layer states, got {len(layer_states)}")
-        projected = [proj(state) for proj, state in zip(self.layer_proj, layer_states)]
+        projected = [proj(state) for proj, state in zip(self.norm_layer, layer_states)]
         n, d, h = projected[0].shape[0], self.teacher_width, self.num_heads
         query = projected[0].view(n, h, 1, d // h)                                   # (n, h, 1, d/h)
         keys = torch.stack(projected[1:], dim=1).view(n, -1, h, d // h).transpose(1, 2)  # (n, h, K, d/h)
         scores = (query @ keys.transpose(-1, -2)) * d ** -0.5                          # (n, h, 1, K)
         fused = (scores.softmax(dim=-1) @ keys).reshape(n, d)
-        return self.residual_proj(layer_states[0]) + self.fused_proj(fused)
+        return self.input_layer(layer_states[0]) + self.output_layer(fused)
 
 
 def _valid_box(valid: Tensor) -> tuple[slice, slice] | None:

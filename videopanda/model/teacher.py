@@ -1,10 +1,12 @@
 """The LanguageBind video tower: the frozen distillation teacher of training (SPEC section 5).
 
-A CLIP ViT-L/14 vision transformer with temporal attention in every layer. Frames come in chunks of
-T consecutive frames; in each encoder layer the tokens are first regrouped per position across the T
-frames, the layer's `temporal_embedding[:, :T]` is added and
+A CLIP ViT-L/14 vision transformer with temporal attention in every layer. It takes whole videos:
+in each encoder layer the tokens are regrouped per position across a group of G consecutive frames of
+one video, the layer's `temporal_embedding[:, :G]` is added and
 `x = x + temporal_attn(temporal_layer_norm1(x))` runs over the frame axis; then the usual CLIP pre-LN
-spatial self-attention and MLP follow.
+spatial self-attention and MLP follow. G is the config's `num_frames` F (8 for LanguageBind_Video_merge),
+as in LanguageBind, whatever the chunking of the student (4-frame chunks): the 8 frames of a video
+attend to each other. Groups never straddle two videos of a batch (`forward(frames, num_videos)`).
 
 Choices where SPEC is silent (recorded here):
 - "Hidden states of the second-to-last layer" follows the Hugging Face CLIP convention that
@@ -12,8 +14,12 @@ Choices where SPEC is silent (recorded here):
   encoder layer k (1-based); `hidden_states[-2]` is therefore the output of layer 23 of 24 (0-based
   index 22), taken before `post_layernorm`, which never applies to it. The last layer is kept (so the
   module holds exactly the checkpoint's tensors) but never run. `select_layer` makes this explicit.
-- The temporal embedding and attention run for every T, including T = 1 (training never sends
-  single frames to the teacher).
+- Frame counts (`temporal_group`): a video of n frames, n a multiple of F, is n / F groups of F
+  consecutive frames (what LanguageBind's reshape by F does); a video shorter than F (the tiny training
+  tests use 4-frame videos with an 8-frame teacher, where LanguageBind's reshape would fail) is one
+  group of all n frames with `temporal_embedding[:, :n]`; any other n (more than F, not a multiple) is
+  a ValueError, since the groups would have to cut a video at arbitrary frames.
+- The temporal embedding and attention run for every group size, including 1.
 - Patch dropout (`force_patch_dropout` in LanguageBind configs) only acts in training mode, which
   this module never enters: `train()` always keeps it in eval mode.
 """
@@ -76,6 +82,8 @@ class TeacherConfig:
         config = cls(**{k: v for k, v in values.items() if k in known})
         if config.hidden_act not in ACT2FN:
             raise ValueError(f"teacher hidden_act {config.hidden_act!r} is not a known activation")
+        if config.num_frames < 1:
+            raise ValueError(f"teacher num_frames must be at least 1, got {config.num_frames}")
         if config.hidden_size % config.num_attention_heads:
             raise ValueError(f"teacher hidden_size {config.hidden_size} not divisible by {config.num_attention_heads} heads")
         if not -config.num_hidden_layers - 1 <= config.select_layer < config.num_hidden_layers + 1:
@@ -130,17 +138,14 @@ class _EncoderLayer(nn.Module):
         self.layer_norm2 = nn.LayerNorm(d, eps=eps)
         self.mlp = _MLP(config)
 
-    def forward(self, x: Tensor, frames_per_chunk: int) -> Tensor:
-        """x (C*T, P, D) with the frames of a chunk consecutive -> (C*T, P, D)."""
+    def forward(self, x: Tensor, group: int) -> Tensor:
+        """x (N, P, D), N a multiple of `group`, each `group` consecutive frames one temporal group -> (N, P, D)."""
         n, p, d = x.shape
-        t = frames_per_chunk
-        if t > self.temporal_embedding.shape[1]:
-            raise ValueError(f"teacher got {t} frames a chunk but its temporal embedding holds {self.temporal_embedding.shape[1]}")
-        # (C*T, P, D) -> (C*P, T, D): one sequence per chunk and position, across frames.
-        x = x.view(n // t, t, p, d).transpose(1, 2).reshape(-1, t, d)
-        x = x + self.temporal_embedding[:, :t]
+        # (N, P, D) -> (N/G * P, G, D): one sequence per group and position, across the group's frames.
+        x = x.view(n // group, group, p, d).transpose(1, 2).reshape(-1, group, d)
+        x = x + self.temporal_embedding[:, :group]
         x = x + self.temporal_attn(self.temporal_layer_norm1(x))
-        x = x.view(n // t, p, t, d).transpose(1, 2).reshape(n, p, d)
+        x = x.view(n // group, p, group, d).transpose(1, 2).reshape(n, p, d)
         x = x + self.self_attn(self.layer_norm1(x))
         return x + self.mlp(self.layer_norm2(x))
 
@@ -191,20 +196,40 @@ class LanguageBindVideoTower(nn.Module):
     def grid_size(self) -> int:
         return self.config.image_size // self.config.patch_size
 
+    def temporal_group(self, frames_per_video: int) -> int:
+        """Frames per temporal-attention group for videos of `frames_per_video` frames: the config's
+        num_frames F, or all of them for a video shorter than F. Raises ValueError (naming both counts)
+        when a video is longer than F and not a multiple of it."""
+        f = self.config.num_frames
+        if frames_per_video < 1:
+            raise ValueError(f"teacher got videos of {frames_per_video} frames")
+        if frames_per_video <= f:
+            return frames_per_video
+        if frames_per_video % f:
+            raise ValueError(f"teacher got videos of {frames_per_video} frames, which do not split into the "
+                             f"{f}-frame groups of its temporal attention (config num_frames {f})")
+        return f
+
     @torch.no_grad()
-    def forward(self, frames: Tensor) -> Tensor:
-        """frames (C, T, 3 or 4, S, S) normalised RGB (+ a mask channel, dropped) ->
-        features (C*T, (S/p)^2, D): `hidden_states[select_layer]` with the class token dropped."""
+    def forward(self, frames: Tensor, num_videos: int = 1) -> Tensor:
+        """frames (C, T, 3 or 4, S, S) normalised RGB (+ a mask channel, dropped): the chunks of
+        `num_videos` videos, each video's C / num_videos chunks consecutive and in time order ->
+        features (C*T, (S/p)^2, D): `hidden_states[select_layer]` with the class token dropped.
+        Temporal attention spans `temporal_group(C*T / num_videos)` consecutive frames of one video."""
         if frames.dim() != 5 or frames.shape[2] not in (3, 4):
             raise ValueError(f"teacher expects frames (C, T, 3|4, H, W), got {tuple(frames.shape)}")
         c, t, _, h, w = frames.shape
         size = self.config.image_size
         if (h, w) != (size, size):
             raise ValueError(f"teacher expects {size}x{size} frames, got {h}x{w}")
+        if num_videos < 1 or c % num_videos:
+            raise ValueError(f"teacher got {c} chunks for {num_videos} videos "
+                             "(each video needs the same whole number of chunks)")
+        group = self.temporal_group(c // num_videos * t)
         vm = self.vision_model
         x = vm.pre_layrnorm(vm.embeddings(frames[:, :, :3].reshape(c * t, 3, h, w)))
         for layer in vm.encoder.layers[: self.config.layers_to_run]:
-            x = layer(x, t)
+            x = layer(x, group)
         return x[:, 1:]
 
     # ---- folders -------------------------------------------------------------------------------
@@ -291,7 +316,7 @@ def init_teacher_weights(tower: LanguageBindVideoTower, seed: int = 0, std: floa
     positions (not the class token's) are `smooth_position_embedding` with that many frequencies per
     axis, drawn from a second generator (seed + 1) so that every other weight is the same draw.
     `temporal_std`, when given, replaces `std` for the temporal embeddings and temporal attention
-    matrices, which sets how much each frame's features mix in the other frames of its chunk."""
+    matrices, which sets how much each frame's features mix in the other frames of its video."""
     special = {"position_embedding.weight": position_std, "patch_embedding.weight": patch_std,
                "temporal_embedding": temporal_std, **{f"temporal_attn.{proj}.weight": temporal_std
                                                       for proj in ("q_proj", "k_proj", "v_proj", "out_proj")}}

@@ -16,9 +16,12 @@ Choices where SPEC is silent (see also docs/DESIGN.md):
   same modules in the same order every step. In training (grad enabled), a batch without any video
   still runs the STAB and projector on one dummy chunk of T frames of 2x2 patches before the LLM, where
   videos run, adding 0 x their output to the input embeddings; with distillation, the head (on the
-  LLM's first-position states) and the teacher (on a blank chunk) run after the LLM, where the real
-  distillation runs, and the distillation loss is 0 x the head's output. Inference keeps the text
-  path plain.
+  LLM's first-position states) and the teacher (on one blank video of `num_frames` frames) run after the
+  LLM, where the real distillation runs, and the distillation loss is 0 x the head's output. Inference
+  keeps the text path plain.
+- The teacher gets all videos of a batch in one call, each video's chunks consecutive, with the number
+  of videos, so that its temporal attention (over the teacher config's `num_frames` frames) never
+  mixes two videos.
 - The STAB is called (as a module, so hooks fire) with `packed=True`: one token tensor for all frames,
   split here by the grids. Under ZeRO-3 it is a leaf module, and DeepSpeed needs a tensor at the top
   level of its output to gather it for backward and to reduce its gradients (see `stab.py`).
@@ -403,7 +406,8 @@ class VideoPandaForCausalLM(VideoPandaPreTrainedModel, LlamaForCausalLM):
         student = head([hidden_states[i][index_b, index_p] for i in layers]).split([r * c for r, c in grids])
         frames = torch.cat(teacher_frames)
         param = next(teacher.parameters())
-        features = teacher(frames.to(device=param.device, dtype=param.dtype))
+        # One teacher call for the batch; its temporal groups stay within each video (chunks of a video consecutive).
+        features = teacher(frames.to(device=param.device, dtype=param.dtype), num_videos=len(teacher_frames))
         keep = torch.tensor(content, device=features.device)
         valid = self._teacher_valid(frames, teacher.grid_size).to(features.device)
         return distillation_loss(list(student), grids, features[keep], valid[keep])
@@ -425,14 +429,14 @@ class VideoPandaForCausalLM(VideoPandaPreTrainedModel, LlamaForCausalLM):
         return torch.cat(tokens[0]).sum() * 0.0
 
     def _lockstep_distillation(self, hidden_states) -> Tensor:
-        """Head on the first position's states of sample 0, then the teacher on a blank chunk, in the order of
-        `_distillation` -> a 0-d float32 zero connected to the head."""
+        """Head on the first position's states of sample 0, then the teacher on one blank video (C chunks of T
+        frames), in the order of `_distillation` -> a 0-d float32 zero connected to the head."""
         teacher, head = self.model.video_teacher, self.model.video_tower_compressor
         layers = distill_layer_indices(len(hidden_states) - 1, head.num_layers_used)
         zero = head([hidden_states[i][0, :1] for i in layers]).float().sum() * 0.0
-        size = teacher.config.image_size
+        size, t = teacher.config.image_size, self.config.frames_per_chunk
         param = next(teacher.parameters())
-        teacher(torch.zeros((1, self.config.frames_per_chunk, 3, size, size), device=param.device, dtype=param.dtype))
+        teacher(torch.zeros((self.config.num_frames // t, t, 3, size, size), device=param.device, dtype=param.dtype))
         return zero
 
     # ---- generation ------------------------------------------------------------------------------

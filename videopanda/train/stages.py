@@ -10,12 +10,14 @@ Module groups, by state-dict prefix: `stab` (model.video_tower), `projector` (mo
 Initialisation (`build_model`), from `--model`:
 - a Video-Panda folder (model_type "videopanda": the previous stage's output, or a tiny model made for
   the quickstart): `from_pretrained`, plus the distillation head from its `model.video_tower_compressor.*`
-  tensors (which `from_pretrained` ignores); a folder this trainer finished must hold the complete head.
+  tensors (which `from_pretrained` ignores; the released names, so the released folders load too); a
+  folder holding any head tensor, or one this trainer finished, must hold the complete head.
 - an EVE-7B-Pretrain folder: the LLM through `from_pretrained`, then its `model.vision_tower.*` (minus
-  the CLIP teacher), `model.mm_projector.*` and `model.vision_tower_compressor.*` (minus `teacher_layer.`)
-  through `checkpoint.eve_key_to_model_key` into the STAB, projector and head; the temporal STAB parts
-  (LSTE, DPE, GSTRA with its query, context projection and balance) start fresh. What was loaded and
-  what was not is logged.
+  the CLIP teacher), `model.mm_projector.*` and `model.vision_tower_compressor.*` (minus its `clip_layer.`
+  CLIP copy) through `checkpoint.eve_key_to_model_key` into the STAB, projector and head; the temporal STAB
+  parts (LSTE, DPE, GSTRA with its query, context projection and balance) start fresh. What was loaded and
+  what was not is logged. With distillation on, the head must come complete (its 31 tensors, nothing
+  extra): anything else is an error naming the tensors.
 - a plain Llama folder: the LLM only; every visual part starts fresh (`--stab KEY=VALUE` sets the STAB).
 The teacher always comes from the LanguageBind folder (`--teacher`).
 """
@@ -35,7 +37,7 @@ from videopanda.model.checkpoint import (
     EVE_PROJECTOR_PREFIX,
     EVE_TOWER_PREFIX,
     HEAD_PREFIX,
-    HEAD_TEACHER_PART,
+    HEAD_TEACHER_PARTS,
     PROJECTOR_PREFIX,
     STAB_PREFIX,
     TEACHER_PREFIX,
@@ -147,9 +149,11 @@ def videopanda_config_from_llm(folder: str | Path, stab_overrides: dict, config_
 
 
 def _place_parts(parts: dict[str, nn.Module], state: dict[str, torch.Tensor], key_map: Callable[[str], str | None],
-                 source: str, expect_missing: dict[str, tuple[str, ...]], strict: bool) -> dict[str, int]:
+                 source: str, expect_missing: dict[str, tuple[str, ...]], strict: bool,
+                 strict_parts: tuple[str, ...] = ()) -> dict[str, int]:
     """Place mapped tensors into each part (model prefix -> module); returns tensors placed per part.
-    Tensors that map outside every part are reported as unplaceable."""
+    Tensors that map outside every part are reported as unplaceable. The parts in `strict_parts` (or all,
+    with strict) raise on any tensor they cannot place or any of theirs left unset."""
     placed: dict[str, int] = {}
     leftovers = []
     for prefix, module in parts.items():
@@ -159,7 +163,7 @@ def _place_parts(parts: dict[str, nn.Module], state: dict[str, torch.Tensor], ke
 
         mine = {k: v for k, v in state.items() if local(k) is not None}
         report = place_state_dict(module, mine, local, source=f"{source} -> {prefix.rstrip('.')}",
-                                  expect_missing=expect_missing.get(prefix, ()), strict=strict)
+                                  expect_missing=expect_missing.get(prefix, ()), strict=strict or prefix in strict_parts)
         placed[prefix] = len(report.placed)
     for name in state:
         ours = key_map(name)
@@ -174,36 +178,41 @@ def _place_parts(parts: dict[str, nn.Module], state: dict[str, torch.Tensor], ke
 
 
 def load_eve_visual_parts(model: nn.Module, head: nn.Module | None, folder: str | Path) -> None:
-    """STAB (non-temporal parts), projector and distillation head from an EVE-7B-Pretrain folder."""
-    state = read_prefixed_tensors(folder, (EVE_TOWER_PREFIX, EVE_PROJECTOR_PREFIX, EVE_HEAD_PREFIX))
+    """STAB (non-temporal parts), projector and, when `head` is given, the complete distillation head from an
+    EVE-7B-Pretrain folder. Raises ValueError naming every head tensor missing from the folder or not
+    placeable in the head (the STAB and projector only warn)."""
+    prefixes = (EVE_TOWER_PREFIX, EVE_PROJECTOR_PREFIX) + ((EVE_HEAD_PREFIX,) if head is not None else ())
+    state = read_prefixed_tensors(folder, prefixes)
     parts: dict[str, nn.Module] = {STAB_PREFIX: model.model.video_tower, PROJECTOR_PREFIX: model.model.video_projector}
     if head is not None:
         parts[HEAD_PREFIX] = head
     placed = _place_parts(parts, state, eve_key_to_model_key, f"EVE {folder}", {STAB_PREFIX: TEMPORAL_STAB_PARTS},
-                          strict=False)
+                          strict=False, strict_parts=(HEAD_PREFIX,))
     fresh = sorted({name.split(".")[0] for name, _ in model.model.video_tower.named_parameters()
                     if name.startswith(TEMPORAL_STAB_PARTS)})
-    logger.info("EVE init: loaded %d STAB, %d projector, %d distillation-head tensors; fresh: STAB temporal parts (%s)%s",
-                placed[STAB_PREFIX], placed[PROJECTOR_PREFIX], placed.get(HEAD_PREFIX, 0), ", ".join(fresh),
-                "" if head is None or placed.get(HEAD_PREFIX) else ", distillation head")
+    head_part = ("distillation head not loaded (no teacher)" if head is None else
+                 f"{placed[HEAD_PREFIX]} of {len(head.state_dict())} distillation-head tensors")
+    logger.info("EVE init: loaded %d STAB, %d projector tensors, %s; fresh: STAB temporal parts (%s)",
+                placed[STAB_PREFIX], placed[PROJECTOR_PREFIX], head_part, ", ".join(fresh))
 
 
 def load_head_from_folder(head: nn.Module, folder: str | Path) -> int:
-    """The distillation head from a Video-Panda folder's `model.video_tower_compressor.*` (its teacher copy
-    ignored). Strict for folders this trainer finished (FINAL_MARKER); otherwise missing parts are logged
-    and start fresh. Returns the number of tensors placed."""
-    state = read_prefixed_tensors(folder, (HEAD_PREFIX,))
-    ours = (Path(folder) / FINAL_MARKER).is_file()
+    """The distillation head from a Video-Panda folder's `model.video_tower_compressor.*` (released names;
+    its `teacher_layer.` copy ignored). A folder holding head tensors must hold the whole head and nothing
+    else (ValueError naming the tensors otherwise); a folder without any starts the head fresh with a
+    warning, unless this trainer finished it (FINAL_MARKER), which is an error. Returns the number of
+    tensors placed."""
+    def key_map(name: str) -> str | None:
+        local = name[len(HEAD_PREFIX):]
+        return None if local.startswith(HEAD_TEACHER_PARTS) else local
+
+    state = {k: v for k, v in read_prefixed_tensors(folder, (HEAD_PREFIX,)).items() if key_map(k) is not None}
     if not state:
-        if ours:
+        if (Path(folder) / FINAL_MARKER).is_file():
             raise ValueError(f"{folder}: finished by this trainer but holds no distillation head ({HEAD_PREFIX}*)")
         logger.warning("%s holds no distillation head (%s*): it starts fresh", folder, HEAD_PREFIX)
         return 0
-
-    def key_map(name: str) -> str | None:
-        return None if HEAD_TEACHER_PART in name else name[len(HEAD_PREFIX):]
-
-    report = place_state_dict(head, state, key_map, source=f"distillation head from {folder}", strict=ours)
+    report = place_state_dict(head, state, key_map, source=f"distillation head from {folder}", strict=True)
     return len(report.placed)
 
 
@@ -232,6 +241,14 @@ def build_model(folder: str | Path, *, init: str, stab_overrides: dict, teacher_
         if teacher.config.image_size != model.config.teacher_image_size:
             raise ValueError(f"teacher {teacher_folder} takes {teacher.config.image_size} px frames but the model's "
                              f"teacher_image_size is {model.config.teacher_image_size}")
+        frames, teacher_frames = model.config.num_frames, teacher.config.num_frames
+        try:
+            group = teacher.temporal_group(frames)
+        except ValueError as err:
+            raise ValueError(f"teacher {teacher_folder} cannot take the model's {frames}-frame videos: {err}") from None
+        if group < teacher_frames:
+            logger.warning("videos have %d frames, fewer than the teacher's num_frames (%d): its temporal attention "
+                           "spans the %d frames of each video", frames, teacher_frames, frames)
         head = DistillationHead(model.config.hidden_size, teacher.config.hidden_size).to(dtype)
         if kind == "videopanda":
             load_head_from_folder(head, folder)
