@@ -99,7 +99,7 @@ def test_folder_that_is_not_a_video_panda_model(case, folder, clip, tmp_path, ca
         (target / "config.json").write_text((folder / "config.json").read_text())
     if case == "bad_json":
         (target / "config.json").write_text("{not json")
-    assert main(["--model", str(target), "--video", str(clip), "--question", QUESTION, "--device", "cpu"]) == 1
+    assert main(["--model", str(target), "--video", str(clip), "--question", QUESTION, "--device", "cpu"]) == 2
     line = one_error_line(capsys)
     assert str(target) in line
     expected = {"absent": "does not exist", "empty": "no config.json", "other_model": "'llama'",
