@@ -141,3 +141,13 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
             raise describe_os_error(exc, path) from exc
         raise
     return path
+
+
+def make_dirs(path: str | os.PathLike) -> Path:
+    """Create the folder `path` and its parents; an `OutputError` naming it when that fails."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise describe_os_error(exc, path) from exc
+    return path

@@ -37,3 +37,35 @@ def msvd_root(tmp_path):
     data_root = tmp_path / "data"
     expected = write_qa_dataset(data_root)
     return data_root, expected
+
+
+def save_tiny_model(tokenizer_dir: Path, folder: Path, seed: int = 0) -> Path:
+    """A tiny random Video-Panda folder (weights from `seed`) with the test tokenizer."""
+    import shutil
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from videopanda.model.videopanda import VideoPandaConfig, VideoPandaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = VideoPandaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                              num_attention_heads=4, video_hidden_size=64, mm_hidden_size=64, image_size=56,
+                              teacher_image_size=28, pad_token_id=tokenizer.pad_token_id,
+                              bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(seed)
+    VideoPandaForCausalLM(config).save_pretrained(folder)
+    for path in tokenizer_dir.iterdir():
+        shutil.copy(path, folder / path.name)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def model_dir(tiny_tokenizer_dir, tmp_path_factory):
+    return save_tiny_model(tiny_tokenizer_dir, tmp_path_factory.mktemp("tiny_panda"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def other_model_dir(tiny_tokenizer_dir, tmp_path_factory):
+    """Same config, same file names and sizes as `model_dir`, other weights (another checkpoint of a run)."""
+    return save_tiny_model(tiny_tokenizer_dir, tmp_path_factory.mktemp("tiny_panda_other"), seed=1)

@@ -90,13 +90,33 @@ def _merge(data_root, pred_dir, out, *extra):
 def test_merge_complete_in_dataset_order(msvd_root, tmp_path, capsys):
     data_root, expected = msvd_root
     items = load_questions(data_root, "msvd")
-    _write_chunks(tmp_path / "pred", items, 3, error={"q005"})
+    _write_chunks(tmp_path / "pred", items, 3)
     assert _merge(data_root, tmp_path / "pred", tmp_path / "merge.jsonl") == 0
     rows = [json.loads(line) for line in (tmp_path / "merge.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == [e["id"] for e in expected]
-    assert rows[5]["pred"] is None and "cannot decode" in rows[5]["error"]
+    assert all(r["pred"] == f"pred {r['id']}" for r in rows)
     out = capsys.readouterr().out
-    assert "12 of 12 questions present, 11 answered, 1 failed" in out and "q005" in out and "complete" in out
+    assert "12 questions: 12 answered, 0 without an answer" in out and "complete" in out and "INCOMPLETE" not in out
+
+
+def test_error_rows_make_the_merge_incomplete(msvd_root, tmp_path, capsys):
+    """An undecodable or missing video is a question without an answer: the merge is incomplete (exit 1)
+    unless --allow-incomplete, and then the error row stays in the merged file for the judge to count."""
+    data_root, expected = msvd_root
+    items = load_questions(data_root, "msvd")
+    _write_chunks(tmp_path / "pred", items, 3, error={"q005"})
+    merged = tmp_path / "merge.jsonl"
+    assert _merge(data_root, tmp_path / "pred", merged) == 1
+    assert not merged.exists()
+    out = capsys.readouterr().out
+    assert "12 questions: 11 answered, 1 without an answer (0 missing, 1 error rows, 0 stale)" in out
+    assert "failed (error rows): 1: q005" in out and "INCOMPLETE" in out
+    assert _merge(data_root, tmp_path / "pred", merged, "--allow-incomplete") == 0
+    rows = [json.loads(line) for line in merged.read_text().splitlines()]
+    assert [r["id"] for r in rows] == [e["id"] for e in expected]
+    assert rows[5]["pred"] is None and "cannot decode" in rows[5]["error"]
+    sidecar = json.loads((tmp_path / "merge.run.json").read_text())
+    assert sidecar["complete"] is False and sidecar["failed"] == ["q005"] and sidecar["num_questions"] == 12
 
 
 @pytest.mark.parametrize("problem", ["missing", "duplicated", "unexpected", "stale"])
@@ -122,5 +142,13 @@ def test_merge_incomplete_fails_and_reports(msvd_root, tmp_path, capsys, problem
     assert {"missing": "missing: 1: q003", "duplicated": "duplicated: 1: q007", "unexpected": "not in the dataset: 1: zzz",
             "stale": "differs from the dataset (stale?): 1: q000"}[problem] in out
     assert _merge(data_root, pred, out_file, "--allow-incomplete") == 0
-    ids = [json.loads(line)["id"] for line in out_file.read_text().splitlines()]
-    assert len(ids) == len(set(ids)) == (11 if problem == "missing" else 12)
+    rows = [json.loads(line) for line in out_file.read_text().splitlines()]
+    # one line per question of the dataset: a missing or stale one as an error row the judge counts as wrong
+    assert [r["id"] for r in rows] == [i.id for i in items]
+    unanswered = {r["id"]: r["error"] for r in rows if r["pred"] is None}
+    if problem in ("missing", "stale"):
+        bad = "q003" if problem == "missing" else "q000"
+        assert list(unanswered) == [bad] and unanswered[bad].startswith(problem)
+        assert rows[int(bad[1:])]["answer"] == items[int(bad[1:])].answer
+    else:
+        assert unanswered == {}

@@ -18,8 +18,14 @@ def test_metric_arithmetic():
     m = compute_metrics(verdicts)
     assert (m["num_yes"], m["num_no"], m["num_judged"]) == (2, 3, 5)
     assert m["accuracy"] == pytest.approx(40.0) and m["score"] == pytest.approx(12 / 5)
-    assert compute_metrics([]) == {"accuracy": None, "score": None, "num_yes": 0, "num_no": 0, "num_judged": 0}
-    assert compute_metrics([{"verdict": None, "score": 3}, {"verdict": None, "score": 4}])["score"] == 3.5
+    assert compute_metrics([]) == {"accuracy": None, "score": None, "num_yes": 0, "num_no": 0, "num_judged": 0,
+                                   "num_items": 0}
+    assert compute_metrics([{"verdict": None, "score": 3}, {"verdict": None, "score": 4}], accuracy=False)["score"] == 3.5
+    # items without a verdict stay in the denominator, as wrong with score 0
+    m = compute_metrics(verdicts, num_failed=3)
+    assert m["num_items"] == 8 and m["accuracy"] == pytest.approx(100 * 2 / 8) and m["score"] == pytest.approx(12 / 8)
+    m = compute_metrics([], num_failed=4)
+    assert m["accuracy"] == 0.0 and m["score"] == 0.0 and m["num_items"] == 4
 
 
 def test_exact_judge_end_to_end(msvd_root, tmp_path, capsys):
@@ -34,18 +40,30 @@ def test_exact_judge_end_to_end(msvd_root, tmp_path, capsys):
 
     run_qa(items, answer, chunk_file(tmp_path / "pred", 1, 0), progress=False)
     merged = tmp_path / "merge.jsonl"
-    assert main(["merge", "--pred-dir", str(tmp_path / "pred"), "--dataset", "msvd", "--data-root", str(data_root),
-                 "--output", str(merged)]) == 0
-    assert main(["judge", "--pred-file", str(merged), "--output-dir", str(tmp_path / "judge"), "--judge", "exact",
-                 "--dataset", "msvd", "--no-progress"]) == 0
+    merge = ["merge", "--pred-dir", str(tmp_path / "pred"), "--dataset", "msvd", "--data-root", str(data_root),
+             "--output", str(merged)]
+    assert main(merge) == 1
+    assert main([*merge, "--allow-incomplete"]) == 0
+    judge = ["judge", "--pred-file", str(merged), "--output-dir", str(tmp_path / "judge"), "--judge", "exact",
+             "--no-progress"]
+    assert main(judge) == 1                      # a question without an answer: incomplete
     results = json.loads((tmp_path / "judge" / "results.json").read_text())
+    assert main([*judge, "--allow-incomplete"]) == 0
+    assert json.loads((tmp_path / "judge" / "results.json").read_text()) == results
     assert results["judge"] == EXACT_LABEL and results["judge_model"] == "exact-match"
+    assert results["dataset"] == "msvd"          # recorded by the merge
     assert (results["num_yes"], results["num_no"], results["num_failed_inference"]) == (10, 1, 1)
-    assert results["accuracy"] == pytest.approx(1000 / 11) and results["score"] == pytest.approx(50 / 11)
+    # over all 12 questions: the question without an answer counts as wrong, score 0
+    assert results["accuracy"] == pytest.approx(1000 / 12) and results["score"] == pytest.approx(50 / 12)
+    assert results["complete"] is False and results["failed_ids"] == {"inference": ["q005"], "judge": []}
+    assert results["coverage"] == "12 questions: 11 judged, 1 failed (1 without a prediction, 0 without a verdict)"
     # types: "count" for i % 3 == 0 -> q000, q003, q006, q009 (all match); the rest "colour" with q002 wrong, q005 failed
     assert results["per_type"]["count"]["accuracy"] == 100.0
-    assert results["per_type"]["colour"]["num_no"] == 1 and results["per_type"]["colour"]["num_yes"] == 6
-    assert "not comparable" in capsys.readouterr().out
+    colour = results["per_type"]["colour"]
+    assert (colour["num_yes"], colour["num_no"], colour["num_items"]) == (6, 1, 8)
+    assert colour["accuracy"] == pytest.approx(75.0)
+    printed = capsys.readouterr().out
+    assert "not comparable" in printed and "accuracy 83.33" in printed and "12 questions: 11 judged, 1 failed" in printed
 
 
 def write_benchmark(data_root):
@@ -82,8 +100,11 @@ def test_benchmark_judge_stage_five_aspects(tmp_path, monkeypatch, capsys):
     with JudgeServer(key_of=key_of) as server:
         for aspect, score in ASPECT_SCORE.items():
             server.set_script(aspect, [reply(f"Score: {{\"score\": {score}}}")])
-        assert main(["benchmark", "--data-root", str(data_root), "--output-dir", str(out), "--stage", "judge",
-                     "--api-base", server.url, "--judge-model", "gpt-test", "--timeout", "2", "--no-progress"]) == 0
+        judge = ["benchmark", "--data-root", str(data_root), "--output-dir", str(out), "--stage", "judge",
+                 "--api-base", server.url, "--judge-model", "gpt-test", "--timeout", "2", "--no-progress"]
+        assert main(judge) == 1                      # one generic question has no video: not merged
+        assert not (out / "judge").exists()
+        assert main([*judge, "--allow-incomplete"]) == 0
         calls = {k: len(server.calls(k)) for k in ASPECT_SCORE}
         consistency_body = server.calls("consistency")[0].json["messages"][1]["content"]
     # 2 answered generic questions per generic aspect, 1 temporal, 1 consistency pair
@@ -93,11 +114,15 @@ def test_benchmark_judge_stage_five_aspects(tmp_path, monkeypatch, capsys):
                  "answer to What kind of pet appears?", "A dog."):
         assert text in consistency_body
     results = json.loads((out / "judge" / "results.json").read_text())
-    assert results["scores"] == {"correctness": 4, "detail": 3, "context": 5, "temporal": 2, "consistency": 1}
-    assert results["average"] == pytest.approx(3.0)
+    # the generic aspects cover 3 questions, one without an answer (score 0)
+    assert results["scores"] == pytest.approx({"correctness": 8 / 3, "detail": 2, "context": 10 / 3, "temporal": 2,
+                                               "consistency": 1})
+    assert results["average"] == pytest.approx(2.2)
     assert results["num_failed_inference"]["correctness"] == 1 and results["judge_model"] == "judge-test-0613"
+    assert results["complete"] is False and results["num_items"]["correctness"] == 3
+    assert results["coverage"]["consistency"] == "1 pairs: 1 judged"
     printed = capsys.readouterr().out
-    assert "Average" in printed and "3.00" in printed
+    assert "Average" in printed and "2.20" in printed and "3 questions: 2 judged, 1 failed" in printed
     for path in out.rglob("*"):
         assert not path.is_file() or KEY not in path.read_text(errors="replace")
 
@@ -110,7 +135,8 @@ def test_benchmark_judge_stage_five_aspects(tmp_path, monkeypatch, capsys):
     assert main(["report", "--results", str(model_dir), "--output-dir", str(report_dir), "--plot"]) == 0
     markdown = (report_dir / "report.md").read_text()
     assert "| tiny-panda | 64.7 / 3.8 | - | - | - |" in markdown
-    assert "| tiny-panda | 4.00 | 3.00 | 5.00 | 2.00 | 1.00 | 3.00 |" in markdown
+    assert "| tiny-panda | 2.67 | 2.00 | 3.33 | 2.00 | 1.00 | 2.20* |" in markdown
+    assert "tiny-panda benchmark: Correctness of information: 3 questions: 2 judged, 1 failed" in markdown
     assert "gpt-3.5-turbo-0125" in markdown and "judge-test-0613" in markdown
     assert (report_dir / "benchmark.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((report_dir / "report.json").read_text())["models"]["tiny-panda"]["qa"]["msvd"]["accuracy"] == 64.7

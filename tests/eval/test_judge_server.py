@@ -67,14 +67,18 @@ def test_misbehaving_server_exact_metrics_bounded_calls_and_rerun(tmp_path, monk
     pred_file, out = tmp_path / "merge.jsonl", tmp_path / "judge"
     write_predictions(pred_file)
     with JudgeServer({k: v[0] for k, v in SCRIPT.items()}) as server:
-        assert judge_cli(pred_file, out, server) == 0
+        assert judge_cli(pred_file, out, server) == 1       # 3 items without a verdict, 1 without a prediction
         results = json.loads((out / "results.json").read_text())
         yes = sum(1 for v in JUDGED.values() if v[0] == "yes")
         no = len(JUDGED) - yes
         assert (results["num_yes"], results["num_no"]) == (yes, no) == (5, 4)
-        assert results["accuracy"] == pytest.approx(100 * 5 / 9)
-        assert results["score"] == pytest.approx(sum(v[1] for v in JUDGED.values()) / 9) == pytest.approx(25 / 9)
+        # over all 13 items; the 4 without a verdict count as wrong, score 0
+        assert results["accuracy"] == pytest.approx(100 * 5 / 13)
+        assert results["score"] == pytest.approx(sum(v[1] for v in JUDGED.values()) / 13) == pytest.approx(25 / 13)
         assert results["num_failed"] == 3 and results["num_failed_inference"] == 1 and results["num_items"] == 13
+        assert results["complete"] is False
+        assert results["failed_ids"] == {"inference": ["item-13"], "judge": ["item-10", "item-11", "item-12"]}
+        assert results["coverage"] == "13 questions: 9 judged, 4 failed (1 without a prediction, 3 without a verdict)"
         assert results["judge_model"] == MODEL and results["judge"] == "gpt"
         assert results["api_base"] == server.url and results["dataset"] == "msvd"
         # every completed reply counts: 11 behind verdicts (items 1-8 one each, item-9 three), 4 of item-11
@@ -101,21 +105,21 @@ def test_misbehaving_server_exact_metrics_bounded_calls_and_rerun(tmp_path, monk
         server.set_script("item-11", [verdict("yes", 5)])
         server.set_script("item-12", [verdict("yes", 5)])
         before = len(server.calls())
-        assert judge_cli(pred_file, out, server) == 0
+        assert judge_cli(pred_file, out, server) == 1       # item-13 still has no prediction
         new = server.calls()[before:]
         assert sorted(r.key for r in new) == ["item-10", "item-11", "item-12"]
         results = json.loads((out / "results.json").read_text())
         assert (results["num_yes"], results["num_no"], results["num_failed"]) == (7, 5, 0)
-        assert results["score"] == pytest.approx((25 + 1 + 5 + 5) / 12)
+        assert results["score"] == pytest.approx((25 + 1 + 5 + 5) / 13)
 
-        # rerun of a finished judgement: no call at all, same numbers
+        # rerun of a finished judgement, accepting the missing prediction: no call at all, same numbers
         before = len(server.calls())
-        assert judge_cli(pred_file, out, server) == 0
+        assert judge_cli(pred_file, out, server, "--allow-incomplete") == 0
         assert len(server.calls()) == before
         assert json.loads((out / "results.json").read_text())["score"] == results["score"]
 
         captured = capsys.readouterr()
-        assert "accuracy 58.33" in captured.out
+        assert "accuracy 53.85" in captured.out and "13 questions: 12 judged, 1 failed" in captured.out
         assert_no_key_anywhere(tmp_path, captured.out + captured.err + caplog.text, server)
 
 

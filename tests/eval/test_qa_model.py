@@ -1,31 +1,13 @@
 """`videopanda eval qa` with a real (tiny, random) Video-Panda folder: batched generation gives the
 same answers as batch size 1, and an unreadable video becomes an error row."""
 import json
-import shutil
 
 import pytest
-import torch
+from helpers.judge_server import closed_url
 from helpers.media import make_frames, write_text_file, write_video
-from transformers import AutoTokenizer
 
 from videopanda.eval.cli import main
 from videopanda.eval.qa import chunk_file
-from videopanda.model.videopanda import VideoPandaConfig, VideoPandaForCausalLM
-
-
-@pytest.fixture(scope="module")
-def model_dir(tiny_tokenizer_dir, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny_panda")
-    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
-    config = VideoPandaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                              num_attention_heads=4, video_hidden_size=64, mm_hidden_size=64, image_size=56,
-                              teacher_image_size=28, pad_token_id=tokenizer.pad_token_id,
-                              bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    torch.manual_seed(0)
-    VideoPandaForCausalLM(config).save_pretrained(folder)
-    for path in tiny_tokenizer_dir.iterdir():
-        shutil.copy(path, folder / path.name)
-    return folder
 
 
 def test_batched_equals_batch_size_one(model_dir, tmp_path):
@@ -61,7 +43,8 @@ def test_batched_equals_batch_size_one(model_dir, tmp_path):
 
 @pytest.mark.slow
 def test_qa_launcher_two_processes_merge_and_exact_judge(model_dir, tmp_path):
-    """scripts/videopanda/eval/msvd.sh end to end: two CPU chunk processes, merge, offline judge."""
+    """scripts/videopanda/eval/msvd.sh end to end: two CPU chunk processes, merge, offline judge; then the
+    launchers stop at a failing judge, at an unanswered question, and all.sh at a missing benchmark."""
     import os
     import subprocess
     import sys
@@ -77,12 +60,47 @@ def test_qa_launcher_two_processes_merge_and_exact_judge(model_dir, tmp_path):
     env = {**os.environ, "GPUS": "cpu,cpu", "JUDGE": "exact", "MAX_NEW_TOKENS": "4",
            "VIDEOPANDA": str(Path(sys.executable).parent / "videopanda")}
     env.pop("OPENAI_API_KEY", None)
-    result = subprocess.run(["bash", str(repo / "scripts/videopanda/eval/msvd.sh"), str(model_dir),
-                             str(tmp_path / "data"), str(tmp_path / "out")], env=env, capture_output=True, text=True,
-                            timeout=300)
+
+    def launch(script, extra_env=None):
+        return subprocess.run(["bash", str(repo / "scripts/videopanda/eval" / script), str(model_dir),
+                               str(tmp_path / "data"), str(tmp_path / "out")], env={**env, **(extra_env or {})},
+                              capture_output=True, text=True, timeout=300)
+
+    result = launch("msvd.sh")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert sorted(p.name for p in (tmp_path / "out" / "msvd" / "predictions").iterdir()) == [
-        "chunk-0-of-2.jsonl", "chunk-1-of-2.jsonl"]
-    results = json.loads((tmp_path / "out" / "msvd" / "judge" / "results.json").read_text())
+    predictions = tmp_path / "out" / "msvd" / "predictions"
+    assert sorted(p.name for p in predictions.iterdir()) == [
+        "chunk-0-of-2.jsonl", "chunk-0-of-2.run.json", "chunk-1-of-2.jsonl", "chunk-1-of-2.run.json"]
+    results_file = tmp_path / "out" / "msvd" / "judge" / "results.json"
+    results = json.loads(results_file.read_text())
     assert results["num_yes"] + results["num_no"] == 3 and results["dataset"] == "msvd"
+    assert results["complete"] is True and results["coverage"] == "3 questions: 3 judged"
     assert "not comparable" in results["judge"]
+    chunk = json.loads((predictions / "chunk-0-of-2.run.json").read_text())
+    assert results["prediction_fingerprint"] == chunk["fingerprint"]
+    assert chunk["fingerprint"]["generation"] == {"max_new_tokens": 4, "greedy": True}
+
+    # a judge that cannot be reached: the launcher fails, and no results.json claims anything
+    result = launch("msvd.sh", {"JUDGE": "gpt", "OPENAI_API_KEY": "k",
+                                "API_BASE": closed_url()})
+    assert result.returncode == 1 and "cannot reach the judge" in result.stderr
+    assert not results_file.exists()
+
+    # a question whose video cannot be read: the merge stops the launcher before the judge
+    (root / "test_q.json").write_text(json.dumps(
+        [{"video_name": "a", "question": f"question {i}", "question_id": i} for i in range(3)]
+        + [{"video_name": "gone", "question": "question 3", "question_id": 3}]))
+    (root / "test_a.json").write_text(json.dumps([{"answer": "red", "question_id": i} for i in range(4)]))
+    result = launch("msvd.sh")
+    assert result.returncode == 1 and "INCOMPLETE" in result.stdout, result.stderr[-3000:]
+    assert not results_file.exists(), "the judge (exact) would have written results.json"
+    result = launch("msvd.sh", {"ALLOW_INCOMPLETE": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads(results_file.read_text())
+    assert results["num_items"] == 4 and results["failed_ids"]["inference"] == [3]
+    assert results["accuracy"] == pytest.approx(100 * results["num_yes"] / 4)
+
+    # all.sh on a data root without the Video-ChatGPT benchmark: one line naming the missing file, nothing run
+    result = launch("all.sh")
+    assert result.returncode == 1 and "rerun" not in result.stderr
+    assert result.stderr.strip().count("\n") == 0 and "generic_qa.json not found" in result.stderr

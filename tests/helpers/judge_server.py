@@ -8,11 +8,14 @@ check waiting times and search for leaked secrets.
 
     with JudgeServer({"item-1": [status(429, retry_after=0.2), reply('{"pred": "yes", "score": 4}')]}) as server:
         client = openai.OpenAI(base_url=server.url, api_key="k")
+
+`closed_url()` is a base URL on 127.0.0.1 where nothing listens (connections are refused).
 """
 from __future__ import annotations
 
 import json
 import re
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -60,6 +63,14 @@ def slow(seconds: float, content: str) -> Action:
 def raw(body: bytes | str, content_type: str = "application/json", code: int = 200) -> Action:
     """Any body at all (malformed JSON, a JSON object without `choices`, HTML, ...)."""
     return Action(status=code, body=body.encode() if isinstance(body, str) else body, content_type=content_type)
+
+
+def closed_url() -> str:
+    """An OpenAI-style base URL on a 127.0.0.1 port that was free a moment ago (nothing listens there)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
 
 
 @dataclass

@@ -9,17 +9,18 @@ understanding from the generic questions, temporal understanding from the tempor
 consistency from the consistency pairs, where the judge sees both questions and both predictions.
 Each aspect is judged into its own folder (`verdicts.jsonl`, `failed.jsonl`, `results.json`) with
 the same resumable machinery as the QA judge; `results.json` at the top holds the five scores and
-their average (the average is only given when all five exist).
+their average (the average is only given when all five exist). As for QA, every score is over all
+items of its aspect (a question or pair without a verdict counts 0), `coverage` says per aspect how
+many items were judged, and `complete` is false when any item of any aspect failed.
 """
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Sequence
 
 from videopanda.eval.judge import Judge, JudgeItem, run_judge
 from videopanda.eval.prompts import ASPECT_LABELS, aspect_messages, consistency_messages
-from videopanda.io import write_json_atomic
+from videopanda.io import make_dirs, write_json_atomic
 from videopanda.log import get_logger
 
 logger = get_logger(__name__)
@@ -75,12 +76,14 @@ def judge_benchmark(records: Sequence[dict[str, Any]], judge: Judge, output_dir:
                     workers: int = 8, metadata: dict[str, Any] | None = None,
                     progress: bool = True) -> dict[str, Any]:
     """Judge all five aspects into `output_dir/{aspect}/`; write and return `output_dir/results.json`."""
-    output_dir = Path(output_dir)
+    output_dir = make_dirs(output_dir)
+    (output_dir / "results.json").unlink(missing_ok=True)
     per_aspect: dict[str, dict[str, Any]] = {}
     for aspect, (items, failed) in benchmark_judge_items(records).items():
         logger.info("judging %s (%d items, %d failed inference)", ASPECT_LABELS[aspect], len(items), len(failed))
         per_aspect[aspect] = run_judge(items, judge, output_dir / aspect, failed_inference=failed, workers=workers,
-                                       metadata={**(metadata or {}), "aspect": aspect}, progress=progress)
+                                       metadata={**(metadata or {}), "aspect": aspect}, progress=progress,
+                                       accuracy=False, unit="pairs" if aspect == "consistency" else "questions")
     scores = {aspect: per_aspect[aspect]["score"] for aspect in ASPECTS}
     models = sorted({m for r in per_aspect.values() for m in ([r["judge_model"]] if isinstance(r["judge_model"], str)
                                                              else r["judge_model"])})
@@ -92,6 +95,10 @@ def judge_benchmark(records: Sequence[dict[str, Any]], judge: Judge, output_dir:
         "num_judged": {a: per_aspect[a]["num_judged"] for a in ASPECTS},
         "num_failed": {a: per_aspect[a]["num_failed"] for a in ASPECTS},
         "num_failed_inference": {a: per_aspect[a]["num_failed_inference"] for a in ASPECTS},
+        "num_items": {a: per_aspect[a]["num_items"] for a in ASPECTS},
+        "coverage": {a: per_aspect[a]["coverage"] for a in ASPECTS},
+        "complete": all(per_aspect[a]["complete"] for a in ASPECTS),
+        "metric_rule": per_aspect[ASPECTS[0]]["metric_rule"],
         "judge": next(iter(per_aspect.values()))["judge"],
         "judge_model": models[0] if len(models) == 1 else models,
         "usage": {key: sum(r["usage"][key] for r in per_aspect.values())
@@ -106,6 +113,7 @@ def format_benchmark(results: dict[str, Any]) -> str:
     width = max(len(label) for label in ASPECT_LABELS.values())
     lines = [f"{ASPECT_LABELS[a]:<{width}}  {_fmt(results['scores'][a])}" for a in ASPECTS]
     lines.append(f"{'Average':<{width}}  {_fmt(results['average'])}")
+    lines += [f"{ASPECT_LABELS[a]}: {results['coverage'][a]}" for a in ASPECTS if a in results.get("coverage", {})]
     lines.append(f"judge: {results['judge']}, model {results['judge_model']}")
     return "\n".join(lines)
 

@@ -4,7 +4,13 @@
     merge      check that every question is answered exactly once; write merge.jsonl
     judge      LLM (or exact-match) judge of merge.jsonl -> verdicts.jsonl, failed.jsonl, results.json
     benchmark  the Video-ChatGPT benchmark: --stage infer | judge | all
-    report     Table-1-style markdown/JSON across models (and --plot of the benchmark aspects)
+    report     Table-1-style markdown/JSON across models (and --plot: qa.png, benchmark.png)
+
+Exit codes: 0 when every number covers every question; 1 when the results are incomplete (questions
+without an answer or a verdict; `--allow-incomplete` accepts them, counted as wrong) or the judge
+stopped (unreachable, key rejected), or a question file is unusable; 2 for a bad model folder, an
+output that cannot be written (a full disk) or an output folder holding predictions made otherwise.
+Every error is one line naming the file.
 """
 from __future__ import annotations
 
@@ -28,7 +34,7 @@ def _add_inference_args(parser: argparse.ArgumentParser, model_required: bool = 
     g.add_argument("--batch-size", type=int, default=1)
     g.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="auto: bfloat16 on CUDA, float32 on CPU")
+                   help="auto: the checkpoint's own dtype (config.json's torch_dtype)")
     g.add_argument("--max-new-tokens", type=int, default=1024)
     g.add_argument("--num-frames", type=int, default=None, help="frames per video (default: the model's, 8)")
     g.add_argument("--system", choices=["user", "human"], default="user",
@@ -51,6 +57,12 @@ def _add_judge_args(parser: argparse.ArgumentParser, model_flags: tuple[str, ...
     g.add_argument("--seed", type=int, default=1234, help="sent to the server where supported; -1 to omit")
 
 
+def _allow_incomplete_arg(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--allow-incomplete", action="store_true",
+                        help=f"{what} even when questions have no answer or no verdict (exit 0); the numbers "
+                             "still cover every question, the failed ones counted as wrong")
+
+
 def _progress_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -68,30 +80,42 @@ def _make_judge(args: argparse.Namespace):
     return OpenAIJudge(config), meta
 
 
-def _answerer(args: argparse.Namespace):
-    from videopanda.eval.qa import ModelAnswerer, ModelAnswererConfig
+def _answerer_config(args: argparse.Namespace):
+    import torch
 
-    device = args.device
-    if device is None:
-        import torch
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return ModelAnswerer(ModelAnswererConfig(model=args.model, device=device, dtype=args.dtype,
-                                             num_frames=args.num_frames, max_new_tokens=args.max_new_tokens,
-                                             system=args.system))
+    from videopanda.eval.qa import ModelAnswererConfig
+    from videopanda.infer import InferError
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InferError(f"--device {device} was asked for but no CUDA device is available")
+    return ModelAnswererConfig(model=args.model, device=device, dtype=args.dtype, num_frames=args.num_frames,
+                               max_new_tokens=args.max_new_tokens, system=args.system)
 
 
 def _infer(args: argparse.Namespace, dataset: str, output_dir: Path) -> int:
-    from videopanda.eval.qa import chunk_file, run_qa, shard
+    from videopanda.eval.provenance import check_prediction_folder
+    from videopanda.eval.qa import ModelAnswerer, chunk_file, expected_fingerprint, run_qa, shard
 
     if args.num_chunks < 1 or not 0 <= args.chunk_idx < args.num_chunks:
         raise DatasetError(f"--chunk-idx must be in 0..{args.num_chunks - 1}, got {args.chunk_idx}")
     items = shard(load_questions(args.data_root, dataset), args.num_chunks, args.chunk_idx)
     out_file = chunk_file(output_dir, args.num_chunks, args.chunk_idx)
+    config = _answerer_config(args)
+    info = {"model_path": str(Path(args.model).resolve()), "device": config.device, "dtype_requested": args.dtype,
+            "batch_size": args.batch_size, "num_chunks": args.num_chunks, "chunk_idx": args.chunk_idx}
+    # refuse a folder of other predictions before spending minutes loading the weights
+    check_prediction_folder(out_file, {**expected_fingerprint(config), "dataset": dataset}, info)
     logger.info("%s chunk %d of %d: %d questions -> %s", dataset, args.chunk_idx, args.num_chunks, len(items), out_file)
-    summary = run_qa(items, _answerer(args), out_file, batch_size=args.batch_size,
-                     retry_errors=args.retry_errors, progress=not args.no_progress)
+    answerer = ModelAnswerer(config)
+    summary = run_qa(items, answerer, out_file, batch_size=args.batch_size, retry_errors=args.retry_errors,
+                     progress=not args.no_progress, fingerprint={**answerer.fingerprint, "dataset": dataset},
+                     run_info=info)
     logger.info("done: %d answered now, %d from earlier runs, %d error rows written now",
                 summary.answered, summary.skipped, summary.errors)
+    if summary.errors or summary.earlier_errors:
+        logger.warning("%s: %d question(s) have error rows (no answer): `eval merge` reports them as failed; "
+                       "rerun with --retry-errors to try them again", out_file, summary.errors + summary.earlier_errors)
     return 0
 
 
@@ -101,14 +125,49 @@ def _merge(pred_dir: Path, dataset: str, data_root: str, output: Path, allow_inc
     report = merge_predictions(pred_dir, load_questions(data_root, dataset))
     print(report.summary())
     if not report.complete and not allow_incomplete:
-        logger.error("%s is incomplete; not writing %s (rerun the missing chunks, or pass --allow-incomplete)",
-                     pred_dir, output)
+        logger.error("%s is incomplete; not writing %s (rerun the missing chunks or `eval qa --retry-errors`, "
+                     "or pass --allow-incomplete to count the questions without an answer as wrong)", pred_dir, output)
         if output.exists():
             logger.error("%s exists from an earlier merge and does not match these predictions", output)
         return 1
-    write_merged(report, output)
+    write_merged(report, output, dataset)
     logger.info("wrote %s (%d lines)", output, len(report.records))
+    if not report.complete:
+        logger.warning("%s: %d of %d questions have no answer (error rows; the judge counts them as wrong)",
+                       output, report.expected - report.answered, report.expected)
     return 0
+
+
+def _read_predictions(pred_file: Path) -> tuple[list[dict], dict]:
+    """-> (merged prediction rows, metadata for results.json: the predictions' fingerprint and dataset)."""
+    from videopanda.eval.provenance import read_merged_sidecar, sidecar_path
+    from videopanda.eval.records import RecordsError, read_jsonl
+
+    records = read_jsonl(pred_file)
+    ids = [str(r.get("id")) for r in records]
+    if len(set(ids)) != len(ids):
+        raise RecordsError(f"{pred_file}: has duplicated ids; run `videopanda eval merge` first")
+    sidecar = read_merged_sidecar(pred_file)
+    if sidecar is None:
+        logger.warning("%s: no %s, so what produced these predictions is unknown; results.json records none",
+                       pred_file, sidecar_path(pred_file).name)
+        sidecar = {}
+    return records, {"pred_file": str(pred_file), "prediction_fingerprint": sidecar.get("fingerprint"),
+                     "prediction_fingerprint_id": sidecar.get("fingerprint_id"),
+                     "model_path": sidecar.get("model_path"), "predictions_dataset": sidecar.get("dataset")}
+
+
+def _finish(results: dict, allow_incomplete: bool, failed: str) -> int:
+    """Exit code of a judge run: 1 when items failed, unless allowed. `failed`: where they are listed."""
+    if results["complete"]:
+        return 0
+    if allow_incomplete:
+        logger.warning("incomplete (--allow-incomplete): the failed items (%s) count as wrong", failed)
+        return 0
+    logger.error("incomplete: the numbers count the failed items (%s) as wrong; rerun to retry the judge "
+                 "failures (inference errors need `eval qa --retry-errors` and a new merge), or pass "
+                 "--allow-incomplete to accept them", failed)
+    return 1
 
 
 def _cmd_qa(argv: list[str]) -> int:
@@ -129,53 +188,48 @@ def _cmd_merge(argv: list[str]) -> int:
     p.add_argument("--dataset", required=True, choices=list(DATASETS))
     p.add_argument("--data-root", required=True)
     p.add_argument("--output", required=True, type=Path)
-    p.add_argument("--allow-incomplete", action="store_true", help="write the merge even if questions are missing")
+    _allow_incomplete_arg(p, "write the merge")
     args = p.parse_args(argv)
     return _merge(args.pred_dir, args.dataset, args.data_root, args.output, args.allow_incomplete)
 
 
 def _cmd_judge(argv: list[str]) -> int:
     from videopanda.eval.judge import qa_judge_items, run_judge
-    from videopanda.eval.records import read_jsonl
 
     p = argparse.ArgumentParser(prog="videopanda eval judge", description="Judge merged QA predictions.")
     p.add_argument("--pred-file", required=True, type=Path)
     p.add_argument("--output-dir", required=True, type=Path)
-    p.add_argument("--dataset", default=None, help="label stored in results.json (msvd, msrvtt, tgif, activitynet, synth)")
+    p.add_argument("--dataset", default=None, help="label stored in results.json (default: the dataset the "
+                   "merge recorded; msvd, msrvtt, tgif, activitynet, synth)")
     _add_judge_args(p, model_flags=("--model", "--judge-model"))
+    _allow_incomplete_arg(p, "exit 0")
     _progress_arg(p)
     args = p.parse_args(argv)
-    records = read_jsonl(args.pred_file)
-    ids = [str(r.get("id")) for r in records]
-    if len(set(ids)) != len(ids):
-        logger.error("%s has duplicated ids; run `videopanda eval merge` first", args.pred_file)
-        return 1
+    records, meta = _read_predictions(args.pred_file)
+    recorded = meta.pop("predictions_dataset")
+    if args.dataset and recorded and args.dataset != recorded:
+        raise DatasetError(f"{args.pred_file}: predictions for {recorded!r} (per its merge), not --dataset {args.dataset!r}")
     items, failed = qa_judge_items(records)
-    judge, meta = _make_judge(args)
+    judge, judge_meta = _make_judge(args)
     results = run_judge(items, judge, args.output_dir, failed_inference=failed, workers=args.workers,
-                        metadata={"dataset": args.dataset, "pred_file": str(args.pred_file), **meta},
+                        metadata={"dataset": args.dataset or recorded, **meta, **judge_meta},
                         progress=not args.no_progress)
     acc = "n/a" if results["accuracy"] is None else f"{results['accuracy']:.2f}"
     score = "n/a" if results["score"] is None else f"{results['score']:.3f}"
-    print(f"accuracy {acc}  score {score}  (yes {results['num_yes']}, no {results['num_no']}, "
-          f"judge failures {results['num_failed']}, inference errors {results['num_failed_inference']}; "
+    print(f"accuracy {acc}  score {score}  ({results['coverage']}; yes {results['num_yes']}, no {results['num_no']}; "
           f"judge {results['judge']}, model {results['judge_model']})")
-    if results["num_failed"]:
-        logger.warning("%d item(s) got no valid verdict (see %s); rerun to retry only those",
-                       results["num_failed"], args.output_dir / "failed.jsonl")
-    return 0
+    return _finish(results, args.allow_incomplete, str(args.output_dir / "failed.jsonl"))
 
 
 def _cmd_benchmark(argv: list[str]) -> int:
     from videopanda.eval.benchmark import format_benchmark, judge_benchmark
     from videopanda.eval.datasets import BENCHMARK
-    from videopanda.eval.records import read_jsonl
 
     p = argparse.ArgumentParser(prog="videopanda eval benchmark", description="The Video-ChatGPT benchmark.")
     p.add_argument("--data-root", required=True)
     p.add_argument("--output-dir", required=True, type=Path)
     p.add_argument("--stage", choices=["infer", "judge", "all"], default="all")
-    p.add_argument("--allow-incomplete", action="store_true", help="judge even if questions are missing")
+    _allow_incomplete_arg(p, "merge, judge and exit 0")
     _add_inference_args(p, model_required=False)
     _add_judge_args(p)
     _progress_arg(p)
@@ -193,10 +247,14 @@ def _cmd_benchmark(argv: list[str]) -> int:
         code = _merge(pred_dir, BENCHMARK, args.data_root, merged, args.allow_incomplete)
         if code:
             return code
-        judge, meta = _make_judge(args)
-        results = judge_benchmark(read_jsonl(merged), judge, args.output_dir / "judge", workers=args.workers,
-                                  metadata={"pred_file": str(merged), **meta}, progress=not args.no_progress)
+        records, meta = _read_predictions(merged)
+        meta.pop("predictions_dataset")
+        judge, judge_meta = _make_judge(args)
+        judge_dir = args.output_dir / "judge"
+        results = judge_benchmark(records, judge, judge_dir, workers=args.workers, metadata={**meta, **judge_meta},
+                                  progress=not args.no_progress)
         print(format_benchmark(results))
+        return _finish(results, args.allow_incomplete, f"{judge_dir}/<aspect>/failed.jsonl")
     return 0
 
 
@@ -214,6 +272,25 @@ def _cmd_report(argv: list[str]) -> int:
     return 0
 
 
+def _exit_code(error: BaseException) -> int | None:
+    """1 or 2 for the errors the eval commands report in one line; None for anything else (a bug)."""
+    from videopanda.eval.judge import JudgeFatalError
+    from videopanda.eval.provenance import ProvenanceError
+    from videopanda.eval.records import RecordsError
+    from videopanda.eval.report import ReportError
+    from videopanda.io import OutputError
+
+    if isinstance(error, (DatasetError, RecordsError, JudgeFatalError, ReportError)):
+        return 1
+    if isinstance(error, (OutputError, ProvenanceError)):
+        return 2
+    if "videopanda.infer" in sys.modules and isinstance(error, sys.modules["videopanda.infer"].InferError):
+        return 2
+    if isinstance(error, OSError):
+        return 2
+    return None
+
+
 def main(argv: list[str]) -> int:
     commands = {"qa": _cmd_qa, "merge": _cmd_merge, "judge": _cmd_judge, "benchmark": _cmd_benchmark,
                 "report": _cmd_report}
@@ -223,12 +300,15 @@ def main(argv: list[str]) -> int:
     if argv[0] not in commands:
         print(f"videopanda eval: unknown subcommand {argv[0]!r}\n\n{__doc__.strip()}", file=sys.stderr)
         return 2
-    from videopanda.eval.judge import JudgeFatalError
-    from videopanda.eval.records import RecordsError
-    from videopanda.eval.report import ReportError
-
     try:
         return commands[argv[0]](argv[1:])
-    except (DatasetError, RecordsError, JudgeFatalError, ReportError) as error:
-        logger.error("%s", error)
-        return 1
+    except Exception as error:  # noqa: BLE001 (re-raised below unless it is one of ours)
+        code = _exit_code(error)
+        if code is None:
+            raise
+        if isinstance(error, OSError) and error.filename:
+            from videopanda.io import describe_os_error
+
+            error = describe_os_error(error, error.filename)
+        logger.error("%s", " ".join(str(error).split()))
+        return code

@@ -9,6 +9,10 @@ Dependability choices:
   `retry-after-ms` when given, capped at `max_wait`; else exponential backoff with jitter) and try
   again; a reply that cannot be parsed into a valid verdict is asked again at once. 401/403/404 stop
   the whole run (nothing else could succeed); other 4xx fail the item.
+- The run stops early (`JudgeFatalError`, one line) when the server cannot be reached: a connection
+  error before any reply of this run (nothing listens there), or `max_unreachable` requests in a row,
+  across all items, that ended in a timeout, a connection error or a 5xx (a server that stalls or
+  died). Every waiting worker stops at once; the verdicts written so far are kept for the rerun.
 - Parsing: the first JSON-like object anywhere in the reply (plain, in prose, in a code fence, or a
   Python-style dict with single quotes), then strict values: pred yes/no (any case), score an integer
   0..5 ("4" and 4.0 are 4; 4.5, 6, true are invalid - never truncated).
@@ -16,8 +20,13 @@ Dependability choices:
 - Every verdict is appended to `verdicts.jsonl` when it arrives, with a fingerprint of what was
   judged (judge identity + the exact messages); a rerun judges only items without a verdict with the
   current fingerprint, so stale verdicts are never counted. Items that never yield a valid verdict go
-  to `failed.jsonl` (rewritten each run, retried on the next) and are left out of both metrics, like
-  inference error rows (`pred: null`), which are never sent to the judge.
+  to `failed.jsonl` (rewritten each run, retried on the next) with the inference error rows
+  (`pred: null`, never sent to the judge).
+- Metrics cover every item: accuracy = yes / all items and score = sum of scores / all items, where an
+  item without a verdict (judge failure or inference error) counts as wrong with score 0. `results.json`
+  says how many items that is (`coverage`, `complete`, `failed_ids`); the CLI exits non-zero when
+  anything failed unless `--allow-incomplete` is given. With nothing failed, accuracy is yes / (yes + no).
+  `results.json` is removed when a run starts and written when it ends, so it never outlives a stopped run.
 - The API key is read from `OPENAI_API_KEY`, handed only to the client, and scrubbed from any
   message this module writes or logs.
 """
@@ -35,7 +44,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from pathlib import Path
 from typing import Any, Protocol, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
@@ -43,7 +51,7 @@ from tqdm import tqdm
 
 from videopanda.eval.prompts import PROMPT_VERSION, Messages, qa_messages
 from videopanda.eval.records import JsonlAppender
-from videopanda.io import write_json_atomic, write_jsonl_atomic
+from videopanda.io import make_dirs, write_json_atomic, write_jsonl_atomic
 from videopanda.log import get_logger
 
 logger = get_logger(__name__)
@@ -221,6 +229,7 @@ class JudgeConfig:
     max_wait: float = 300.0          # cap on a server's Retry-After
     seed: int | None = 1234
     temperature: float = 0.0
+    max_unreachable: int = 16        # requests in a row without a usable reply that stop the run
 
 
 def redact(text: str) -> str:
@@ -237,6 +246,15 @@ def safe_url(url: str | None) -> str | None:
     host = parts.hostname or ""
     netloc = host + (f":{parts.port}" if parts.port else "")
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def _root_cause(error: BaseException) -> str:
+    """The innermost cause's message (e.g. "[Errno 111] Connection refused" behind "Connection error.")."""
+    seen: set[int] = set()
+    while id(error) not in seen and (error.__cause__ or error.__context__) is not None:
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 def _retry_after(headers: Any) -> float | None:
@@ -272,8 +290,39 @@ class OpenAIJudge:
         self.config = config
         self.identity = f"openai:{config.model}:t={config.temperature}:seed={config.seed}"
         self.client = openai.OpenAI(base_url=config.api_base, api_key=key, max_retries=0, timeout=config.timeout)
+        self.endpoint = safe_url(config.api_base) or "the default endpoint"
         self._random = random.Random(config.seed)
         self._random_lock = threading.Lock()
+        self._health_lock = threading.Lock()
+        self._replied = False         # any HTTP reply in this run
+        self._unreachable = 0         # requests in a row without a usable reply
+        self._stop = threading.Event()
+        self._fatal = ""
+
+    def _stop_run(self, message: str) -> JudgeFatalError:
+        with self._health_lock:
+            if not self._fatal:
+                self._fatal = message
+            self._stop.set()
+            return JudgeFatalError(self._fatal)
+
+    def _reply_seen(self, usable: bool) -> None:
+        with self._health_lock:
+            self._replied = True
+            if usable:
+                self._unreachable = 0
+
+    def _no_reply(self, error: BaseException, connection: bool) -> None:
+        """Count a request without a usable reply; raise JudgeFatalError when the server is out of reach."""
+        with self._health_lock:
+            self._unreachable += 1
+            count, replied = self._unreachable, self._replied
+        if connection and not replied:
+            raise self._stop_run(f"cannot reach the judge at {self.endpoint}: {redact(_root_cause(error))[:200]} "
+                                 "(is the server running? check --api-base)")
+        if count >= self.config.max_unreachable:
+            raise self._stop_run(f"the judge at {self.endpoint} gave no usable reply to {count} requests in a row "
+                                 f"(last: {redact(_root_cause(error))[:200]}); stopped, rerun to continue")
 
     def _backoff(self, attempt: int, headers: Any = None) -> float:
         server = _retry_after(headers)
@@ -288,28 +337,39 @@ class OpenAIJudge:
         outcome = Outcome(verdict=None)
         extra = {} if config.seed is None else {"seed": config.seed}
         for attempt in range(config.max_retries + 1):
+            if self._stop.is_set():
+                raise JudgeFatalError(self._fatal)
             outcome.attempts += 1
             try:
                 response = self.client.chat.completions.create(
                     model=config.model, messages=item.messages, temperature=config.temperature, **extra)
             except openai.APIStatusError as error:
                 status = error.status_code
+                self._reply_seen(usable=status < 500)
                 if status in (401, 403, 404):
                     hint = "check --model and --api-base" if status == 404 else f"check {API_KEY_ENV}"
-                    endpoint = safe_url(config.api_base) or "the default endpoint"
-                    raise JudgeFatalError(f"HTTP {status} from the judge at {endpoint} ({hint})") from None
+                    raise self._stop_run(f"HTTP {status} from the judge at {self.endpoint} ({hint})") from None
                 outcome.error = f"HTTP {status}: {redact(str(error))[:300]}"
+                if status >= 500:
+                    self._no_reply(error, connection=False)
                 if status in (408, 409, 429) or status >= 500:
                     wait = self._backoff(attempt, error.response.headers)
                 else:
                     return outcome
-            except (openai.APITimeoutError, openai.APIConnectionError) as error:
+            except openai.APITimeoutError as error:
                 outcome.error = f"{type(error).__name__}: {redact(str(error))[:300]}"
+                self._no_reply(error, connection=False)
+                wait = self._backoff(attempt)
+            except openai.APIConnectionError as error:
+                outcome.error = f"{type(error).__name__}: {redact(_root_cause(error))[:300]}"
+                self._no_reply(error, connection=True)
                 wait = self._backoff(attempt)
             except (ValueError, openai.APIResponseValidationError) as error:  # a body that is not JSON
+                self._reply_seen(usable=True)
                 outcome.error = f"malformed response: {redact(str(error))[:300]}"
                 wait = 0.0
             else:
+                self._reply_seen(usable=True)
                 wait = 0.0
                 try:
                     model = getattr(response, "model", None)
@@ -326,7 +386,8 @@ class OpenAIJudge:
                     outcome.error = f"invalid reply: {redact(str(error))[:300]}"
             if attempt < config.max_retries:
                 logger.debug("item %s attempt %d: %s; retrying in %.2fs", item.id, attempt + 1, outcome.error, wait)
-                time.sleep(wait)
+                if self._stop.wait(wait):
+                    raise JudgeFatalError(self._fatal)
         return outcome
 
 
@@ -355,35 +416,55 @@ def fingerprint(judge: Judge, item: JudgeItem) -> str:
     return hashlib.sha1(payload.encode("utf-8")).hexdigest()
 
 
-def compute_metrics(verdicts: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """verdicts: records with "verdict" (yes/no or None) and "score". Accuracy in percent over yes/no
-    verdicts, score the mean over all; None when there is nothing to average."""
+METRIC_RULE = ("accuracy = yes / all items, score = sum of scores / all items; an item without a verdict "
+               "(inference error or judge failure) counts as wrong with score 0")
+
+
+def compute_metrics(verdicts: Sequence[dict[str, Any]], num_failed: int = 0, accuracy: bool = True) -> dict[str, Any]:
+    """verdicts: records with "verdict" (yes/no or None) and "score"; `num_failed` more items have none.
+
+    Accuracy in percent = yes / all items (None for score-only judging), score = sum / all items;
+    both None when there are no items at all."""
     yes = sum(1 for v in verdicts if v.get("verdict") == "yes")
     no = sum(1 for v in verdicts if v.get("verdict") == "no")
     scores = [v["score"] for v in verdicts]
+    total = len(verdicts) + num_failed
     return {
-        "accuracy": 100.0 * yes / (yes + no) if yes + no else None,
-        "score": sum(scores) / len(scores) if scores else None,
+        "accuracy": 100.0 * yes / total if accuracy and total else None,
+        "score": sum(scores) / total if total else None,
         "num_yes": yes,
         "num_no": no,
         "num_judged": len(scores),
+        "num_items": total,
     }
+
+
+def coverage_text(total: int, judged: int, failed_inference: int, failed_judge: int, unit: str = "questions") -> str:
+    """E.g. "400 questions: 396 judged, 4 failed (1 without a prediction, 3 without a verdict)"."""
+    failed = failed_inference + failed_judge
+    text = f"{total} {unit}: {judged} judged"
+    if failed:
+        text += f", {failed} failed ({failed_inference} without a prediction, {failed_judge} without a verdict)"
+    return text
 
 
 def run_judge(items: Sequence[JudgeItem], judge: Judge, output_dir: str | os.PathLike,
               failed_inference: Sequence[dict[str, Any]] = (), workers: int = 8,
-              metadata: dict[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
+              metadata: dict[str, Any] | None = None, progress: bool = True, accuracy: bool = True,
+              unit: str = "questions") -> dict[str, Any]:
     """Judge every item without a current verdict; write verdicts.jsonl, failed.jsonl, results.json.
 
-    failed_inference: prediction rows with `pred: null` (listed in failed.jsonl, never judged).
-    Returns the results dict written to `results.json`.
+    failed_inference: prediction rows with `pred: null` (listed in failed.jsonl, never judged, counted
+    as wrong). `accuracy`: False for score-only judging. Returns the results dict written to
+    `results.json` (see the module docstring for the metrics and `complete`).
     """
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    output_dir = make_dirs(output_dir)
     ids = [item.id for item in items]
     if len(set(ids)) != len(ids):
         raise ValueError("judge items must have unique ids")
     prints = {item.id: fingerprint(judge, item) for item in items}
+    for stale in ("results.json", "failed.jsonl"):
+        (output_dir / stale).unlink(missing_ok=True)
 
     failures: list[dict[str, Any]] = []
     spent = {"prompt_tokens": 0, "completion_tokens": 0}
@@ -414,7 +495,7 @@ def run_judge(items: Sequence[JudgeItem], judge: Judge, output_dir: str | os.Pat
                                    item.id, outcome.attempts, outcome.error)
                     failures.append({"id": item.id, "stage": "judge", "attempts": outcome.attempts,
                                      "error": outcome.error, "reply": _redacted(outcome.reply),
-                                     "usage": outcome.usage})
+                                     "usage": outcome.usage, "type": item.type})
                     continue
                 record = {"id": item.id, "verdict": outcome.verdict.pred, "score": outcome.verdict.score,
                           "judge_model": outcome.judge_model, "attempts": outcome.attempts,
@@ -427,28 +508,37 @@ def run_judge(items: Sequence[JudgeItem], judge: Judge, output_dir: str | os.Pat
             pool.shutdown(wait=True, cancel_futures=True)
 
     judged = [current[item.id] for item in items if item.id in current]
-    failed_rows = [{"id": r["id"], "stage": "inference", "error": r.get("error")} for r in failed_inference]
+    failed_rows = [{"id": r["id"], "stage": "inference", "error": r.get("error"), "type": r.get("type")}
+                   for r in failed_inference]
     order = {item_id: index for index, item_id in enumerate(ids)}
-    write_jsonl_atomic(output_dir / "failed.jsonl", failed_rows + sorted(failures, key=lambda r: order[r["id"]]))
+    failures.sort(key=lambda r: order[r["id"]])
+    write_jsonl_atomic(output_dir / "failed.jsonl", failed_rows + failures)
 
     # tokens behind the verdicts counted here plus those spent this run on items that failed
     usage = {key: sum(r.get("usage", {}).get(key, 0) for r in judged + failures) for key in spent}
     models = sorted({str(r.get("judge_model")) for r in judged if r.get("judge_model") is not None})
+    failed_all = failed_rows + failures
     results: dict[str, Any] = dict(metadata or {})
-    results.update(compute_metrics(judged))
+    results.update(compute_metrics(judged, num_failed=len(failed_all), accuracy=accuracy))
     results.update({
         "num_failed": len(failures),
         "num_failed_inference": len(failed_rows),
-        "num_items": len(items) + len(failed_rows),
+        "complete": not failed_all,
+        "coverage": coverage_text(len(judged) + len(failed_all), len(judged), len(failed_rows), len(failures), unit),
+        "failed_ids": {"inference": [r["id"] for r in failed_rows], "judge": [r["id"] for r in failures]},
+        "metric_rule": METRIC_RULE,
         "judge": judge.label,
         "judge_model": models[0] if len(models) == 1 else models,
         "usage": usage,
         "usage_this_run": spent,
         "prompt_version": PROMPT_VERSION,
     })
-    types = sorted({str(r["type"]) for r in judged if r.get("type") is not None})
+    types = sorted({str(r["type"]) for r in judged + failed_all if r.get("type") is not None})
     if types:
-        results["per_type"] = {t: compute_metrics([r for r in judged if r.get("type") == t]) for t in types}
+        results["per_type"] = {
+            t: compute_metrics([r for r in judged if r.get("type") == t],
+                               num_failed=sum(1 for r in failed_all if r.get("type") == t), accuracy=accuracy)
+            for t in types}
     if len(models) > 1:
         logger.warning("verdicts come from several judge models: %s", ", ".join(models))
     write_json_atomic(output_dir / "results.json", results)

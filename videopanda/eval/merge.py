@@ -1,21 +1,33 @@
 """Merge the per-chunk prediction files and check that every question is answered exactly once.
 
-A merge is complete when each question of the dataset has exactly one line across all `*.jsonl`
-files of the prediction folder, and no line belongs to a question the dataset does not have or
-carries a question/answer text that differs from the dataset's (a stale file). Error rows (the
-video could not be read) count as present but are listed as failed: the judge reports them as
-failed inference and leaves them out of the metrics. The merged file follows the dataset's order.
+A merge is complete when each question of the dataset has exactly one answered line across all
+`*.jsonl` files of the prediction folder, and no line belongs to a question the dataset does not have
+or carries a question/answer text that differs from the dataset's (a stale file). Error rows (the
+video could not be read) make the merge incomplete too: they are questions without an answer.
+
+All chunk files must come from one run setting: their sidecars (`provenance.py`) must hold the same
+fingerprint, else the merge is refused whatever the flags. Chunk files without any sidecar (written
+by other tools) merge with a warning, and the merged file then records no fingerprint.
+
+The merged file has one line per question of the dataset, in the dataset's order. With
+`--allow-incomplete`, a question without a usable answer (missing, error row, stale line) is still
+written, as an error row (`"pred": null`, `"error"` saying why), so that the judge counts it in the
+total and as wrong. The merged file's sidecar holds the fingerprint, the dataset, the counts and the
+SHA-256 of the merged file.
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from videopanda.eval.datasets import QAItem
+from videopanda.eval.provenance import (ProvenanceError, describe_difference, read_sidecar, sidecar_path,
+                                        write_merged_sidecar)
 from videopanda.eval.records import RecordsError, read_jsonl
-from videopanda.io import write_jsonl_atomic
+from videopanda.io import write_text_atomic
 from videopanda.log import get_logger
 
 logger = get_logger(__name__)
@@ -30,17 +42,25 @@ class MergeReport:
     unexpected: list[str] = field(default_factory=list)            # ids the dataset does not have
     mismatched: list[str] = field(default_factory=list)            # question/answer text differs from the dataset
     failed: list[str] = field(default_factory=list)                # error rows
+    fingerprint: dict[str, Any] | None = None                      # shared by every chunk; None: unknown
+    model_path: str | None = None                                  # as the first chunk's sidecar says
+    sources: list[str] = field(default_factory=list)               # chunk file names
+
+    @property
+    def answered(self) -> int:
+        return sum(1 for r in self.records if r.get("pred") is not None)
 
     @property
     def complete(self) -> bool:
-        return not (self.missing or self.duplicated or self.unexpected or self.mismatched)
+        return not (self.missing or self.duplicated or self.unexpected or self.mismatched or self.failed)
 
     def summary(self) -> str:
         def show(ids: Sequence[str]) -> str:
             return ", ".join(ids[:10]) + (" ..." if len(ids) > 10 else "")
 
-        lines = [f"{len(self.records)} of {self.expected} questions present, "
-                 f"{len(self.records) - len(self.failed)} answered, {len(self.failed)} failed (error rows)"]
+        lines = [f"{self.expected} questions: {self.answered} answered, {self.expected - self.answered} without "
+                 f"an answer ({len(self.missing)} missing, {len(self.failed)} error rows, "
+                 f"{len(self.mismatched)} stale)"]
         for label, ids in (("missing", self.missing), ("duplicated", list(self.duplicated)),
                            ("not in the dataset", self.unexpected),
                            ("question/answer differs from the dataset (stale?)", self.mismatched),
@@ -51,12 +71,47 @@ class MergeReport:
         return "\n".join(lines)
 
 
+def _chunk_sidecar(files: Sequence[Path]) -> dict[str, Any] | None:
+    """The first chunk's sidecar after checking that every chunk has the same fingerprint; None when no
+    chunk has one."""
+    sidecars = {path: read_sidecar(path) for path in files}
+    known = {path: s for path, s in sidecars.items() if s is not None and s["fingerprint"] is not None}
+    if not known:
+        logger.warning("%s: no chunk has a fingerprint (%s); the merged file records none",
+                       files[0].parent, sidecar_path(files[0]).name)
+        return None
+    unknown = [path for path in files if path not in known]
+    if unknown:
+        raise ProvenanceError(f"{unknown[0]}: has no fingerprint ({sidecar_path(unknown[0]).name}) while "
+                              f"{next(iter(known)).name} has one; cannot tell that they come from the same run")
+    (first, reference), *others = known.items()
+    for path, sidecar in others:
+        if sidecar["fingerprint"] != reference["fingerprint"]:
+            difference = describe_difference(reference["fingerprint"], sidecar["fingerprint"], reference, sidecar)
+            raise ProvenanceError(f"{path}: made with other settings than {first.name} ({difference}); "
+                                  "predictions of different runs are never merged")
+    return reference
+
+
+def _error_row(item: QAItem, error: str) -> dict[str, Any]:
+    row: dict[str, Any] = {"id": item.id, "question": item.question, "answer": item.answer, "pred": None,
+                           "error": error}
+    if item.type is not None:
+        row["type"] = item.type
+    return row
+
+
 def merge_predictions(pred_dir: str | os.PathLike, items: Sequence[QAItem]) -> MergeReport:
-    """Read every `*.jsonl` in `pred_dir` and check it against the dataset's items."""
+    """Read every `*.jsonl` in `pred_dir` and check it against the dataset's items.
+
+    Raises ProvenanceError when the chunks were made with different fingerprints."""
     pred_dir = Path(pred_dir)
     files = sorted(pred_dir.glob("*.jsonl"))
     if not files:
         raise RecordsError(f"{pred_dir}: no *.jsonl prediction files")
+    sidecar = _chunk_sidecar(files) or {}
+    report = MergeReport(expected=len(items), sources=[path.name for path in files],
+                         fingerprint=sidecar.get("fingerprint"), model_path=sidecar.get("model_path"))
     lines_by_id: dict[str, list[dict[str, Any]]] = {}
     for path in files:
         for record in read_jsonl(path):
@@ -64,13 +119,13 @@ def merge_predictions(pred_dir: str | os.PathLike, items: Sequence[QAItem]) -> M
                 raise RecordsError(f"{path}: a line without 'id' or 'pred': {str(record)[:200]}")
             lines_by_id.setdefault(str(record["id"]), []).append(record)
 
-    report = MergeReport(expected=len(items))
     known = {item.key for item in items}
     report.unexpected = [key for key in lines_by_id if key not in known]
     for item in items:
         lines = lines_by_id.get(item.key)
         if not lines:
             report.missing.append(item.key)
+            report.records.append(_error_row(item, f"missing: no line for this question in {pred_dir}"))
             continue
         if len(lines) > 1:
             report.duplicated[item.key] = len(lines)
@@ -78,11 +133,19 @@ def merge_predictions(pred_dir: str | os.PathLike, items: Sequence[QAItem]) -> M
         record = answered[0] if answered else lines[0]
         if record.get("question") != item.question or str(record.get("answer")) != item.answer:
             report.mismatched.append(item.key)
-        if record.get("pred") is None:
+            record = _error_row(item, "stale: the prediction's question/answer text differs from the dataset's")
+        elif record.get("pred") is None:
             report.failed.append(item.key)
         report.records.append(record)
     return report
 
 
-def write_merged(report: MergeReport, output: str | os.PathLike) -> None:
-    write_jsonl_atomic(output, report.records)
+def write_merged(report: MergeReport, output: str | os.PathLike, dataset: str) -> None:
+    """Write the merged file and its sidecar (fingerprint, dataset, counts, SHA-256 of the file)."""
+    text = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in report.records)
+    write_text_atomic(output, text)
+    write_merged_sidecar(output, text, report.fingerprint, {
+        "dataset": dataset, "model_path": report.model_path, "complete": report.complete, "num_questions": report.expected,
+        "num_answered": report.answered, "missing": report.missing, "failed": report.failed,
+        "stale": report.mismatched, "duplicated": sorted(report.duplicated), "unexpected": report.unexpected,
+        "sources": report.sources})

@@ -9,6 +9,10 @@ folder; tests and baselines can pass any callable with the same signature.
 
 Prediction lines: `{"id", "question", "answer", "pred"}` plus `"type"` when the dataset has one, and
 `"error"` with `"pred": null` when the item could not be answered (never a silent gap).
+
+Given a `fingerprint` (what produced the answers: `ModelAnswerer.fingerprint` plus the dataset),
+`run_qa` first checks the output folder and writes `out_file`'s sidecar (`provenance.py`): answers of
+another model or other settings are never resumed into, or mixed with, this run's.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from typing import Any, Callable, Sequence
 from tqdm import tqdm
 
 from videopanda.eval.datasets import QAItem
+from videopanda.eval.provenance import claim_prediction_file, model_identity
 from videopanda.eval.records import JsonlAppender
 from videopanda.io import write_jsonl_atomic
 from videopanda.log import get_logger
@@ -59,17 +64,23 @@ class QARunSummary:
     skipped: int     # already in the file from an earlier run
     answered: int    # answered in this run
     errors: int      # error rows written in this run
+    earlier_errors: int = 0  # error rows of earlier runs still in the file
 
 
 def run_qa(items: Sequence[QAItem], answer_fn: AnswerFn, out_file: str | os.PathLike, batch_size: int = 1,
-           retry_errors: bool = False, progress: bool = True) -> QARunSummary:
+           retry_errors: bool = False, progress: bool = True, fingerprint: dict[str, Any] | None = None,
+           run_info: dict[str, Any] | None = None) -> QARunSummary:
     """Answer every item not yet in `out_file`, appending one line per item as results arrive.
 
     `retry_errors`: first drop the error rows of earlier runs from the file, so those items are tried again.
+    `fingerprint`: check the folder and write `out_file`'s sidecar first (raises ProvenanceError when the
+    folder holds predictions made otherwise); `run_info` is stored beside it, not compared.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     out_file = Path(out_file)
+    if fingerprint is not None:
+        claim_prediction_file(out_file, fingerprint, run_info)
     if retry_errors and out_file.exists():
         with JsonlAppender(out_file) as existing:
             kept = [r for r in existing.records if r.get("error") is None]
@@ -80,6 +91,7 @@ def run_qa(items: Sequence[QAItem], answer_fn: AnswerFn, out_file: str | os.Path
 
     with JsonlAppender(out_file) as writer:
         done = {str(r.get("id")) for r in writer.records}
+        earlier_errors = sum(1 for r in writer.records if r.get("pred") is None)
         todo = [item for item in items if item.key not in done]
         skipped = len(items) - len(todo)
         if skipped:
@@ -97,7 +109,8 @@ def run_qa(items: Sequence[QAItem], answer_fn: AnswerFn, out_file: str | os.Path
                         logger.warning("question %s (video %s) failed: %s", item.id, item.video, result)
                     writer.append(prediction_record(item, result))
                 bar.update(len(batch))
-    return QARunSummary(total=len(items), skipped=skipped, answered=len(todo), errors=errors)
+    return QARunSummary(total=len(items), skipped=skipped, answered=len(todo), errors=errors,
+                        earlier_errors=earlier_errors)
 
 
 class VideoNotFoundError(FileNotFoundError):
@@ -108,44 +121,75 @@ class VideoNotFoundError(FileNotFoundError):
 class ModelAnswererConfig:
     model: str
     device: str = "cpu"
-    dtype: str = "auto"            # auto: bfloat16 on CUDA, float32 elsewhere
+    dtype: str = "auto"            # auto: the checkpoint's own dtype (config.json's torch_dtype / dtype)
     num_frames: int | None = None  # None: the model config's num_frames (8 for Video-Panda)
     max_new_tokens: int = 1024
     system: str = "user"           # "user" (training text) or "human" (the original inference text)
 
 
+def _dtype_name(dtype: Any) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def answerer_fingerprint(config: ModelAnswererConfig, model_config: Any, dtype: Any) -> dict[str, Any]:
+    """What the answers depend on (see provenance.py): model identity, generation settings, system
+    text, frame geometry, dtype and code version. `model_config` is the folder's VideoPandaConfig."""
+    import dataclasses
+
+    import videopanda
+    from videopanda.data import conversation
+    from videopanda.infer import frame_config_for
+
+    frames = dataclasses.asdict(frame_config_for(model_config, config.num_frames))
+    system = {"user": conversation.SYSTEM_USER, "human": conversation.SYSTEM_HUMAN}[config.system]
+    return {"model": {"id": model_identity(config.model)},
+            "generation": {"max_new_tokens": config.max_new_tokens, "greedy": True},
+            "system": system, "frames": frames, "dtype": _dtype_name(dtype),
+            "code_version": videopanda.__version__}
+
+
+def expected_fingerprint(config: ModelAnswererConfig) -> dict[str, Any]:
+    """The fingerprint `ModelAnswerer(config)` will have, read from the folder without loading weights
+    (dtype "auto": `videopanda.infer.checkpoint_dtype`). Raises ModelFolderError / InferError."""
+    import json
+
+    from videopanda.infer import check_model_folder, checkpoint_dtype
+
+    model_config = check_model_folder(config.model)
+    if config.dtype == "auto":
+        config_path = Path(config.model) / "config.json"
+        dtype = checkpoint_dtype(json.loads(config_path.read_text(encoding="utf-8")), config_path)
+    else:
+        dtype = config.dtype
+    return answerer_fingerprint(config, model_config, dtype)
+
+
 class ModelAnswerer:
     """Greedy answers from a Video-Panda model folder (SPEC section 7), batched with left padding.
 
-    Frame geometry (frames per chunk, image sizes, patch size) comes from the model's config.
-    Per item: `read_video` -> `preprocess_video(flip=False)` -> student tensor (C, T, 4, H, W); prompt =
+    The folder is loaded with `videopanda.infer.load_model` (dtype "auto": the checkpoint's own) and the
+    frame geometry comes from `videopanda.infer.frame_config_for`. Per item: `read_video` ->
+    `preprocess_video(flip=False, teacher=False)` -> student tensor (C, T, 4, H, W); prompt =
     `build_generation_prompt(question, num_frames, system)` tokenised with one -200 per frame. A video
     that cannot be found or decoded becomes that item's exception; the rest of the batch still runs.
+    `fingerprint` describes what produced the answers (`answerer_fingerprint`, with the loaded dtype).
     """
 
     def __init__(self, config: ModelAnswererConfig):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        import videopanda  # noqa: F401  (registers the model with the Auto classes)
         from videopanda.data import conversation
-        from videopanda.data.frames import FrameConfig
+        from videopanda.infer import frame_config_for, load_model
 
         self.config = config
         self.torch = torch
-        if config.dtype == "auto":
-            dtype = torch.bfloat16 if config.device.startswith("cuda") else torch.float32
-        else:
-            dtype = getattr(torch, config.dtype)
-        self.tokenizer = AutoTokenizer.from_pretrained(config.model)
-        self.model = AutoModelForCausalLM.from_pretrained(config.model, dtype=dtype).to(config.device).eval()
-        self.dtype = dtype
+        dtype = None if config.dtype == "auto" else getattr(torch, config.dtype)
+        self.model, self.tokenizer = load_model(config.model, config.device, dtype=dtype)
+        self.dtype = self.model.dtype
         self.system = {"user": conversation.SYSTEM_USER, "human": conversation.SYSTEM_HUMAN}[config.system]
-        mc = self.model.config
-        self.num_frames = config.num_frames or mc.num_frames
-        self.frame_config = FrameConfig(num_frames=self.num_frames, frames_per_chunk=mc.frames_per_chunk,
-                                        image_size=mc.image_size, teacher_image_size=mc.teacher_image_size,
-                                        patch_size=mc.stab["patch_size"])
+        self.frame_config = frame_config_for(self.model.config, config.num_frames)
+        self.num_frames = self.frame_config.num_frames
+        self.fingerprint = answerer_fingerprint(config, self.model.config, self.dtype)
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (self.tokenizer.unk_token_id or 0)
 
@@ -158,7 +202,7 @@ class ModelAnswerer:
             raise VideoNotFoundError(f"video {item.video!r} not found in the dataset's videos/ folder "
                                      f"(tried the name and the name plus each known extension)")
         frames = read_video(item.video_path, num_frames=self.num_frames)
-        student, _ = preprocess_video(frames, self.frame_config, flip=False)
+        student, _ = preprocess_video(frames, self.frame_config, flip=False, teacher=False)
         prompt = build_generation_prompt(item.question, self.num_frames, system=self.system)
         ids = tokenize_prompt(prompt, self.tokenizer)
         return ids.reshape(-1), student

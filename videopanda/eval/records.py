@@ -3,7 +3,9 @@
 Every evaluation output (predictions, verdicts) is one JSON object per line, appended, flushed and
 fsynced as soon as it exists. A process killed mid-write leaves at most one incomplete final line;
 `JsonlAppender` cuts that line off when it reopens the file, so the next append starts on a clean
-line. A damaged line anywhere else is a loud error naming the file and line number.
+line. A damaged line anywhere else is a loud error naming the file and line number. An append that
+fails (a full disk) cuts the file back to its last complete line and raises `OutputError` naming the
+file, so the file stays readable and a later run resumes from it.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from videopanda.io import OutputError, describe_os_error
 from videopanda.log import get_logger
 
 logger = get_logger(__name__)
@@ -57,33 +60,53 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 class JsonlAppender:
-    """Thread-safe appender; `records` holds what the file already contained when opened."""
+    """Thread-safe appender; `records` holds what the file already contained when opened.
+
+    Raises `OutputError` (one line naming the file) when the file cannot be opened or a line cannot be
+    written; a line that was only partly written is cut off again before the error is raised.
+    """
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.records: list[dict[str, Any]] = []
-        if self.path.exists():
-            self.records, good = _scan(self.path)
-            size = self.path.stat().st_size
-            if good < size:
-                logger.warning("%s: dropping an incomplete last line (%d bytes) left by an interrupted run",
-                               self.path, size - good)
-                with open(self.path, "r+b") as handle:
-                    handle.truncate(good)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.path.exists():
+                self.records, good = _scan(self.path)
+                size = self.path.stat().st_size
+                if good < size:
+                    logger.warning("%s: dropping an incomplete last line (%d bytes) left by an interrupted run",
+                                   self.path, size - good)
+                    os.truncate(self.path, good)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._size = os.fstat(self._fd).st_size
+        except OutputError:
+            raise
+        except OSError as error:
+            raise describe_os_error(error, self.path) from error
         self._lock = threading.Lock()
-        self._handle = open(self.path, "a", encoding="utf-8")
 
     def append(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record, ensure_ascii=False) + "\n"
+        data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
         with self._lock:
-            self._handle.write(line)
-            self._handle.flush()
-            os.fsync(self._handle.fileno())
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(self._fd, view):]
+                os.fsync(self._fd)
+            except OSError as error:
+                try:
+                    os.ftruncate(self._fd, self._size)
+                except OSError:
+                    pass  # the reader drops an incomplete last line anyway
+                raise describe_os_error(error, self.path) from error
+            self._size += len(data)
 
     def close(self) -> None:
         with self._lock:
-            self._handle.close()
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
 
     def __enter__(self) -> "JsonlAppender":
         return self

@@ -3,8 +3,13 @@
 Each `--results DIR` is one model's evaluation folder; every `results.json` below it is read (the
 per-aspect files of the benchmark are folded into the benchmark's own `results.json`). A results file
 belongs to the dataset named in its `dataset` field, else to the QA dataset named by one of its
-folders. The judge and judge model of every number are part of the tables: GPT-judged numbers move
-with the judge snapshot, and exact-match numbers are not comparable with them at all.
+folders. Every dataset found gets a column: the paper's four first, then the others (the synthetic
+set, ...) by name; a results file whose dataset cannot be told is listed under the table, never
+dropped silently. A number whose results are incomplete (items without a verdict, counted as wrong)
+is marked `*` and its coverage is listed. The judge and judge model of every number are part of the
+tables: GPT-judged numbers move with the judge snapshot, and exact-match numbers are not comparable
+with them at all. `--plot` writes `qa.png` (QA accuracy per dataset and model) and `benchmark.png`
+(the five aspects) for what there is, and fails when there is nothing to plot.
 """
 from __future__ import annotations
 
@@ -16,12 +21,13 @@ from typing import Any, Sequence
 from videopanda.eval.benchmark import ASPECTS
 from videopanda.eval.datasets import BENCHMARK, QA_DATASETS
 from videopanda.eval.prompts import ASPECT_LABELS
-from videopanda.io import write_json_atomic
+from videopanda.io import make_dirs, write_atomic, write_json_atomic, write_text_atomic
 from videopanda.log import get_logger
 
 logger = get_logger(__name__)
 
 QA_COLUMNS = {"msvd": "MSVD-QA", "msrvtt": "MSRVTT-QA", "tgif": "TGIF-QA", "activitynet": "ActivityNet-QA"}
+OTHER_LABELS = {"synth": "Synthetic QA"}
 
 
 class ReportError(Exception):
@@ -47,10 +53,15 @@ def collect(results_dirs: Sequence[str | os.PathLike], names: Sequence[str] | No
         if not root.is_dir():
             raise ReportError(f"{root}: not a folder")
         name = names[index] if names else root.resolve().name
-        entry: dict[str, Any] = {"qa": {}, "benchmark": None, "folder": str(root)}
+        entry: dict[str, Any] = {"qa": {}, "benchmark": None, "folder": str(root), "unknown": []}
         found = [Path(d) / "results.json" for d, _, files in os.walk(root, followlinks=True) if "results.json" in files]
         for path in sorted(found):
-            results = json.loads(path.read_text(encoding="utf-8"))
+            try:
+                results = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+                raise ReportError(f"{path}: unreadable results ({' '.join(str(error).split())})") from None
+            if not isinstance(results, dict):
+                raise ReportError(f"{path}: not a results object")
             if "aspect" in results:
                 continue
             dataset = _dataset_of(path, results, root)
@@ -58,12 +69,14 @@ def collect(results_dirs: Sequence[str | os.PathLike], names: Sequence[str] | No
                 if entry["benchmark"] is not None:
                     raise ReportError(f"{root}: more than one benchmark results.json")
                 entry["benchmark"] = {**results, "file": str(path)}
-            elif dataset in QA_DATASETS:
+            elif dataset is not None:
                 if dataset in entry["qa"]:
                     raise ReportError(f"{root}: two results for {dataset}: {entry['qa'][dataset]['file']} and {path}")
                 entry["qa"][dataset] = {**results, "file": str(path)}
             else:
-                logger.warning("%s: cannot tell which dataset it belongs to (no 'dataset' field); skipped", path)
+                logger.warning("%s: cannot tell which dataset it belongs to (no 'dataset' field, no dataset "
+                               "folder in its path); listed under the table, not in it", path)
+                entry["unknown"].append(str(path))
         if name in models:
             raise ReportError(f"two result folders named {name!r}; pass --names")
         models[name] = entry
@@ -86,23 +99,42 @@ def _judges(entry: dict[str, Any]) -> str:
     return ", ".join(seen) or "-"
 
 
+def qa_label(dataset: str) -> str:
+    return QA_COLUMNS.get(dataset) or OTHER_LABELS.get(dataset) or dataset
+
+
+def qa_datasets(report: dict[str, Any]) -> list[str]:
+    """The paper's four QA sets, then every other dataset some model has results for, by name."""
+    found = {d for entry in report["models"].values() for d in entry["qa"]}
+    return [*QA_COLUMNS, *sorted(found - set(QA_COLUMNS))]
+
+
+def _incomplete(results: dict[str, Any]) -> bool:
+    return results.get("complete") is False
+
+
+def _coverage(results: dict[str, Any]) -> str:
+    coverage = results.get("coverage")
+    if isinstance(coverage, dict):
+        return "; ".join(f"{ASPECT_LABELS.get(a, a)}: {text}" for a, text in coverage.items())
+    return coverage or "coverage not recorded"
+
+
 def to_markdown(report: dict[str, Any]) -> str:
     models = report["models"]
+    columns = qa_datasets(report)
     lines = ["## Zero-shot video QA (accuracy / score)", "",
-             "| Model | " + " | ".join(QA_COLUMNS.values()) + " | Judge |",
-             "|---|" + "---|" * len(QA_COLUMNS) + "---|"]
+             "| Model | " + " | ".join(qa_label(d) for d in columns) + " | Judge |",
+             "|---|" + "---|" * len(columns) + "---|"]
     for name, entry in models.items():
         cells = []
-        for dataset in QA_COLUMNS:
+        for dataset in columns:
             r = entry["qa"].get(dataset)
-            cells.append("-" if r is None else f"{_num(r.get('accuracy'), 1)} / {_num(r.get('score'), 1)}")
+            mark = "*" if r is not None and _incomplete(r) else ""
+            cells.append("-" if r is None else f"{_num(r.get('accuracy'), 1)} / {_num(r.get('score'), 1)}{mark}")
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {_judges(entry)} |")
-    failed = [(name, d, r) for name, e in models.items() for d, r in e["qa"].items()
-              if r.get("num_failed") or r.get("num_failed_inference")]
-    if failed:
-        lines += ["", "Left out of the metrics: " + "; ".join(
-            f"{name} {QA_COLUMNS[d]}: {r.get('num_failed', 0)} judge failures, "
-            f"{r.get('num_failed_inference', 0)} inference errors of {r.get('num_items')}" for name, d, r in failed)]
+    notes = [f"{name} {qa_label(d)}: {_coverage(r)}" for name, e in models.items() for d, r in e["qa"].items()
+             if _incomplete(r)]
     if any(e["benchmark"] for e in models.values()):
         lines += ["", "## Video-ChatGPT benchmark (scores 0-5)", "",
                   "| Model | " + " | ".join(ASPECT_LABELS[a] for a in ASPECTS) + " | Average | Judge |",
@@ -111,16 +143,59 @@ def to_markdown(report: dict[str, Any]) -> str:
             b = entry["benchmark"]
             if b is None:
                 continue
-            cells = [_num(b["scores"].get(a), 2) for a in ASPECTS] + [_num(b.get("average"), 2)]
+            mark = "*" if _incomplete(b) else ""
+            cells = [_num(b["scores"].get(a), 2) for a in ASPECTS] + [_num(b.get("average"), 2) + mark]
             lines.append(f"| {name} | " + " | ".join(cells) + f" | {_judges({'qa': {}, 'benchmark': b})} |")
+            if _incomplete(b):
+                notes.append(f"{name} benchmark: {_coverage(b)}")
+    if notes:
+        lines += ["", "\\* incomplete: items without a verdict count as wrong (score 0). " + "; ".join(notes)]
+    unknown = [path for e in models.values() for path in e.get("unknown", [])]
+    if unknown:
+        lines += ["", "Not in the tables (dataset unknown; rerun `eval judge --dataset NAME`): " + ", ".join(unknown)]
     return "\n".join(lines) + "\n"
 
 
-def plot_benchmark(report: dict[str, Any], path: str | os.PathLike) -> bool:
-    """Grouped bar chart of the five aspects per model; False when no model has benchmark results."""
+def _save_figure(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    try:
+        return write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120))
+    finally:
+        plt.close(fig)
+
+
+def plot_qa(report: dict[str, Any], path: str | os.PathLike) -> Path | None:
+    """Grouped bar chart of QA accuracy per dataset and model; None when no model has QA results."""
+    datasets = [d for d in qa_datasets(report) if any(d in e["qa"] for e in report["models"].values())]
+    rows = [(name, e["qa"]) for name, e in report["models"].items() if e["qa"]]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    width = 0.8 / len(rows)
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(datasets)), 4))
+    for i, (name, qa) in enumerate(rows):
+        values = [(qa.get(d) or {}).get("accuracy") or 0.0 for d in datasets]
+        ax.bar([x + i * width for x in range(len(datasets))], values, width, label=name)
+    ax.set_xticks([x + width * (len(rows) - 1) / 2 for x in range(len(datasets))])
+    ax.set_xticklabels([qa_label(d) for d in datasets], fontsize=8)
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("Zero-shot video QA")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save_figure(fig, Path(path))
+
+
+def plot_benchmark(report: dict[str, Any], path: str | os.PathLike) -> Path | None:
+    """Grouped bar chart of the five aspects per model; None when no model has benchmark results."""
     rows = [(name, e["benchmark"]) for name, e in report["models"].items() if e["benchmark"]]
     if not rows:
-        return False
+        return None
     import matplotlib
 
     matplotlib.use("Agg")
@@ -138,19 +213,22 @@ def plot_benchmark(report: dict[str, Any], path: str | os.PathLike) -> bool:
     ax.set_title("Video-ChatGPT benchmark")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+    return _save_figure(fig, Path(path))
 
 
 def write_report(results_dirs: Sequence[str | os.PathLike], output_dir: str | os.PathLike,
                  names: Sequence[str] | None = None, plot: bool = False) -> dict[str, Any]:
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    """Write report.md and report.json (and with `plot`, qa.png / benchmark.png) into `output_dir`.
+
+    Raises ReportError when `plot` is asked for and there is nothing to plot."""
+    output_dir = make_dirs(output_dir)
     report = collect(results_dirs, names)
-    markdown = to_markdown(report)
-    (output_dir / "report.md").write_text(markdown, encoding="utf-8")
+    if plot and not any(e["qa"] or e["benchmark"] for e in report["models"].values()):
+        raise ReportError(f"--plot: no QA or benchmark results under {', '.join(map(str, results_dirs))}; nothing to plot")
+    write_text_atomic(output_dir / "report.md", to_markdown(report))
     write_json_atomic(output_dir / "report.json", report)
-    if plot and not plot_benchmark(report, output_dir / "benchmark.png"):
-        logger.warning("--plot: no benchmark results to plot")
+    if plot:
+        for written in (plot_qa(report, output_dir / "qa.png"), plot_benchmark(report, output_dir / "benchmark.png")):
+            if written is not None:
+                logger.info("wrote %s", written)
     return report

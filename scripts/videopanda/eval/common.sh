@@ -1,4 +1,6 @@
 # Shared by the eval launchers (sourced, not run): the `videopanda` command and the GPU list.
+# Every launcher runs with `set -euo pipefail`: the first failing step (an inference process, an incomplete
+# merge, a judge with failed items) stops it with that step's exit code.
 # VIDEOPANDA: command to run (default: the repository's .venv/bin/videopanda, else `videopanda` on PATH).
 # GPUS: comma-separated GPU ids, one inference process each (default: every GPU nvidia-smi lists; none -> one CPU process).
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
@@ -24,7 +26,16 @@ run_chunks() {
     done
     local failed=0 pid
     for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
-    if (( failed )); then echo "an inference chunk failed; rerun the same command to finish only what is missing" >&2; return 1; fi
+    if (( failed )); then
+        echo "videopanda eval $1: an inference process failed (its error is above); after fixing it, the same command answers only what is missing" >&2
+        return 1
+    fi
+}
+
+# allow_incomplete: --allow-incomplete when ALLOW_INCOMPLETE=1 (merge and judge then accept questions without an
+# answer or a verdict, counted as wrong); by default any such question stops the launcher with an error.
+allow_incomplete() {
+    if [[ "${ALLOW_INCOMPLETE:-0}" == 1 ]]; then echo --allow-incomplete; fi
 }
 
 # judge_args: judge options from the environment (JUDGE=gpt|exact, JUDGE_MODEL, API_BASE, WORKERS, MAX_RETRIES).
@@ -34,4 +45,15 @@ judge_args() {
     [[ -n "${WORKERS:-}" ]] && args+=(--workers "$WORKERS")
     [[ -n "${MAX_RETRIES:-}" ]] && args+=(--max-retries "$MAX_RETRIES")
     echo "${args[@]}"
+}
+
+# require_benchmark DATA_ROOT: exit with one line naming the first missing Video-ChatGPT benchmark file.
+require_benchmark() {
+    local dir="$1/eval/Video_ChatGPT_Benchmark" file
+    for file in generic_qa.json temporal_qa.json consistency_qa.json; do
+        if [[ ! -f "$dir/$file" ]]; then
+            echo "$dir/$file not found: $1 has no Video-ChatGPT benchmark (generic_qa.json, temporal_qa.json, consistency_qa.json, videos/)" >&2
+            exit 1
+        fi
+    done
 }

@@ -1,0 +1,162 @@
+"""Faults outside the numbers: a full disk under every eval writer (one line naming the file, no
+temporary file left, a prediction file that a resume can still read), the report's coverage of every
+dataset and its plots, and the benchmark launcher on a data root without the benchmark."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers.full_disk import full_disk
+
+from videopanda.eval.cli import main
+from videopanda.eval.datasets import load_questions
+from videopanda.eval.merge import merge_predictions
+from videopanda.eval.qa import chunk_file, run_qa
+from videopanda.eval.records import read_jsonl
+from videopanda.io import OutputError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def videopanda(*args, env=None):
+    """`python -m videopanda ARGS` in a real process -> (exit code, stderr)."""
+    result = subprocess.run([sys.executable, "-m", "videopanda", *map(str, args)], capture_output=True, text=True,
+                            cwd=REPO, timeout=300, env={**os.environ, **(env or {})})
+    return result.returncode, result.stderr
+
+
+def one_error_line(stderr):
+    assert "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if " ERROR " in line]
+    assert len(errors) == 1, stderr
+    return errors[0]
+
+
+def no_temporary_files(folder):
+    return [p.name for p in Path(folder).rglob("*") if ".tmp" in p.name]
+
+
+def answer_all(batch):
+    return [FileNotFoundError("no video") if item.video_path is None else f"answer {item.id}" for item in batch]
+
+
+def test_merge_on_a_full_disk(msvd_root, tmp_path):
+    data_root, _ = msvd_root
+    run_qa(load_questions(data_root, "msvd"), answer_all, chunk_file(tmp_path / "pred", 1, 0), progress=False)
+    with full_disk(tmp_path / "full", size_kb=64, fill=True) as full:
+        code, stderr = videopanda("eval", "merge", "--pred-dir", tmp_path / "pred", "--dataset", "msvd",
+                                  "--data-root", data_root, "--output", full / "merge.jsonl", "--allow-incomplete")
+        assert code == 2
+        assert one_error_line(stderr).endswith(f"{full / 'merge.jsonl'}: no space left on device")
+        assert no_temporary_files(full) == [] and not (full / "merge.jsonl").exists()
+
+
+def test_an_append_on_a_full_disk_leaves_a_file_a_resume_can_read(msvd_root, tmp_path):
+    data_root, _ = msvd_root
+    items = load_questions(data_root, "msvd")
+    with full_disk(tmp_path / "small", size_kb=64) as small:
+        out = chunk_file(small, 1, 0)
+        filler = small / "filler"
+        asked = []
+
+        def answer(batch):
+            asked.extend(item.id for item in batch)
+            if len(asked) == 5:    # the disk fills up while the run goes on
+                with open(filler, "wb", buffering=0) as handle:
+                    try:
+                        while True:
+                            handle.write(b"\0" * 1024)
+                    except OSError:
+                        pass
+            return ["a long answer " * 40 for _ in batch]
+
+        with pytest.raises(OutputError) as info:
+            run_qa(items, answer, out, progress=False)
+        assert str(info.value) == f"{out}: no space left on device"
+        kept = read_jsonl(out)
+        assert out.read_bytes().endswith(b"\n") and len(kept) == len(out.read_bytes().splitlines())
+        assert 4 <= len(kept) < len(items)
+
+        filler.unlink()
+        asked.clear()
+        run_qa(items, lambda batch: [f"answer {item.id}" for item in batch], out, progress=False)
+        report = merge_predictions(small, items)
+        assert report.complete and len(read_jsonl(out)) == len(items)
+
+
+def test_judge_and_report_on_a_full_disk(msvd_root, tmp_path):
+    data_root, _ = msvd_root
+    run_qa(load_questions(data_root, "msvd"), answer_all, chunk_file(tmp_path / "pred", 1, 0), progress=False)
+    merged = tmp_path / "merge.jsonl"
+    assert main(["merge", "--pred-dir", str(tmp_path / "pred"), "--dataset", "msvd", "--data-root", str(data_root),
+                 "--output", str(merged), "--allow-incomplete"]) == 0
+    assert main(["judge", "--pred-file", str(merged), "--output-dir", str(tmp_path / "runs" / "m" / "msvd"),
+                 "--judge", "exact", "--allow-incomplete", "--no-progress"]) == 0
+    with full_disk(tmp_path / "full", size_kb=64, fill=True) as full:
+        code, stderr = videopanda("eval", "judge", "--pred-file", merged, "--output-dir", full / "judge",
+                                  "--judge", "exact", "--allow-incomplete", "--no-progress")
+        assert code == 2 and "no space left on device" in one_error_line(stderr)
+        assert str(full / "judge") in one_error_line(stderr)
+        code, stderr = videopanda("eval", "report", "--results", tmp_path / "runs" / "m", "--output-dir",
+                                  full / "report", "--plot")
+        assert code == 2 and "no space left on device" in one_error_line(stderr)
+        assert no_temporary_files(full) == []
+
+
+@pytest.mark.slow
+def test_qa_on_a_full_disk(model_dir, tmp_path):
+    root = tmp_path / "data" / "eval" / "GPT_Zero_Shot_QA" / "MSVD_Zero_Shot_QA"
+    (root / "videos").mkdir(parents=True)
+    (root / "test_q.json").write_text(json.dumps([{"video_name": "a", "question": "what?", "question_id": 1}]))
+    (root / "test_a.json").write_text(json.dumps([{"answer": "red", "question_id": 1}]))
+    with full_disk(tmp_path / "full", size_kb=64, fill=True) as full:
+        code, stderr = videopanda("eval", "qa", "--model", model_dir, "--dataset", "msvd", "--data-root",
+                                  tmp_path / "data", "--output-dir", full / "pred", "--device", "cpu",
+                                  "--no-progress")
+        assert code == 2 and "no space left on device" in one_error_line(stderr)
+        assert str(full / "pred") in one_error_line(stderr)
+        assert no_temporary_files(full) == []
+
+
+def write_results(path, **fields):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"judge": "gpt", "judge_model": "judge-0613", "complete": True, **fields}))
+
+
+def test_report_has_every_dataset_and_plots_what_there_is(tmp_path, caplog):
+    run = tmp_path / "runs" / "tiny"
+    write_results(run / "msvd" / "judge" / "results.json", dataset="msvd", accuracy=64.7, score=3.8)
+    write_results(run / "synth" / "judge" / "results.json", dataset="synth", accuracy=80.8, score=4.1,
+                  complete=False, coverage="100 questions: 98 judged, 2 failed (2 without a prediction, 0 without a verdict)")
+    write_results(run / "mystery" / "results.json", accuracy=12.0, score=1.0)
+    out = tmp_path / "report"
+    assert main(["report", "--results", str(run), "--output-dir", str(out), "--plot"]) == 0
+    markdown = (out / "report.md").read_text()
+    assert "| Model | MSVD-QA | MSRVTT-QA | TGIF-QA | ActivityNet-QA | Synthetic QA | Judge |" in markdown
+    assert "| tiny | 64.7 / 3.8 | - | - | - | 80.8 / 4.1* | judge-0613 |" in markdown
+    assert "tiny Synthetic QA: 100 questions: 98 judged, 2 failed" in markdown
+    assert str(run / "mystery" / "results.json") in markdown and "cannot tell which dataset" in caplog.text
+    assert (out / "qa.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (out / "benchmark.png").exists()
+
+    caplog.clear()
+    empty = tmp_path / "runs" / "empty"
+    empty.mkdir()
+    assert main(["report", "--results", str(empty), "--output-dir", str(tmp_path / "report2"), "--plot"]) == 1
+    assert "nothing to plot" in caplog.text
+
+
+def test_benchmark_launcher_without_benchmark_files(msvd_root, tmp_path):
+    data_root, _ = msvd_root
+    env = {**os.environ, "GPUS": "cpu,cpu", "JUDGE": "exact", "VIDEOPANDA": str(Path(sys.executable).parent / "videopanda")}
+    result = subprocess.run(["bash", str(REPO / "scripts/videopanda/eval/benchmark.sh"), str(tmp_path / "no-model"),
+                             str(data_root), str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "rerun" not in result.stderr
+    missing = data_root / "eval" / "Video_ChatGPT_Benchmark" / "generic_qa.json"
+    assert result.stderr.strip().splitlines() == [
+        f"{missing} not found: {data_root} has no Video-ChatGPT benchmark "
+        "(generic_qa.json, temporal_qa.json, consistency_qa.json, videos/)"]
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,250 @@
+"""What produced a prediction file: its fingerprint, stored beside it, checked before anything is reused.
+
+Every prediction file `X.jsonl` (a chunk of `eval qa`, or the output of `eval merge`) has a sidecar
+`X.run.json`:
+
+    {"format": "videopanda-predictions/1",
+     "fingerprint": {"model": {"id": ...}, "generation": {"max_new_tokens": ..., "greedy": true},
+                     "system": <system text>, "frames": {num_frames, frames_per_chunk, image_size,
+                     teacher_image_size, patch_size}, "dtype": ..., "code_version": ..., "dataset": ...},
+     "fingerprint_id": <16 hex digits>,
+     ...information that does not take part in the comparison (model path, device, batch size, ...)}
+
+Two runs may share a prediction folder only when their fingerprints are equal: `eval qa` checks every
+sidecar of its output folder before answering anything (and writes its own before the first answer),
+`eval merge` refuses chunks with different fingerprints and writes the merged file's sidecar with a
+SHA-256 of the merged file, which `eval judge` checks before recording the fingerprint in
+`results.json`. A prediction file with rows but no sidecar has no known origin: `eval qa` never
+resumes into one.
+
+The model's identity is a hash of its small files (config.json, generation_config.json, tokenizer
+files, the weight index) and, per weight file, its name, size and a content signature read without
+loading the weights: a zip `.bin` (torch.save) contributes the CRC-32 of every entry from the archive's
+directory, a `.safetensors` file its header plus the first and last 256 bytes of every tensor, any
+other file 16 blocks of 64 KiB spread over it. Two checkpoints of one training run (same names and
+sizes, other weights) therefore differ.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from videopanda.io import write_json_atomic
+from videopanda.log import get_logger
+
+logger = get_logger(__name__)
+
+FORMAT = "videopanda-predictions/1"
+SIDECAR_SUFFIX = ".run.json"
+_SMALL_FILES = ("config.json", "generation_config.json", "tokenizer.model", "tokenizer.json",
+                "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "chat_template.jinja")
+_TENSOR_SAMPLE = 256
+_BLOCKS, _BLOCK = 16, 64 * 1024
+
+
+class ProvenanceError(Exception):
+    """Predictions whose origin does not match (or cannot be known); the message names the file."""
+
+
+# ------------------------------------------------------------------------------------ model identity
+
+
+def _weight_signature(path: Path, digest: "hashlib._Hash") -> None:
+    size = path.stat().st_size
+    digest.update(f"{path.name}\0{size}\0".encode())
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+        for info in entries:
+            digest.update(f"{info.filename}\0{info.CRC}\0{info.file_size}\n".encode())
+        if any(info.CRC for info in entries):
+            return
+        # written without CRCs (torch.save can skip them): fall back to sampled blocks
+    with open(path, "rb") as handle:
+        if path.suffix == ".safetensors":
+            (length,) = struct.unpack("<Q", handle.read(8))
+            header_bytes = handle.read(length)
+            digest.update(header_bytes)
+            header = json.loads(header_bytes)
+            start = 8 + length
+            for name in sorted(k for k in header if k != "__metadata__"):
+                begin, end = header[name]["data_offsets"]
+                handle.seek(start + begin)
+                digest.update(handle.read(min(_TENSOR_SAMPLE, end - begin)))
+                if end - begin > _TENSOR_SAMPLE:
+                    handle.seek(start + max(begin, end - _TENSOR_SAMPLE))
+                    digest.update(handle.read(_TENSOR_SAMPLE))
+            return
+        for block in range(_BLOCKS):
+            handle.seek(max(0, size - _BLOCK) * block // (_BLOCKS - 1))
+            digest.update(handle.read(_BLOCK))
+
+
+def model_identity(folder: str | os.PathLike) -> str:
+    """A 16-hex-digit identity of a model folder's contents (see the module docstring); reads a few KiB
+    per tensor, never the whole weights. Raises ModelFolderError naming the file it cannot read."""
+    from videopanda.infer import ModelFolderError
+    from videopanda.model.checkpoint import checkpoint_files
+
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    small = [folder / name for name in _SMALL_FILES] + sorted(folder.glob("*.index.json"))
+    for path in small:
+        if path.is_file():
+            digest.update(f"{path.name}\0".encode())
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    try:
+        weights, _ = checkpoint_files(folder)
+    except (OSError, ValueError) as error:
+        raise ModelFolderError(" ".join(str(error).split())) from error
+    for path in sorted(weights):
+        if not path.is_file():
+            raise ModelFolderError(f"{path}: weight file named by the checkpoint index is missing")
+        try:
+            _weight_signature(path, digest)
+        except (OSError, ValueError, KeyError, TypeError, struct.error, zipfile.BadZipFile) as error:
+            raise ModelFolderError(f"{path}: unreadable weight file ({' '.join(str(error).split())})") from error
+    return digest.hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------ fingerprints
+
+
+def fingerprint_id(fingerprint: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(value, dict):
+        return {prefix: value}
+    flat: dict[str, Any] = {}
+    for key, inner in value.items():
+        flat.update(_flatten(inner, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def _short(value: Any, at: int = 0) -> str:
+    """`value` in at most ~40 characters; a long text around position `at` (where two texts differ)."""
+    if not isinstance(value, str):
+        return json.dumps(value)
+    if len(value) <= 40:
+        return repr(value)
+    start = max(0, at - 15)
+    return ("..." if start else "") + repr(value[start:start + 35])[1:-1] + "..."
+
+
+def describe_difference(old: dict[str, Any], new: dict[str, Any], old_info: dict[str, Any] | None = None,
+                        new_info: dict[str, Any] | None = None) -> str:
+    """`old` -> `new` in a few words: the fields that differ, the model as its folder paths."""
+    a, b = _flatten(old), _flatten(new)
+    parts = []
+    for key in sorted(a.keys() | b.keys()):
+        if a.get(key) == b.get(key):
+            continue
+        if key == "model.id":
+            where = [(info or {}).get("model_path") for info in (old_info, new_info)]
+            parts.append(f"model {where[0] or a.get(key)} -> {where[1] or b.get(key)} (other config or weights)")
+        else:
+            old_value, new_value = a.get(key), b.get(key)
+            at = 0
+            if isinstance(old_value, str) and isinstance(new_value, str):
+                at = next((i for i, (x, y) in enumerate(zip(old_value, new_value)) if x != y),
+                          min(len(old_value), len(new_value)))
+            parts.append(f"{key} {_short(old_value, at)} -> {_short(new_value, at)}")
+    return "; ".join(parts) or "same settings"
+
+
+# ------------------------------------------------------------------------------------ sidecars
+
+
+def sidecar_path(predictions: str | os.PathLike) -> Path:
+    """`X.jsonl` -> `X.run.json`."""
+    path = Path(predictions)
+    return path.with_name(path.name.removesuffix(".jsonl") + SIDECAR_SUFFIX)
+
+
+def read_sidecar(predictions: str | os.PathLike) -> dict[str, Any] | None:
+    """The sidecar of a prediction file, or None when there is none."""
+    path = sidecar_path(predictions)
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ProvenanceError(f"{path}: unreadable ({' '.join(str(error).split())})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("fingerprint"),
+                                                                                      (dict, type(None))):
+        raise ProvenanceError(f"{path}: not a prediction sidecar ({FORMAT})")
+    return data
+
+
+def _has_rows(path: Path) -> bool:
+    try:
+        return path.stat().st_size > 0
+    except FileNotFoundError:
+        return False
+
+
+def check_prediction_folder(out_file: str | os.PathLike, fingerprint: dict[str, Any],
+                            info: dict[str, Any] | None = None) -> None:
+    """Raise ProvenanceError unless every prediction file in `out_file`'s folder (itself included)
+    was made with `fingerprint`. A sidecar without rows beside it describes nothing and is ignored."""
+    out_file = Path(out_file)
+    folder = out_file.parent
+    if not folder.is_dir():
+        return
+    wanted = fingerprint_id(fingerprint)
+    for path in sorted(folder.glob("*.jsonl")):
+        if not _has_rows(path):
+            continue
+        sidecar = read_sidecar(path)
+        advice = f"pass another --output-dir (or delete {path} to answer its questions again)"
+        if sidecar is None or sidecar["fingerprint"] is None:
+            why = f"no {sidecar_path(path).name}" if sidecar is None else f"{sidecar_path(path).name} has no fingerprint"
+            raise ProvenanceError(f"{path}: holds predictions of unknown origin ({why}); {advice}")
+        if sidecar.get("fingerprint_id") != wanted or sidecar["fingerprint"] != fingerprint:
+            difference = describe_difference(sidecar["fingerprint"], fingerprint, sidecar, info)
+            raise ProvenanceError(f"{path}: holds predictions made with other settings ({difference}); {advice}")
+
+
+def claim_prediction_file(out_file: str | os.PathLike, fingerprint: dict[str, Any],
+                          info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Check the folder (see `check_prediction_folder`), then write `out_file`'s sidecar. -> the sidecar."""
+    check_prediction_folder(out_file, fingerprint, info)
+    sidecar = {"format": FORMAT, "fingerprint": fingerprint, "fingerprint_id": fingerprint_id(fingerprint),
+               **(info or {})}
+    existing = read_sidecar(out_file)
+    if existing != sidecar:
+        write_json_atomic(sidecar_path(out_file), sidecar)
+    return sidecar
+
+
+def write_merged_sidecar(merged: str | os.PathLike, text: str, fingerprint: dict[str, Any] | None,
+                         info: dict[str, Any]) -> Path:
+    """The sidecar of a merged prediction file whose exact content is `text`."""
+    sidecar = {"format": FORMAT, "fingerprint": fingerprint,
+               "fingerprint_id": fingerprint_id(fingerprint) if fingerprint else None,
+               "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(), **info}
+    return write_json_atomic(sidecar_path(merged), sidecar)
+
+
+def read_merged_sidecar(merged: str | os.PathLike) -> dict[str, Any] | None:
+    """The sidecar of a merged file after checking that it describes this very file (SHA-256);
+    None when there is none. Raises ProvenanceError when it describes another version of the file."""
+    merged = Path(merged)
+    sidecar = read_sidecar(merged)
+    if sidecar is None:
+        return None
+    if sidecar.get("sha256") is None:
+        raise ProvenanceError(f"{sidecar_path(merged)}: a chunk's sidecar, not a merged file's; "
+                              "judge the output of `videopanda eval merge`")
+    actual = hashlib.sha256(merged.read_bytes()).hexdigest()
+    if actual != sidecar["sha256"]:
+        raise ProvenanceError(f"{merged}: changed since {sidecar_path(merged).name} was written "
+                              "(rerun `videopanda eval merge`)")
+    return sidecar
