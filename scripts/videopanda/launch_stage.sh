@@ -10,6 +10,12 @@
 # MODEL (initial folder), TEACHER (LanguageBind_Video_merge folder), OUTPUT_DIR, DEEPSPEED_CONFIG
 # (configs/deepspeed/zero2.json). Every other option is passed to `videopanda train` and wins over
 # these defaults (the last occurrence of an option counts). Inputs are checked in one process first.
+#
+# Preemption: SIGTERM or SIGUSR1 (to this script, to torchrun or to the workers themselves) makes every
+# rank finish its optimizer step and save a complete checkpoint; this script then exits with status 75
+# ("preempted, checkpoint saved": run the same command again to resume) whatever torchrun itself
+# reports. SHUTDOWN_TIMEOUT (600) is how long torchrun waits for its workers after it got SIGTERM before
+# it kills them: keep it above one step plus one checkpoint save. Exit status otherwise: torchrun's.
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/../.." && pwd)"
 STAGE="${1:?usage: launch_stage.sh prealign|pretrain|finetune [options]}"
@@ -59,8 +65,36 @@ cd "$REPO"
 # Wrong folders or data fail here, in one process, before any process group exists.
 WORLD_SIZE="$WORLD_SIZE" "$PYTHON" -m videopanda.train "${args[@]}" --check-only
 
-exec "$PYTHON" -m torch.distributed.run \
-  --nnodes "$NNODES" --node_rank "$NODE_RANK" \
-  --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" \
-  --nproc_per_node "$GPUS_PER_NODE" \
-  -m videopanda.train "${args[@]}"
+PREEMPTED=75  # videopanda.train.checkpointing.PREEMPTED_EXIT_CODE
+# Local rank 0 writes a line here when the run stopped on a signal with a complete checkpoint: torchrun
+# itself exits 1 then (its workers "failed" with 75, or it was signalled itself).
+export VIDEOPANDA_PREEMPT_FILE
+VIDEOPANDA_PREEMPT_FILE="$(mktemp "${TMPDIR:-/tmp}/videopanda-preempt.XXXXXX")"
+trap 'rm -f "$VIDEOPANDA_PREEMPT_FILE"' EXIT
+export TORCH_ELASTIC_SHUTDOWN_TIMEOUT="${SHUTDOWN_TIMEOUT:-600}"
+
+# torchrun ignores SIGUSR1 (it would die of it); the workers handle both signals.
+( trap '' USR1; exec "$PYTHON" -m torch.distributed.run \
+    --nnodes "$NNODES" --node_rank "$NODE_RANK" \
+    --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" \
+    --nproc_per_node "$GPUS_PER_NODE" \
+    -m videopanda.train "${args[@]}" ) &
+torchrun_pid=$!
+signalled=""
+forward() {  # a signal that reached this script goes on to the workers (torchrun's children)
+  signalled=1
+  pkill "-$1" -P "$torchrun_pid" 2>/dev/null || true
+}
+trap 'forward TERM' TERM
+trap 'forward USR1' USR1
+while :; do
+  signalled=""
+  status=0
+  wait "$torchrun_pid" || status=$?
+  [ -z "$signalled" ] && break  # else `wait` was cut short by a trapped signal: wait again
+done
+if [ -s "$VIDEOPANDA_PREEMPT_FILE" ]; then
+  echo "launch_stage.sh: $STAGE $(cat "$VIDEOPANDA_PREEMPT_FILE")" >&2
+  exit "$PREEMPTED"
+fi
+exit "$status"

@@ -5,12 +5,21 @@
 #SBATCH --gpus-per-node=4
 #SBATCH --cpus-per-task=32
 #SBATCH --time=72:00:00
+#SBATCH --signal=B:USR1@600
 #SBATCH --requeue
+#SBATCH --open-mode=append
 #SBATCH --output=logs/videopanda-train-%j.out
 # All three Video-Panda stages on a SLURM allocation: one srun task per node, each running torchrun with
 # GPUS_PER_NODE processes. A stage whose output folder already holds training_complete.json is skipped,
 # an interrupted one resumes from its latest complete checkpoint, so re-submitting (or --requeue after a
 # preemption) continues where the job stopped.
+#
+# Time limit and preemption: SLURM sends SIGUSR1 to this batch shell 600 s before the time limit
+# (--signal=B:USR1@600); this script passes it (and a SIGTERM it receives) on to the running stage's
+# processes, which finish their optimizer step, save a complete checkpoint and exit with status 75
+# (launch_stage.sh). The job is then requeued (scontrol requeue) and resumes from that checkpoint; no
+# further stage starts once a stop was asked for. Raise 600 if one step plus one checkpoint save takes
+# longer on your file system.
 #
 #   DATA_ROOT=/data/videopanda sbatch scripts/videopanda/slurm_train_all.sh [videopanda train options]
 #
@@ -32,14 +41,45 @@ export MASTER_PORT="${MASTER_PORT:-29500}"
 RUN_DIR="${RUN_DIR:-$REPO/checkpoints/videopanda_run}"
 EVE_MODEL="${EVE_MODEL:-$REPO/checkpoints/EVE-7B-Pretrain-v1.0}"
 
+PREEMPTED=75  # launch_stage.sh: stopped on a signal with a complete checkpoint
+stop_asked=""
+interrupted=""
+ask_to_stop() {  # $1: the signal; every job step (not this batch shell) gets it
+  stop_asked=1
+  interrupted=1
+  echo "=== SIG$1: asking the running stage to save a checkpoint and stop"
+  scancel --signal="$1" "$SLURM_JOB_ID" || true
+}
+trap 'ask_to_stop USR1' USR1
+trap 'ask_to_stop TERM' TERM
+
+requeue() {
+  echo "=== stopped with a checkpoint: requeueing job $SLURM_JOB_ID to resume"
+  scontrol requeue "$SLURM_JOB_ID" || echo "=== scontrol requeue failed: re-submit this script to resume"
+  exit "$PREEMPTED"
+}
+
 run_stage() {  # stage, initial model, output folder, extra arguments...
-  local stage="$1" model="$2" output="$3"
+  local stage="$1" model="$2" output="$3" status=0 pid
   shift 3
+  [ -z "$stop_asked" ] || requeue
   echo "=== $stage: $model -> $output ($NNODES nodes x $GPUS_PER_NODE processes, master $MASTER_ADDR:$MASTER_PORT)"
-  # One task per node; SLURM_NODEID is that node's rank. Variables are expanded on the node.
+  # One task per node; SLURM_NODEID is that node's rank. Variables are expanded on the node. srun runs in
+  # the background: a shell runs its traps only between commands, `wait` lets it run them at once.
   srun --nodes="$NNODES" --ntasks-per-node=1 --kill-on-bad-exit=1 \
     bash -c 'NODE_RANK=$SLURM_NODEID MODEL="$0" OUTPUT_DIR="$1" exec bash scripts/videopanda/'"$stage"'.sh "${@:2}"' \
-    "$model" "$output" "$@"
+    "$model" "$output" "$@" &
+  pid=$!
+  while :; do
+    interrupted=""
+    status=0
+    wait "$pid" || status=$?
+    [ -z "$interrupted" ] && break  # else a trapped signal cut `wait` short: wait for srun again
+  done
+  if [ "$status" -eq "$PREEMPTED" ] || { [ -n "$stop_asked" ] && [ "$status" -ne 0 ]; }; then
+    requeue
+  fi
+  [ "$status" -eq 0 ] || { echo "=== $stage failed (exit status $status)"; exit "$status"; }
 }
 
 run_stage prealign "$EVE_MODEL" "$RUN_DIR/prealign" "$@"

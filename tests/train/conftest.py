@@ -126,4 +126,4 @@ def read_loss_log(output: Path) -> list[dict]:
 def trainkit():
     """The helpers above for test modules (conftest modules are not importable under importlib mode)."""
     return types.SimpleNamespace(torchrun=torchrun, command=torchrun_command, env=run_env, repo=REPO,
-                                 read_loss_log=read_loss_log)
+                                 read_loss_log=read_loss_log, free_port=free_port, python=PYTHON)

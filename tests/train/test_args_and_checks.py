@@ -6,6 +6,7 @@ import re
 import pytest
 import torch.distributed as dist
 
+from helpers.full_disk import full_disk
 from videopanda.train.args import derive_batch, parse_train_args
 from videopanda.train.checkpointing import (COMPLETE_MARKER, discard_incomplete, latest_complete_checkpoint,
                                             mark_complete, prune_checkpoints)
@@ -70,6 +71,12 @@ def test_bad_inputs_are_reported_before_any_process_group(base_args, tmp_path, v
     assert main(change(base_args, tmp_path)) == 2
     assert any(re.search(message, m) for m in vp_log), vp_log
     assert not (dist.is_available() and dist.is_initialized())
+
+
+def test_a_full_output_disk_is_reported_before_any_process_group(base_args, tmp_path, vp_log):
+    with full_disk(tmp_path / "full", size_kb=64, fill=True) as full:
+        assert main(base_args + ["--output-dir", str(full / "out")]) == 2
+    assert vp_log[-1] == f"output folder {full / 'out'}: no space left on device", vp_log
 
 
 def test_check_only_passes_on_good_inputs(base_args, vp_log):

@@ -18,7 +18,9 @@ process with its reason and remembered, so a known-bad file is not opened again.
 the replacements made while producing it (`item["replaced"]`, each record tagged with the process
 id); the collator passes them on as `batch["replaced"]` and the training loop hands them to
 `dataset.absorb(...)` in the main process, so `dataset.report()` counts what the DataLoader workers
-saw too (records of the calling process itself are already counted and are ignored).
+saw too (records of the calling process itself are already counted and are ignored). Training
+writes a report of the batches it used on every rank, merged across ranks and resumed runs
+(`merge_data_reports`, videopanda/train/trainer.py).
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ import json
 import math
 import os
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -210,28 +212,55 @@ class VideoInstructDataset(Dataset):
                 continue
             self._replacements += 1
             if record["index"] not in self._bad:
-                self._bad[record["index"]] = {k: v for k, v in record.items() if k not in ("replaced_for", "pid")}
+                self._bad[record["index"]] = bad_record(record)
                 logger.warning("skipping sample %r (%s): %s", record["id"], record["kind"], record["reason"])
 
     def report(self) -> dict:
-        """{"samples", "bad_samples", "replacements", "by_kind": {kind: count}, "bad": [records by index]}."""
-        bad = [self._bad[i] for i in sorted(self._bad)]
-        return {
-            "samples": len(self),
-            "bad_samples": len(bad),
-            "replacements": self._replacements,
-            "by_kind": dict(sorted(Counter(r["kind"] for r in bad).items())),
-            "bad": bad,
-        }
+        """This process's `data_report` (see `data_report`): what it loaded itself or absorbed."""
+        return data_report(len(self), self._bad.values(), self._replacements)
 
     def log_summary(self) -> dict:
         """Log the report's counts (one line) and return the report."""
         report = self.report()
-        kinds = ", ".join(f"{k}: {v}" for k, v in report["by_kind"].items()) or "none"
-        log = logger.warning if report["bad_samples"] else logger.info
-        log("data: %d samples, %d bad (%s), %d replacements", report["samples"], report["bad_samples"], kinds,
-            report["replacements"])
+        log_data_report(report)
         return report
+
+
+def bad_record(record: dict) -> dict:
+    """A replacement record (`item["replaced"]`) without its per-event fields: what the report lists."""
+    return {k: v for k, v in record.items() if k not in ("replaced_for", "pid")}
+
+
+def data_report(samples: int, bad: Iterable[dict], replacements: int) -> dict:
+    """{"samples", "bad_samples", "replacements", "by_kind": {kind: count}, "bad": [records by index]}.
+
+    `bad` holds one record per bad sample index (duplicates by index are dropped)."""
+    unique = {record["index"]: bad_record(record) for record in bad}
+    records = [unique[i] for i in sorted(unique)]
+    return {
+        "samples": samples,
+        "bad_samples": len(records),
+        "replacements": replacements,
+        "by_kind": dict(sorted(Counter(r["kind"] for r in records).items())),
+        "bad": records,
+    }
+
+
+def merge_data_reports(reports: Sequence[dict]) -> dict:
+    """One report from the reports of several ranks or resumed runs over the same data: bad samples
+    united by index, replacements summed."""
+    if not reports:
+        raise ValueError("no data reports to merge")
+    return data_report(reports[0]["samples"], [r for report in reports for r in report["bad"]],
+                       sum(report["replacements"] for report in reports))
+
+
+def log_data_report(report: dict) -> None:
+    """One log line with the report's counts (a warning when there are bad samples)."""
+    kinds = ", ".join(f"{k}: {v}" for k, v in report["by_kind"].items()) or "none"
+    log = logger.warning if report["bad_samples"] else logger.info
+    log("data: %d samples, %d bad (%s), %d replacements", report["samples"], report["bad_samples"], kinds,
+        report["replacements"])
 
 
 class ModalityLengthGroupedSampler(Sampler[int]):

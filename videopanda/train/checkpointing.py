@@ -6,18 +6,30 @@ folder that cannot be resumed from. So: after every rank has finished writing (a
 writes `COMPLETE_MARKER` into the folder atomically (temp file + fsync + rename); only folders with
 the marker count as checkpoints. Old checkpoints are deleted only after a newer one carries its
 marker, so a crash at any moment leaves at least one loadable checkpoint (once one has been saved).
-The final model folder gets `FINAL_MARKER` the same way once `save_model` has finished.
+The final model folder gets `FINAL_MARKER` the same way once `save_model` has finished. A write that
+fails (a full disk, a permission) stops the run with one `OutputError` line naming the folder, before
+any marker is written (`writing`).
+
+Preemption: while `StopSignals` is active, SIGTERM and SIGUSR1 only set a flag; the trainer finishes
+the optimizer step, saves a complete checkpoint of it (the same marker as a scheduled one, so
+auto-resume picks it up) and the process exits with `PREEMPTED_EXIT_CODE`. When the environment names
+a file in `PREEMPT_FILE_ENV`, local rank 0 writes one line there saying so (the launchers turn torchrun's
+own exit status back into `PREEMPTED_EXIT_CODE` with it).
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
 import shutil
+import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from videopanda.io import write_json_atomic
+from videopanda.io import OutputError, describe_os_error, write_atomic, write_json_atomic
 from videopanda.log import get_logger
 
 logger = get_logger(__name__)
@@ -25,6 +37,19 @@ logger = get_logger(__name__)
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 COMPLETE_MARKER = "checkpoint_complete.json"
 FINAL_MARKER = "training_complete.json"
+DATA_REPORT = "data_report.json"
+"""Bad and replaced samples of the run so far: in every checkpoint, and in the output folder at the end."""
+
+PREEMPTED_EXIT_CODE = 75
+"""Exit status of a run stopped by SIGTERM / SIGUSR1 after saving a complete checkpoint (EX_TEMPFAIL:
+run the same command again to resume). A run killed before it could save exits otherwise."""
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+PREEMPT_FILE_ENV = "VIDEOPANDA_PREEMPT_FILE"
+TRAINER_STATE = "trainer_state.json"
+RESUME_ONLY = {COMPLETE_MARKER, DATA_REPORT, TRAINER_STATE, "optimizer.pt", "scheduler.pt", "scaler.pt", "latest",
+               "zero_to_fp32.py", "zero_to_torch.py"}
+"""Files of a checkpoint that only resuming needs (so do `rng_state*.pth` and DeepSpeed's folders); the
+other files are the model folder `save_model` writes."""
 
 
 def checkpoint_folders(output_dir: str | Path) -> list[tuple[int, Path]]:
@@ -101,5 +126,123 @@ def is_finished(output_dir: str | Path) -> bool:
     return (Path(output_dir) / FINAL_MARKER).is_file()
 
 
-__all__ = ["COMPLETE_MARKER", "FINAL_MARKER", "checkpoint_folders", "discard_incomplete", "is_complete",
-           "is_finished", "latest_complete_checkpoint", "mark_complete", "prune_checkpoints"]
+def checkpoint_step(checkpoint: str | Path) -> int:
+    """The step in a `checkpoint-<step>` folder's name."""
+    match = CHECKPOINT_PATTERN.match(Path(checkpoint).name)
+    if not match:
+        raise ValueError(f"{checkpoint} is not a checkpoint-<step> folder")
+    return int(match.group(1))
+
+
+def read_data_report(checkpoint: str | Path) -> dict | None:
+    """The data report saved in a checkpoint, or None when it has none (written by an older version) or
+    it cannot be read (a warning says so: the counts are a report, not training state)."""
+    path = Path(checkpoint) / DATA_REPORT
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, json.JSONDecodeError) as err:
+        logger.warning("%s: unreadable data report, counts before this checkpoint are left out (%s)", path, err)
+        return None
+
+
+def run_train_loss(log_history: list[dict]) -> float | None:
+    """Mean training loss over every logged step of a run, resumed parts included (a checkpoint's
+    trainer state carries the log history): each log's `loss` is the mean over the steps since the
+    previous log, so it is weighted by their number. None without a training log."""
+    total, steps, last = 0.0, 0, 0
+    for entry in sorted((e for e in log_history if "loss" in e and "step" in e), key=lambda e: e["step"]):
+        span = entry["step"] - last
+        if span > 0:
+            total += entry["loss"] * span
+            steps += span
+            last = entry["step"]
+    return total / steps if steps else None
+
+
+def trainer_state(checkpoint: str | Path) -> dict:
+    """The HF trainer state saved in a checkpoint (global_step, max_steps, log_history, ...)."""
+    return json.loads((Path(checkpoint) / TRAINER_STATE).read_text())
+
+
+def holds_last_step(checkpoint: str | Path, max_steps: int) -> bool:
+    """True when a complete checkpoint is the run's last step: `max_steps` (> 0), or when the epochs decide
+    (`max_steps` <= 0) the last step its trainer state recorded. Resuming from it would train one step
+    more (the HF Trainer checks the step limit only after a step)."""
+    try:
+        state = trainer_state(checkpoint)
+    except (OSError, json.JSONDecodeError):
+        return False
+    last = max_steps if max_steps > 0 else int(state.get("max_steps") or 0)
+    return last > 0 and int(state.get("global_step", 0)) >= last
+
+
+def export_model_files(checkpoint: str | Path, output_dir: str | Path) -> list[Path]:
+    """Copy the model folder files of a checkpoint (all but `RESUME_ONLY`, RNG states and folders) into
+    output_dir, each atomically; returns the copies."""
+    copies = []
+    for source in sorted(Path(checkpoint).iterdir()):
+        if source.is_dir() or source.name in RESUME_ONLY or source.name.startswith("rng_state"):
+            continue
+        copies.append(write_atomic(Path(output_dir) / source.name,
+                                   lambda tmp, source=source: shutil.copyfile(source, tmp)))
+    return copies
+
+
+@contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """Re-raise a failed write inside the block as an `OutputError` naming `path` (one line; a full disk
+    is said as "no space left on device" even when a C++ writer lost the errno). Other errors pass."""
+    try:
+        yield
+    except OutputError:
+        raise
+    except Exception as exc:
+        err = describe_os_error(exc, path)
+        if isinstance(exc, OSError) or err.errno == errno.ENOSPC:
+            raise err from exc
+        raise
+
+
+class StopSignals:
+    """While installed, SIGTERM and SIGUSR1 do not end the process: the first one is remembered in
+    `received` (its number) for the training loop to act on at the end of its optimizer step.
+
+    The handler only sets the attribute: no logging or I/O from inside a signal handler."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is None:
+            self.received = int(signum)
+
+    def install(self) -> "StopSignals":
+        for sig in STOP_SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
+def announce_preemption(message: str) -> None:
+    """Tell the launcher (the file named by `PREEMPT_FILE_ENV`, if any) that the run stopped with a
+    complete checkpoint. Call on local rank 0."""
+    target = os.environ.get(PREEMPT_FILE_ENV)
+    if not target:
+        return
+    try:
+        Path(target).write_text(message + "\n")
+    except OSError as err:
+        logger.warning("cannot tell the launcher about the stop: %s", describe_os_error(err, target))
+
+
+__all__ = ["COMPLETE_MARKER", "DATA_REPORT", "FINAL_MARKER", "PREEMPTED_EXIT_CODE", "PREEMPT_FILE_ENV", "STOP_SIGNALS",
+           "StopSignals", "announce_preemption", "checkpoint_folders", "checkpoint_step", "discard_incomplete",
+           "export_model_files", "holds_last_step", "is_complete", "is_finished", "latest_complete_checkpoint",
+           "mark_complete", "prune_checkpoints", "read_data_report", "run_train_loss", "trainer_state", "writing"]

@@ -1,21 +1,30 @@
 """`videopanda train`: one training stage, in one process or under torchrun (see TRAIN_AND_VALIDATE.md).
 
-Order of work: parse arguments -> preflight checks (no process group yet) -> model, teacher, data ->
-HF TrainingArguments (this starts the process group) -> train, resuming from the latest complete
-checkpoint -> final model folder + `training_complete.json` -> barrier and process-group teardown.
+Order of work: parse arguments -> SIGTERM / SIGUSR1 handlers -> preflight checks (no process group
+yet) -> model, teacher, data -> HF TrainingArguments (this starts the process group) -> train, resuming
+from the latest complete checkpoint -> final model folder, `data_report.json` and
+`training_complete.json` -> barrier and process-group teardown.
+
+Exit status: 0 finished (or already finished), 2 bad input (preflight), 1 an output could not be
+written (one line naming it, e.g. "...: no space left on device") or a crash, and
+`PREEMPTED_EXIT_CODE` (75) when SIGTERM / SIGUSR1 stopped the run after a complete checkpoint.
 """
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import torch
 
+from videopanda.io import OutputError, write_json_atomic
 from videopanda.log import get_logger, setup_logging
 from videopanda.train.args import TrainArgs, parse_train_args
-from videopanda.io import write_json_atomic
-from videopanda.train.checkpointing import FINAL_MARKER, discard_incomplete, is_finished
+from videopanda.train.checkpointing import (DATA_REPORT, FINAL_MARKER, PREEMPTED_EXIT_CODE, StopSignals,
+                                            announce_preemption, discard_incomplete, export_model_files,
+                                            holds_last_step, is_finished, latest_complete_checkpoint,
+                                            read_data_report, run_train_loss, trainer_state, writing)
 from videopanda.train.preflight import Preflight, PreflightError, run_preflight
 
 logger = get_logger(__name__)
@@ -41,13 +50,60 @@ def _report_to(value: str) -> list[str]:
     return [] if value in ("none", "") else [v.strip() for v in value.split(",") if v.strip()]
 
 
-def train(args: TrainArgs, plan: Preflight) -> int:
+def _final_record(args: TrainArgs, plan: Preflight, global_step: int, train_loss: float | None) -> dict:
+    """What `training_complete.json` says."""
+    return {"stage": args.stage, "global_step": global_step, "train_loss": train_loss, "init": str(args.model),
+            "init_kind": plan.init_kind, "teacher": args.teacher if args.distill else None,
+            "world_size": plan.batch.world_size, "global_batch_size": plan.batch.global_batch_size}
+
+
+def finish_from_last_checkpoint(args: TrainArgs, plan: Preflight) -> int:
+    """The run stopped after its last step's checkpoint but before its final outputs: write them from that
+    checkpoint (model files, data report, training_complete.json) on rank 0, without training."""
+    from videopanda.data.dataset import log_data_report
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    checkpoint, output = Path(plan.resume_from), Path(args.output_dir)
+    logger.info("%s holds the last step: writing the final outputs from it", checkpoint)
+    export_model_files(checkpoint, output)
+    report = read_data_report(checkpoint)
+    if report is not None:
+        log_data_report(report)
+        write_json_atomic(output / DATA_REPORT, report)
+    state = trainer_state(checkpoint)
+    write_json_atomic(output / FINAL_MARKER, _final_record(args, plan, int(state["global_step"]),
+                                                          run_train_loss(state.get("log_history", []))))
+    logger.info("stage %s finished: %s", args.stage, args.output_dir)
+    return 0
+
+
+def _preempted(trainer, cause: str, output_dir: str, step: int | None) -> int:
+    """Report a stop on SIGTERM / SIGUSR1 (every rank calls this) and return PREEMPTED_EXIT_CODE."""
+    latest = latest_complete_checkpoint(output_dir)
+    if step is None:
+        message = f"{cause} before the first step: nothing new to save (latest complete checkpoint: {latest or 'none'})"
+    else:
+        message = f"{cause}: stopped after step {step}; {latest} is complete"
+    message += "; run the same command again to resume"
+    if trainer.args.should_save:
+        logger.warning("%s", message)
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        announce_preemption(f"preempted ({message})")
+    trainer.accelerator.wait_for_everyone()
+    return PREEMPTED_EXIT_CODE
+
+
+def train(args: TrainArgs, plan: Preflight, signals: StopSignals | None = None) -> int:
+    """Run the stage; `signals` (installed by the caller) turns SIGTERM / SIGUSR1 into a checkpointed stop."""
     from transformers import AutoTokenizer, TrainingArguments, set_seed
 
-    from videopanda.data.dataset import VideoInstructCollator, VideoInstructDataset
+    from videopanda.data.dataset import VideoInstructCollator, VideoInstructDataset, log_data_report
     from videopanda.data.frames import FrameConfig
     from videopanda.train.stages import apply_stage, build_model, prepare_zero3
-    from videopanda.train.trainer import LOSS_LOG, LossLogCallback, VideoPandaTrainer
+    from videopanda.train.trainer import LOSS_LOG, LossLogCallback, StopOnSignal, VideoPandaTrainer, agreed_stop_signal
+
+    signals = signals or StopSignals()
 
     device = _device(args)
     bf16 = args.precision == "bf16" or (args.precision == "auto" and device == "cuda")
@@ -111,29 +167,35 @@ def train(args: TrainArgs, plan: Preflight) -> int:
         report_to=_report_to(args.report_to),
         disable_tqdm=False,
     )  # from here on the process group exists
+    stop = StopOnSignal(signals)
     trainer = VideoPandaTrainer(
         model=model, args=training_args, train_dataset=dataset,
         data_collator=VideoInstructCollator(tokenizer, args.max_length), processing_class=tokenizer,
-        callbacks=[LossLogCallback(Path(args.output_dir) / LOSS_LOG)],
+        callbacks=[LossLogCallback(Path(args.output_dir) / LOSS_LOG), stop],
         visual_learning_rate=args.visual_learning_rate, save_teacher=args.save_teacher,
         keep_checkpoints=args.save_total_limit, group_by_modality_length=args.group_by_modality_length,
     )
     if training_args.should_save:
         discard_incomplete(args.output_dir)
     trainer.accelerator.wait_for_everyone()
+    early = agreed_stop_signal(signals, training_args.device)
+    if early is not None:
+        return _preempted(trainer, early, args.output_dir, None)
     if plan.resume_from is not None:
         logger.info("resuming from %s", plan.resume_from)
-    result = trainer.train(resume_from_checkpoint=str(plan.resume_from) if plan.resume_from else None)
-    trainer.save_model(args.output_dir)
-    report = dataset.log_summary()
+    trainer.train(resume_from_checkpoint=str(plan.resume_from) if plan.resume_from else None)
+    if stop.stopped_at is not None:
+        return _preempted(trainer, stop.signal, args.output_dir, stop.stopped_at)
+    output = Path(args.output_dir)
+    with writing(output):
+        trainer.save_model(args.output_dir)
+    report = trainer.run_data_report()
     trainer.accelerator.wait_for_everyone()
     if training_args.should_save:
-        (Path(args.output_dir) / "data_report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-        write_json_atomic(Path(args.output_dir) / FINAL_MARKER, {
-            "stage": args.stage, "global_step": trainer.state.global_step, "train_loss": result.training_loss,
-            "init": str(args.model), "init_kind": plan.init_kind, "teacher": args.teacher if args.distill else None,
-            "world_size": batch.world_size, "global_batch_size": batch.global_batch_size,
-        })
+        log_data_report(report)
+        write_json_atomic(output / DATA_REPORT, report)
+        write_json_atomic(output / FINAL_MARKER, _final_record(args, plan, trainer.state.global_step,
+                                                              run_train_loss(trainer.state.log_history)))
         logger.info("stage %s finished: %s", args.stage, args.output_dir)
     trainer.accelerator.wait_for_everyone()
     return 0
@@ -144,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     import sys
 
     args = parse_train_args(list(sys.argv[1:] if argv is None else argv))
+    signals = StopSignals()
+    if not args.check_only:
+        signals.install()  # from here on a SIGTERM / SIGUSR1 stops the run at a checkpoint, not at once
     try:
         plan = run_preflight(args)
         if args.check_only:
@@ -156,15 +221,21 @@ def main(argv: list[str] | None = None) -> int:
             logger.info("%s already holds a finished %s stage (%s); nothing to do", args.output_dir, args.stage,
                         FINAL_MARKER)
             return 0
-        return train(args, plan)
+        if plan.resume_from is not None and holds_last_step(plan.resume_from, args.max_steps):
+            return finish_from_last_checkpoint(args, plan)
+        return train(args, plan, signals)
     except PreflightError as err:
         logger.error("%s", err)
         return 2
+    except OutputError as err:
+        logger.error("training stopped: %s", err)
+        return 1
     finally:
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
+        signals.restore()
 
 
 if __name__ == "__main__":

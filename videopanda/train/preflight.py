@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from videopanda.io import OutputError, describe_os_error, write_text_atomic
 from videopanda.log import get_logger
 from videopanda.train.args import BatchPlan, TrainArgs, derive_batch
 from videopanda.train.checkpointing import checkpoint_folders, is_finished, latest_complete_checkpoint
@@ -142,14 +143,21 @@ def run_preflight(args: TrainArgs, world_size: int | None = None) -> Preflight:
         raise PreflightError(str(err)) from None
     stage = _deepspeed_stage(args.deepspeed)
     paths, folder, n, n_video = _data(args)
-    output = Path(args.output_dir)
+    _output_folder(Path(args.output_dir))
+    return Preflight(kind, paths, folder, n, n_video, batch, _resume(args), stage)
+
+
+def _output_folder(output: Path) -> None:
+    """Create the output folder and write a small file into it: a full disk or a read-only folder fails
+    here, in seconds, instead of at the first checkpoint (`os.access` says yes to root regardless)."""
+    probe = output / f".write-probe-{os.getpid()}"
     try:
         output.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise PreflightError(f"output folder {output} cannot be created: {err}") from None
-    if not os.access(output, os.W_OK):
-        raise PreflightError(f"output folder {output} is not writable")
-    return Preflight(kind, paths, folder, n, n_video, batch, _resume(args), stage)
+        write_text_atomic(probe, "ok\n" * 512)
+        probe.unlink()
+    except OSError as exc:
+        reason = exc.reason if isinstance(exc, OutputError) else describe_os_error(exc, output).reason
+        raise PreflightError(f"output folder {output}: {reason}") from None
 
 
 __all__ = ["Preflight", "PreflightError", "run_preflight"]

@@ -10,19 +10,31 @@
 - Sampler: `ModalityLengthGroupedSampler` in its global order (accelerate shards it per rank).
 - Saving: teacher tensors stay out of saved folders unless `save_teacher`; every checkpoint gets its
   completion marker after all ranks wrote it, and old checkpoints are pruned only after that
-  (`checkpointing`).
+  (`checkpointing`). A failed write stops the run with one `OutputError` line and no marker.
+- Data report: the replacement records of the batches each rank actually trained on (not of
+  prefetched ones) are counted per rank, gathered at every checkpoint and at the end, and added to
+  the report saved in the checkpoint the run resumed from (`run_data_report`).
+- Preemption: `StopOnSignal` stops every rank at the same optimizer step once SIGTERM / SIGUSR1
+  reached any of them, with a complete checkpoint of that step. The last step is always logged, so
+  `state.log_history` (saved in every checkpoint) covers the whole run (`checkpointing.run_train_loss`).
 """
 from __future__ import annotations
 
 import json
+import signal
+from functools import partial
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from transformers import Trainer, TrainerCallback
 
+from videopanda.data.dataset import bad_record, data_report, merge_data_reports
+from videopanda.io import describe_os_error, write_json_atomic, write_text_atomic
 from videopanda.log import get_logger
 from videopanda.model.checkpoint import TEACHER_PREFIX
-from videopanda.train.checkpointing import mark_complete, prune_checkpoints
+from videopanda.train.checkpointing import (DATA_REPORT, STOP_SIGNALS, StopSignals, checkpoint_step, mark_complete,
+                                            prune_checkpoints, read_data_report, writing)
 from videopanda.train.stages import VISUAL_GROUPS, module_group
 
 logger = get_logger(__name__)
@@ -74,16 +86,70 @@ class LossLogCallback(TrainerCallback):
                 continue  # a line cut short by a kill
             if record.get("step", 0) <= state.global_step:
                 kept.append(line)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(f"{line}\n" for line in kept))
-        tmp.replace(self.path)
+        write_text_atomic(self.path, "".join(f"{line}\n" for line in kept))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs or "loss" not in logs:
             return
         record = {"step": state.global_step, **{k: v for k, v in logs.items() if isinstance(v, (int, float))}}
-        with open(self.path, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        try:
+            with open(self.path, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+        except OSError as exc:
+            raise describe_os_error(exc, self.path) from exc
+
+
+def max_over_ranks(value: int, device: torch.device | str) -> int:
+    """The largest `value` of all ranks (one all-reduce of one number; `value` itself without a process group)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    tensor = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor.item())
+
+
+def agreed_stop_signal(signals: StopSignals, device: torch.device | str) -> str | None:
+    """The name of the stop signal any rank received (the same answer on every rank), or None."""
+    number = max_over_ranks(signals.received or 0, device)
+    return signal.Signals(number).name if number else None
+
+
+class StopOnSignal(TrainerCallback):
+    """Stops training at the end of the first optimizer step after SIGTERM / SIGUSR1 reached any rank.
+
+    At every step's end all ranks agree on the stop (`agreed_stop_signal`, so they stop at the same step
+    even when the signal reached one rank first); the stop step is then logged and saved like a
+    scheduled checkpoint (complete marker included) and the loop ends; `stopped_at` and `signal` say
+    when and why. At the last step the run just finishes. The last step of a run is always logged, so
+    the log history covers every step."""
+
+    def __init__(self, signals: StopSignals):
+        self.signals = signals
+        self.stopped_at: int | None = None
+        self.signal: str | None = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        name = agreed_stop_signal(self.signals, args.device)
+        if control.should_training_stop:  # the last step: the run finishes as usual
+            control.should_log = True
+            if name is not None and state.is_world_process_zero:
+                logger.warning("%s at the last step (%d): finishing the run", name, state.global_step)
+        elif name is not None:
+            self.stopped_at, self.signal = state.global_step, name
+            if state.is_world_process_zero:
+                logger.warning("%s: stopping after step %d with a checkpoint", name, state.global_step)
+            control.should_log = control.should_save = control.should_training_stop = True
+        return control
+
+
+def _worker_ignores_stop_signals(worker_init_fn, worker_id: int) -> None:
+    """DataLoader workers leave SIGTERM / SIGUSR1 to the training process: SLURM signals every process of
+    a job step, and PyTorch's worker handler ends a worker on a SIGTERM not sent by its parent, which
+    would fail the step that should be checkpointed."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    if worker_init_fn is not None:
+        worker_init_fn(worker_id)
 
 
 class VideoPandaTrainer(Trainer):
@@ -98,6 +164,19 @@ class VideoPandaTrainer(Trainer):
         # divides by the accumulation steps instead of passing num_items_in_batch to the model.
         self.model_accepts_loss_kwargs = False
         self._loss_parts = torch.zeros(4, dtype=torch.float64)  # lm sum, lm count, distill sum, distill count
+        self._used_bad: dict[int, dict] = {}  # bad samples in the batches this rank trained on
+        self._used_replacements = 0
+        self._report_before: dict | None = None  # from the checkpoint this run resumed from
+        self._segment_start = 0
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        if isinstance(resume_from_checkpoint, (str, Path)):
+            self._segment_start = checkpoint_step(resume_from_checkpoint)
+            self._report_before = read_data_report(resume_from_checkpoint)
+            if self._report_before is None and self._segment_start:
+                logger.warning("%s holds no %s: the data report covers steps after %d only", resume_from_checkpoint,
+                               DATA_REPORT, self._segment_start)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
 
     # ---- data ------------------------------------------------------------------------------------
 
@@ -109,6 +188,32 @@ class VideoPandaTrainer(Trainer):
             return super()._get_train_sampler(train_dataset)
         return ModalityLengthGroupedSampler(dataset.lengths, dataset.is_video, self.args.per_device_train_batch_size,
                                             world_size=self.args.world_size, seed=self.args.seed)
+
+    def get_train_dataloader(self):
+        loader = super().get_train_dataloader()
+        torch_loader = getattr(loader, "base_dataloader", loader)  # accelerate wraps the torch DataLoader
+        if torch_loader.num_workers > 0:
+            torch_loader.worker_init_fn = partial(_worker_ignores_stop_signals, torch_loader.worker_init_fn)
+        return loader
+
+    def run_data_report(self) -> dict:
+        """The `data_report` of the run so far, on every rank (a collective: call it on all ranks at once).
+
+        The ranks' counts since this run started are summed with the report of the checkpoint it resumed
+        from; `segments` lists, per run segment (start_step, end_step), each rank's replacements and bad
+        samples."""
+        mine = data_report(len(self.train_dataset), self._used_bad.values(), self._used_replacements)
+        ranks = [mine]
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            ranks = [None] * dist.get_world_size()
+            dist.all_gather_object(ranks, mine)
+        before = [self._report_before] if self._report_before else []
+        report = merge_data_reports(before + ranks)
+        segment = {"start_step": self._segment_start, "end_step": self.state.global_step,
+                   "ranks": [{"rank": rank, "replacements": part["replacements"], "bad_samples": part["bad_samples"]}
+                             for rank, part in enumerate(ranks)]}
+        report["segments"] = [s for b in before for s in b.get("segments", [])] + [segment]
+        return report
 
     # ---- optimizer -------------------------------------------------------------------------------
 
@@ -142,6 +247,9 @@ class VideoPandaTrainer(Trainer):
         inputs.pop("ids", None)
         if replaced:
             self.train_dataset.absorb(replaced)
+            self._used_replacements += len(replaced)
+            for record in replaced:
+                self._used_bad.setdefault(record["index"], bad_record(record))
         has_video = any(v is not None for v in inputs.get("videos") or [])
         outputs = model(**inputs)
         parts = self._loss_parts
@@ -177,8 +285,12 @@ class VideoPandaTrainer(Trainer):
         super()._save(output_dir, state_dict=state_dict)
 
     def _save_checkpoint(self, model, trial) -> None:
-        super()._save_checkpoint(model, trial)
         folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+        with writing(folder):
+            super()._save_checkpoint(model, trial)
+        report = self.run_data_report()
+        if self.args.should_save:
+            write_json_atomic(folder / DATA_REPORT, report)
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             mark_complete(folder, self.state.global_step, self.args.world_size)
@@ -186,4 +298,5 @@ class VideoPandaTrainer(Trainer):
         self.accelerator.wait_for_everyone()
 
 
-__all__ = ["LOSS_LOG", "LossLogCallback", "VideoPandaTrainer", "no_decay", "parameter_groups"]
+__all__ = ["LOSS_LOG", "LossLogCallback", "StopOnSignal", "VideoPandaTrainer", "agreed_stop_signal", "max_over_ranks",
+           "no_decay", "parameter_groups"]
