@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
 
@@ -66,6 +66,24 @@ def _file_system_full(path: str | os.PathLike, margin_bytes: int = 1 << 20) -> b
 
 
 @contextmanager
+def _replacing(path: Path, tmp: Path) -> Iterator[None]:
+    """Make `path`'s folder, run the block (which writes `tmp`), rename `tmp` over `path`; on any error
+    remove `tmp` and raise an OSError, or any error on a full disk (C++ writers lose errno), as an
+    `OutputError` naming `path`."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if isinstance(exc, Exception) and not isinstance(exc, OutputError) and (
+                isinstance(exc, OSError) or _file_system_full(path)):
+            raise describe_os_error(exc, path) from exc
+        raise
+
+
+@contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     """Open a temporary file that replaces `path` when the block ends without error.
 
@@ -76,18 +94,11 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
         raise ValueError(f"atomic_open mode must be 'w' or 'wb', got {mode!r}")
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    with _replacing(path, tmp):
         with open(tmp, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError) and not isinstance(exc, OutputError):
-            raise describe_os_error(exc, path) from exc
-        raise
     _sync_folder(path.parent)
 
 
@@ -131,15 +142,8 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     """
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    with _replacing(path, tmp):
         write(tmp)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError) and not isinstance(exc, OutputError):
-            raise describe_os_error(exc, path) from exc
-        raise
     return path
 
 
