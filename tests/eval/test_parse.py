@@ -18,6 +18,8 @@ VALID = [
     ('{"reason": "close {but} not exact", "pred": "no", "score": 2}', Verdict("no", 2)),
     ('First {"note": 1} then {"pred": "yes", "score": 5}', Verdict("yes", 5)),
     ('{"pred": "yes", "score": 3, "extra": [1, 2]}', Verdict("yes", 3)),
+    ('{"pred": "yes", "score": 4, "example": {"pred": "no", "score": 0}}', Verdict("yes", 4)),
+    ('{"pred": "no", "score": 2}\n```json\n{"pred": "No", "score": "2"}\n```', Verdict("no", 2)),
 ]
 
 INVALID = [
@@ -36,6 +38,8 @@ INVALID = [
     '{"pred": "yes", "score": null}',
     '{"pred": "yes", "score": 4',
     "[1, 2, 3]",
+    'The format is {"pred": "yes", "score": 5}. My verdict: {"pred": "no", "score": 1}',
+    '```json\n{"score": 3, "pred": "yes"}\n```\nOn reflection: {"pred": "yes", "score": 2}',
 ]
 
 

@@ -26,17 +26,30 @@ logger = get_logger(__name__)
 SUBCOMMANDS = ("qa", "merge", "judge", "benchmark", "report")
 
 
+def _at_least(minimum: float, kind: type = int):
+    """An argparse type: a number of `kind` >= `minimum` (a usage error otherwise, never a silent default)."""
+    def parse(text: str):
+        value = kind(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {text}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
 def _add_inference_args(parser: argparse.ArgumentParser, model_required: bool = True) -> None:
     g = parser.add_argument_group("inference")
     g.add_argument("--model", required=model_required, help="Video-Panda model folder")
-    g.add_argument("--num-chunks", type=int, default=1, help="split the questions into K chunks (one per GPU)")
+    g.add_argument("--num-chunks", type=_at_least(1), default=1,
+                   help="split the questions into K chunks (one per GPU)")
     g.add_argument("--chunk-idx", type=int, default=0, help="which chunk this process answers (0-based)")
-    g.add_argument("--batch-size", type=int, default=1)
+    g.add_argument("--batch-size", type=_at_least(1), default=1)
     g.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="auto: the checkpoint's own dtype (config.json's torch_dtype)")
-    g.add_argument("--max-new-tokens", type=int, default=1024)
-    g.add_argument("--num-frames", type=int, default=None, help="frames per video (default: the model's, 8)")
+    g.add_argument("--max-new-tokens", type=_at_least(1), default=1024)
+    g.add_argument("--num-frames", type=_at_least(1), default=None,
+                   help="frames per video (default: the model's, 8)")
     g.add_argument("--system", choices=["user", "human"], default="user",
                    help="system text: 'user' (the training text, default) or 'human' (the original inference text)")
     g.add_argument("--retry-errors", action="store_true", help="answer again the questions that got error rows")
@@ -50,10 +63,11 @@ def _add_judge_args(parser: argparse.ArgumentParser, model_flags: tuple[str, ...
     g.add_argument("--api-base", default=None, help="OpenAI-compatible base URL (default: OpenAI's)")
     g.add_argument(*model_flags, dest="judge_model", default="gpt-3.5-turbo",
                    help="judge model name sent to the server (the name it reports back is recorded)")
-    g.add_argument("--workers", type=int, default=8, help="parallel judge requests")
-    g.add_argument("--max-retries", type=int, default=5, help="extra attempts per item after the first")
-    g.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
-    g.add_argument("--backoff-base", type=float, default=1.0, help="first retry wait in seconds (doubles)")
+    g.add_argument("--workers", type=_at_least(1), default=8, help="parallel judge requests")
+    g.add_argument("--max-retries", type=_at_least(0), default=5, help="extra attempts per item after the first")
+    g.add_argument("--timeout", type=_at_least(0.001, float), default=60.0, help="seconds per request")
+    g.add_argument("--backoff-base", type=_at_least(0, float), default=1.0,
+                   help="first retry wait in seconds (doubles)")
     g.add_argument("--seed", type=int, default=1234, help="sent to the server where supported; -1 to omit")
 
 
@@ -121,14 +135,17 @@ def _infer(args: argparse.Namespace, dataset: str, output_dir: Path) -> int:
 
 def _merge(pred_dir: Path, dataset: str, data_root: str, output: Path, allow_incomplete: bool) -> int:
     from videopanda.eval.merge import merge_predictions, write_merged
+    from videopanda.eval.records import RecordsError
 
-    report = merge_predictions(pred_dir, load_questions(data_root, dataset))
+    report = merge_predictions(pred_dir, load_questions(data_root, dataset), dataset)
+    if output.resolve() in {(pred_dir / name).resolve() for name in report.sources}:
+        raise RecordsError(f"{output}: is one of the prediction files being merged; pass another --output")
     print(report.summary())
     if not report.complete and not allow_incomplete:
-        logger.error("%s is incomplete; not writing %s (rerun the missing chunks or `eval qa --retry-errors`, "
-                     "or pass --allow-incomplete to count the questions without an answer as wrong)", pred_dir, output)
-        if output.exists():
-            logger.error("%s exists from an earlier merge and does not match these predictions", output)
+        earlier = " (the one there is left from an earlier merge)" if output.exists() else ""
+        logger.error("%s is incomplete; not writing %s%s: rerun the missing chunks, or the inference with "
+                     "--retry-errors, or pass --allow-incomplete to count the questions without an answer as wrong",
+                     pred_dir, output, earlier)
         return 1
     write_merged(report, output, dataset)
     logger.info("wrote %s (%d lines)", output, len(report.records))
@@ -144,6 +161,12 @@ def _read_predictions(pred_file: Path) -> tuple[list[dict], dict]:
     from videopanda.eval.records import RecordsError, read_jsonl
 
     records = read_jsonl(pred_file)
+    if not records:
+        raise RecordsError(f"{pred_file}: no predictions")
+    for number, record in enumerate(records, start=1):
+        missing = [key for key in ("id", "question", "answer", "pred") if key not in record]
+        if missing:
+            raise RecordsError(f"{pred_file}: prediction {number} has no {', '.join(map(repr, missing))} field")
     ids = [str(r.get("id")) for r in records]
     if len(set(ids)) != len(ids):
         raise RecordsError(f"{pred_file}: has duplicated ids; run `videopanda eval merge` first")
@@ -157,6 +180,17 @@ def _read_predictions(pred_file: Path) -> tuple[list[dict], dict]:
                      "model_path": sidecar.get("model_path"), "predictions_dataset": sidecar.get("dataset")}
 
 
+def _forget_results(judge_dir: Path) -> None:
+    """Remove an earlier run's results.json before anything can stop this run (an edited or unusable
+    prediction file, an incomplete merge), so that no report shows numbers of predictions since changed."""
+    from videopanda.io import describe_os_error
+
+    try:
+        (judge_dir / "results.json").unlink(missing_ok=True)
+    except OSError as error:
+        raise describe_os_error(error, judge_dir / "results.json") from error
+
+
 def _finish(results: dict, allow_incomplete: bool, failed: str) -> int:
     """Exit code of a judge run: 1 when items failed, unless allowed. `failed`: where they are listed."""
     if results["complete"]:
@@ -165,7 +199,7 @@ def _finish(results: dict, allow_incomplete: bool, failed: str) -> int:
         logger.warning("incomplete (--allow-incomplete): the failed items (%s) count as wrong", failed)
         return 0
     logger.error("incomplete: the numbers count the failed items (%s) as wrong; rerun to retry the judge "
-                 "failures (inference errors need `eval qa --retry-errors` and a new merge), or pass "
+                 "failures (inference errors need the inference rerun with --retry-errors and a new merge), or pass "
                  "--allow-incomplete to accept them", failed)
     return 1
 
@@ -205,6 +239,7 @@ def _cmd_judge(argv: list[str]) -> int:
     _allow_incomplete_arg(p, "exit 0")
     _progress_arg(p)
     args = p.parse_args(argv)
+    _forget_results(args.output_dir)
     records, meta = _read_predictions(args.pred_file)
     recorded = meta.pop("predictions_dataset")
     if args.dataset and recorded and args.dataset != recorded:
@@ -244,6 +279,7 @@ def _cmd_benchmark(argv: list[str]) -> int:
             logger.info("chunk %d of %d done; judge with --stage judge once every chunk has finished",
                         args.chunk_idx, args.num_chunks)
             return 0
+        _forget_results(args.output_dir / "judge")
         code = _merge(pred_dir, BENCHMARK, args.data_root, merged, args.allow_incomplete)
         if code:
             return code

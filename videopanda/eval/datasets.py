@@ -12,11 +12,11 @@ Layout under `DATA_ROOT/eval/` (SPEC section 7):
         temporal_qa.json     [{"video_name": ..., "Q": ..., "A": ...}, ...]
         consistency_qa.json  [{"video_name": ..., "Q1": ..., "Q2": ..., "A": ...}, ...]
 
-Questions and answers are paired by `question_id`, never by position; a duplicated id or a question
-without an answer is an error naming the file. Video files are found by name: the name as given if
-that file exists, else the name plus the first of `VIDEO_EXTENSIONS` that exists (ActivityNet files
-are `v_{video_name}`). A video that cannot be found is not an error here: the item carries
-`video_path=None` and inference writes it as an error row.
+Questions and answers are paired by `question_id`, never by position; a duplicated id, a question
+without an answer or a question file without any question is an error naming the file. Video files
+are found by name: the name as given if that file exists, else the name plus the first of
+`VIDEO_EXTENSIONS` that exists (ActivityNet files are `v_{video_name}`). A video that cannot be found
+is not an error here: the item carries `video_path=None` and inference writes it as an error row.
 
 Benchmark items get stable ids from their position in the file: `generic/{i}`, `temporal/{i}`,
 `consistency/{i}/q1` and `consistency/{i}/q2` (Q1 and Q2 are answered separately).
@@ -111,6 +111,8 @@ def load_zero_shot_qa(data_root: str | os.PathLike, dataset: str) -> list[QAItem
     root = dataset_dir(data_root, dataset)
     q_path, a_path = root / "test_q.json", root / "test_a.json"
     questions, answers = _load_list(q_path), _load_list(a_path)
+    if not questions:
+        raise DatasetError(f"{q_path}: no questions (an empty list)")
 
     answer_by_id: dict[str, dict[str, Any]] = {}
     for index, entry in enumerate(answers):
@@ -152,7 +154,10 @@ def load_benchmark(data_root: str | os.PathLike) -> list[QAItem]:
     for filename in BENCHMARK_FILES:
         path = root / filename
         part = filename.removesuffix("_qa.json")
-        for index, entry in enumerate(_load_list(path)):
+        entries = _load_list(path)
+        if not entries:
+            raise DatasetError(f"{path}: no questions (an empty list)")
+        for index, entry in enumerate(entries):
             video = str(_field(entry, "video_name", path, index))
             answer = str(_field(entry, "A", path, index))
             video_path = finder.find(video)

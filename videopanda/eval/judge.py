@@ -7,15 +7,16 @@ Dependability choices:
 - The openai>=1 client is built with `max_retries=0`; retries are ours and bounded (`max_retries`):
   429, 408, 409, 5xx, timeouts and connection errors wait (the server's `Retry-After` /
   `retry-after-ms` when given, capped at `max_wait`; else exponential backoff with jitter) and try
-  again; a reply that cannot be parsed into a valid verdict is asked again at once. 401/403/404 stop
-  the whole run (nothing else could succeed); other 4xx fail the item.
+  again; a reply that cannot be parsed into a valid verdict is asked again at once. 401/403/404 and a
+  429 saying `insufficient_quota` stop the whole run (nothing else could succeed); other 4xx fail the item.
 - The run stops early (`JudgeFatalError`, one line) when the server cannot be reached: a connection
   error before any reply of this run (nothing listens there), or `max_unreachable` requests in a row,
   across all items, that ended in a timeout, a connection error or a 5xx (a server that stalls or
   died). Every waiting worker stops at once; the verdicts written so far are kept for the rerun.
 - Parsing: the first JSON-like object anywhere in the reply (plain, in prose, in a code fence, or a
   Python-style dict with single quotes), then strict values: pred yes/no (any case), score an integer
-  0..5 ("4" and 4.0 are 4; 4.5, 6, true are invalid - never truncated).
+  0..5 ("4" and 4.0 are 4; 4.5, 6, true are invalid - never truncated). A reply in which another object
+  states a different valid verdict is invalid too (asked again), never read as its first one.
 - Temperature 0 and a fixed seed; the model name the server reports is recorded per verdict.
 - Every verdict is appended to `verdicts.jsonl` when it arrives, with a fingerprint of what was
   judged (judge identity + the exact messages); a rerun judges only items without a verdict with the
@@ -58,6 +59,7 @@ logger = get_logger(__name__)
 
 EXACT_LABEL = "exact-match (not comparable with GPT-judged numbers)"
 API_KEY_ENV = "OPENAI_API_KEY"
+_QUOTA = "insufficient_quota"  # OpenAI's 429 for an account without credit: no retry can succeed
 
 
 class VerdictError(ValueError):
@@ -118,20 +120,26 @@ def _load_object(candidate: str) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
-def extract_object(text: str, required: Sequence[str]) -> dict[str, Any]:
-    """The first dict in `text` (whole text, code fences, then any `{...}`) having all `required` keys
-    (compared case-insensitively; returned with lower-case keys)."""
+def extract_objects(text: str, required: Sequence[str]) -> list[dict[str, Any]]:
+    """The dicts in `text` having all `required` keys (compared case-insensitively; returned with
+    lower-case keys), in order: the whole text alone when it is one, else those in code fences, then
+    any `{...}`. Raises VerdictError when there is none."""
     if not isinstance(text, str):
         raise VerdictError(f"reply content is {type(text).__name__}, not text")
     candidates = [text.strip(), *(m.strip() for m in _FENCE.findall(text)), *_balanced_objects(text)]
-    for candidate in candidates:
+    found = []
+    for index, candidate in enumerate(candidates):
         obj = _load_object(candidate)
         if obj is None:
             continue
         lowered = {str(k).strip().lower(): v for k, v in obj.items()}
         if all(key in lowered for key in required):
-            return lowered
-    raise VerdictError(f"no object with keys {list(required)} in reply {text[:200]!r}")
+            if index == 0:
+                return [lowered]
+            found.append(lowered)
+    if not found:
+        raise VerdictError(f"no object with keys {list(required)} in reply {text[:200]!r}")
+    return found
 
 
 def _strict_score(value: Any) -> int:
@@ -154,8 +162,21 @@ def _strict_score(value: Any) -> int:
 
 
 def parse_verdict(text: str, need_pred: bool = True) -> Verdict:
-    """Tolerant extraction, strict validation. Raises VerdictError on anything not a clean verdict."""
-    obj = extract_object(text, ("pred", "score") if need_pred else ("score",))
+    """Tolerant extraction, strict validation. Raises VerdictError on anything not a clean verdict,
+    including a reply whose objects state different valid verdicts (which one the judge meant is unknown)."""
+    first, *others = extract_objects(text, ("pred", "score") if need_pred else ("score",))
+    verdict = _verdict(first, need_pred)
+    for other in others:
+        try:
+            alternative = _verdict(other, need_pred)
+        except VerdictError:
+            continue
+        if alternative != verdict:
+            raise VerdictError(f"conflicting verdicts {verdict} and {alternative} in reply {text[:200]!r}")
+    return verdict
+
+
+def _verdict(obj: dict[str, Any], need_pred: bool) -> Verdict:
     pred = None
     if need_pred:
         raw = obj["pred"]
@@ -349,6 +370,9 @@ class OpenAIJudge:
                 if status in (401, 403, 404):
                     hint = "check --model and --api-base" if status == 404 else f"check {API_KEY_ENV}"
                     raise self._stop_run(f"HTTP {status} from the judge at {self.endpoint} ({hint})") from None
+                if status == 429 and _QUOTA in (getattr(error, "code", None), getattr(error, "type", None)):
+                    raise self._stop_run(f"HTTP 429 {_QUOTA} from the judge at {self.endpoint} (the account behind "
+                                         f"{API_KEY_ENV} has no quota left; waiting does not help)") from None
                 outcome.error = f"HTTP {status}: {redact(str(error))[:300]}"
                 if status >= 500:
                     self._no_reply(error, connection=False)

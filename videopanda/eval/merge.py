@@ -1,13 +1,16 @@
 """Merge the per-chunk prediction files and check that every question is answered exactly once.
 
 A merge is complete when each question of the dataset has exactly one answered line across all
-`*.jsonl` files of the prediction folder, and no line belongs to a question the dataset does not have
-or carries a question/answer text that differs from the dataset's (a stale file). Error rows (the
-video could not be read) make the merge incomplete too: they are questions without an answer.
+chunk files (`*.jsonl`) of the prediction folder, and no line belongs to a question the dataset does
+not have or carries a question/answer text that differs from the dataset's (a stale file). Error rows
+(the video could not be read) make the merge incomplete too: they are questions without an answer,
+unless an answered line for the same question exists (a later `--retry-errors` run that succeeded).
+A merged file lying in the folder (its sidecar holds a SHA-256) is not a chunk and is left out.
 
 All chunk files must come from one run setting: their sidecars (`provenance.py`) must hold the same
-fingerprint, else the merge is refused whatever the flags. Chunk files without any sidecar (written
-by other tools) merge with a warning, and the merged file then records no fingerprint.
+fingerprint, made for the dataset being merged, else the merge is refused whatever the flags. Chunk
+files without any sidecar (written by other tools) merge with a warning, and the merged file then
+records no fingerprint.
 
 The merged file has one line per question of the dataset, in the dataset's order. With
 `--allow-incomplete`, a question without a usable answer (missing, error row, stale line) is still
@@ -24,8 +27,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from videopanda.eval.datasets import QAItem
-from videopanda.eval.provenance import (ProvenanceError, describe_difference, read_sidecar, sidecar_path,
-                                        write_merged_sidecar)
+from videopanda.eval.provenance import (ProvenanceError, chunk_files, describe_difference, read_sidecar,
+                                        sidecar_path, write_merged_sidecar)
 from videopanda.eval.records import RecordsError, read_jsonl
 from videopanda.io import write_text_atomic
 from videopanda.log import get_logger
@@ -38,7 +41,7 @@ class MergeReport:
     expected: int
     records: list[dict[str, Any]] = field(default_factory=list)   # one per question, dataset order
     missing: list[str] = field(default_factory=list)
-    duplicated: dict[str, int] = field(default_factory=dict)       # id -> number of lines
+    duplicated: dict[str, int] = field(default_factory=dict)       # id -> number of answered lines
     unexpected: list[str] = field(default_factory=list)            # ids the dataset does not have
     mismatched: list[str] = field(default_factory=list)            # question/answer text differs from the dataset
     failed: list[str] = field(default_factory=list)                # error rows
@@ -101,15 +104,22 @@ def _error_row(item: QAItem, error: str) -> dict[str, Any]:
     return row
 
 
-def merge_predictions(pred_dir: str | os.PathLike, items: Sequence[QAItem]) -> MergeReport:
-    """Read every `*.jsonl` in `pred_dir` and check it against the dataset's items.
+def merge_predictions(pred_dir: str | os.PathLike, items: Sequence[QAItem],
+                      dataset: str | None = None) -> MergeReport:
+    """Read every chunk file (`*.jsonl`, merged files left out) in `pred_dir` and check it against the
+    dataset's items.
 
-    Raises ProvenanceError when the chunks were made with different fingerprints."""
+    Raises ProvenanceError when the chunks were made with different fingerprints, or for another
+    dataset than `dataset` (when given)."""
     pred_dir = Path(pred_dir)
-    files = sorted(pred_dir.glob("*.jsonl"))
+    files = chunk_files(pred_dir)
     if not files:
         raise RecordsError(f"{pred_dir}: no *.jsonl prediction files")
     sidecar = _chunk_sidecar(files) or {}
+    made_for = (sidecar.get("fingerprint") or {}).get("dataset")
+    if dataset is not None and made_for is not None and made_for != dataset:
+        raise ProvenanceError(f"{pred_dir}: holds predictions for {made_for!r} (per {sidecar_path(files[0]).name}), "
+                              f"not for --dataset {dataset!r}")
     report = MergeReport(expected=len(items), sources=[path.name for path in files],
                          fingerprint=sidecar.get("fingerprint"), model_path=sidecar.get("model_path"))
     lines_by_id: dict[str, list[dict[str, Any]]] = {}
@@ -127,9 +137,9 @@ def merge_predictions(pred_dir: str | os.PathLike, items: Sequence[QAItem]) -> M
             report.missing.append(item.key)
             report.records.append(_error_row(item, f"missing: no line for this question in {pred_dir}"))
             continue
-        if len(lines) > 1:
-            report.duplicated[item.key] = len(lines)
         answered = [r for r in lines if r.get("pred") is not None]
+        if len(answered) > 1:
+            report.duplicated[item.key] = len(answered)
         record = answered[0] if answered else lines[0]
         if record.get("question") != item.question or str(record.get("answer")) != item.answer:
             report.mismatched.append(item.key)

@@ -18,19 +18,19 @@ SHA-256 of the merged file, which `eval judge` checks before recording the finge
 resumes into one.
 
 The model's identity is a hash of its small files (config.json, generation_config.json, tokenizer
-files, the weight index) and, per weight file, its name, size and a content signature read without
-loading the weights: a zip `.bin` (torch.save) contributes the CRC-32 of every entry from the archive's
-directory, a `.safetensors` file its header plus the first and last 256 bytes of every tensor, any
-other file 16 blocks of 64 KiB spread over it. Two checkpoints of one training run (same names and
-sizes, other weights) therefore differ.
+files, the weight index) and, per weight file, its name, size and a checksum of its whole content,
+without loading the weights: a zip `.bin` (torch.save) contributes the CRC-32 of every entry from the
+archive's directory (computed over every byte when it was written), any other file (`.safetensors`) the
+CRC-32 of all its bytes, read in 16 MiB blocks (several GB/s). Two checkpoints of one training run
+(same names and sizes, other weights, even a single changed value) therefore differ.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import struct
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +43,7 @@ FORMAT = "videopanda-predictions/1"
 SIDECAR_SUFFIX = ".run.json"
 _SMALL_FILES = ("config.json", "generation_config.json", "tokenizer.model", "tokenizer.json",
                 "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "chat_template.jinja")
-_TENSOR_SAMPLE = 256
-_BLOCKS, _BLOCK = 16, 64 * 1024
+_BLOCK = 16 * 1024 * 1024
 
 
 class ProvenanceError(Exception):
@@ -64,30 +63,18 @@ def _weight_signature(path: Path, digest: "hashlib._Hash") -> None:
             digest.update(f"{info.filename}\0{info.CRC}\0{info.file_size}\n".encode())
         if any(info.CRC for info in entries):
             return
-        # written without CRCs (torch.save can skip them): fall back to sampled blocks
+        # written without CRCs (torch.save can skip them): checksum the bytes like any other file
+    crc = 0
     with open(path, "rb") as handle:
-        if path.suffix == ".safetensors":
-            (length,) = struct.unpack("<Q", handle.read(8))
-            header_bytes = handle.read(length)
-            digest.update(header_bytes)
-            header = json.loads(header_bytes)
-            start = 8 + length
-            for name in sorted(k for k in header if k != "__metadata__"):
-                begin, end = header[name]["data_offsets"]
-                handle.seek(start + begin)
-                digest.update(handle.read(min(_TENSOR_SAMPLE, end - begin)))
-                if end - begin > _TENSOR_SAMPLE:
-                    handle.seek(start + max(begin, end - _TENSOR_SAMPLE))
-                    digest.update(handle.read(_TENSOR_SAMPLE))
-            return
-        for block in range(_BLOCKS):
-            handle.seek(max(0, size - _BLOCK) * block // (_BLOCKS - 1))
-            digest.update(handle.read(_BLOCK))
+        while block := handle.read(_BLOCK):
+            crc = zlib.crc32(block, crc)
+    digest.update(f"crc32\0{crc:08x}\n".encode())
 
 
 def model_identity(folder: str | os.PathLike) -> str:
-    """A 16-hex-digit identity of a model folder's contents (see the module docstring); reads a few KiB
-    per tensor, never the whole weights. Raises ModelFolderError naming the file it cannot read."""
+    """A 16-hex-digit identity of a model folder's contents (see the module docstring); checksums every
+    weight byte (a zip's stored CRCs where it has them). Raises ModelFolderError naming the file it
+    cannot read."""
     from videopanda.infer import ModelFolderError
     from videopanda.model.checkpoint import checkpoint_files
 
@@ -107,7 +94,7 @@ def model_identity(folder: str | os.PathLike) -> str:
             raise ModelFolderError(f"{path}: weight file named by the checkpoint index is missing")
         try:
             _weight_signature(path, digest)
-        except (OSError, ValueError, KeyError, TypeError, struct.error, zipfile.BadZipFile) as error:
+        except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as error:
             raise ModelFolderError(f"{path}: unreadable weight file ({' '.join(str(error).split())})") from error
     return digest.hexdigest()[:16]
 
@@ -181,6 +168,17 @@ def read_sidecar(predictions: str | os.PathLike) -> dict[str, Any] | None:
                                                                                       (dict, type(None))):
         raise ProvenanceError(f"{path}: not a prediction sidecar ({FORMAT})")
     return data
+
+
+def is_merged_file(predictions: str | os.PathLike) -> bool:
+    """True for the output of `eval merge` (its sidecar holds the file's SHA-256), never a chunk."""
+    sidecar = read_sidecar(predictions)
+    return sidecar is not None and sidecar.get("sha256") is not None
+
+
+def chunk_files(folder: str | os.PathLike) -> list[Path]:
+    """The `*.jsonl` prediction files of `folder` that are chunks (merged files left out), sorted."""
+    return [path for path in sorted(Path(folder).glob("*.jsonl")) if not is_merged_file(path)]
 
 
 def _has_rows(path: Path) -> bool:

@@ -12,7 +12,10 @@ Prediction lines: `{"id", "question", "answer", "pred"}` plus `"type"` when the 
 
 Given a `fingerprint` (what produced the answers: `ModelAnswerer.fingerprint` plus the dataset),
 `run_qa` first checks the output folder and writes `out_file`'s sidecar (`provenance.py`): answers of
-another model or other settings are never resumed into, or mixed with, this run's.
+another model or other settings are never resumed into, or mixed with, this run's. The folder's other
+chunk files, which that check proved to share the fingerprint, count as done too: a rerun with another
+`--num-chunks` answers only the questions no chunk file has (with `retry_errors`, also those that only
+have error rows), so no question is answered twice and `eval merge` still finds each exactly once.
 """
 from __future__ import annotations
 
@@ -24,8 +27,8 @@ from typing import Any, Callable, Sequence
 from tqdm import tqdm
 
 from videopanda.eval.datasets import QAItem
-from videopanda.eval.provenance import claim_prediction_file, model_identity
-from videopanda.eval.records import JsonlAppender
+from videopanda.eval.provenance import chunk_files, claim_prediction_file, model_identity
+from videopanda.eval.records import JsonlAppender, read_jsonl
 from videopanda.io import write_jsonl_atomic
 from videopanda.log import get_logger
 
@@ -61,10 +64,22 @@ def prediction_record(item: QAItem, result: "str | Exception") -> dict[str, Any]
 @dataclass
 class QARunSummary:
     total: int
-    skipped: int     # already in the file from an earlier run
+    skipped: int     # already in the file (or another chunk file of the folder) from an earlier run
     answered: int    # answered in this run
     errors: int      # error rows written in this run
-    earlier_errors: int = 0  # error rows of earlier runs still in the file
+    earlier_errors: int = 0  # questions whose only rows, from earlier runs, are error rows
+
+
+def _rows_elsewhere(out_file: Path) -> dict[str, bool]:
+    """id -> whether it has an answered row, over the chunk files of `out_file`'s folder but itself."""
+    found: dict[str, bool] = {}
+    for path in chunk_files(out_file.parent):
+        if path.resolve() == out_file.resolve():
+            continue
+        for record in read_jsonl(path):
+            key = str(record.get("id"))
+            found[key] = found.get(key, False) or record.get("pred") is not None
+    return found
 
 
 def run_qa(items: Sequence[QAItem], answer_fn: AnswerFn, out_file: str | os.PathLike, batch_size: int = 1,
@@ -74,13 +89,16 @@ def run_qa(items: Sequence[QAItem], answer_fn: AnswerFn, out_file: str | os.Path
 
     `retry_errors`: first drop the error rows of earlier runs from the file, so those items are tried again.
     `fingerprint`: check the folder and write `out_file`'s sidecar first (raises ProvenanceError when the
-    folder holds predictions made otherwise); `run_info` is stored beside it, not compared.
+    folder holds predictions made otherwise), then skip the questions the folder's other chunk files
+    already hold; `run_info` is stored beside it, not compared.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     out_file = Path(out_file)
+    elsewhere: dict[str, bool] = {}
     if fingerprint is not None:
         claim_prediction_file(out_file, fingerprint, run_info)
+        elsewhere = _rows_elsewhere(out_file)
     if retry_errors and out_file.exists():
         with JsonlAppender(out_file) as existing:
             kept = [r for r in existing.records if r.get("error") is None]
@@ -91,11 +109,17 @@ def run_qa(items: Sequence[QAItem], answer_fn: AnswerFn, out_file: str | os.Path
 
     with JsonlAppender(out_file) as writer:
         done = {str(r.get("id")) for r in writer.records}
-        earlier_errors = sum(1 for r in writer.records if r.get("pred") is None)
+        answered = {str(r.get("id")) for r in writer.records if r.get("pred") is not None}
+        answered |= {key for key, has_answer in elsewhere.items() if has_answer}
+        other = {key for key, has_answer in elsewhere.items() if has_answer or not retry_errors} - done
+        done |= other
+        earlier_errors = sum(1 for item in items if item.key in done and item.key not in answered)
         todo = [item for item in items if item.key not in done]
         skipped = len(items) - len(todo)
         if skipped:
-            logger.info("%s: %d of %d questions already answered, %d to go", out_file, skipped, len(items), len(todo))
+            in_others = sum(1 for item in items if item.key in other)
+            logger.info("%s: %d of %d questions already answered%s, %d to go", out_file, skipped, len(items),
+                        f" ({in_others} in other chunk files of the folder)" if in_others else "", len(todo))
         errors = 0
         with tqdm(total=len(todo), desc=out_file.stem, unit="q", disable=not progress) as bar:
             for start in range(0, len(todo), batch_size):

@@ -5,11 +5,13 @@ per-aspect files of the benchmark are folded into the benchmark's own `results.j
 belongs to the dataset named in its `dataset` field, else to the QA dataset named by one of its
 folders. Every dataset found gets a column: the paper's four first, then the others (the synthetic
 set, ...) by name; a results file whose dataset cannot be told is listed under the table, never
-dropped silently. A number whose results are incomplete (items without a verdict, counted as wrong)
-is marked `*` and its coverage is listed. The judge and judge model of every number are part of the
-tables: GPT-judged numbers move with the judge snapshot, and exact-match numbers are not comparable
-with them at all. `--plot` writes `qa.png` (QA accuracy per dataset and model) and `benchmark.png`
-(the five aspects) for what there is, and fails when there is nothing to plot.
+dropped silently, and so is a judge folder without `results.json` (a run that stopped: `verdicts.jsonl`
+but no results, or benchmark aspects without the benchmark's own results). A number whose results are
+incomplete (items without a verdict, counted as wrong) is marked `*` and its coverage is listed. The
+judge and judge model of every number are part of the tables: GPT-judged numbers move with the judge
+snapshot, and exact-match numbers are not comparable with them at all. `--plot` writes `qa.png` (QA
+accuracy per dataset and model) and `benchmark.png` (the five aspects) for what there is, and fails
+when there is nothing to plot.
 """
 from __future__ import annotations
 
@@ -43,8 +45,31 @@ def _dataset_of(path: Path, results: dict[str, Any], root: Path) -> str | None:
     return None
 
 
+def _check_numbers(path: Path, results: dict[str, Any], benchmark: bool) -> None:
+    """ReportError unless the numbers the tables show are numbers (or null)."""
+    scores = results.get("scores") if benchmark else {key: results.get(key) for key in ("accuracy", "score")}
+    values = [*scores.values(), results.get("average")] if isinstance(scores, dict) else [""]
+    if not all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in values):
+        raise ReportError(f"{path}: not the results of `videopanda eval` (no numbers under "
+                          f"{'scores' if benchmark else 'accuracy and score'})")
+
+
+def _unfinished(root: Path) -> list[str]:
+    """Judge folders under `root` whose run stopped before writing results.json."""
+    stopped: set[str] = set()
+    for folder, _, files in os.walk(root, followlinks=True):
+        if "verdicts.jsonl" in files or "results.json" in files:
+            path = Path(folder)
+            # a benchmark aspect's run is finished only when the benchmark folder above it has its results
+            judge_dir = path.parent if path.name in ASPECTS else path
+            if not (judge_dir / "results.json").exists():
+                stopped.add(str(judge_dir))
+    return sorted(stopped)
+
+
 def collect(results_dirs: Sequence[str | os.PathLike], names: Sequence[str] | None = None) -> dict[str, Any]:
-    """-> {"models": {name: {"qa": {dataset: results}, "benchmark": results | None}}}."""
+    """-> {"models": {name: {"qa": {dataset: results}, "benchmark": results | None, "unknown": [path],
+    "unfinished": [judge folder without results.json]}}}."""
     if names and len(names) != len(results_dirs):
         raise ReportError(f"{len(names)} names for {len(results_dirs)} result folders")
     models: dict[str, Any] = {}
@@ -53,7 +78,11 @@ def collect(results_dirs: Sequence[str | os.PathLike], names: Sequence[str] | No
         if not root.is_dir():
             raise ReportError(f"{root}: not a folder")
         name = names[index] if names else root.resolve().name
-        entry: dict[str, Any] = {"qa": {}, "benchmark": None, "folder": str(root), "unknown": []}
+        entry: dict[str, Any] = {"qa": {}, "benchmark": None, "folder": str(root), "unknown": [],
+                                 "unfinished": _unfinished(root)}
+        for folder in entry["unfinished"]:
+            logger.warning("%s: the judge stopped before writing results.json; listed under the table, not in it",
+                           folder)
         found = [Path(d) / "results.json" for d, _, files in os.walk(root, followlinks=True) if "results.json" in files]
         for path in sorted(found):
             try:
@@ -65,6 +94,8 @@ def collect(results_dirs: Sequence[str | os.PathLike], names: Sequence[str] | No
             if "aspect" in results:
                 continue
             dataset = _dataset_of(path, results, root)
+            if dataset is not None:
+                _check_numbers(path, results, benchmark=dataset == BENCHMARK)
             if dataset == BENCHMARK:
                 if entry["benchmark"] is not None:
                     raise ReportError(f"{root}: more than one benchmark results.json")
@@ -153,6 +184,10 @@ def to_markdown(report: dict[str, Any]) -> str:
     unknown = [path for e in models.values() for path in e.get("unknown", [])]
     if unknown:
         lines += ["", "Not in the tables (dataset unknown; rerun `eval judge --dataset NAME`): " + ", ".join(unknown)]
+    unfinished = [path for e in models.values() for path in e.get("unfinished", [])]
+    if unfinished:
+        lines += ["", "Not in the tables (the judge stopped before writing results.json; rerun it): "
+                  + ", ".join(unfinished)]
     return "\n".join(lines) + "\n"
 
 
