@@ -70,6 +70,8 @@ class VideoPandaConfig(LlamaConfig):
     `stab` is an `STABConfig` as a dict; released configs have none, so it is derived from
     `video_hidden_size` and `frames_per_chunk` with the 7B defaults for the rest. `mm_video_tower`
     (a folder path relative to the original training run) is only recorded, never opened.
+    `image_token_id` is the processor's placeholder id, the tokenizer's `<image>` special token, by
+    default `vocab_size` (the first id past the released vocabulary; the embedding is not resized).
     """
 
     model_type = MODEL_TYPE
@@ -91,6 +93,7 @@ class VideoPandaConfig(LlamaConfig):
     frames_per_chunk: int = FRAMES_PER_CHUNK
     image_size: int = STUDENT_IMAGE_SIZE
     teacher_image_size: int = TEACHER_IMAGE_SIZE
+    image_token_id: int | None = None
 
     def __post_init__(self, **kwargs):
         known = {f.name for f in fields(STABConfig)}
@@ -102,6 +105,8 @@ class VideoPandaConfig(LlamaConfig):
         given.setdefault("frames_per_chunk", self.frames_per_chunk)
         self.stab = asdict(STABConfig(**given))
         super().__post_init__(**kwargs)
+        if self.image_token_id is None:
+            self.image_token_id = self.vocab_size
         self._check_multimodal_fields()
 
     def _check_multimodal_fields(self) -> None:
