@@ -64,6 +64,7 @@ def test_infer_answers_on_an_mp4_through_the_released_layout(folder, clip):
     want = expected_answer(folder, clip)
     assert want  # the tiny model's greedy answer is not empty for this seed
     assert result.stdout == want + "\n"  # the answer only
+    assert "Warning" not in result.stderr and "deprecated" not in result.stderr, result.stderr
 
 
 def test_missing_video_is_one_line_in_a_real_process(folder, tmp_path):

@@ -4,8 +4,8 @@
                      [--num-frames 8] [--device cpu|cuda] [--dtype auto|float32|bfloat16|float16]
                      [--system user|human]
 
-Pipeline: check the folder -> `read_video` -> load the model -> `preprocess_video(flip=False, teacher=False)` ->
-`build_generation_prompt` -> `tokenize_prompt` -> greedy `generate` with the KV cache. Only the answer goes
+Pipeline: check the folder -> `read_video` -> load the model and its `VideoPandaProcessor` -> the chat
+template's prompt -> `processor(text=..., videos=frames)` -> greedy `generate` with the KV cache. Only the answer goes
 to stdout. Errors are one line on stderr: a folder that cannot be loaded as a Video-Panda model
 (`ModelFolderError`, naming the file) or a model that does not fit in memory (`MemoryBudgetError`) exits
 with code 2; a missing or unreadable video, or a bad option, with code 1.
@@ -395,26 +395,32 @@ def check_memory(folder: str | Path, config, dtype: torch.dtype, device: str = "
 
 def load_model(folder: str | Path, device: str = "cpu", dtype: torch.dtype | None = None, *,
                memory_budget: int | None = None):
-    """-> (model in eval mode on `device`, tokenizer).
+    """-> (model in eval mode on `device`, its `VideoPandaProcessor`).
 
     dtype None: the checkpoint's own (`checkpoint_dtype`). Checks the folder (`validate_model_folder`), the
-    tokenizer against the model's vocabulary, and that the model fits (`check_memory`; `memory_budget` in
+    tokenizer against the model's vocabulary and placeholder id, and that the model fits (`check_memory`; `memory_budget` in
     bytes overrides the memory available) before reading any weights. Raises ModelFolderError naming the
     file, MemoryBudgetError.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
+
+    from videopanda.data.processor import VideoPandaProcessor
 
     raw, config = _inspect(folder)
     stored = checkpoint_dtype(raw, Path(folder) / "config.json")
     dtype = stored if dtype is None else dtype
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder)
+        processor = VideoPandaProcessor.from_pretrained(folder)
     except Exception as err:  # tokenizers fail in many ways on broken files
-        logger.debug("tokenizer of %s", folder, exc_info=True)
+        logger.debug("processor of %s", folder, exc_info=True)
         raise ModelFolderError(f"{folder}: the tokenizer cannot be loaded ({one_line_error(err)})") from err
-    if len(tokenizer) > config.vocab_size:
-        raise ModelFolderError(f"{folder}: the tokenizer has {len(tokenizer)} tokens but config.json's vocab_size is "
+    text_tokens = len(processor.tokenizer) - 1  # without the <image> placeholder
+    if text_tokens > config.vocab_size:
+        raise ModelFolderError(f"{folder}: the tokenizer has {text_tokens} tokens but config.json's vocab_size is "
                                f"{config.vocab_size}")
+    if processor.image_token_id != config.image_token_id:
+        raise ModelFolderError(f"{folder}: the tokenizer's <image> id {processor.image_token_id} is not config.json's "
+                               f"image_token_id {config.image_token_id}")
     check_memory(folder, config, dtype, device, stored, memory_budget)
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
@@ -425,23 +431,41 @@ def load_model(folder: str | Path, device: str = "cpu", dtype: torch.dtype | Non
         model = model.to(device)
     except torch.OutOfMemoryError as err:
         raise MemoryBudgetError(f"{folder}: {device} ran out of memory while the model was moved there") from err
-    return model.eval(), tokenizer
+    return model.eval(), processor
 
 
-def answer(model, tokenizer, frames: torch.Tensor, question: str, max_new_tokens: int = 1024,
+def with_num_frames(processor, num_frames: int | None):
+    """The processor itself, or a copy that samples `num_frames` frames (a multiple of frames_per_chunk)."""
+    from videopanda.data.processor import VideoPandaProcessor, VideoPandaVideoProcessor
+
+    video = processor.video_processor
+    if not num_frames or num_frames == video.num_frames:
+        return processor
+    fields = {k: getattr(video, k) for k in ("frames_per_chunk", "image_size", "teacher_image_size", "patch_size",
+                                             "window", "padding_window", "use_row_tokens")}
+    try:
+        return VideoPandaProcessor(VideoPandaVideoProcessor(num_frames=num_frames, **fields), processor.tokenizer)
+    except ValueError as err:
+        raise InferError(str(err)) from err
+
+
+def video_prompt(processor, question: str, system: str = "user") -> str:
+    """The chat template's generation prompt for one question about one video."""
+    return processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}],
+        add_generation_prompt=True, system=system)
+
+
+def answer(model, processor, frames: torch.Tensor, question: str, max_new_tokens: int = 1024,
            num_frames: int | None = None, system: str = "user") -> str:
     """Greedy answer to `question` about uint8 frames (n, H, W, 3) from `read_video`."""
-    from videopanda.data.conversation import SYSTEM_HUMAN, SYSTEM_USER, build_generation_prompt, tokenize_prompt
-    from videopanda.data.frames import preprocess_video
-
-    frame_config = frame_config_for(model.config, num_frames)
-    student, _ = preprocess_video(frames, frame_config, flip=False, teacher=False)
-    prompt = build_generation_prompt(question, frame_config.num_frames, SYSTEM_HUMAN if system == "human" else SYSTEM_USER)
-    input_ids = tokenize_prompt(prompt, tokenizer).unsqueeze(0).to(model.device)
+    processor = with_num_frames(processor, num_frames)
+    tokenizer = processor.tokenizer
+    inputs = processor(text=video_prompt(processor, question, system), videos=frames).to(model.device)
+    inputs["pixel_values_videos"] = inputs["pixel_values_videos"].to(model.dtype)
+    prompt_length = inputs["input_ids"].shape[1]
     output = model.generate(
-        input_ids,
-        videos=[student],
-        attention_mask=torch.ones_like(input_ids),
+        **inputs,
         max_new_tokens=max_new_tokens,
         do_sample=False,
         num_beams=1,
@@ -449,7 +473,7 @@ def answer(model, tokenizer, frames: torch.Tensor, question: str, max_new_tokens
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
     )
-    return tokenizer.decode(output[0], skip_special_tokens=True).strip()
+    return tokenizer.decode(output[0, prompt_length:], skip_special_tokens=True).strip()
 
 
 def main(argv: list[str]) -> int:
@@ -462,8 +486,8 @@ def main(argv: list[str]) -> int:
             raise InferError("--device cuda was asked for but no CUDA device is available")
         config = check_model_folder(args.model)
         frames = read_video(args.video, num_frames=frame_config_for(config, args.num_frames).num_frames)
-        model, tokenizer = load_model(args.model, device, DTYPES.get(args.dtype))
-        text = answer(model, tokenizer, frames, args.question, args.max_new_tokens, args.num_frames, args.system)
+        model, processor = load_model(args.model, device, DTYPES.get(args.dtype))
+        text = answer(model, processor, frames, args.question, args.max_new_tokens, args.num_frames, args.system)
     except (InferError, VideoReadError) as err:
         message = " ".join(str(err).split())
         print(f"videopanda infer: error: {message}", file=sys.stderr)

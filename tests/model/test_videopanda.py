@@ -175,26 +175,63 @@ def test_loss_with_labels_is_the_cross_entropy_of_the_full_logits(model):
     assert (expanded[:, 1:] != IGNORE_INDEX).sum() < expanded.numel() // 2  # most positions carry no loss
 
 
+def scattered(model, rows, videos, left: bool = True):
+    """The processor's layout of `mixed_batch`: each -200 becomes its frame's run of image_token_id (counts
+    from the STAB's grids), left padded -> input_ids, attention_mask, pixel_values_videos (V, C, T, 4, H, W)."""
+    token, out = model.config.image_token_id, []
+    present = iter([v for v in videos if v is not None])
+    for row in rows:
+        if FRAME_TOKEN_INDEX in row:
+            _, grids = model.model.video_tower(next(present))
+            counts = iter([model.model.video_tower.num_tokens(g) for g in grids])
+            row = [t for i in row for t in ([token] * next(counts) if i == FRAME_TOKEN_INDEX else [i])]
+        out.append(row)
+    width = max(map(len, out))
+    ids = torch.zeros((len(out), width), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for b, row in enumerate(out):
+        span = slice(width - len(row), width) if left else slice(0, len(row))
+        ids[b, span], mask[b, span] = torch.tensor(row), 1
+    present = [v for v in videos if v is not None]
+    return ids, mask, torch.stack(present) if present else None
+
+
+def test_scatter_path_equals_the_expansion(model):
+    rows, videos = mixed_batch()
+    with torch.no_grad():
+        old = model(input_ids=padded(rows)[0], attention_mask=padded(rows)[1], videos=videos).logits
+        ids, mask, pixels = scattered(model, rows, videos, left=False)
+        new = model(input_ids=ids, attention_mask=mask, pixel_values_videos=pixels).logits
+    torch.testing.assert_close(new, old, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="placeholders"):
+        model(input_ids=ids[:, :-3] if ids.shape[1] > 3 else ids, pixel_values_videos=pixels[:1])
+    with pytest.raises(ValueError, match="no pixel_values_videos"):
+        model(input_ids=ids)
+
+
 def test_generate_with_and_without_cache_agree_and_match_a_plain_greedy_loop(model):
     rows, videos = mixed_batch()
     steps = 6
     singles = []
     for row, v in zip(rows, videos):
-        ids = torch.tensor([row])
-        cached = model.generate(ids, videos=[v], max_new_tokens=steps, do_sample=False, use_cache=True)
-        uncached = model.generate(ids, videos=[v], max_new_tokens=steps, do_sample=False, use_cache=False)
-        assert cached.shape == (1, steps) and torch.equal(cached, uncached)
-        seq = list(row)
+        ids, mask, pixels = scattered(model, [row], [v])
+        extra = {"pixel_values_videos": pixels} if pixels is not None else {}
+        cached = model.generate(ids, attention_mask=mask, max_new_tokens=steps, do_sample=False, use_cache=True, **extra)
+        uncached = model.generate(ids, attention_mask=mask, max_new_tokens=steps, do_sample=False, use_cache=False,
+                                  **extra)
+        assert cached.shape == (1, ids.shape[1] + steps) and torch.equal(cached, uncached)
+        seq = ids
         with torch.no_grad():
             for _ in range(steps):
-                logits = model(input_ids=torch.tensor([seq]), videos=[v]).logits
-                seq.append(int(logits[0, -1].argmax()))
-        assert cached[0].tolist() == seq[len(row):]
-        singles.append(cached[0])
+                logits = model(input_ids=seq, **extra).logits
+                seq = torch.cat([seq, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+        assert torch.equal(cached, seq)
+        singles.append(cached[0, ids.shape[1]:])
     # a batch, left padded for generation, gives each sample's own answer
-    ids, mask = padded(rows)
-    batch = model.generate(ids, attention_mask=mask, videos=videos, max_new_tokens=steps, do_sample=False, pad_token_id=0)
-    for got, want in zip(batch, singles):
+    ids, mask, pixels = scattered(model, rows, videos)
+    batch = model.generate(ids, attention_mask=mask, pixel_values_videos=pixels, max_new_tokens=steps,
+                           do_sample=False, pad_token_id=0)
+    for got, want in zip(batch[:, ids.shape[1]:], singles):
         assert torch.equal(got, want)
 
 

@@ -24,7 +24,6 @@ import torch
 
 from videopanda.bench.timing import BenchError, MemoryMeter, environment, median, set_threads, time_calls
 from videopanda.bench.visual import DTYPES, random_video
-from videopanda.constants import FRAME_TOKEN_INDEX
 from videopanda.log import get_logger
 
 logger = get_logger(__name__)
@@ -81,11 +80,12 @@ def build_model(config: TTFTBenchConfig):
     return model.eval(), model_config
 
 
-def _prompt(config: TTFTBenchConfig, vocab_size: int, generator: torch.Generator) -> torch.Tensor:
-    """(1, S): random text ids, `frames` frame placeholders, random text ids."""
+def _prompt(config: TTFTBenchConfig, vocab_size: int, image_token_id: int, visual_tokens: int,
+            generator: torch.Generator) -> torch.Tensor:
+    """(1, S): random text ids, the video's `visual_tokens` placeholder ids, random text ids (the processor's layout)."""
     half = config.text_tokens // 2
     text = torch.randint(3, vocab_size, (config.text_tokens,), generator=generator, device="cpu")
-    frames = torch.full((config.frames,), FRAME_TOKEN_INDEX, dtype=torch.long)
+    frames = torch.full((visual_tokens,), image_token_id, dtype=torch.long)
     return torch.cat([text[:half], frames, text[half:]]).unsqueeze(0)
 
 
@@ -101,21 +101,28 @@ def run_ttft_bench(config: TTFTBenchConfig) -> dict:
     params = sum(p.numel() for p in model.parameters())
     chunk = model_config.frames_per_chunk
     video = random_video(config.frames // chunk, chunk, config.image_size, generator).to(device=device, dtype=dtype)
-    input_ids = _prompt(config, model_config.vocab_size, generator).to(device)
+    pixels = video.unsqueeze(0)
+    stab = model.model.video_tower
 
     def visual():
-        return model.encode_videos([video])[0][0]
+        tokens, _ = stab(video, packed=True)
+        return model.model.video_projector(tokens)
+
+    with torch.inference_mode():
+        visual_tokens = int(visual().shape[0])
+    input_ids = _prompt(config, model_config.vocab_size, model_config.image_token_id, visual_tokens,
+                        generator).to(device)
+    attention_mask = torch.ones_like(input_ids)
 
     def generate(new_tokens: int):
-        return model.generate(input_ids, videos=[video], max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                              do_sample=False)
+        return model.generate(input_ids, attention_mask=attention_mask, pixel_values_videos=pixels,
+                              max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
 
     def prefill():
-        out = model(input_ids=input_ids, videos=[video], use_cache=True, logits_to_keep=1)
+        out = model(input_ids=input_ids, pixel_values_videos=pixels, use_cache=True, logits_to_keep=1)
         return out.logits[:, -1].argmax(-1)
 
     with torch.inference_mode():
-        visual_tokens = sum(int(t.shape[0]) for t in visual())
         with meter.track():
             prefill()
         w, k = config.warmup, config.iters
@@ -131,7 +138,7 @@ def run_ttft_bench(config: TTFTBenchConfig) -> dict:
         "dtype": config.dtype,
         **results,
         "visual_tokens": visual_tokens,
-        "prompt_tokens": int(input_ids.shape[1]) - config.frames + visual_tokens,
+        "prompt_tokens": int(input_ids.shape[1]),
         "params_b": params / 1e9,
         "layers": model_config.num_hidden_layers,
         "hidden": model_config.hidden_size,

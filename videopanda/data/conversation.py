@@ -141,11 +141,12 @@ def build_generation_prompt(question: str, num_frames: int, system: str = SYSTEM
 
 def tokenize_prompt(prompt: str, tokenizer) -> torch.Tensor:
     """Prompt text -> int64 (S,) ids: BOS, then the text with -200 for each `<image>` placeholder."""
-    return torch.tensor(_encode(prompt, tokenizer)[0], dtype=torch.long)
+    return torch.tensor(encode_text(prompt, tokenizer)[0], dtype=torch.long)
 
 
 def tokenize_conversation(conversations, tokenizer, num_frames: int, system: str = SYSTEM_USER,
-                          has_video: bool | None = None, sample_id=None) -> tuple[torch.Tensor, torch.Tensor]:
+                          has_video: bool | None = None, sample_id=None,
+                          placeholder_runs: Sequence[Sequence[int]] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """A LLaVA-style turn list -> (input_ids, labels), both int64 (S,).
 
     input_ids: `tokenize_prompt` of the whole template text. labels equal input_ids on every token
@@ -153,10 +154,11 @@ def tokenize_conversation(conversations, tokenizer, num_frames: int, system: str
     elsewhere (BOS, system, `USER: ... ASSISTANT:` parts, frame placeholders). Needs a fast tokenizer
     (offset mapping), else TypeError. Raises ConversationFormatError (naming sample_id) for a malformed
     conversation or when a reply's `</s>` is not tokenised as exactly the EOS token.
+    `placeholder_runs` (the processor's): per `<image>`, the ids that replace its single -200.
     """
     rounds = conversation_rounds(conversations, num_frames, has_video, sample_id)
     text, spans = _template(rounds, system)
-    input_ids, offsets = _encode(text, tokenizer, with_offsets=True)
+    input_ids, offsets = encode_text(text, tokenizer, placeholder_runs, with_offsets=True)
     labels = [IGNORE_INDEX] * len(input_ids)
     for n, (begin, end) in enumerate(spans):
         inside = [k for k, (s, e) in enumerate(offsets) if s < end and e > begin]
@@ -188,12 +190,18 @@ def _template(rounds: Sequence[tuple[str, str | None]], system: str) -> tuple[st
     return text, spans
 
 
-def _encode(text: str, tokenizer, with_offsets: bool = False) -> tuple[list[int], list[tuple[int, int]]]:
-    """BOS, then each `<image>`-separated piece of text tokenised alone, FRAME_TOKEN_INDEX between pieces.
+def encode_text(text: str, tokenizer, placeholder_runs: Sequence[Sequence[int]] | None = None,
+                with_offsets: bool = False) -> tuple[list[int], list[tuple[int, int]]]:
+    """BOS, then each `<image>`-separated piece of text tokenised alone, FRAME_TOKEN_INDEX between pieces
+    (or, with `placeholder_runs`, the k-th placeholder's run of ids: one run per `<image>`).
 
     Returns (ids, offsets): with_offsets, offsets[k] is token k's character span (start, end) in
-    text ((0, 0) for the BOS, the placeholder's own span for a -200); otherwise offsets is empty.
+    text ((0, 0) for the BOS, the placeholder's own span for each id standing for a placeholder);
+    otherwise offsets is empty.
     """
+    if placeholder_runs is not None and len(placeholder_runs) != text.count(FRAME_PLACEHOLDER):
+        raise ValueError(f"{len(placeholder_runs)} placeholder runs for {text.count(FRAME_PLACEHOLDER)} "
+                         f"{FRAME_PLACEHOLDER} placeholders")
     if with_offsets and not getattr(tokenizer, "is_fast", False):
         raise TypeError(f"labels need a fast tokenizer (offset mapping); got {type(tokenizer).__name__}")
     ids = [tokenizer.bos_token_id]
@@ -201,8 +209,9 @@ def _encode(text: str, tokenizer, with_offsets: bool = False) -> tuple[list[int]
     start = 0
     for i, chunk in enumerate(text.split(FRAME_PLACEHOLDER)):
         if i:
-            ids.append(FRAME_TOKEN_INDEX)
-            offsets.append((start - len(FRAME_PLACEHOLDER), start))
+            run = [FRAME_TOKEN_INDEX] if placeholder_runs is None else list(placeholder_runs[i - 1])
+            ids += run
+            offsets += [(start - len(FRAME_PLACEHOLDER), start)] * len(run)
         if chunk:
             encoded = tokenizer(chunk, add_special_tokens=False, return_offsets_mapping=with_offsets)
             ids += encoded.input_ids

@@ -192,9 +192,9 @@ class ModelAnswerer:
     """Greedy answers from a Video-Panda model folder (SPEC section 7), batched with left padding.
 
     The folder is loaded with `videopanda.infer.load_model` (dtype "auto": the checkpoint's own) and the
-    frame geometry comes from `videopanda.infer.frame_config_for`. Per item: `read_video` ->
-    `preprocess_video(flip=False, teacher=False)` -> student tensor (C, T, 4, H, W); prompt =
-    `build_generation_prompt(question, num_frames, system)` tokenised with one -200 per frame. A video
+    frame geometry comes from the folder's `VideoPandaProcessor` (`--num-frames` may change the count).
+    Per item: `read_video` -> uint8 frames; per batch: the chat template's prompt for each question and
+    `processor(text=prompts, videos=frames)` (left padded) -> `model.generate(**inputs)`. A video
     that cannot be found or decoded becomes that item's exception; the rest of the batch still runs.
     `fingerprint` describes what produced the answers (`answerer_fingerprint`, with the loaded dtype).
     """
@@ -202,54 +202,42 @@ class ModelAnswerer:
     def __init__(self, config: ModelAnswererConfig):
         import torch
 
-        from videopanda.data import conversation
-        from videopanda.infer import frame_config_for, load_model
+        from videopanda.infer import frame_config_for, load_model, with_num_frames
 
         self.config = config
         self.torch = torch
         dtype = None if config.dtype == "auto" else getattr(torch, config.dtype)
-        self.model, self.tokenizer = load_model(config.model, config.device, dtype=dtype)
-        self.dtype = self.model.dtype
-        self.system = {"user": conversation.SYSTEM_USER, "human": conversation.SYSTEM_HUMAN}[config.system]
+        self.model, processor = load_model(config.model, config.device, dtype=dtype)
         self.frame_config = frame_config_for(self.model.config, config.num_frames)
+        self.processor = with_num_frames(processor, self.frame_config.num_frames)
+        self.tokenizer = self.processor.tokenizer
+        self.dtype = self.model.dtype
         self.num_frames = self.frame_config.num_frames
         self.fingerprint = answerer_fingerprint(config, self.model.config, self.dtype)
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (self.tokenizer.unk_token_id or 0)
 
     def _prepare(self, item: QAItem):
-        from videopanda.data.conversation import build_generation_prompt, tokenize_prompt
-        from videopanda.data.frames import preprocess_video
         from videopanda.data.video import read_video
+        from videopanda.infer import video_prompt
 
         if item.video_path is None:
             raise VideoNotFoundError(f"video {item.video!r} not found in the dataset's videos/ folder "
                                      f"(tried the name and the name plus each known extension)")
         frames = read_video(item.video_path, num_frames=self.num_frames)
-        student, _ = preprocess_video(frames, self.frame_config, flip=False, teacher=False)
-        prompt = build_generation_prompt(item.question, self.num_frames, system=self.system)
-        ids = tokenize_prompt(prompt, self.tokenizer)
-        return ids.reshape(-1), student
+        return video_prompt(self.processor, item.question, self.config.system), frames
 
     def generate(self, prepared: list[tuple[Any, Any]]) -> list[str]:
-        """prepared: per sample (input_ids (S_i,) with -200 per frame, video (C, T, 4, H, W)) -> answers."""
+        """prepared: per sample (prompt text, uint8 frames (n, H, W, 3)) -> answers."""
         torch = self.torch
-        longest = max(ids.numel() for ids, _ in prepared)
-        input_ids = torch.full((len(prepared), longest), self.pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(prepared), longest), dtype=torch.long)
-        for row, (ids, _) in enumerate(prepared):
-            input_ids[row, longest - ids.numel():] = ids
-            attention_mask[row, longest - ids.numel():] = 1
-        videos = [video.to(self.config.device, self.dtype) for _, video in prepared]
+        inputs = self.processor(text=[p for p, _ in prepared], videos=[f for _, f in prepared]).to(self.config.device)
+        inputs["pixel_values_videos"] = inputs["pixel_values_videos"].to(self.dtype)
+        longest = inputs["input_ids"].shape[1]
         with torch.inference_mode():
             output = self.model.generate(
-                input_ids=input_ids.to(self.config.device), attention_mask=attention_mask.to(self.config.device),
-                videos=videos, do_sample=False, num_beams=1, max_new_tokens=self.config.max_new_tokens,
+                **inputs, do_sample=False, num_beams=1, max_new_tokens=self.config.max_new_tokens,
                 pad_token_id=self.pad_id, eos_token_id=self.tokenizer.eos_token_id)
-        output = output.cpu()
-        # generate() returns only the new tokens when it runs on embeddings; strip the prompt if it was echoed.
-        if output.shape[1] >= longest and torch.equal(output[:, :longest], input_ids):
-            output = output[:, longest:]
+        output = output[:, longest:].cpu()
         return [text.strip() for text in self.tokenizer.batch_decode(output, skip_special_tokens=True)]
 
     def __call__(self, items: list[QAItem]) -> list["str | Exception"]:

@@ -95,6 +95,25 @@ class STABConfig:
     def lste_width(self) -> int:
         return self.lste_hidden if self.lste_hidden is not None else int(self.width / 1.5)
 
+    def padding_box(self, frame_patches: tuple[int, int]) -> tuple[int, int]:
+        """(rows, cols) of patches a padding frame (all-zero mask) is cropped to, from its top-left corner."""
+        return min(self.padding_window, frame_patches[0]), min(self.padding_window, frame_patches[1])
+
+    def frame_grid(self, box: tuple[int, int] | None, frame_patches: tuple[int, int]) -> tuple[int, int]:
+        """LSD grid (rows, cols) of a frame whose valid patch box is `box` = (rows, cols) of patches, or
+        None for a padding frame (the top-left `padding_window` square, clipped to the frame's
+        `frame_patches` = (h, w)). An odd count drops its last row/column."""
+        if box is None:
+            box = self.padding_box(frame_patches)
+        return box[0] // self.window, box[1] // self.window
+
+    def num_tokens(self, grid: tuple[int, int]) -> int:
+        """Tokens the STAB gives a frame with LSD grid (rows, cols): the context token, the grid and, with
+        row tokens, one split token per row. The one place this count is defined (the processor uses it
+        to write that many placeholders)."""
+        rows, cols = grid
+        return 1 + rows * (cols + 1 if self.use_row_tokens else cols)
+
 
 # ---------------------------------------------------------------------------------------------------
 # Released checkpoint names (SPEC section 2, `model.video_tower.` stripped) <-> module names.
@@ -396,8 +415,7 @@ class SpatioTemporalAlignmentBlock(nn.Module):
     def num_tokens(self, grid: tuple[int, int]) -> int:
         """Tokens of a frame with LSD grid (rows, cols): the context token, the grid and, with row tokens,
         one split token per row."""
-        rows, cols = grid
-        return 1 + rows * (cols + 1 if self.config.use_row_tokens else cols)
+        return self.config.num_tokens(grid)
 
     def _embed_patches(self, frames: Tensor) -> Tensor:
         """frames (N, 4, H, W) -> patch embeddings (N, h, w, D), as unfold + one matmul."""
@@ -434,7 +452,7 @@ class SpatioTemporalAlignmentBlock(nn.Module):
         r1 = torch.where(rows, rank_r, -1).amax(1) + 1
         c0 = torch.where(cols, rank_c, w).amin(1)
         c1 = torch.where(cols, rank_c, -1).amax(1) + 1
-        pad_h, pad_w = min(self.config.padding_window, h), min(self.config.padding_window, w)
+        pad_h, pad_w = self.config.padding_box((h, w))
         zero = torch.zeros_like(r0)
         boxes = torch.stack([torch.where(has_content, r0, zero), torch.where(has_content, r1, zero + pad_h),
                              torch.where(has_content, c0, zero), torch.where(has_content, c1, zero + pad_w)], 1)
@@ -456,7 +474,7 @@ class SpatioTemporalAlignmentBlock(nn.Module):
         -> tokens (G, n, D) and the LSD grid (rows, cols)."""
         s = self.config.window
         r0, r1, c0, c1 = box
-        rows, cols = (r1 - r0) // s, (c1 - c0) // s
+        rows, cols = self.config.frame_grid((r1 - r0, c1 - c0), x.shape[1:3])
         G, D = x.shape[0], x.shape[-1]
         windows = x[:, r0:r0 + rows * s, c0:c0 + cols * s].reshape(G, rows, s, cols, s, D)
         # One copy that makes each window's s*s tokens contiguous: the pooling and LSD read it.

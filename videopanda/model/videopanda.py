@@ -2,11 +2,15 @@
 
 Shapes: B = batch, S = sequence length, L = LLM width, D = STAB width, C = chunks, T = frames per chunk.
 
-A sample's `input_ids` hold one FRAME_TOKEN_INDEX (-200) per frame of its video; each is replaced, in
-frame order, by that frame's projected STAB tokens (1 + rows*(cols+1) of them), the labels there
-become IGNORE_INDEX, and the expanded sequences are re-padded (right for training, left for
-generation). All videos of a batch go through the STAB in one call (their chunks concatenated on C)
-and through the projector in one call (all frames' tokens concatenated).
+Inference (`pixel_values_videos`): `VideoPandaProcessor` writes, for each frame, a run of
+`config.image_token_id` exactly as long as the STAB's output for it; `forward` embeds the text (the
+placeholder positions as id 0), runs the STAB on all videos' chunks at once (concatenated on C), projects,
+and `masked_scatter`s the tokens over the placeholders, then runs the LLM. `generate` is transformers'
+own: it passes `pixel_values_videos` only at the prefill step when caching.
+
+Training (still, until it moves to the processor): `videos=`, one FRAME_TOKEN_INDEX (-200) per frame,
+each replaced by that frame's projected tokens with the labels there IGNORE_INDEX, the expanded sequences
+re-padded on the right; the distillation and ZeRO-3 lockstep passes below run on that path.
 
 Choices where SPEC is silent (see also docs/DESIGN.md):
 - Distillation reads the hidden states `distill.distill_layer_indices(n)`: 32, 28, ..., 0 for the
@@ -70,6 +74,8 @@ class VideoPandaConfig(LlamaConfig):
     `stab` is an `STABConfig` as a dict; released configs have none, so it is derived from
     `video_hidden_size` and `frames_per_chunk` with the 7B defaults for the rest. `mm_video_tower`
     (a folder path relative to the original training run) is only recorded, never opened.
+    `image_token_id` is the processor's placeholder id, the tokenizer's `<image>` special token, by
+    default `vocab_size` (the first id past the released vocabulary; the embedding is not resized).
     """
 
     model_type = MODEL_TYPE
@@ -91,6 +97,7 @@ class VideoPandaConfig(LlamaConfig):
     frames_per_chunk: int = FRAMES_PER_CHUNK
     image_size: int = STUDENT_IMAGE_SIZE
     teacher_image_size: int = TEACHER_IMAGE_SIZE
+    image_token_id: int | None = None
 
     def __post_init__(self, **kwargs):
         known = {f.name for f in fields(STABConfig)}
@@ -102,6 +109,8 @@ class VideoPandaConfig(LlamaConfig):
         given.setdefault("frames_per_chunk", self.frames_per_chunk)
         self.stab = asdict(STABConfig(**given))
         super().__post_init__(**kwargs)
+        if self.image_token_id is None:
+            self.image_token_id = self.vocab_size
         self._check_multimodal_fields()
 
     def _check_multimodal_fields(self) -> None:
@@ -122,6 +131,18 @@ class VideoPandaConfig(LlamaConfig):
     @property
     def stab_config(self) -> STABConfig:
         return STABConfig(**self.stab)
+
+    def validate_token_ids(self):
+        """transformers' check that every `*_token_id` indexes the embedding, except `image_token_id`: the
+        placeholder id is the first id past the vocabulary on purpose (its positions are overwritten by
+        visual tokens before the embedding is read) and must only be non-negative."""
+        if self.image_token_id is not None and self.image_token_id < 0:
+            raise ValueError(f"image_token_id must be >= 0, got {self.image_token_id}")
+        for name in self:
+            value = getattr(self, name)
+            if (name.endswith("_token_id") and name != "image_token_id" and isinstance(value, int)
+                    and not 0 <= value < self.vocab_size):
+                logger.warning("config %s %s is outside the vocabulary (0 to %d)", name, value, self.vocab_size - 1)
 
 
 @dataclass
@@ -232,6 +253,30 @@ class VideoPandaForCausalLM(VideoPandaPreTrainedModel, LlamaForCausalLM):
             start += n
         return tokens, grids
 
+    def embed_with_videos(self, input_ids: Tensor, pixel_values_videos: Tensor) -> Tensor:
+        """input_ids (B, S) holding, for each frame of each video in order, a run of `config.image_token_id`
+        as long as the STAB's output for that frame; pixel_values_videos (V, C, T, 4, H, W)
+        -> inputs_embeds (B, S, L): the text embedded, the projected frame tokens scattered over the runs.
+
+        One STAB call on all V*C chunks and one projector call; the placeholder positions are embedded
+        as id 0 (the embedding is not resized) and then overwritten."""
+        if pixel_values_videos.dim() != 6:
+            raise ValueError(f"pixel_values_videos must be (videos, chunks, frames_per_chunk, 4, H, W), "
+                             f"got {tuple(pixel_values_videos.shape)}")
+        stab = self.model.video_tower
+        param = next(stab.parameters())
+        frames = pixel_values_videos.flatten(0, 1).to(device=param.device, dtype=param.dtype)
+        packed, _ = stab(frames, packed=True)                                  # (sum_i n_i, D)
+        visual = self.model.video_projector(packed)                            # (sum_i n_i, L)
+        slots = input_ids == self.config.image_token_id
+        count = int(slots.sum())
+        if count != visual.shape[0]:
+            raise ValueError(f"input_ids hold {count} video placeholders (id {self.config.image_token_id}) but the "
+                             f"{pixel_values_videos.shape[0]} videos give {visual.shape[0]} visual tokens: build the "
+                             "inputs with VideoPandaProcessor for this model's config")
+        embeds = self.get_input_embeddings()(input_ids.masked_fill(slots, 0))
+        return embeds.masked_scatter(slots.unsqueeze(-1), visual.to(embeds.dtype))
+
     def embed_multimodal(
         self,
         input_ids: Tensor,
@@ -300,19 +345,31 @@ class VideoPandaForCausalLM(VideoPandaPreTrainedModel, LlamaForCausalLM):
         input_ids: torch.LongTensor | None = None,
         attention_mask: Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values=None,
+        cache=None,
         inputs_embeds: Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | Tensor = 0,
+        pixel_values_videos: Tensor | None = None,
         videos: list[Tensor | None] | None = None,
         teacher_videos: list[Tensor | None] | None = None,
         **kwargs,
     ) -> VideoPandaCausalLMOutput:
-        """input_ids (B, S) with -200 per frame; videos: per sample (C, T, 4, H, W) or None;
-        teacher_videos (training): per sample (C, T, 4, 224, 224) or None -> logits (B, S', V), where
-        S' is the expanded length; with labels, the loss and no logits (see the module docstring).
-        Position ids cannot be given together with frame placeholders."""
+        """input_ids (B, S) from the processor: each frame's run of `config.image_token_id`;
+        pixel_values_videos (V, C, T, 4, H, W): the batch's videos in order of appearance -> logits (B, S, V);
+        with labels, the loss and no logits (see the module docstring). Generation passes
+        `pixel_values_videos` at the prefill step only (transformers drops it afterwards when caching).
+
+        Training still uses the earlier layout: input_ids (B, S) with one -200 per frame, videos: per
+        sample (C, T, 4, H, W) or None; teacher_videos: per sample (C, T, 4, 224, 224) or None; the
+        sequences are expanded to S' and position ids cannot be given."""
+        if pixel_values_videos is not None:
+            if videos is not None or inputs_embeds is not None:
+                raise ValueError("pass pixel_values_videos with input_ids only (not with videos or inputs_embeds)")
+            inputs_embeds, input_ids = self.embed_with_videos(input_ids, pixel_values_videos), None
+        elif input_ids is not None and bool((input_ids == self.config.image_token_id).any()):
+            raise ValueError(f"input_ids hold video placeholders (id {self.config.image_token_id}) "
+                             "but no pixel_values_videos were given")
         has_video = videos is not None and any(v is not None for v in videos)
         has_slots = input_ids is not None and bool((input_ids == FRAME_TOKEN_INDEX).any())
         spans: list = []
@@ -336,7 +393,7 @@ class VideoPandaForCausalLM(VideoPandaPreTrainedModel, LlamaForCausalLM):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_hidden_states=want_hidden or (distill and (has_video or lockstep)),
@@ -358,7 +415,7 @@ class VideoPandaForCausalLM(VideoPandaPreTrainedModel, LlamaForCausalLM):
         return VideoPandaCausalLMOutput(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            cache=outputs.cache,
             hidden_states=outputs.hidden_states if want_hidden else None,
             attentions=outputs.attentions,
             lm_loss=lm_loss,
@@ -438,31 +495,6 @@ class VideoPandaForCausalLM(VideoPandaPreTrainedModel, LlamaForCausalLM):
         param = next(teacher.parameters())
         teacher(torch.zeros((self.config.num_frames // t, t, 3, size, size), device=param.device, dtype=param.dtype))
         return zero
-
-    # ---- generation ------------------------------------------------------------------------------
-
-    @torch.no_grad()
-    def generate(self, input_ids: Tensor | None = None, videos: list[Tensor | None] | None = None,
-                 attention_mask: Tensor | None = None, **kwargs):
-        """With `videos`, the prompt (B, S) with -200 placeholders is expanded once into left-padded
-        `inputs_embeds` and decoding continues from those; the result then holds only the new tokens
-        (B, new). Without `videos` this is the plain Llama `generate`."""
-        if videos is None:
-            return super().generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        merged = self.embed_multimodal(input_ids, attention_mask, None, videos, padding_side="left")
-        return super().generate(inputs_embeds=merged.inputs_embeds, attention_mask=merged.attention_mask, **kwargs)
-
-    def prepare_inputs_for_generation(self, input_ids, next_sequence_length=None, past_key_values=None,
-                                      attention_mask=None, inputs_embeds=None, is_first_iteration=False, **kwargs):
-        """Without a KV cache every step re-reads the whole sequence: the prompt embeddings (video
-        tokens included) followed by the embeddings of the tokens generated so far."""
-        if inputs_embeds is not None and not is_first_iteration and next_sequence_length is None:
-            inputs_embeds = torch.cat([inputs_embeds, self.get_input_embeddings()(input_ids)], dim=1)
-            is_first_iteration = True
-        return super().prepare_inputs_for_generation(
-            input_ids, next_sequence_length=next_sequence_length, past_key_values=past_key_values,
-            attention_mask=attention_mask, inputs_embeds=inputs_embeds, is_first_iteration=is_first_iteration, **kwargs
-        )
 
 
 __all__ = ["VideoPandaConfig", "VideoPandaModel", "VideoPandaForCausalLM", "VideoPandaCausalLMOutput"]
