@@ -11,11 +11,12 @@
 # (configs/deepspeed/zero2.json). Every other option is passed to `videopanda train` and wins over
 # these defaults (the last occurrence of an option counts). Inputs are checked in one process first.
 #
-# Preemption: SIGTERM or SIGUSR1 (to this script, to torchrun or to the workers themselves) makes every
-# rank finish its optimizer step and save a complete checkpoint; this script then exits with status 75
-# ("preempted, checkpoint saved": run the same command again to resume) whatever torchrun itself
-# reports. SHUTDOWN_TIMEOUT (600) is how long torchrun waits for its workers after it got SIGTERM before
-# it kills them: keep it above one step plus one checkpoint save. Exit status otherwise: torchrun's.
+# Preemption: SIGTERM or SIGUSR1 to this script or to the workers themselves, or SIGTERM to torchrun
+# (torchrun ignores SIGUSR1), makes every rank finish its optimizer step and save a complete checkpoint;
+# this script then exits with status 75 ("preempted, checkpoint saved": run the same command again to
+# resume) whatever torchrun itself reports. A signal during the last step lets the run finish: status 0.
+# SHUTDOWN_TIMEOUT (600) is how long torchrun waits for its workers after it got SIGTERM before it kills
+# them: keep it above one step plus one checkpoint save. Exit status otherwise: torchrun's.
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/../.." && pwd)"
 STAGE="${1:?usage: launch_stage.sh prealign|pretrain|finetune [options]}"
@@ -66,8 +67,9 @@ cd "$REPO"
 WORLD_SIZE="$WORLD_SIZE" "$PYTHON" -m videopanda.train "${args[@]}" --check-only
 
 PREEMPTED=75  # videopanda.train.checkpointing.PREEMPTED_EXIT_CODE
-# Local rank 0 writes a line here when the run stopped on a signal with a complete checkpoint: torchrun
-# itself exits 1 then (its workers "failed" with 75, or it was signalled itself).
+# Local rank 0 writes a line here when the run stopped on a signal with a complete checkpoint ("preempted
+# ...") or finished ("finished ..."): torchrun itself exits 1 then when its workers "failed" with 75 or
+# it was signalled itself.
 export VIDEOPANDA_PREEMPT_FILE
 VIDEOPANDA_PREEMPT_FILE="$(mktemp "${TMPDIR:-/tmp}/videopanda-preempt.XXXXXX")"
 trap 'rm -f "$VIDEOPANDA_PREEMPT_FILE"' EXIT
@@ -93,8 +95,9 @@ while :; do
   wait "$torchrun_pid" || status=$?
   [ -z "$signalled" ] && break  # else `wait` was cut short by a trapped signal: wait again
 done
-if [ -s "$VIDEOPANDA_PREEMPT_FILE" ]; then
-  echo "launch_stage.sh: $STAGE $(cat "$VIDEOPANDA_PREEMPT_FILE")" >&2
-  exit "$PREEMPTED"
-fi
+ending="$(cat "$VIDEOPANDA_PREEMPT_FILE")"
+case "$ending" in
+  preempted*) echo "launch_stage.sh: $STAGE $ending" >&2; exit "$PREEMPTED" ;;
+  finished*) [ "$status" -eq 0 ] || echo "launch_stage.sh: $STAGE $ending" >&2; exit 0 ;;
+esac
 exit "$status"

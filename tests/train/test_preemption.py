@@ -243,3 +243,144 @@ def test_a_run_stopped_after_its_last_checkpoint_finishes_without_another_step(r
         ours, theirs = (json.loads((folder / name).read_text()) for folder in (output, reference))
         assert ours == theirs, name
     assert (output / "config.json").read_text() == (reference / "config.json").read_text()
+
+
+def test_a_stop_in_the_second_epoch_resumes_exactly_and_every_rank_exits_75(reference, tmp_path, tiny_args, trainkit,
+                                                                            llama_dir, bad_data):
+    """SIGUSR1 reaches both workers during the scheduled save of step 4 (the end of the first epoch): they stop
+    after step 5, and the resumed run skips into the second epoch, which must keep that epoch's sample order.
+    SIGTERMs that keep coming while the ranks exit (torchrun sends one to the ranks left once one has exited)
+    do not change their status."""
+    output = tmp_path / "out"
+    preempt_file = tmp_path / "preempted.txt"
+    args = tiny_args("prealign", llama_dir, output, *STEPS, *bad_data)
+    with open(tmp_path / "run.log", "w") as handle:
+        process = subprocess.Popen(trainkit.command(args), env={**trainkit.env(), PREEMPT_FILE_ENV: str(preempt_file)},
+                                   cwd=trainkit.repo, start_new_session=True, stdout=handle, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.time() + 300
+            while process.poll() is None and time.time() < deadline and not (output / "checkpoint-4").exists():
+                time.sleep(0.01)
+            workers = worker_pids(process.pid)
+            assert process.poll() is None and len(workers) == 2, (tmp_path / "run.log").read_text()[-6000:]
+            for pid in workers.values():
+                os.kill(pid, signal.SIGUSR1)
+            while process.poll() is None and time.time() < deadline and not preempt_file.exists():
+                time.sleep(0.01)
+            while process.poll() is None and time.time() < deadline:
+                for pid in workers.values():
+                    try:
+                        os.kill(pid, signal.SIGTERM)
+                    except ProcessLookupError:
+                        pass
+                time.sleep(0.02)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    out = (tmp_path / "run.log").read_text()
+    statuses = re.findall(r"rank\s*:\s*(\d+) \(local_rank: \d+\)\s*exitcode\s*:\s*(-?\d+)", out)
+    assert sorted(statuses) == [("0", str(PREEMPTED_EXIT_CODE)), ("1", str(PREEMPTED_EXIT_CODE))], out[-6000:]
+    stop = check_stopped_with_a_checkpoint(output, trainkit)
+    assert stop == 5, f"stopped at step {stop}"
+    trainkit.torchrun(args)
+    check_resumed_run_matches(output, reference, trainkit, stop)
+
+
+def test_a_signal_in_the_last_step_lets_the_launcher_finish_with_status_0(tmp_path, tiny_args, trainkit, llama_dir):
+    """SIGTERM to every process of the launcher during the last step: the run finishes, and so does the launcher
+    (torchrun itself, signalled, reports a failure)."""
+    output = tmp_path / "out"
+    args = tiny_args("prealign", llama_dir, output, "--max-steps", "2", "--save-steps", "100")
+    launcher = ["bash", "scripts/videopanda/launch_stage.sh", "prealign", "--gpus-per-node", "2", "--master-port",
+                str(trainkit.free_port()), "--", *args]
+    status, out = run_until_step(launcher, {**trainkit.env(), "PYTHON": trainkit.python}, tmp_path / "run.log", output,
+                                 1, signal.SIGTERM, None, trainkit.repo)
+    assert status == 0, out[-6000:]
+    assert (output / FINAL_MARKER).exists() and json.loads((output / FINAL_MARKER).read_text())["global_step"] == 2
+    assert out.splitlines()[-1].endswith(f"prealign finished ({output})"), out[-3000:]
+
+
+def test_with_a_log_every_two_steps_the_resumed_loss_curve_is_the_uninterrupted_one(tmp_path, tiny_args, trainkit,
+                                                                                      llama_dir):
+    """One process, no DeepSpeed, a log every 2 steps: stopped after step 3 (SIGUSR1 during the save of step 2),
+    the resumed run's log of step 4 still averages steps 3 and 4, and no extra log appears at step 3."""
+    extra = ["--max-steps", "4", "--save-steps", "2", "--logging-steps", "2"]
+    command = [trainkit.python, "-m", "videopanda.train"]
+    ref = tmp_path / "ref"
+    done = subprocess.run([*command, *tiny_args("prealign", llama_dir, ref, *extra)], env=trainkit.env(),
+                          cwd=trainkit.repo, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
+    output = tmp_path / "out"
+    args = [*command, *tiny_args("prealign", llama_dir, output, *extra)]
+    with open(tmp_path / "run.log", "w") as handle:
+        process = subprocess.Popen(args, env=trainkit.env(), cwd=trainkit.repo, stdout=handle, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.time() + 300
+            while process.poll() is None and time.time() < deadline and not (output / "checkpoint-2").exists():
+                time.sleep(0.01)
+            process.send_signal(signal.SIGUSR1)
+            process.wait(timeout=240)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    assert process.returncode == PREEMPTED_EXIT_CODE, (tmp_path / "run.log").read_text()[-6000:]
+    assert (output / "checkpoint-3" / COMPLETE_MARKER).exists()
+    assert [r["step"] for r in trainkit.read_loss_log(output)] == [2]
+    done = subprocess.run(args, env=trainkit.env(), cwd=trainkit.repo, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
+    resumed, uninterrupted = trainkit.read_loss_log(output), trainkit.read_loss_log(ref)
+    assert [r["step"] for r in resumed] == [r["step"] for r in uninterrupted] == [2, 4]
+    for ours, theirs in zip(resumed, uninterrupted):
+        for key in ("loss", "lm_loss", "distill_loss"):
+            assert (key in ours) == (key in theirs) and ours.get(key) == pytest.approx(theirs.get(key), rel=1e-6), key
+    done_ref, done_ours = (json.loads((folder / FINAL_MARKER).read_text()) for folder in (ref, output))
+    assert done_ours["train_loss"] == pytest.approx(done_ref["train_loss"], rel=1e-6)
+
+
+def fill_up(folder: Path) -> None:
+    """Write zeros into `folder` until its file system is full."""
+    with open(folder / ".filler", "wb", buffering=0) as handle:
+        try:
+            while True:
+                handle.write(b"\0" * 65536)
+        except OSError:
+            pass
+        try:
+            while True:
+                handle.write(b"\0" * 512)
+        except OSError:
+            pass
+
+
+def test_a_disk_filling_up_during_training_stops_every_rank_with_one_line(tmp_path, tiny_args, trainkit, llama_dir):
+    """The disk fills up once both ranks have started: rank 0 cannot append the first loss line, and rank 1,
+    whose next collective then fails, says the same in one line; both exit 1."""
+    with full_disk(tmp_path / "small", size_kb=4096) as small:
+        output = small / "out"
+        args = tiny_args("prealign", llama_dir, output, "--max-steps", "3", "--save-steps", "100", "--deepspeed",
+                         "configs/deepspeed/zero2.json")
+        log = tmp_path / "run.log"
+        with open(log, "w") as handle:
+            process = subprocess.Popen(trainkit.command(args), env=trainkit.env(), cwd=trainkit.repo,
+                                       start_new_session=True, stdout=handle, stderr=subprocess.STDOUT)
+            try:
+                deadline = time.time() + 300
+                while process.poll() is None and time.time() < deadline and not all(
+                        f"[rank {r}]: stage prealign on" in log.read_text() for r in (0, 1)):
+                    time.sleep(0.02)
+                assert process.poll() is None, log.read_text()[-6000:]
+                fill_up(small)
+                process.wait(timeout=240)
+            finally:
+                if process.poll() is None:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
+        out = log.read_text()
+        errors = [line for line in out.splitlines() if "videopanda" in line and " ERROR " in line]
+        assert {e.split("[rank ")[1][0] for e in errors} == {"0", "1"}, out[-6000:]
+        assert all(e.endswith(": no space left on device") and str(output) in e for e in errors), errors
+        assert not re.search(r"\[rank\d\]: Traceback", out), out[-6000:]
+        statuses = re.findall(r"rank\s*:\s*(\d+) \(local_rank: \d+\)\s*exitcode\s*:\s*(-?\d+)", out)
+        assert sorted(statuses) == [("0", "1"), ("1", "1")], out[-6000:]

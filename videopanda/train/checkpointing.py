@@ -13,8 +13,8 @@ any marker is written (`writing`).
 Preemption: while `StopSignals` is active, SIGTERM and SIGUSR1 only set a flag; the trainer finishes
 the optimizer step, saves a complete checkpoint of it (the same marker as a scheduled one, so
 auto-resume picks it up) and the process exits with `PREEMPTED_EXIT_CODE`. When the environment names
-a file in `PREEMPT_FILE_ENV`, local rank 0 writes one line there saying so (the launchers turn torchrun's
-own exit status back into `PREEMPTED_EXIT_CODE` with it).
+a file in `PREEMPT_FILE_ENV`, local rank 0 writes one line there saying so, or that the run finished
+(the launchers turn torchrun's own exit status back into `PREEMPTED_EXIT_CODE` or 0 with it).
 """
 from __future__ import annotations
 
@@ -39,6 +39,9 @@ COMPLETE_MARKER = "checkpoint_complete.json"
 FINAL_MARKER = "training_complete.json"
 DATA_REPORT = "data_report.json"
 """Bad and replaced samples of the run so far: in every checkpoint, and in the output folder at the end."""
+UNLOGGED_LOSS = "unlogged_loss.json"
+"""In every checkpoint: the training loss of the steps after the last log, summed over ranks, which a
+resumed run adds to its first log (so the loss curve does not depend on where the run was interrupted)."""
 
 PREEMPTED_EXIT_CODE = 75
 """Exit status of a run stopped by SIGTERM / SIGUSR1 after saving a complete checkpoint (EX_TEMPFAIL:
@@ -46,8 +49,8 @@ run the same command again to resume). A run killed before it could save exits o
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 PREEMPT_FILE_ENV = "VIDEOPANDA_PREEMPT_FILE"
 TRAINER_STATE = "trainer_state.json"
-RESUME_ONLY = {COMPLETE_MARKER, DATA_REPORT, TRAINER_STATE, "optimizer.pt", "scheduler.pt", "scaler.pt", "latest",
-               "zero_to_fp32.py", "zero_to_torch.py"}
+RESUME_ONLY = {COMPLETE_MARKER, DATA_REPORT, UNLOGGED_LOSS, TRAINER_STATE, "optimizer.pt", "scheduler.pt", "scaler.pt",
+               "latest", "zero_to_fp32.py", "zero_to_torch.py"}
 """Files of a checkpoint that only resuming needs (so do `rng_state*.pth` and DeepSpeed's folders); the
 other files are the model folder `save_model` writes."""
 
@@ -147,6 +150,20 @@ def read_data_report(checkpoint: str | Path) -> dict | None:
         return None
 
 
+def read_unlogged_loss(checkpoint: str | Path) -> dict | None:
+    """The `UNLOGGED_LOSS` record of a checkpoint, or None when it has none (or it cannot be read: a warning
+    says so, and the resumed run's first log then covers the steps after the checkpoint only)."""
+    path = Path(checkpoint) / UNLOGGED_LOSS
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, json.JSONDecodeError) as err:
+        logger.warning("%s: unreadable, the loss of the steps before it since the last log is left out (%s)", path,
+                       err)
+        return None
+
+
 def run_train_loss(log_history: list[dict]) -> float | None:
     """Mean training loss over every logged step of a run, resumed parts included (a checkpoint's
     trainer state carries the log history): each log's `loss` is the mean over the steps since the
@@ -191,16 +208,19 @@ def export_model_files(checkpoint: str | Path, output_dir: str | Path) -> list[P
 
 
 @contextmanager
-def writing(path: str | Path) -> Iterator[None]:
+def writing(path: str | Path, full_disk_only: bool = False) -> Iterator[None]:
     """Re-raise a failed write inside the block as an `OutputError` naming `path` (one line; a full disk
-    is said as "no space left on device" even when a C++ writer lost the errno). Other errors pass."""
+    is said as "no space left on device" even when a C++ writer lost the errno). Other errors pass.
+
+    With `full_disk_only`, only an error while `path`'s file system is full is turned into that line: for
+    a block that also reads files, or that waits in collectives for a rank which stopped on a full disk."""
     try:
         yield
     except OutputError:
         raise
     except Exception as exc:
         err = describe_os_error(exc, path)
-        if isinstance(exc, OSError) or err.errno == errno.ENOSPC:
+        if (isinstance(exc, OSError) and not full_disk_only) or err.errno == errno.ENOSPC:
             raise err from exc
         raise
 
@@ -229,20 +249,30 @@ class StopSignals:
             signal.signal(sig, handler)
         self._previous.clear()
 
+    def ignore(self) -> None:
+        """Ignore both signals until the process exits (the interpreter resets Python handlers to the default
+        early in its shutdown, which can take seconds; an ignored signal stays ignored)."""
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+        self._previous.clear()
 
-def announce_preemption(message: str) -> None:
-    """Tell the launcher (the file named by `PREEMPT_FILE_ENV`, if any) that the run stopped with a
-    complete checkpoint. Call on local rank 0."""
+
+def tell_launcher(line: str) -> None:
+    """Tell the launcher (the file named by `PREEMPT_FILE_ENV`, if any) how the run ended, in one line:
+    "preempted (...)" after a stop with a complete checkpoint, "finished (...)" once the final outputs are
+    written (torchrun exits non-zero when it was signalled itself, even if its workers finished). Call on
+    local rank 0."""
     target = os.environ.get(PREEMPT_FILE_ENV)
     if not target:
         return
     try:
-        Path(target).write_text(message + "\n")
+        Path(target).write_text(line + "\n")
     except OSError as err:
-        logger.warning("cannot tell the launcher about the stop: %s", describe_os_error(err, target))
+        logger.warning("cannot tell the launcher how the run ended: %s", describe_os_error(err, target))
 
 
 __all__ = ["COMPLETE_MARKER", "DATA_REPORT", "FINAL_MARKER", "PREEMPTED_EXIT_CODE", "PREEMPT_FILE_ENV", "STOP_SIGNALS",
-           "StopSignals", "announce_preemption", "checkpoint_folders", "checkpoint_step", "discard_incomplete",
+           "StopSignals", "UNLOGGED_LOSS", "checkpoint_folders", "checkpoint_step", "discard_incomplete",
            "export_model_files", "holds_last_step", "is_complete", "is_finished", "latest_complete_checkpoint",
-           "mark_complete", "prune_checkpoints", "read_data_report", "run_train_loss", "trainer_state", "writing"]
+           "mark_complete", "prune_checkpoints", "read_data_report", "read_unlogged_loss", "run_train_loss",
+           "tell_launcher", "trainer_state", "writing"]

@@ -22,9 +22,9 @@ from videopanda.io import OutputError, write_json_atomic
 from videopanda.log import get_logger, setup_logging
 from videopanda.train.args import TrainArgs, parse_train_args
 from videopanda.train.checkpointing import (DATA_REPORT, FINAL_MARKER, PREEMPTED_EXIT_CODE, StopSignals,
-                                            announce_preemption, discard_incomplete, export_model_files,
-                                            holds_last_step, is_finished, latest_complete_checkpoint,
-                                            read_data_report, run_train_loss, trainer_state, writing)
+                                            discard_incomplete, export_model_files, holds_last_step, is_finished,
+                                            latest_complete_checkpoint, read_data_report, run_train_loss,
+                                            tell_launcher, trainer_state, writing)
 from videopanda.train.preflight import Preflight, PreflightError, run_preflight
 
 logger = get_logger(__name__)
@@ -89,7 +89,7 @@ def _preempted(trainer, cause: str, output_dir: str, step: int | None) -> int:
     if trainer.args.should_save:
         logger.warning("%s", message)
     if int(os.environ.get("LOCAL_RANK", "0")) == 0:
-        announce_preemption(f"preempted ({message})")
+        tell_launcher(f"preempted ({message})")
     trainer.accelerator.wait_for_everyone()
     return PREEMPTED_EXIT_CODE
 
@@ -183,21 +183,26 @@ def train(args: TrainArgs, plan: Preflight, signals: StopSignals | None = None) 
         return _preempted(trainer, early, args.output_dir, None)
     if plan.resume_from is not None:
         logger.info("resuming from %s", plan.resume_from)
-    trainer.train(resume_from_checkpoint=str(plan.resume_from) if plan.resume_from else None)
-    if stop.stopped_at is not None:
-        return _preempted(trainer, stop.signal, args.output_dir, stop.stopped_at)
     output = Path(args.output_dir)
-    with writing(output):
-        trainer.save_model(args.output_dir)
-    report = trainer.run_data_report()
-    trainer.accelerator.wait_for_everyone()
-    if training_args.should_save:
-        log_data_report(report)
-        write_json_atomic(output / DATA_REPORT, report)
-        write_json_atomic(output / FINAL_MARKER, _final_record(args, plan, trainer.state.global_step,
-                                                              run_train_loss(trainer.state.log_history)))
-        logger.info("stage %s finished: %s", args.stage, args.output_dir)
-    trainer.accelerator.wait_for_everyone()
+    # A write that fails on one rank (the loss log, a report) ends that process; the others then fail in their
+    # next collective: on a full disk `writing` says so in one line on every rank.
+    with writing(output, full_disk_only=True):
+        trainer.train(resume_from_checkpoint=str(plan.resume_from) if plan.resume_from else None)
+        if stop.stopped_at is not None:
+            return _preempted(trainer, stop.signal, args.output_dir, stop.stopped_at)
+        with writing(output):
+            trainer.save_model(args.output_dir)
+        report = trainer.run_data_report()
+        trainer.accelerator.wait_for_everyone()
+        if training_args.should_save:
+            log_data_report(report)
+            write_json_atomic(output / DATA_REPORT, report)
+            write_json_atomic(output / FINAL_MARKER, _final_record(args, plan, trainer.state.global_step,
+                                                                  run_train_loss(trainer.state.log_history)))
+            logger.info("stage %s finished: %s", args.stage, args.output_dir)
+        trainer.accelerator.wait_for_everyone()
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        tell_launcher(f"finished ({args.output_dir})")
     return 0
 
 
@@ -209,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     signals = StopSignals()
     if not args.check_only:
         signals.install()  # from here on a SIGTERM / SIGUSR1 stops the run at a checkpoint, not at once
+    status = None
     try:
         plan = run_preflight(args)
         if args.check_only:
@@ -223,19 +229,26 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if plan.resume_from is not None and holds_last_step(plan.resume_from, args.max_steps):
             return finish_from_last_checkpoint(args, plan)
-        return train(args, plan, signals)
+        status = train(args, plan, signals)
+        return status
     except PreflightError as err:
         logger.error("%s", err)
         return 2
     except OutputError as err:
         logger.error("training stopped: %s", err)
-        return 1
+        status = 1
+        return status
     finally:
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
-        signals.restore()
+        # torchrun sends SIGTERM to the ranks still running once one has exited non-zero: a rank stopping with
+        # PREEMPTED_EXIT_CODE or 1 ignores it, so that this SIGTERM cannot become its exit status.
+        if status in (PREEMPTED_EXIT_CODE, 1):
+            signals.ignore()
+        else:
+            signals.restore()
 
 
 if __name__ == "__main__":

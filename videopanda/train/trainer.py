@@ -7,16 +7,20 @@
 - Loss: each micro-batch's loss is lm_loss + distill_loss (the model adds them). `lm_loss` and
   `distill_loss` are logged separately (tensorboard and the JSONL loss log), averaged over the
   micro-batches and ranks of the logging interval; distill_loss only over micro-batches with video.
-- Sampler: `ModalityLengthGroupedSampler` in its global order (accelerate shards it per rank).
+- Sampler: `ModalityLengthGroupedSampler` in its global order (accelerate shards it per rank); its
+  epoch is set at every epoch's start, a resumed epoch included.
 - Saving: teacher tensors stay out of saved folders unless `save_teacher`; every checkpoint gets its
   completion marker after all ranks wrote it, and old checkpoints are pruned only after that
-  (`checkpointing`). A failed write stops the run with one `OutputError` line and no marker.
+  (`checkpointing`). A failed write stops the run with one `OutputError` line and no marker. Every
+  checkpoint also holds the loss accumulated since the last log (`UNLOGGED_LOSS`, summed over ranks);
+  a run resumed from it adds that to its first log, so the loss curve is the uninterrupted one whatever
+  `logging_steps` is.
 - Data report: the replacement records of the batches each rank actually trained on (not of
   prefetched ones) are counted per rank, gathered at every checkpoint and at the end, and added to
   the report saved in the checkpoint the run resumed from (`run_data_report`).
 - Preemption: `StopOnSignal` stops every rank at the same optimizer step once SIGTERM / SIGUSR1
-  reached any of them, with a complete checkpoint of that step. The last step is always logged, so
-  `state.log_history` (saved in every checkpoint) covers the whole run (`checkpointing.run_train_loss`).
+  reached any of them, with a complete checkpoint of that step (not logged unless a log is due). The
+  last step is always logged, so `state.log_history` covers the whole run (`checkpointing.run_train_loss`).
 """
 from __future__ import annotations
 
@@ -33,8 +37,9 @@ from videopanda.data.dataset import bad_record, data_report, merge_data_reports
 from videopanda.io import describe_os_error, write_json_atomic, write_text_atomic
 from videopanda.log import get_logger
 from videopanda.model.checkpoint import TEACHER_PREFIX
-from videopanda.train.checkpointing import (DATA_REPORT, STOP_SIGNALS, StopSignals, checkpoint_step, mark_complete,
-                                            prune_checkpoints, read_data_report, writing)
+from videopanda.train.checkpointing import (DATA_REPORT, STOP_SIGNALS, UNLOGGED_LOSS, StopSignals, checkpoint_step,
+                                            mark_complete, prune_checkpoints, read_data_report, read_unlogged_loss,
+                                            writing)
 from videopanda.train.stages import VISUAL_GROUPS, module_group
 
 logger = get_logger(__name__)
@@ -118,10 +123,10 @@ class StopOnSignal(TrainerCallback):
     """Stops training at the end of the first optimizer step after SIGTERM / SIGUSR1 reached any rank.
 
     At every step's end all ranks agree on the stop (`agreed_stop_signal`, so they stop at the same step
-    even when the signal reached one rank first); the stop step is then logged and saved like a
-    scheduled checkpoint (complete marker included) and the loop ends; `stopped_at` and `signal` say
-    when and why. At the last step the run just finishes. The last step of a run is always logged, so
-    the log history covers every step."""
+    even when the signal reached one rank first); the stop step is then saved like a scheduled
+    checkpoint (complete marker and the loss not logged yet included) and the loop ends; `stopped_at`
+    and `signal` say when and why. At the last step the run just finishes. The last step of a run is
+    always logged, so the log history covers every step."""
 
     def __init__(self, signals: StopSignals):
         self.signals = signals
@@ -138,7 +143,7 @@ class StopOnSignal(TrainerCallback):
             self.stopped_at, self.signal = state.global_step, name
             if state.is_world_process_zero:
                 logger.warning("%s: stopping after step %d with a checkpoint", name, state.global_step)
-            control.should_log = control.should_save = control.should_training_stop = True
+            control.should_save = control.should_training_stop = True
         return control
 
 
@@ -150,6 +155,17 @@ def _worker_ignores_stop_signals(worker_init_fn, worker_id: int) -> None:
         signal.signal(sig, signal.SIG_IGN)
     if worker_init_fn is not None:
         worker_init_fn(worker_id)
+
+
+class _CarryUnloggedLoss(TrainerCallback):
+    """At the start of a resumed run, hands the checkpoint's unlogged loss back to the trainer (the Trainer has
+    just reset its loss accumulator and last logged step)."""
+
+    def __init__(self, trainer: "VideoPandaTrainer"):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.trainer._restore_unlogged_loss()
 
 
 class VideoPandaTrainer(Trainer):
@@ -168,11 +184,15 @@ class VideoPandaTrainer(Trainer):
         self._used_replacements = 0
         self._report_before: dict | None = None  # from the checkpoint this run resumed from
         self._segment_start = 0
+        self._sampler = None  # the ModalityLengthGroupedSampler of the training DataLoader
+        self._unlogged_before: dict | None = None  # UNLOGGED_LOSS of the checkpoint this run resumed from
+        self.add_callback(_CarryUnloggedLoss(self))
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         if isinstance(resume_from_checkpoint, (str, Path)):
             self._segment_start = checkpoint_step(resume_from_checkpoint)
             self._report_before = read_data_report(resume_from_checkpoint)
+            self._unlogged_before = read_unlogged_loss(resume_from_checkpoint)
             if self._report_before is None and self._segment_start:
                 logger.warning("%s holds no %s: the data report covers steps after %d only", resume_from_checkpoint,
                                DATA_REPORT, self._segment_start)
@@ -186,8 +206,18 @@ class VideoPandaTrainer(Trainer):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         if not self.group_by_modality_length:
             return super()._get_train_sampler(train_dataset)
-        return ModalityLengthGroupedSampler(dataset.lengths, dataset.is_video, self.args.per_device_train_batch_size,
-                                            world_size=self.args.world_size, seed=self.args.seed)
+        self._sampler = ModalityLengthGroupedSampler(dataset.lengths, dataset.is_video,
+                                                     self.args.per_device_train_batch_size,
+                                                     world_size=self.args.world_size, seed=self.args.seed)
+        return self._sampler
+
+    def _run_epoch(self, *args, epoch: int, **kwargs):
+        # A resumed epoch's DataLoader comes from accelerate's `skip_first_batches`, whose `set_epoch` does not
+        # reach the sampler under the batch sampler shard: a run resumed in the middle of epoch >= 1 would
+        # draw epoch 0's order. The sampler's epoch is set here for every epoch, resumed or not.
+        if self._sampler is not None:
+            self._sampler.set_epoch(epoch)
+        return super()._run_epoch(*args, epoch=epoch, **kwargs)
 
     def get_train_dataloader(self):
         loader = super().get_train_dataloader()
@@ -274,6 +304,26 @@ class VideoPandaTrainer(Trainer):
             self._loss_parts.zero_()
         super().log(logs, start_time)
 
+    def unlogged_loss(self) -> dict:
+        """What the next training log would add up (a collective): the loss sum of the steps after step
+        `last_logged_step` and the lm / distill sums and counts, each summed over ranks."""
+        totals = torch.cat([self._tr_loss.detach().reshape(1).to("cpu", torch.float64), self._loss_parts])
+        totals = totals.to(self.args.device)
+        if self.args.world_size > 1:
+            totals = self.accelerator.reduce(totals, reduction="sum")
+        loss_sum, *parts = totals.tolist()
+        return {"global_step": self.state.global_step, "last_logged_step": self._globalstep_last_logged,
+                "loss_sum": loss_sum, "loss_parts": parts}
+
+    def _restore_unlogged_loss(self) -> None:
+        carried = self._unlogged_before
+        if carried is None or carried.get("global_step") != self.state.global_step:
+            return
+        self._globalstep_last_logged = int(carried["last_logged_step"])
+        if self.args.process_index == 0:  # a log sums the ranks' accumulators: rank 0 carries all of it
+            self._tr_loss += float(carried["loss_sum"])
+            self._loss_parts += torch.tensor(carried["loss_parts"], dtype=torch.float64)
+
     # ---- saving ----------------------------------------------------------------------------------
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
@@ -288,9 +338,10 @@ class VideoPandaTrainer(Trainer):
         folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
         with writing(folder):
             super()._save_checkpoint(model, trial)
-        report = self.run_data_report()
+        report, unlogged = self.run_data_report(), self.unlogged_loss()
         if self.args.should_save:
             write_json_atomic(folder / DATA_REPORT, report)
+            write_json_atomic(folder / UNLOGGED_LOSS, unlogged)
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             mark_complete(folder, self.state.global_step, self.args.world_size)
