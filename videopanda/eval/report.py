@@ -200,55 +200,47 @@ def _save_figure(fig: Any, path: Path) -> Path:
         plt.close(fig)
 
 
-def plot_qa(report: dict[str, Any], path: str | os.PathLike) -> Path | None:
-    """Grouped bar chart of QA accuracy per dataset and model; None when no model has QA results."""
-    datasets = [d for d in qa_datasets(report) if any(d in e["qa"] for e in report["models"].values())]
-    rows = [(name, e["qa"]) for name, e in report["models"].items() if e["qa"]]
-    if not rows:
-        return None
+def _grouped_bars(rows: list[tuple[str, list[float]]], labels: list[str], ylim: float, ylabel: str, title: str,
+                  width_inches: float, path: str | os.PathLike) -> Path:
+    """One group of bars per label, one bar per (name, values) row in a group; written to `path`."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     width = 0.8 / len(rows)
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(datasets)), 4))
-    for i, (name, qa) in enumerate(rows):
-        values = [(qa.get(d) or {}).get("accuracy") or 0.0 for d in datasets]
-        ax.bar([x + i * width for x in range(len(datasets))], values, width, label=name)
-    ax.set_xticks([x + width * (len(rows) - 1) / 2 for x in range(len(datasets))])
-    ax.set_xticklabels([qa_label(d) for d in datasets], fontsize=8)
-    ax.set_ylim(0, 100)
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title("Zero-shot video QA")
+    fig, ax = plt.subplots(figsize=(width_inches, 4))
+    for i, (name, values) in enumerate(rows):
+        ax.bar([x + i * width for x in range(len(labels))], values, width, label=name)
+    ax.set_xticks([x + width * (len(rows) - 1) / 2 for x in range(len(labels))])
+    ax.set_xticklabels(labels, fontsize=8)
+    ax.set_ylim(0, ylim)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
     return _save_figure(fig, Path(path))
+
+
+def plot_qa(report: dict[str, Any], path: str | os.PathLike) -> Path | None:
+    """Grouped bar chart of QA accuracy per dataset and model; None when no model has QA results."""
+    datasets = [d for d in qa_datasets(report) if any(d in e["qa"] for e in report["models"].values())]
+    rows = [(name, [(e["qa"].get(d) or {}).get("accuracy") or 0.0 for d in datasets])
+            for name, e in report["models"].items() if e["qa"]]
+    if not rows:
+        return None
+    return _grouped_bars(rows, [qa_label(d) for d in datasets], 100, "accuracy (%)", "Zero-shot video QA",
+                         max(6, 1.6 * len(datasets)), path)
 
 
 def plot_benchmark(report: dict[str, Any], path: str | os.PathLike) -> Path | None:
     """Grouped bar chart of the five aspects per model; None when no model has benchmark results."""
-    rows = [(name, e["benchmark"]) for name, e in report["models"].items() if e["benchmark"]]
+    rows = [(name, [e["benchmark"]["scores"].get(a) or 0.0 for a in ASPECTS])
+            for name, e in report["models"].items() if e["benchmark"]]
     if not rows:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    width = 0.8 / len(rows)
-    fig, ax = plt.subplots(figsize=(8, 4))
-    for i, (name, b) in enumerate(rows):
-        values = [b["scores"].get(a) or 0.0 for a in ASPECTS]
-        ax.bar([x + i * width for x in range(len(ASPECTS))], values, width, label=name)
-    ax.set_xticks([x + width * (len(rows) - 1) / 2 for x in range(len(ASPECTS))])
-    ax.set_xticklabels([ASPECT_LABELS[a].replace(" ", "\n", 1) for a in ASPECTS], fontsize=8)
-    ax.set_ylim(0, 5)
-    ax.set_ylabel("score (0-5)")
-    ax.set_title("Video-ChatGPT benchmark")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return _save_figure(fig, Path(path))
+    return _grouped_bars(rows, [ASPECT_LABELS[a].replace(" ", "\n", 1) for a in ASPECTS], 5, "score (0-5)",
+                         "Video-ChatGPT benchmark", 8, path)
 
 
 def write_report(results_dirs: Sequence[str | os.PathLike], output_dir: str | os.PathLike,
