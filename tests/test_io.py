@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from helpers.full_disk import full_disk
+from helpers.full_disk import fill_up, full_disk
 from videopanda.io import OutputError, describe_os_error, write_atomic, write_json_atomic, write_jsonl_atomic
 
 
@@ -11,17 +11,13 @@ def test_a_full_disk_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     with full_disk(tmp_path / "disk", size_kb=64) as folder:
         target = folder / "results.json"
         write_json_atomic(target, {"accuracy": 1.0})
-        filler = folder / "filler"
-        with open(filler, "wb", buffering=0) as handle:
-            with pytest.raises(OSError):
-                while True:
-                    handle.write(b"\0" * 4096)
+        fill_up(folder)
         with pytest.raises(OutputError) as caught:
             write_jsonl_atomic(target, [{"text": "x" * 8192}] * 4)
         assert str(caught.value) == f"{target}: no space left on device"
         assert "\n" not in str(caught.value)
         assert json.loads(target.read_text()) == {"accuracy": 1.0}
-        assert sorted(p.name for p in folder.iterdir()) == ["filler", "results.json"]
+        assert sorted(p.name for p in folder.iterdir()) == [".filler", "results.json"]
 
 
 def test_a_writer_that_loses_errno_on_a_full_disk_is_still_said_as_a_full_disk(tmp_path):

@@ -32,12 +32,18 @@ def full_disk(folder: str | os.PathLike, size_kb: int = 64, fill: bool = False) 
         pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
     try:
         if fill:
-            with open(folder / ".filler", "wb", buffering=0) as handle:
-                try:
-                    while True:
-                        handle.write(b"\0" * 4096)
-                except OSError:
-                    pass
+            fill_up(folder)
         yield folder
     finally:
         subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def fill_up(folder: str | os.PathLike) -> None:
+    """Write zeros into `folder` until its file system has no byte left (large blocks, then small ones)."""
+    with open(Path(folder) / ".filler", "wb", buffering=0) as handle:
+        for block in (65536, 512):
+            try:
+                while True:
+                    handle.write(b"\0" * block)
+            except OSError:
+                pass

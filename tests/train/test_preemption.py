@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers.full_disk import full_disk
+from helpers.full_disk import fill_up, full_disk
 from videopanda.train.checkpointing import COMPLETE_MARKER, FINAL_MARKER, PREEMPT_FILE_ENV, PREEMPTED_EXIT_CODE
 
 pytestmark = pytest.mark.slow
@@ -337,21 +337,6 @@ def test_with_a_log_every_two_steps_the_resumed_loss_curve_is_the_uninterrupted_
             assert (key in ours) == (key in theirs) and ours.get(key) == pytest.approx(theirs.get(key), rel=1e-6), key
     done_ref, done_ours = (json.loads((folder / FINAL_MARKER).read_text()) for folder in (ref, output))
     assert done_ours["train_loss"] == pytest.approx(done_ref["train_loss"], rel=1e-6)
-
-
-def fill_up(folder: Path) -> None:
-    """Write zeros into `folder` until its file system is full."""
-    with open(folder / ".filler", "wb", buffering=0) as handle:
-        try:
-            while True:
-                handle.write(b"\0" * 65536)
-        except OSError:
-            pass
-        try:
-            while True:
-                handle.write(b"\0" * 512)
-        except OSError:
-            pass
 
 
 def test_a_disk_filling_up_during_training_stops_every_rank_with_one_line(tmp_path, tiny_args, trainkit, llama_dir):
