@@ -137,31 +137,28 @@ def checkpoint_step(checkpoint: str | Path) -> int:
     return int(match.group(1))
 
 
-def read_data_report(checkpoint: str | Path) -> dict | None:
-    """The data report saved in a checkpoint, or None when it has none (written by an older version) or
-    it cannot be read (a warning says so: the counts are a report, not training state)."""
-    path = Path(checkpoint) / DATA_REPORT
+def _read_optional_json(path: Path, left_out: str) -> dict | None:
+    """A checkpoint's optional JSON record, or None when it is absent (an older version) or unreadable (a
+    warning says what is `left_out`: these records are reports, not training state)."""
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
         return None
     except (OSError, json.JSONDecodeError) as err:
-        logger.warning("%s: unreadable data report, counts before this checkpoint are left out (%s)", path, err)
+        logger.warning("%s: unreadable, %s (%s)", path, left_out, err)
         return None
+
+
+def read_data_report(checkpoint: str | Path) -> dict | None:
+    """The data report saved in a checkpoint, or None (see `_read_optional_json`)."""
+    return _read_optional_json(Path(checkpoint) / DATA_REPORT, "counts before this checkpoint are left out")
 
 
 def read_unlogged_loss(checkpoint: str | Path) -> dict | None:
-    """The `UNLOGGED_LOSS` record of a checkpoint, or None when it has none (or it cannot be read: a warning
-    says so, and the resumed run's first log then covers the steps after the checkpoint only)."""
-    path = Path(checkpoint) / UNLOGGED_LOSS
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, json.JSONDecodeError) as err:
-        logger.warning("%s: unreadable, the loss of the steps before it since the last log is left out (%s)", path,
-                       err)
-        return None
+    """The `UNLOGGED_LOSS` record of a checkpoint, or None: the resumed run's first log then covers the
+    steps after the checkpoint only (see `_read_optional_json`)."""
+    return _read_optional_json(Path(checkpoint) / UNLOGGED_LOSS,
+                               "the loss of the steps before it since the last log is left out")
 
 
 def run_train_loss(log_history: list[dict]) -> float | None:
