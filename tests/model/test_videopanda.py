@@ -1,4 +1,4 @@
-"""VideoPandaForCausalLM: config, frame-token merge, mixed batches, generation, distillation hook (tiny, CPU)."""
+"""VideoPandaForCausalLM: config, parts, frame-token scatter, mixed batches, LM loss, generation (tiny, CPU)."""
 import json
 from pathlib import Path
 
@@ -9,8 +9,6 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 import videopanda  # noqa: F401  (registers the Auto classes)
 from videopanda.constants import FRAME_TOKEN_INDEX, IGNORE_INDEX
-from videopanda.model.distill import DistillationHead, distill_layer_indices, distillation_loss
-from videopanda.model.teacher import LanguageBindVideoTower, TeacherConfig
 from videopanda.model.videopanda import VideoPandaConfig, VideoPandaForCausalLM
 
 REPO = Path(__file__).resolve().parents[2]
@@ -95,43 +93,39 @@ def test_config_rejects_inconsistent_fields(vocab):
         tiny_config(vocab, stab={"width": 128})
 
 
-def test_each_placeholder_becomes_its_frames_tokens_in_order(model):
+def test_parts_cover_every_parameter_once(model):
+    parts = model.parts()
+    assert set(parts) == {"stab", "projector", "llm"}
+    owned = [id(p) for modules in parts.values() for m in modules for p in m.parameters()]
+    assert len(owned) == len(set(owned)) and set(owned) == {id(p) for p in model.parameters()}
+    assert parts["stab"] == (model.model.video_tower,)
+
+
+def test_each_run_of_placeholders_gets_its_frames_tokens_in_order(model):
     v = video(chunks=1, seed=1)
     expected = frame_tokens(model, v)
-    # text between the placeholders checks the order: frame k -> k-th placeholder
-    ids = [1, 20, FRAME_TOKEN_INDEX, 21, 22, FRAME_TOKEN_INDEX, FRAME_TOKEN_INDEX, 23, FRAME_TOKEN_INDEX, 24]
-    input_ids = torch.tensor([ids])
-    labels = torch.tensor([[IGNORE_INDEX, 20, FRAME_TOKEN_INDEX, 21, 22, FRAME_TOKEN_INDEX, FRAME_TOKEN_INDEX, 23,
-                            FRAME_TOKEN_INDEX, 24]])
+    n, token = TOKENS_56, model.config.image_token_id
+    # text between the runs checks the order: frame k -> k-th run
+    ids = [1, 20] + [token] * n + [21, 22] + [token] * 2 * n + [23] + [token] * n + [24]
     with torch.no_grad():
-        merged = model.embed_multimodal(input_ids, None, labels, [v])
+        embeds, grids = model.embed_inputs(torch.tensor([ids]), v[None])
         embed = model.get_input_embeddings()
-        n = TOKENS_56
-        assert merged.inputs_embeds.shape == (1, 6 + 4 * n, 64)
-        assert [(s, c) for s, c, _ in merged.frame_spans[0]] == [(2, n), (4 + n, n), (4 + 2 * n, n), (5 + 3 * n, n)]
-        pos = 0
-        out_labels = merged.labels[0].tolist()
-        frame = 0
-        for tok, lab in zip(ids, labels[0].tolist()):
-            if tok == FRAME_TOKEN_INDEX:
-                torch.testing.assert_close(merged.inputs_embeds[0, pos:pos + n], expected[frame], rtol=1e-5, atol=1e-6)
-                assert out_labels[pos:pos + n] == [IGNORE_INDEX] * n
-                pos, frame = pos + n, frame + 1
-            else:
-                assert torch.equal(merged.inputs_embeds[0, pos], embed(torch.tensor(tok)))
-                assert out_labels[pos] == lab
-                pos += 1
-        assert merged.attention_mask.tolist() == [[1] * pos]
+    assert embeds.shape == (1, len(ids), 64) and grids == [(2, 2)] * 4
+    starts = [2, 4 + n, 4 + 2 * n, 5 + 3 * n]
+    for frame, start in enumerate(starts):
+        torch.testing.assert_close(embeds[0, start:start + n], expected[frame], rtol=1e-5, atol=1e-6)
+    text = [i for i in range(len(ids)) if not any(s <= i < s + n for s in starts)]
+    assert torch.equal(embeds[0, text], embed(torch.tensor(ids)[text]))
 
 
 def test_placeholder_count_must_match_the_frames(model):
-    ids = torch.tensor([[1, 5] + [FRAME_TOKEN_INDEX] * 3 + [6]])
-    with pytest.raises(ValueError, match=r"sample 0: 3 frame placeholders .* but 4 frames"):
-        model(input_ids=ids, videos=[video(chunks=1)])
-    with pytest.raises(ValueError, match=r"sample 0: 3 frame placeholders .* but 0 frames"):
+    ids = torch.tensor([[1, 5] + [model.config.image_token_id] * 3 * TOKENS_56 + [6]])
+    with pytest.raises(ValueError, match=r"hold 21 video placeholders .* give 28 visual tokens"):
+        model(input_ids=ids, pixel_values_videos=video(chunks=1)[None])
+    with pytest.raises(ValueError, match="no pixel_values_videos"):
         model(input_ids=ids)
-    with pytest.raises(ValueError, match="2 videos for a batch of 1"):
-        model(input_ids=ids, videos=[video(chunks=1), None])
+    with pytest.raises(ValueError, match=r"pixel_values_videos must be \(videos, chunks"):
+        model(input_ids=ids, pixel_values_videos=video(chunks=1))
 
 
 def mixed_batch():
@@ -142,42 +136,10 @@ def mixed_batch():
     return rows, videos
 
 
-def test_mixed_batch_equals_each_sample_alone(model):
-    rows, videos = mixed_batch()
-    ids, mask = padded(rows)
-    labels = ids.masked_fill(ids < 0, IGNORE_INDEX).masked_fill(mask == 0, IGNORE_INDEX)
-    with torch.no_grad():
-        batch = model(input_ids=ids, attention_mask=mask, videos=videos)
-        lengths = []
-        for i, (row, v) in enumerate(zip(rows, videos)):
-            alone = model(input_ids=torch.tensor([row]), videos=[v])
-            n = alone.logits.shape[1]
-            lengths.append(n)
-            torch.testing.assert_close(batch.logits[i, :n], alone.logits[0], rtol=1e-4, atol=1e-5)
-    # the letterboxed frames have a 1x2 grid (4 tokens), its padding frames the top-left 2x2 window (7 tokens)
-    assert lengths == [6 + 8 * TOKENS_56, 3 + 6 * 4 + 2 * TOKENS_56, 7]
-    assert batch.logits.shape[1] == max(lengths)
-
-
-def test_loss_with_labels_is_the_cross_entropy_of_the_full_logits(model):
-    rows, videos = mixed_batch()
-    ids, mask = padded(rows)
-    labels = ids.masked_fill(ids < 0, IGNORE_INDEX).masked_fill(mask == 0, IGNORE_INDEX)
-    labels[0, :3] = IGNORE_INDEX  # an unsupervised prompt
-    with torch.no_grad():
-        full = model(input_ids=ids, attention_mask=mask, videos=videos).logits
-        expanded = model.embed_multimodal(ids, mask, labels, videos).labels
-        out = model(input_ids=ids, attention_mask=mask, labels=labels, videos=videos)
-    assert out.logits is None and out.distill_loss is None and torch.equal(out.loss, out.lm_loss)
-    wanted = torch.nn.functional.cross_entropy(full[:, :-1].flatten(0, 1), expanded[:, 1:].flatten(),
-                                               ignore_index=IGNORE_INDEX)
-    torch.testing.assert_close(out.lm_loss, wanted, rtol=1e-5, atol=1e-6)
-    assert (expanded[:, 1:] != IGNORE_INDEX).sum() < expanded.numel() // 2  # most positions carry no loss
-
-
 def scattered(model, rows, videos, left: bool = True):
-    """The processor's layout of `mixed_batch`: each -200 becomes its frame's run of image_token_id (counts
-    from the STAB's grids), left padded -> input_ids, attention_mask, pixel_values_videos (V, C, T, 4, H, W)."""
+    """The processor's layout of `mixed_batch`, written out here: each -200 becomes its frame's run of
+    image_token_id (counts from the STAB's grids), padded -> input_ids, attention_mask, labels (the text
+    ids, -100 on the runs and the padding), pixel_values_videos (V, C, T, 4, H, W) or None."""
     token, out = model.config.image_token_id, []
     present = iter([v for v in videos if v is not None])
     for row in rows:
@@ -192,21 +154,70 @@ def scattered(model, rows, videos, left: bool = True):
     for b, row in enumerate(out):
         span = slice(width - len(row), width) if left else slice(0, len(row))
         ids[b, span], mask[b, span] = torch.tensor(row), 1
+    labels = ids.masked_fill(ids == token, IGNORE_INDEX).masked_fill(mask == 0, IGNORE_INDEX)
     present = [v for v in videos if v is not None]
-    return ids, mask, torch.stack(present) if present else None
+    return ids, mask, labels, torch.stack(present) if present else None
 
 
-def test_scatter_path_equals_the_expansion(model):
+def expanded_embeddings(model, rows, videos) -> tuple[torch.Tensor, torch.Tensor]:
+    """Independent of the scatter: per sample, the text embeddings with each -200 replaced by its frame's
+    tokens (`frame_tokens`, STAB and projector run per video), right padded -> (B, S, L), mask (B, S)."""
+    embed = model.get_input_embeddings()
+    sequences = []
+    for row, v in zip(rows, videos):
+        frames = iter(frame_tokens(model, v) if v is not None else [])
+        with torch.no_grad():
+            sequences.append(torch.cat([next(frames) if i == FRAME_TOKEN_INDEX else embed(torch.tensor([i]))
+                                        for i in row]))
+    width = max(s.shape[0] for s in sequences)
+    embeds = torch.zeros(len(rows), width, sequences[0].shape[-1])
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for b, seq in enumerate(sequences):
+        embeds[b, :len(seq)], mask[b, :len(seq)] = seq, 1
+    return embeds, mask
+
+
+def test_mixed_batch_equals_each_sample_alone(model):
     rows, videos = mixed_batch()
+    ids, mask, _, pixels = scattered(model, rows, videos, left=False)
     with torch.no_grad():
-        old = model(input_ids=padded(rows)[0], attention_mask=padded(rows)[1], videos=videos).logits
-        ids, mask, pixels = scattered(model, rows, videos, left=False)
-        new = model(input_ids=ids, attention_mask=mask, pixel_values_videos=pixels).logits
-    torch.testing.assert_close(new, old, rtol=1e-5, atol=1e-6)
+        batch = model(input_ids=ids, attention_mask=mask, pixel_values_videos=pixels)
+        lengths = []
+        for i, (row, v) in enumerate(zip(rows, videos)):
+            one, _, _, one_pixels = scattered(model, [row], [v])
+            alone = model(input_ids=one, pixel_values_videos=one_pixels)
+            n = alone.logits.shape[1]
+            lengths.append(n)
+            torch.testing.assert_close(batch.logits[i, :n], alone.logits[0], rtol=1e-4, atol=1e-5)
+    # the letterboxed frames have a 1x2 grid (4 tokens), its padding frames the top-left 2x2 window (7 tokens)
+    assert lengths == [6 + 8 * TOKENS_56, 3 + 6 * 4 + 2 * TOKENS_56, 7]
+    assert batch.logits.shape[1] == max(lengths)
+
+
+def test_loss_with_labels_is_the_cross_entropy_of_the_full_logits(model):
+    rows, videos = mixed_batch()
+    ids, mask, labels, pixels = scattered(model, rows, videos, left=False)
+    labels[0, :3] = IGNORE_INDEX  # an unsupervised prompt
+    with torch.no_grad():
+        full = model(input_ids=ids, attention_mask=mask, pixel_values_videos=pixels).logits
+        out = model(input_ids=ids, attention_mask=mask, labels=labels, pixel_values_videos=pixels)
+    assert out.logits is None
+    wanted = torch.nn.functional.cross_entropy(full[:, :-1].flatten(0, 1), labels[:, 1:].flatten(),
+                                               ignore_index=IGNORE_INDEX)
+    torch.testing.assert_close(out.loss, wanted, rtol=1e-5, atol=1e-6)
+    assert (labels[:, 1:] != IGNORE_INDEX).sum() < labels.numel() // 2  # most positions carry no loss
+
+
+def test_scatter_path_equals_the_expanded_embeddings(model):
+    rows, videos = mixed_batch()
+    embeds, mask = expanded_embeddings(model, rows, videos)
+    with torch.no_grad():
+        reference = model(inputs_embeds=embeds, attention_mask=mask).logits
+        ids, mask, _, pixels = scattered(model, rows, videos, left=False)
+        scattered_logits = model(input_ids=ids, attention_mask=mask, pixel_values_videos=pixels).logits
+    torch.testing.assert_close(scattered_logits, reference, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="placeholders"):
-        model(input_ids=ids[:, :-3] if ids.shape[1] > 3 else ids, pixel_values_videos=pixels[:1])
-    with pytest.raises(ValueError, match="no pixel_values_videos"):
-        model(input_ids=ids)
+        model(input_ids=ids, pixel_values_videos=pixels[:1])
 
 
 def test_generate_with_and_without_cache_agree_and_match_a_plain_greedy_loop(model):
@@ -214,7 +225,7 @@ def test_generate_with_and_without_cache_agree_and_match_a_plain_greedy_loop(mod
     steps = 6
     singles = []
     for row, v in zip(rows, videos):
-        ids, mask, pixels = scattered(model, [row], [v])
+        ids, mask, _, pixels = scattered(model, [row], [v])
         extra = {"pixel_values_videos": pixels} if pixels is not None else {}
         cached = model.generate(ids, attention_mask=mask, max_new_tokens=steps, do_sample=False, use_cache=True, **extra)
         uncached = model.generate(ids, attention_mask=mask, max_new_tokens=steps, do_sample=False, use_cache=False,
@@ -228,105 +239,24 @@ def test_generate_with_and_without_cache_agree_and_match_a_plain_greedy_loop(mod
         assert torch.equal(cached, seq)
         singles.append(cached[0, ids.shape[1]:])
     # a batch, left padded for generation, gives each sample's own answer
-    ids, mask, pixels = scattered(model, rows, videos)
+    ids, mask, _, pixels = scattered(model, rows, videos)
     batch = model.generate(ids, attention_mask=mask, pixel_values_videos=pixels, max_new_tokens=steps,
                            do_sample=False, pad_token_id=0)
     for got, want in zip(batch[:, ids.shape[1]:], singles):
         assert torch.equal(got, want)
 
 
-def test_text_path_skips_the_stab_in_eval_and_keeps_it_in_the_graph_in_training(vocab):
+def test_text_only_inputs_never_run_the_stab(vocab):
     torch.manual_seed(1)
     model = VideoPandaForCausalLM(tiny_config(vocab))
     calls = []
     model.model.video_tower.register_forward_hook(lambda *args: calls.append(1))
     ids = torch.tensor([[1, 5, 6, 7, 8]])
-    with torch.no_grad():
-        out = model.eval()(input_ids=ids, labels=ids)
+    for mode in (model.eval(), model.train()):
+        out = mode(input_ids=ids, labels=ids)
+        out.loss.backward()
     assert calls == [] and out.loss is not None
-    model.train()
-    out = model(input_ids=ids, labels=ids)
-    out.loss.backward()
-    assert calls == [1]  # ZeRO-3 lockstep: the visual modules run on a dummy chunk
-    visual = list(model.model.video_tower.named_parameters()) + list(model.model.video_projector.named_parameters())
-    assert all(not p.grad.any() for _, p in visual if p.grad is not None)  # zero-weighted: the dummy adds nothing
-    assert model.model.video_projector[0].weight.grad is not None  # but the modules are in the graph
-    assert model.model.video_tower.lsd.query.weight.grad is not None
-    assert model.lm_head.weight.grad.abs().sum() > 0
-
-
-@pytest.fixture(scope="module")
-def distilling(vocab):
-    torch.manual_seed(2)
-    model = VideoPandaForCausalLM(tiny_config(vocab))
-    teacher = LanguageBindVideoTower(TeacherConfig(hidden_size=32, intermediate_size=64, num_attention_heads=4,
-                                                   num_hidden_layers=2, image_size=SIZE // 2, num_frames=4))
-    for p in teacher.parameters():
-        torch.nn.init.normal_(p, std=0.1)
-    head = DistillationHead(llm_width=64, teacher_width=32, num_heads=4)
-    model.enable_distillation(teacher, head)
-    return model
-
-
-def teacher_video(v: torch.Tensor) -> torch.Tensor:
-    """A 28 px teacher tensor with the student's mask, downsampled."""
-    c, t = v.shape[:2]
-    small = torch.nn.functional.avg_pool2d(v.flatten(0, 1), 2).view(c, t, 4, SIZE // 2, SIZE // 2)
-    small[:, :, 3] = (small[:, :, 3] > 0.5).float()
-    return small
-
-
-def test_distillation_loss_uses_the_grid_positions_of_content_frames(distilling):
-    model = distilling.eval()
-    rows, videos = mixed_batch()
-    ids, mask = padded(rows)
-    labels = ids.masked_fill(ids < 0, IGNORE_INDEX).masked_fill(mask == 0, IGNORE_INDEX)
-    teachers = [None if v is None else teacher_video(v) for v in videos]
-    with torch.no_grad():
-        out = model(input_ids=ids, attention_mask=mask, labels=labels, videos=videos, teacher_videos=teachers)
-        assert out.distill_loss > 0
-        torch.testing.assert_close(out.loss, out.lm_loss + out.distill_loss)
-        # independent: positions written out from the known prompt layout (text prefix, 7- or 5-token frames)
-        hidden = model(input_ids=ids, attention_mask=mask, videos=videos, output_hidden_states=True).hidden_states
-        layers = distill_layer_indices(2)
-        student, grids, feats, valid = [], [], [], []
-        layouts = [(3, [(2, 2)] * 8, 8), (2, [(1, 2)] * 6 + [(2, 2)] * 2, 6)]  # prefix, grids, content frames
-        for b, (prefix, frame_grids, content) in enumerate(layouts):
-            start = prefix
-            t_feats = model.model.video_teacher(teachers[b])
-            t_valid = torch.nn.functional.avg_pool2d(teachers[b][:, :, 3].flatten(0, 1), 14) >= 0.5
-            for k, (r, c) in enumerate(frame_grids):
-                if k < content:
-                    pos = [start + 1 + i * (c + 1) + j for i in range(r) for j in range(c)]
-                    student.append(model.model.video_tower_compressor([hidden[l][b, pos] for l in layers]))
-                    grids.append((r, c))
-                    feats.append(t_feats[k])
-                    valid.append(t_valid[k])
-                start += 1 + r * (c + 1)
-        expected = distillation_loss(student, grids, torch.stack(feats), torch.stack(valid))
-    torch.testing.assert_close(out.distill_loss, expected, rtol=1e-5, atol=1e-6)
-
-
-def test_distillation_trains_head_stab_and_projector_and_runs_on_text_only_batches(distilling):
-    model = distilling.train()
-    model.zero_grad()
-    rows, videos = mixed_batch()
-    ids, mask = padded(rows)
-    labels = ids.masked_fill(ids < 0, IGNORE_INDEX).masked_fill(mask == 0, IGNORE_INDEX)
-    out = model(input_ids=ids, attention_mask=mask, labels=labels, videos=videos,
-                teacher_videos=[None if v is None else teacher_video(v) for v in videos])
-    out.loss.backward()
-    for part in (model.model.video_tower_compressor, model.model.video_tower.lsd, model.model.video_projector):
-        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
-    assert all(p.grad is None for p in model.model.video_teacher.parameters())
-    model.zero_grad()
-    text = torch.tensor([[1, 5, 6, 7]])
-    out = model(input_ids=text, labels=text, videos=[None], teacher_videos=[None])
-    assert out.distill_loss == 0 and torch.equal(out.loss, out.lm_loss + out.distill_loss)
-    out.loss.backward()
-    head_grads = [p.grad for p in model.model.video_tower_compressor.parameters()]
-    assert all(g is not None and not g.any() for g in head_grads)  # in the graph (ZeRO-3), contributing 0
-    model.eval()
+    assert not hasattr(model.model, "video_teacher") and not hasattr(model.model, "video_tower_compressor")
 
 
 def test_auto_class_builds_our_model(vocab):

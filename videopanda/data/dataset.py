@@ -1,6 +1,14 @@
 """Training data: the Valley / Video-ChatGPT JSON layout (SPEC section 6), a modality- and
 length-grouped sampler, and the batch collator.
 
+Items and batches are in the processor's layout, built by `VideoPandaProcessor` itself (its video
+processor for the frames and their grids, its `tokenize_conversation` for ids and labels): each frame
+is a run of `image_token_id` as long as the STAB's output for it, labelled IGNORE_INDEX, and the
+videos are `pixel_values_videos` (V, C, T, 4, H, W) with `teacher_pixel_values_videos` for distillation.
+`model_max_length` counts each frame as one token, as the original's one placeholder per frame did
+(a frame's run adds its length minus one to the limit), so which samples fit and where they are cut
+does not depend on the frame size.
+
 JSON layout: each file is a list of samples
 `{"id", "video": "valley/xxx.mp4", "conversations": [{"from": "human", "value": "<video>\\n..."}, ...]}`;
 a sample without "video" (or with "video": null) is text-only. Video paths are relative to
@@ -35,9 +43,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from videopanda.constants import FRAME_TOKEN_INDEX, IGNORE_INDEX
-from videopanda.data.conversation import SYSTEM_USER, ConversationFormatError, tokenize_conversation
-from videopanda.data.frames import FrameConfig, preprocess_video
+from videopanda.constants import IGNORE_INDEX
+from videopanda.data.conversation import SYSTEM_USER, ConversationFormatError
 from videopanda.data.video import VideoReadError, read_video
 from videopanda.log import get_logger
 
@@ -89,25 +96,32 @@ def text_length(sample) -> int:
         return 0
 
 
-class VideoInstructDataset(Dataset):
-    """Video instruction samples -> dicts for `VideoInstructCollator`.
+def visual_extra(input_ids: torch.Tensor, image_token_id: int, num_frames: int) -> int:
+    """How many more tokens a sequence holds than with one placeholder per frame: its placeholder ids minus
+    its frames (0 for text)."""
+    return int((input_ids == image_token_id).sum()) - num_frames
 
-    An item: `input_ids` int64 (S,), `labels` int64 (S,), `video` student float (C, T, 4, 448, 448)
-    or None, `teacher_video` float (C, T, 4, 224, 224) or None, `id`, and `replaced` (records of the
+
+class VideoInstructDataset(Dataset):
+    """Video instruction samples -> dicts for `VideoInstructCollator`, through `processor`
+    (a `VideoPandaProcessor`: its frame geometry, tokenizer and placeholder runs).
+
+    An item: `input_ids` int64 (S,) with each frame's run of `processor.image_token_id`, `labels` int64
+    (S,) (IGNORE_INDEX on the runs), `pixel_values_videos` float (C, T, 4, H, W) or None,
+    `teacher_pixel_values_videos` float (C, T, 4, H_t, W_t) or None, `id`, and `replaced` (records of the
     samples replaced while producing this item). `random_flip` draws a horizontal flip with
     probability 0.5 per item from the generator of (seed, index, attempt) (module docstring) and
     applies it to student and teacher alike; keep it off outside training.
     """
 
-    def __init__(self, data_paths, video_folder: str | Path, tokenizer, frame_config: FrameConfig | None = None,
-                 first_half: bool = False, system: str = SYSTEM_USER, random_flip: bool = True, seed: int = 42,
+    def __init__(self, data_paths, video_folder: str | Path, processor, first_half: bool = False,
+                 system: str = SYSTEM_USER, random_flip: bool = True, seed: int = 42,
                  model_max_length: int | None = None, max_attempts: int = 100):
         self.samples = load_samples(data_paths, first_half)
         if not self.samples:
             raise DataFormatError(f"{data_paths}: no samples")
         self.video_folder = Path(video_folder)
-        self.tokenizer = tokenizer
-        self.frame_config = frame_config or FrameConfig()
+        self.processor = processor
         self.system = system
         self.random_flip = random_flip
         self.seed = seed
@@ -171,25 +185,30 @@ class VideoInstructDataset(Dataset):
         video = video_of(sample)
         if video is not None and not isinstance(video, str):
             raise ConversationFormatError(sid, f"'video' must be a string path, got {type(video).__name__}")
-        num_frames = self.frame_config.num_frames
-        input_ids, labels = tokenize_conversation(sample.get("conversations"), self.tokenizer, num_frames,
-                                                  system=self.system, has_video=video is not None, sample_id=sid)
-        self._check_length(sid, input_ids, labels)
-        student = teacher = None
+        student = teacher = grids = None
         if video is not None:
-            frames = read_video(self.video_folder / video, num_frames)
-            student, teacher = preprocess_video(frames, self.frame_config, flip=flip)
-        return {"input_ids": input_ids, "labels": labels, "video": student, "teacher_video": teacher, "id": sid}
+            frames = read_video(self.video_folder / video, self.processor.video_processor.num_frames)
+            visual = self.processor.video_processor(frames, teacher=True, flips=[flip])
+            student, teacher = visual["pixel_values_videos"][0], visual["teacher_pixel_values_videos"][0]
+            grids = visual["frame_grids"][0]
+        input_ids, labels = self.processor.tokenize_conversation(sample.get("conversations"), grids,
+                                                                 system=self.system, sample_id=sid)
+        self._check_length(sid, input_ids, labels, len(grids or ()))
+        return {"input_ids": input_ids, "labels": labels, "pixel_values_videos": student,
+                "teacher_pixel_values_videos": teacher, "id": sid}
 
-    def _check_length(self, sid, input_ids: torch.Tensor, labels: torch.Tensor) -> None:
-        limit = self.model_max_length
-        if limit is None or len(input_ids) <= limit:
+    def _check_length(self, sid, input_ids: torch.Tensor, labels: torch.Tensor, num_frames: int) -> None:
+        if self.model_max_length is None:
             return
-        placeholders = (input_ids == FRAME_TOKEN_INDEX).nonzero()
+        image_token_id = self.processor.image_token_id
+        limit = self.model_max_length + visual_extra(input_ids, image_token_id, num_frames)
+        if len(input_ids) <= limit:
+            return
+        placeholders = (input_ids == image_token_id).nonzero()
         if len(placeholders) and int(placeholders[-1]) >= limit:
-            raise SampleTooLongError(f"sample {sid!r}: frame placeholders beyond model_max_length {limit}")
+            raise SampleTooLongError(f"sample {sid!r}: frame placeholders beyond model_max_length {self.model_max_length}")
         if bool((labels[:limit] == IGNORE_INDEX).all()):
-            raise SampleTooLongError(f"sample {sid!r}: no supervised token within model_max_length {limit}")
+            raise SampleTooLongError(f"sample {sid!r}: no supervised token within model_max_length {self.model_max_length}")
 
     def _remember(self, index: int, exc: Exception) -> dict:
         sample = self.samples[index]
@@ -332,34 +351,41 @@ class ModalityLengthGroupedSampler(Sampler[int]):
 
 
 class VideoInstructCollator:
-    """Items of `VideoInstructDataset` -> a batch.
+    """Items of `VideoInstructDataset` -> a batch for `TrainingModel`.
 
-    Batch: `input_ids` int64 (B, S) right-padded with the tokenizer's pad id (its unk when it has
-    none), `attention_mask` int64 (B, S), `labels` int64 (B, S) padded with -100, `videos` and
-    `teacher_videos` (lists, one tensor or None per sample), `ids`, and `replaced` (the dataset's
-    replacement records, for `VideoInstructDataset.absorb`). Sequences longer than
-    `model_max_length` are cut at the end; a cut through the frame placeholders raises ValueError
-    naming the sample (the dataset already replaces such samples, so this only fires when the
+    Batch: `input_ids` int64 (B, S) right-padded with the tokenizer's pad id (its unk when it has none),
+    `attention_mask` int64 (B, S), `labels` int64 (B, S) padded with -100, and when any item has a
+    video `pixel_values_videos` (V, C, T, 4, H, W) and `teacher_pixel_values_videos` (V, C, T, 4, H_t, W_t),
+    the items' videos in batch order; `ids`, and `replaced` (the dataset's replacement records, for
+    `VideoInstructDataset.absorb`). Sequences longer than `model_max_length` (each frame counted as one
+    token, see the module docstring) are cut at the end; a cut through the frame placeholders raises
+    ValueError naming the sample (the dataset already replaces such samples, so this only fires when the
     collator is used with other data).
     """
 
-    def __init__(self, tokenizer, model_max_length: int | None = None):
+    def __init__(self, processor, model_max_length: int | None = None):
+        tokenizer = processor.tokenizer
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.unk_token_id
         if pad is None:
             raise ValueError("the tokenizer has neither a pad nor an unk token")
         self.pad_token_id = int(pad)
+        self.image_token_id = processor.image_token_id
         self.model_max_length = model_max_length
 
     def __call__(self, items: Sequence[dict]) -> dict:
         ids, labels = [], []
         for item in items:
             input_ids, item_labels = item["input_ids"], item["labels"]
-            limit = self.model_max_length
-            if limit is not None and len(input_ids) > limit:
-                dropped = int((input_ids[limit:] == FRAME_TOKEN_INDEX).sum())
-                if dropped:
-                    raise ValueError(f"sample {item['id']!r}: truncation to {limit} tokens would cut {dropped} frame placeholders")
-                input_ids, item_labels = input_ids[:limit], item_labels[:limit]
+            video = item.get("pixel_values_videos")
+            num_frames = 0 if video is None else video.shape[0] * video.shape[1]
+            if self.model_max_length is not None:
+                limit = self.model_max_length + visual_extra(input_ids, self.image_token_id, num_frames)
+                if len(input_ids) > limit:
+                    dropped = int((input_ids[limit:] == self.image_token_id).sum())
+                    if dropped:
+                        raise ValueError(f"sample {item['id']!r}: truncation to {self.model_max_length} tokens would "
+                                         f"cut {dropped} frame placeholder ids")
+                    input_ids, item_labels = input_ids[:limit], item_labels[:limit]
             ids.append(input_ids)
             labels.append(item_labels)
         width = max(len(x) for x in ids)
@@ -370,12 +396,13 @@ class VideoInstructCollator:
             batch_ids[row, : len(x)] = x
             batch_labels[row, : len(y)] = y
             mask[row, : len(x)] = 1
-        return {
-            "input_ids": batch_ids,
-            "attention_mask": mask,
-            "labels": batch_labels,
-            "videos": [item["video"] for item in items],
-            "teacher_videos": [item["teacher_video"] for item in items],
-            "ids": [item["id"] for item in items],
-            "replaced": [record for item in items for record in item.get("replaced", [])],
-        }
+        batch = {"input_ids": batch_ids, "attention_mask": mask, "labels": batch_labels}
+        videos = [item for item in items if item.get("pixel_values_videos") is not None]
+        if videos:
+            batch["pixel_values_videos"] = torch.stack([item["pixel_values_videos"] for item in videos])
+            teachers = [item.get("teacher_pixel_values_videos") for item in videos]
+            if all(t is not None for t in teachers):
+                batch["teacher_pixel_values_videos"] = torch.stack(teachers)
+        batch["ids"] = [item["id"] for item in items]
+        batch["replaced"] = [record for item in items for record in item.get("replaced", [])]
+        return batch

@@ -114,6 +114,13 @@ class STABConfig:
         rows, cols = grid
         return 1 + rows * (cols + 1 if self.use_row_tokens else cols)
 
+    def grid_token_index(self, grid: tuple[int, int]) -> list[int]:
+        """Positions, within a frame's `num_tokens(grid)` tokens, of its rows*cols LSD grid tokens in row-major
+        order (the context token and the row-split tokens skipped): what distillation compares."""
+        rows, cols = grid
+        row_length = cols + 1 if self.use_row_tokens else cols
+        return [1 + r * row_length + c for r in range(rows) for c in range(cols)]
+
 
 # ---------------------------------------------------------------------------------------------------
 # Released checkpoint names (SPEC section 2, `model.video_tower.` stripped) <-> module names.

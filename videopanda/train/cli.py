@@ -99,7 +99,7 @@ def train(args: TrainArgs, plan: Preflight, signals: StopSignals | None = None) 
     from transformers import AutoTokenizer, TrainingArguments, set_seed
 
     from videopanda.data.dataset import VideoInstructCollator, VideoInstructDataset, log_data_report
-    from videopanda.data.frames import FrameConfig
+    from videopanda.data.processor import VideoPandaProcessor
     from videopanda.train.stages import apply_stage, build_model, prepare_zero3
     from videopanda.train.trainer import LOSS_LOG, LossLogCallback, StopOnSignal, VideoPandaTrainer, agreed_stop_signal
 
@@ -122,16 +122,18 @@ def train(args: TrainArgs, plan: Preflight, signals: StopSignals | None = None) 
                         config_overrides=args.config_overrides(),
                         teacher_folder=args.teacher if args.distill else None, dtype=dtype, attn_implementation=attn)
     model.config.use_cache = False
+    # Several processes must run the same modules every step (ZeRO-3 gathers, DDP / ZeRO-1/2 reduce gradients).
+    model.lockstep = batch.world_size > 1
     apply_stage(model, args.stage)
     deepspeed = args.deepspeed
     if plan.deepspeed_stage == 3:
         deepspeed = prepare_zero3(model, json.loads(Path(args.deepspeed).read_text()))
 
-    config = model.config
-    frames = FrameConfig(num_frames=config.num_frames, frames_per_chunk=config.frames_per_chunk,
-                         image_size=config.image_size, teacher_image_size=config.teacher_image_size,
-                         patch_size=config.stab["patch_size"])
-    dataset = VideoInstructDataset(plan.data_json, plan.video_folder, tokenizer, frames, first_half=bool(args.first_half),
+    processor = VideoPandaProcessor.from_model_config(model.config, tokenizer)
+    if processor.image_token_id != model.config.image_token_id:
+        raise PreflightError(f"{args.model}: the tokenizer's {processor.image_token_id} for the frame placeholder "
+                             f"differs from the config's image_token_id {model.config.image_token_id}")
+    dataset = VideoInstructDataset(plan.data_json, plan.video_folder, processor, first_half=bool(args.first_half),
                                    random_flip=args.random_flip, seed=args.seed, model_max_length=args.max_length)
     logger.info("data: %d samples (%d with video) from %s", plan.num_samples, plan.num_video_samples,
                 ", ".join(str(p) for p in plan.data_json))
@@ -160,8 +162,8 @@ def train(args: TrainArgs, plan: Preflight, signals: StopSignals | None = None) 
         ddp_backend="gloo" if not on_gpu and batch.world_size > 1 else None,
         ddp_find_unused_parameters=False,
         deepspeed=deepspeed,
-        gradient_checkpointing=args.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False},
+        activation_checkpointing=args.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False},
         dataloader_num_workers=args.num_workers,
         remove_unused_columns=False,
         report_to=_report_to(args.report_to),
@@ -170,7 +172,7 @@ def train(args: TrainArgs, plan: Preflight, signals: StopSignals | None = None) 
     stop = StopOnSignal(signals)
     trainer = VideoPandaTrainer(
         model=model, args=training_args, train_dataset=dataset,
-        data_collator=VideoInstructCollator(tokenizer, args.max_length), processing_class=tokenizer,
+        data_collator=VideoInstructCollator(processor, args.max_length), processing_class=processor,
         callbacks=[LossLogCallback(Path(args.output_dir) / LOSS_LOG), stop],
         visual_learning_rate=args.visual_learning_rate, save_teacher=args.save_teacher,
         keep_checkpoints=args.save_total_limit, group_by_modality_length=args.group_by_modality_length,

@@ -1,8 +1,9 @@
 """Stage initialisation and freezing (SPEC section 6).
 
-Module groups, by state-dict prefix: `stab` (model.video_tower), `projector` (model.video_projector),
-`distill_head` (model.video_tower_compressor), `teacher` (model.video_teacher, always frozen) and
-`llm` (everything else: embeddings, decoder layers, final norm, lm_head).
+Parts, as the models declare them (`parts()`, module objects): `stab`, `projector` and `llm`
+(`VideoPandaForCausalLM`: embeddings, decoder layers, final norm, lm_head), and, in training with
+distillation, `distill_head` and `teacher` (always frozen) (`TrainingModel`). Every parameter belongs to
+exactly one part; one that belongs to none is an error naming it (`parameter_parts`).
 
 - prealign trains stab + projector + distill_head; the LLM is frozen.
 - pretrain and finetune train everything but the teacher.
@@ -40,7 +41,6 @@ from videopanda.model.checkpoint import (
     HEAD_TEACHER_PARTS,
     PROJECTOR_PREFIX,
     STAB_PREFIX,
-    TEACHER_PREFIX,
     eve_key_to_model_key,
     place_state_dict,
     read_prefixed_tensors,
@@ -49,12 +49,6 @@ from videopanda.train.checkpointing import FINAL_MARKER
 
 logger = get_logger(__name__)
 
-GROUP_PREFIXES: tuple[tuple[str, str], ...] = (
-    ("teacher", TEACHER_PREFIX),
-    ("distill_head", HEAD_PREFIX),
-    ("stab", STAB_PREFIX),
-    ("projector", PROJECTOR_PREFIX),
-)
 GROUPS = ("llm", "stab", "projector", "distill_head", "teacher")
 VISUAL_GROUPS = frozenset({"stab", "projector", "distill_head"})
 TEMPORAL_STAB_PARTS = ("lste.", "dpe.", "gstra.", "context.")
@@ -63,12 +57,27 @@ TEMPORAL_STAB_PARTS = ("lste.", "dpe.", "gstra.", "context.")
 INIT_KINDS = ("videopanda", "eve", "llama")
 
 
-def module_group(name: str) -> str:
-    """Group of a parameter / state-dict name of `VideoPandaForCausalLM`."""
-    for group, prefix in GROUP_PREFIXES:
-        if name.startswith(prefix):
-            return group
-    return "llm"
+def parameter_parts(model: nn.Module) -> dict[str, str]:
+    """Parameter name -> the part (`model.parts()`) it belongs to, for every parameter of `model`.
+
+    Raises ValueError naming the parameters that belong to no declared part or to two."""
+    owner: dict[int, str] = {}
+    for part, modules in model.parts().items():
+        if part not in GROUPS:
+            raise ValueError(f"{type(model).__name__} declares an unknown part {part!r} (known: {GROUPS})")
+        for module in modules:
+            for param in module.parameters():
+                if owner.setdefault(id(param), part) != part:
+                    raise ValueError(f"a parameter of part {part!r} also belongs to part {owner[id(param)]!r}")
+    parts, orphans = {}, []
+    for name, param in model.named_parameters():
+        if id(param) in owner:
+            parts[name] = owner[id(param)]
+        else:
+            orphans.append(name)
+    if orphans:
+        raise ValueError(f"parameters in no declared part of {type(model).__name__}: {', '.join(orphans)}")
+    return parts
 
 
 def trainable_groups(stage: str) -> frozenset[str]:
@@ -87,18 +96,15 @@ class GroupInfo:
 
 
 def apply_stage(model: nn.Module, stage: str) -> list[GroupInfo]:
-    """Set requires_grad per group for `stage` and log one line per group; returns the groups present."""
+    """Set requires_grad per part for `stage`; returns the parts present, in `GROUPS` order (the optimizer
+    logs one line per part with its learning rate: `trainer.parameter_groups`)."""
     train = trainable_groups(stage)
     counts: dict[str, int] = {}
+    parts = parameter_parts(model)
     for name, param in model.named_parameters():
-        group = module_group(name)
-        param.requires_grad_(group in train)
-        counts[group] = counts.get(group, 0) + param.numel()
-    infos = [GroupInfo(g, g in train, counts[g]) for g in GROUPS if g in counts]
-    for info in infos:
-        logger.info("stage %s: %-12s %-9s %12s parameters", stage, info.name,
-                    "trainable" if info.trainable else "frozen", f"{info.num_params:,}")
-    return infos
+        param.requires_grad_(parts[name] in train)
+        counts[parts[name]] = counts.get(parts[name], 0) + param.numel()
+    return [GroupInfo(g, g in train, counts[g]) for g in GROUPS if g in counts]
 
 
 # ---- initialisation --------------------------------------------------------------------------------
@@ -218,10 +224,12 @@ def load_head_from_folder(head: nn.Module, folder: str | Path) -> int:
 
 def build_model(folder: str | Path, *, init: str, stab_overrides: dict, teacher_folder: str | Path | None,
                 dtype: torch.dtype, attn_implementation: str, config_overrides: dict | None = None):
-    """The model for one stage, distillation attached when `teacher_folder` is given (see module docstring)."""
-    from videopanda.model.distill import DistillationHead
+    """The `TrainingModel` for one stage, with teacher and distillation head when `teacher_folder` is given
+    (see module docstring); lockstep off (the caller sets it)."""
     from videopanda.model.teacher import LanguageBindVideoTower
     from videopanda.model.videopanda import VideoPandaForCausalLM
+    from videopanda.train.distillation import DistillationHead
+    from videopanda.train.training_model import TrainingModel
 
     kind = detect_init_kind(folder, init)
     logger.info("initialising from %s (%s folder)", folder, kind)
@@ -235,7 +243,7 @@ def build_model(folder: str | Path, *, init: str, stab_overrides: dict, teacher_
                                                       attn_implementation=attn_implementation)
         if kind == "llama":
             logger.info("Llama init: LLM loaded; STAB, projector and distillation head start fresh")
-    head = None
+    teacher = head = None
     if teacher_folder is not None:
         teacher = LanguageBindVideoTower.from_pretrained(teacher_folder, dtype=dtype)
         if teacher.config.image_size != model.config.teacher_image_size:
@@ -254,9 +262,7 @@ def build_model(folder: str | Path, *, init: str, stab_overrides: dict, teacher_
             load_head_from_folder(head, folder)
     if kind == "eve":
         load_eve_visual_parts(model, head, folder)
-    if head is not None:
-        model.enable_distillation(teacher, head)
-    return model
+    return TrainingModel(model, teacher, head)
 
 
 def _frames_require_grad(module: nn.Module, args: tuple) -> tuple | None:
@@ -283,8 +289,9 @@ def prepare_zero3(model: nn.Module, config: dict) -> dict:
     the STAB with `packed=True`). Prefetching follows each rank's own trace and is switched off."""
     from deepspeed.utils import set_z3_leaf_modules_by_name
 
-    set_z3_leaf_modules_by_name(model, ["model.video_tower"])
-    model.model.video_tower.register_forward_pre_hook(_frames_require_grad)
+    stab = model.parts()["stab"][0]
+    set_z3_leaf_modules_by_name(model, [next(name for name, module in model.named_modules() if module is stab)])
+    stab.register_forward_pre_hook(_frames_require_grad)
     out = json.loads(json.dumps(config))
     out.setdefault("zero_optimization", {})["stage3_prefetch_bucket_size"] = 0
     logger.info("ZeRO-3: the STAB is gathered as one leaf module; parameter prefetching off")
@@ -292,5 +299,5 @@ def prepare_zero3(model: nn.Module, config: dict) -> dict:
 
 
 __all__ = ["GROUPS", "GroupInfo", "TEMPORAL_STAB_PARTS", "VISUAL_GROUPS", "apply_stage", "build_model",
-           "detect_init_kind", "load_eve_visual_parts", "load_head_from_folder", "prepare_zero3",
-           "module_group", "trainable_groups", "videopanda_config_from_llm"]
+           "detect_init_kind", "load_eve_visual_parts", "load_head_from_folder", "parameter_parts", "prepare_zero3",
+           "trainable_groups", "videopanda_config_from_llm"]

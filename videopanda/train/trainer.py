@@ -1,15 +1,18 @@
 """`VideoPandaTrainer`: the HF Trainer with Video-Panda's parameter groups, loss parts, sampler and saving.
 
-- Optimizer: AdamW with up to four groups: visual (STAB, projector, distillation head) at
+- Optimizer: AdamW with up to four groups: visual parts (STAB, projector, distillation head) at
   `visual_learning_rate` and the rest at the base rate, each split into decayed matrices and
-  never-decayed biases / norms / vectors. Under a DeepSpeed config that offloads the optimizer,
-  DeepSpeedCPUAdam takes the same groups.
-- Loss: each micro-batch's loss is lm_loss + distill_loss (the model adds them). `lm_loss` and
+  never-decayed biases / norms / vectors; the parts are the model's declared module objects
+  (`stages.parameter_parts`), logged one line each. Under a DeepSpeed config that offloads the
+  optimizer, DeepSpeedCPUAdam takes the same groups.
+- Loss: the model is a `TrainingModel`; each micro-batch's loss is lm_loss + distill_loss (it adds them). `lm_loss` and
   `distill_loss` are logged separately (tensorboard and the JSONL loss log), averaged over the
   micro-batches and ranks of the logging interval; distill_loss only over micro-batches with video.
 - Sampler: `ModalityLengthGroupedSampler` in its global order (accelerate shards it per rank); its
   epoch is set at every epoch's start, a resumed epoch included.
-- Saving: teacher tensors stay out of saved folders unless `save_teacher`; every checkpoint gets its
+- Saving: every saved folder (checkpoints and the final output) is a complete inference folder: the
+  `TrainingModel`'s weights in the released key names (`TrainingModel.save_pretrained`; teacher tensors
+  stay out unless `save_teacher`), config, tokenizer and processor files; every checkpoint gets its
   completion marker after all ranks wrote it, and old checkpoints are pruned only after that
   (`checkpointing`). A failed write stops the run with one `OutputError` line and no marker. Every
   checkpoint also holds the loss accumulated since the last log (`UNLOGGED_LOSS`, summed over ranks);
@@ -32,15 +35,15 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from transformers import Trainer, TrainerCallback
+from transformers.trainer import TRAINING_ARGS_NAME
 
 from videopanda.data.dataset import bad_record, data_report, merge_data_reports
 from videopanda.io import describe_os_error, write_json_atomic, write_text_atomic
 from videopanda.log import get_logger
-from videopanda.model.checkpoint import TEACHER_PREFIX
 from videopanda.train.checkpointing import (DATA_REPORT, STOP_SIGNALS, UNLOGGED_LOSS, StopSignals, checkpoint_step,
                                             mark_complete, prune_checkpoints, read_data_report, read_unlogged_loss,
                                             writing)
-from videopanda.train.stages import VISUAL_GROUPS, module_group
+from videopanda.train.stages import GROUPS, VISUAL_GROUPS, parameter_parts
 
 logger = get_logger(__name__)
 
@@ -54,13 +57,25 @@ def no_decay(name: str, param: torch.nn.Parameter) -> bool:
 
 def parameter_groups(model: torch.nn.Module, learning_rate: float, visual_learning_rate: float,
                      weight_decay: float) -> list[dict]:
-    """Trainable parameters in (visual | rest) x (decay | no decay) groups; empty groups are left out."""
+    """Trainable parameters in (visual | rest) x (decay | no decay) groups, by the parts `model.parts()`
+    declares; empty groups are left out. Logs one line per part: trainable or frozen, size, learning rate."""
+    parts = parameter_parts(model)
     buckets: dict[tuple[bool, bool], list] = {}
+    sizes: dict[str, list[int]] = {}  # part -> [parameters, trainable parameters]
     for name, param in model.named_parameters():
+        size = sizes.setdefault(parts[name], [0, 0])
+        size[0] += param.numel()
         if not param.requires_grad:
             continue
-        key = (module_group(name) in VISUAL_GROUPS, no_decay(name, param))
-        buckets.setdefault(key, []).append(param)
+        size[1] += param.numel()
+        buckets.setdefault((parts[name] in VISUAL_GROUPS, no_decay(name, param)), []).append(param)
+    for part in (g for g in GROUPS if g in sizes):
+        total, trainable = sizes[part]
+        rate = visual_learning_rate if part in VISUAL_GROUPS else learning_rate
+        state = f"trainable, {_millions(total)} params, lr {rate:.0e}" if trainable == total else (
+            f"frozen, {_millions(total)} params" if not trainable else
+            f"partly trainable ({_millions(trainable)} of {_millions(total)} params), lr {rate:.0e}")
+        logger.info("%s: %s", part, state)
     groups = []
     for (visual, plain), params in sorted(buckets.items()):
         groups.append({"params": params, "lr": visual_learning_rate if visual else learning_rate,
@@ -69,6 +84,10 @@ def parameter_groups(model: torch.nn.Module, learning_rate: float, visual_learni
     if not groups:
         raise ValueError("no trainable parameters")
     return groups
+
+
+def _millions(count: int) -> str:
+    return f"{count / 1e6:.2f}M" if count < 1e9 else f"{count / 1e9:.2f}B"
 
 
 class LossLogCallback(TrainerCallback):
@@ -259,9 +278,6 @@ class VideoPandaTrainer(Trainer):
             self.optimizer = DeepSpeedCPUAdam(groups, lr=self.args.learning_rate, adamw_mode=True, **kwargs)
         else:
             self.optimizer = torch.optim.AdamW(groups, lr=self.args.learning_rate, **kwargs)
-        for group in groups:
-            logger.info("optimizer group %-16s lr %.2e  weight decay %.2g  %s parameters", group["name"], group["lr"],
-                        group["weight_decay"], f"{sum(p.numel() for p in group['params']):,}")
         return self.optimizer
 
     def _offloads_optimizer(self) -> bool:
@@ -280,7 +296,7 @@ class VideoPandaTrainer(Trainer):
             self._used_replacements += len(replaced)
             for record in replaced:
                 self._used_bad.setdefault(record["index"], bad_record(record))
-        has_video = any(v is not None for v in inputs.get("videos") or [])
+        has_video = inputs.get("pixel_values_videos") is not None
         outputs = model(**inputs)
         parts = self._loss_parts
         if outputs.lm_loss is not None:
@@ -327,12 +343,26 @@ class VideoPandaTrainer(Trainer):
     # ---- saving ----------------------------------------------------------------------------------
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        if not self.save_teacher:
-            if state_dict is None and self.args.should_save:
-                state_dict = self.accelerator.unwrap_model(self.model).state_dict()
-            if state_dict is not None:
-                state_dict = {k: v for k, v in state_dict.items() if not k.startswith(TEACHER_PREFIX)}
-        super()._save(output_dir, state_dict=state_dict)
+        """A complete inference folder (see the module docstring); `state_dict` is the `TrainingModel`'s
+        (DeepSpeed ZeRO-3 hands over a consolidated one)."""
+        if not self.args.should_save:
+            return
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        logger.info("saving the model to %s", output_dir)
+        self.accelerator.unwrap_model(self.model).save_pretrained(output_dir, state_dict=state_dict,
+                                                                  save_teacher=self.save_teacher)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        torch.save(self.args, Path(output_dir) / TRAINING_ARGS_NAME)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        """Resuming without DeepSpeed: the checkpoint's model files (released names) into the `TrainingModel`
+        (DeepSpeed resumes from its own module states instead)."""
+        from videopanda.model.checkpoint import read_state_dict
+
+        target = self.accelerator.unwrap_model(model if model is not None else self.model)
+        target.load_released_state_dict(read_state_dict(resume_from_checkpoint))
 
     def _save_checkpoint(self, model, trial) -> None:
         folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"

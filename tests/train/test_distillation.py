@@ -1,15 +1,15 @@
-"""Distillation head (layer fusion, checkpoint names), the cosine distillation loss, and how the model hands
-videos to the teacher."""
+"""Distillation head (layer fusion, checkpoint names), the cosine distillation loss, and how the training
+model hands videos to the teacher."""
 import math
 
 import pytest
 import torch
 from helpers.released import head_names_and_shapes
 
-from videopanda.constants import FRAME_TOKEN_INDEX
-from videopanda.model.distill import DistillationHead, distill_layer_indices, distillation_loss
 from videopanda.model.teacher import LanguageBindVideoTower, TeacherConfig, init_teacher_weights
 from videopanda.model.videopanda import VideoPandaConfig, VideoPandaForCausalLM
+from videopanda.train.distillation import DistillationHead, distill_layer_indices, distillation_loss
+from videopanda.train.training_model import TrainingModel
 
 
 def test_layer_indices():
@@ -92,17 +92,16 @@ def test_head_learns_to_match_teacher_on_a_fixed_batch():
     assert losses[-1] < 0.2 * losses[0]
 
 
-def _model_with_teacher(num_frames: int) -> VideoPandaForCausalLM:
+def _model_with_teacher(num_frames: int, lockstep: bool = False) -> TrainingModel:
     torch.manual_seed(0)
     config = VideoPandaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                               num_attention_heads=4, video_hidden_size=64, mm_hidden_size=64, image_size=56,
                               teacher_image_size=28, num_frames=num_frames, pad_token_id=0)
-    model = VideoPandaForCausalLM(config)
     teacher = LanguageBindVideoTower(TeacherConfig(hidden_size=32, intermediate_size=64, num_attention_heads=4,
                                                    num_hidden_layers=2, image_size=28, num_frames=8))
     init_teacher_weights(teacher, seed=1, std=0.2, temporal_std=0.5)
-    model.enable_distillation(teacher, DistillationHead(llm_width=64, teacher_width=32, num_heads=4))
-    return model
+    return TrainingModel(VideoPandaForCausalLM(config), teacher,
+                         DistillationHead(llm_width=64, teacher_width=32, num_heads=4), lockstep=lockstep)
 
 
 @pytest.mark.parametrize("num_frames", [4, 8])
@@ -110,40 +109,44 @@ def test_the_model_hands_the_teacher_whole_videos_and_never_mixes_two(num_frames
     """A batch of two videos: the teacher's features are those of each video alone (a temporal group of 8
     frames for 8-frame videos; for 4-frame videos one group each, not one 8-frame group of both)."""
     model = _model_with_teacher(num_frames).eval()
-    teacher = model.model.video_teacher
+    teacher = model.teacher
     chunks = num_frames // 4
     generator = torch.Generator().manual_seed(3)
-    videos = [torch.rand(chunks, 4, 4, 56, 56, generator=generator) for _ in range(2)]
-    teacher_videos = [torch.rand(chunks, 4, 4, 28, 28, generator=generator) for _ in range(2)]
-    for v in videos + teacher_videos:
-        v[:, :, 3] = 1
-    ids = torch.tensor([[1] + [FRAME_TOKEN_INDEX] * num_frames + [5, 6]] * 2)
+    videos = torch.rand(2, chunks, 4, 4, 56, 56, generator=generator)
+    teacher_videos = torch.rand(2, chunks, 4, 4, 28, 28, generator=generator)
+    videos[:, :, :, 3] = 1
+    teacher_videos[:, :, :, 3] = 1
+    run = [64] * 7 * num_frames  # 56 px frames: 2x2 grid, 7 tokens each; 64 = the placeholder id (vocab_size)
+    ids = torch.tensor([[1] + run + [5, 6]] * 2)
+    labels = ids.masked_fill(ids == 64, -100)
     seen = []
     handle = teacher.register_forward_hook(lambda module, args, kwargs, out: seen.append(out), with_kwargs=True)
     try:
         with torch.no_grad():
-            out = model(input_ids=ids, labels=ids, videos=videos, teacher_videos=teacher_videos)
+            out = model(input_ids=ids, labels=labels, pixel_values_videos=videos,
+                        teacher_pixel_values_videos=teacher_videos)
     finally:
         handle.remove()
     assert out.distill_loss > 0 and len(seen) == 1
     with torch.no_grad():
         alone = torch.cat([teacher(v) for v in teacher_videos])
         if num_frames == 4:  # the wrong grouping: both 4-frame videos in one 8-frame group
-            wrong = teacher(torch.cat(teacher_videos))
+            wrong = teacher(teacher_videos.flatten(0, 1))
         else:  # the wrong grouping: each 4-frame chunk on its own
             wrong = torch.cat([teacher(chunk[None]) for v in teacher_videos for chunk in v])
     torch.testing.assert_close(seen[0], alone, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(wrong, alone, atol=1e-3)
 
 
-def test_text_only_training_step_runs_the_teacher_on_one_blank_video():
-    model = _model_with_teacher(8).train()
-    seen = []
-    handle = model.model.video_teacher.register_forward_hook(lambda module, args, out: seen.append(args[0].shape))
-    try:
-        out = model(input_ids=torch.tensor([[1, 5, 6, 7]]), labels=torch.tensor([[1, 5, 6, 7]]),
-                    videos=[None], teacher_videos=[None])
-    finally:
-        handle.remove()
-    assert out.distill_loss == 0
-    assert seen == [torch.Size([2, 4, 3, 28, 28])]
+def test_text_only_training_step_runs_the_teacher_on_one_blank_video_in_lockstep_only():
+    text = torch.tensor([[1, 5, 6, 7]])
+    for lockstep, expected in ((True, [torch.Size([2, 4, 3, 28, 28])]), (False, [])):
+        model = _model_with_teacher(8, lockstep=lockstep).train()
+        seen = []
+        handle = model.teacher.register_forward_hook(lambda module, args, out: seen.append(args[0].shape))
+        try:
+            out = model(input_ids=text, labels=text)
+        finally:
+            handle.remove()
+        assert seen == expected
+        assert (out.distill_loss == 0) if lockstep else (out.distill_loss is None)

@@ -1,4 +1,4 @@
-"""Distillation head and loss (SPEC section 5; training only).
+"""Distillation head and loss (SPEC section 5; training only, driven by `training_model.TrainingModel`).
 
 The head maps the LLM hidden states at a frame's visual grid positions, taken from nine layers
 (hidden states 32, 28, ..., 4, 0 of a 32-layer LLM; 0 = input embeddings, 32 = final normed output),
