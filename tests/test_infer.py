@@ -33,6 +33,14 @@ def clip(tmp_path_factory) -> Path:
     return write_video(tmp_path_factory.mktemp("clips") / "clip.mp4", make_frames(24, height=48, width=64), fps=8)
 
 
+def expand(model, ids: list[int], student: torch.Tensor) -> torch.Tensor:
+    """(1, S', L): the ids embedded, each -200 replaced by its frame's projected tokens (STAB run here)."""
+    embed = model.get_input_embeddings()
+    tokens, _ = model.model.video_tower(student)
+    frames = iter(model.model.video_projector(t) for t in tokens)
+    return torch.cat([next(frames) if i == -200 else embed(torch.tensor([i])) for i in ids])[None]
+
+
 def expected_answer(folder: Path, clip: Path) -> str:
     """The answer computed independently: the released folder, the data pipeline and a plain greedy loop."""
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -43,7 +51,7 @@ def expected_answer(folder: Path, clip: Path) -> str:
     new = []
     with torch.no_grad():
         for _ in range(NEW_TOKENS):
-            logits = model(input_ids=torch.tensor([ids + new]), videos=[student]).logits
+            logits = model(inputs_embeds=expand(model, ids + new, student)).logits
             token = int(logits[0, -1].argmax())
             if token == tokenizer.eos_token_id:
                 break

@@ -6,7 +6,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import AutoTokenizer
 
-from videopanda.constants import FRAME_TOKEN_INDEX, IGNORE_INDEX
+from videopanda.constants import IGNORE_INDEX
 from videopanda.data.dataset import (
     DataFormatError,
     ModalityLengthGroupedSampler,
@@ -14,9 +14,9 @@ from videopanda.data.dataset import (
     VideoInstructDataset,
     load_samples,
 )
-from videopanda.data.frames import FrameConfig
+from videopanda.data.processor import VideoPandaProcessor, VideoPandaVideoProcessor
 
-SMALL = FrameConfig(image_size=56, teacher_image_size=28)  # same code path, tiny tensors
+SMALL = {"image_size": 56, "teacher_image_size": 28}  # same code path, tiny tensors
 
 
 def video_sample(sid, video, question="what colour is the circle?", answer="the circle is red"):
@@ -65,9 +65,14 @@ def data(tmp_path_factory, media_dir):
     return root
 
 
-def make_dataset(data, tokenizer, **kwargs):
-    kwargs = {"frame_config": SMALL, "random_flip": False, **kwargs}
-    return VideoInstructDataset([data / "a.json", data / "b.json"], data / "videos", tokenizer, **kwargs)
+def processor_for(tokenizer, **frames) -> VideoPandaProcessor:
+    return VideoPandaProcessor(VideoPandaVideoProcessor(**frames), tokenizer)
+
+
+def make_dataset(data, tokenizer, frames=SMALL, **kwargs):
+    kwargs = {"random_flip": False, **kwargs}
+    return VideoInstructDataset([data / "a.json", data / "b.json"], data / "videos", processor_for(tokenizer, **frames),
+                                **kwargs)
 
 
 def test_load_samples_concatenates_and_halves(data):
@@ -88,17 +93,26 @@ def test_unusable_json_files_are_named(tmp_path):
 
 
 def test_items_for_video_and_text_samples(data, tokenizer):
-    dataset = make_dataset(data, tokenizer, frame_config=FrameConfig())
+    dataset = make_dataset(data, tokenizer, frames={})
+    processor = dataset.processor
+    token = processor.image_token_id
     item = dataset[0]
     assert item["id"] == "good_wide" and item["replaced"] == []
-    assert tuple(item["video"].shape) == (2, 4, 4, 448, 448) and tuple(item["teacher_video"].shape) == (2, 4, 4, 224, 224)
-    assert item["input_ids"].tolist().count(FRAME_TOKEN_INDEX) == 8
-    assert (item["labels"] != IGNORE_INDEX).any()
+    assert tuple(item["pixel_values_videos"].shape) == (2, 4, 4, 448, 448)
+    assert tuple(item["teacher_pixel_values_videos"].shape) == (2, 4, 4, 224, 224)
+    # the processor's own layout: its ids and labels for this conversation and video
+    frames = processor.video_processor(data / "videos" / FILE_A[0]["video"], teacher=True)
+    ids, labels = processor.tokenize_conversation(FILE_A[0]["conversations"], frames["frame_grids"][0])
+    assert torch.equal(item["input_ids"], ids) and torch.equal(item["labels"], labels)
+    assert torch.equal(item["pixel_values_videos"], frames["pixel_values_videos"][0])
+    runs = processor.video_processor.token_counts(frames["frame_grids"][0])
+    assert int((ids == token).sum()) == sum(runs) and len(runs) == 8 and min(runs) > 1
+    assert (labels[ids == token] == IGNORE_INDEX).all() and (labels != IGNORE_INDEX).any()
     text = dataset[2]
-    assert text["id"] == "text_1" and text["video"] is None and text["teacher_video"] is None
-    assert FRAME_TOKEN_INDEX not in text["input_ids"].tolist()
+    assert text["id"] == "text_1" and text["pixel_values_videos"] is None and text["teacher_pixel_values_videos"] is None
+    assert token not in text["input_ids"].tolist()
     one = dataset[6]  # a 1-frame clip: one real frame, seven all-zero padding frames
-    frames = one["video"].reshape(8, -1)
+    frames = one["pixel_values_videos"].reshape(8, -1)
     assert torch.count_nonzero(frames[0]) > 0 and torch.count_nonzero(frames[1:]) == 0
 
 
@@ -137,10 +151,12 @@ def test_replacement_depends_on_seed_index_and_attempt_only(data, tokenizer):
     assert picks(a) == picks(b) != picks(c)
 
 
-def test_too_long_samples_are_replaced(data, tokenizer):
+def test_too_long_samples_are_replaced_counting_each_frame_as_one_token(data, tokenizer):
     full = make_dataset(data, tokenizer)[0]
-    last_placeholder = int((full["input_ids"] == FRAME_TOKEN_INDEX).nonzero()[-1])
-    first_label = int((full["labels"] != IGNORE_INDEX).nonzero()[0])
+    token = processor_for(tokenizer).image_token_id
+    extra = int((full["input_ids"] == token).sum()) - 8  # the runs' length beyond one token a frame
+    last_placeholder = int((full["input_ids"] == token).nonzero()[-1]) - extra
+    first_label = int((full["labels"] != IGNORE_INDEX).nonzero()[0]) - extra
     kept = make_dataset(data, tokenizer, model_max_length=first_label + 1)[0]  # the collator will cut the rest
     assert kept["id"] == "good_wide" and torch.equal(kept["input_ids"], full["input_ids"])
     for limit, reason in ((last_placeholder, "frame placeholders beyond"), (first_label, "no supervised token")):
@@ -154,13 +170,14 @@ def test_an_epoch_with_workers_completes_and_reports_every_bad_sample(data, toke
     dataset = make_dataset(data, tokenizer, random_flip=True)
     sampler = ModalityLengthGroupedSampler(dataset.lengths, dataset.is_video, batch_size=2, seed=42)
     loader = DataLoader(dataset, batch_size=2, sampler=sampler, num_workers=2,
-                        collate_fn=VideoInstructCollator(tokenizer))
+                        collate_fn=VideoInstructCollator(dataset.processor))
     seen = 0
+    token = dataset.processor.image_token_id
     for batch in loader:
         seen += len(batch["ids"])
         dataset.absorb(batch["replaced"])
-        for video, ids in zip(batch["videos"], batch["input_ids"]):
-            assert (video is None) == (FRAME_TOKEN_INDEX not in ids.tolist())
+        with_video = int((batch["input_ids"] == token).any(dim=1).sum())
+        assert with_video == (len(batch["pixel_values_videos"]) if "pixel_values_videos" in batch else 0)
     assert seen == len(dataset)
     report = dataset.log_summary()
     assert {r["id"]: r["kind"] for r in report["bad"]} == BAD
@@ -224,25 +241,36 @@ def test_sampler_ranks_share_one_global_order():
 # --- collator ---
 
 def item(ids, labels, video=None, sid="x"):
-    return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "video": video,
-            "teacher_video": None if video is None else video[..., :2, :2], "id": sid, "replaced": []}
+    return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "pixel_values_videos": video,
+            "teacher_pixel_values_videos": None if video is None else video[..., :2, :2], "id": sid, "replaced": []}
 
 
-def test_collator_pads_right_and_carries_videos(tokenizer):
-    video = torch.zeros(2, 4, 4, 56, 56)
-    items = [item([1, 5, -200, -200, 7, 2], [-100, -100, -100, -100, 7, 2], video, "a"), item([1, 9, 2], [-100, 9, 2], None, "b")]
-    batch = VideoInstructCollator(tokenizer)(items)
+def test_collator_pads_right_and_stacks_the_videos(tokenizer):
+    processor = processor_for(tokenizer, **SMALL)
+    t = processor.image_token_id
+    video, other = torch.zeros(2, 4, 4, 56, 56), torch.ones(2, 4, 4, 56, 56)
+    items = [item([1, 5, t, t, 7, 2], [-100, -100, -100, -100, 7, 2], video, "a"), item([1, 9, 2], [-100, 9, 2], None, "b"),
+             item([1, t, 2], [-100, -100, 2], other, "c")]
+    batch = VideoInstructCollator(processor)(items)
     pad = tokenizer.pad_token_id
-    assert batch["input_ids"].tolist() == [[1, 5, -200, -200, 7, 2], [1, 9, 2, pad, pad, pad]]
-    assert batch["labels"].tolist() == [[-100, -100, -100, -100, 7, 2], [-100, 9, 2, -100, -100, -100]]
-    assert batch["attention_mask"].tolist() == [[1] * 6, [1, 1, 1, 0, 0, 0]]
-    assert batch["videos"][0] is video and batch["videos"][1] is None and batch["teacher_videos"][1] is None
-    assert batch["ids"] == ["a", "b"] and batch["replaced"] == []
+    assert batch["input_ids"].tolist() == [[1, 5, t, t, 7, 2], [1, 9, 2, pad, pad, pad], [1, t, 2, pad, pad, pad]]
+    assert batch["labels"].tolist() == [[-100, -100, -100, -100, 7, 2], [-100, 9, 2, -100, -100, -100],
+                                        [-100, -100, 2, -100, -100, -100]]
+    assert batch["attention_mask"].tolist() == [[1] * 6, [1, 1, 1, 0, 0, 0], [1, 1, 1, 0, 0, 0]]
+    assert torch.equal(batch["pixel_values_videos"], torch.stack([video, other]))
+    assert torch.equal(batch["teacher_pixel_values_videos"], torch.stack([video, other])[..., :2, :2])
+    assert batch["ids"] == ["a", "b", "c"] and batch["replaced"] == []
     assert pad == tokenizer.unk_token_id
+    assert "pixel_values_videos" not in VideoInstructCollator(processor)([items[1]])
 
 
-def test_collator_truncates_but_never_through_placeholders(tokenizer):
-    batch = VideoInstructCollator(tokenizer, model_max_length=4)([item([1, -200, 5, 6, 7, 2], [-100, -100, 5, 6, 7, 2])])
-    assert batch["input_ids"].tolist() == [[1, -200, 5, 6]] and batch["labels"].tolist() == [[-100, -100, 5, 6]]
-    with pytest.raises(ValueError, match="'cut'.*2 frame placeholders"):
-        VideoInstructCollator(tokenizer, model_max_length=3)([item([1, 5, 6, -200, -200, 2], [-100] * 5 + [2], sid="cut")])
+def test_collator_truncates_counting_each_frame_as_one_token_but_never_through_placeholders(tokenizer):
+    processor = processor_for(tokenizer, **SMALL)
+    t = processor.image_token_id
+    frame = torch.zeros(1, 1, 4, 56, 56)  # one frame, here a run of three placeholder ids
+    batch = VideoInstructCollator(processor, model_max_length=4)([item([1, t, t, t, 5, 6, 7, 2], [-100] * 4 + [5, 6, 7, 2],
+                                                                       frame)])
+    assert batch["input_ids"].tolist() == [[1, t, t, t, 5, 6]] and batch["labels"].tolist() == [[-100] * 4 + [5, 6]]
+    with pytest.raises(ValueError, match="'cut'.*1 frame placeholder ids"):
+        VideoInstructCollator(processor, model_max_length=3)([item([1, 5, 6, t, t, t, 2], [-100] * 6 + [2], frame,
+                                                                   sid="cut")])

@@ -289,7 +289,7 @@ def _head_by_hand(raw: dict[str, torch.Tensor], states: list[torch.Tensor], head
 def test_stage1_from_eve_places_all_31_head_tensors(eve, vp_log):
     folder, state, teacher = eve
     model = _build(folder, teacher)
-    head = model.model.video_tower_compressor
+    head = model.distill_head
     raw = {k[len("model.vision_tower_compressor."):]: v for k, v in state.items()
            if k.startswith("model.vision_tower_compressor.") and ".clip_layer." not in k}
     assert len(raw) == 31 and {k: tuple(v.shape) for k, v in raw.items()} == head_names_and_shapes(LLM, TEACHER_WIDTH)
@@ -327,7 +327,7 @@ def test_released_folder_head_loads_and_its_teacher_copy_is_skipped(tmp_path, ti
                                   teacher_width=TEACHER_WIDTH)
     assert any(k.startswith(HEAD_PREFIX + "teacher_layer.") for k in state)
     model = _build(folder, _teacher_folder(tmp_path / "teacher224", 224))  # released configs: 224 px teacher
-    ours = model.model.video_tower_compressor.state_dict()
+    ours = model.distill_head.state_dict()
     released = {k[len(HEAD_PREFIX):]: v for k, v in state.items()
                 if k.startswith(HEAD_PREFIX) and not k.startswith(HEAD_PREFIX + "teacher_layer.")}
     assert set(ours) == set(released) and len(ours) == 31
@@ -341,16 +341,15 @@ def test_training_folder_keeps_the_head_under_the_released_names_bit_exact(eve, 
 
     folder, _, teacher = eve
     model = _build(folder, teacher)
-    head = model.model.video_tower_compressor
+    head = model.distill_head
     with torch.no_grad():
         for p in head.parameters():
             p.add_(torch.randn_like(p) * 0.01)  # as after training: values no checkpoint holds
     saved = tmp_path / "prealign"
-    model.save_pretrained(saved, state_dict={k: v for k, v in model.state_dict().items()
-                                             if not k.startswith("model.video_teacher.")})
+    model.save_pretrained(saved)
     (saved / FINAL_MARKER).write_text("{}")
     with safe_open(str(saved / "model.safetensors"), framework="pt") as handle:
         names = {k[len(HEAD_PREFIX):] for k in handle.keys() if k.startswith(HEAD_PREFIX)}
     assert names == set(head_names_and_shapes(LLM, TEACHER_WIDTH))
-    loaded = _build(saved, teacher).model.video_tower_compressor.state_dict()
+    loaded = _build(saved, teacher).distill_head.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in head.state_dict().items())
