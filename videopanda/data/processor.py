@@ -196,8 +196,9 @@ class VideoPandaProcessor(ProcessorMixin):
         super().__init__(video_processor, tokenizer, chat_template=chat_template, **kwargs)
 
     def check_argument_for_proper_class(self, argument_name, argument):
-        """The video processor is checked here: transformers' lookup of video processor classes needs
-        torchvision, which this processor does not use."""
+        """The video processor is checked here: without torchvision (which this processor does not use),
+        transformers 5 exports neither `VideoProcessorMixin` nor a working `VIDEO_PROCESSOR_MAPPING`, so its
+        own check finds no video processor class, registered with `AutoVideoProcessor` or not."""
         if argument_name == "video_processor":
             if not isinstance(argument, VideoPandaVideoProcessor):
                 raise TypeError(f"video_processor must be a VideoPandaVideoProcessor, got {type(argument).__name__}")
@@ -228,7 +229,7 @@ class VideoPandaProcessor(ProcessorMixin):
     @classmethod
     def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
         """(video processor, tokenizer) of a saved folder: the video processor from processor_config.json
-        (transformers' AutoVideoProcessor needs torchvision, which this processor does not use)."""
+        (transformers' `AutoVideoProcessor` is a torchvision-only placeholder without torchvision)."""
         fields = dict((processor_dict or {}).get("video_processor") or {})
         if not fields:
             raise ValueError(f"{pretrained_model_name_or_path}: processor_config.json has no 'video_processor'")

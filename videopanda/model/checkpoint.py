@@ -9,7 +9,7 @@ Name maps (all take and return full state-dict keys):
 - `eve_key_to_model_key`: an EVE-7B-Pretrain key -> ours, for the stage-1 initialisation:
   `model.vision_tower.*` (minus its CLIP teacher) -> STAB, `model.mm_projector.*` -> projector,
   `model.vision_tower_compressor.*` (minus its `clip_layer.` CLIP copy) -> distillation head, whose
-  module names are the checkpoint names (`distill.DistillationHead`), so only the prefix changes.
+  module names are the checkpoint names (`train.distillation.DistillationHead`), so only the prefix changes.
 
 `AutoModelForCausalLM.from_pretrained` applies the STAB part of the released map through
 transformers' own conversion-mapping registry (`register_released_key_mapping`), one exact
