@@ -122,8 +122,10 @@ def train(args: TrainArgs, plan: Preflight, signals: StopSignals | None = None) 
                         config_overrides=args.config_overrides(),
                         teacher_folder=args.teacher if args.distill else None, dtype=dtype, attn_implementation=attn)
     model.config.use_cache = False
-    # Several processes must run the same modules every step (ZeRO-3 gathers, DDP / ZeRO-1/2 reduce gradients).
-    model.lockstep = batch.world_size > 1
+    # Text-only batches still run the visual parts (x 0): several processes must run the same modules every step
+    # (ZeRO-3 gathers, DDP / ZeRO-1/2 reduce the same gradients), and with the LLM frozen (prealign) such a batch
+    # would otherwise have no gradient at all. It also keeps AdamW's steps on the visual parts as they were.
+    model.lockstep = True
     apply_stage(model, args.stage)
     deepspeed = args.deepspeed
     if plan.deepspeed_stage == 3:

@@ -19,9 +19,10 @@ optional (no teacher: LM loss only). Its `forward` takes the collator's batch (`
   is all zero (padding frames of short videos) are left out. The head reads hidden states
   `distill_layer_indices` at those positions; the teacher gets all videos in one call (`num_videos=V`,
   so its temporal groups never mix two videos), and `distillation_loss` compares them by cosine.
-- Lockstep (`lockstep=True`, set when several processes train together): every rank must run the same
-  modules each step (ZeRO-3 gathers parameters in module hooks; DDP and ZeRO-1/2 reduce the same
-  gradients on every rank). A batch without video then still runs the STAB and projector on one dummy
+- Lockstep (`lockstep=True`, what `videopanda train` sets): every rank must run the same modules each
+  step (ZeRO-3 gathers parameters in module hooks; DDP and ZeRO-1/2 reduce the same gradients on every
+  rank), and with the LLM frozen (prealign) a text-only batch would otherwise have no gradient at all.
+  A batch without video then still runs the STAB and projector on one dummy
   chunk (T frames of 2x2 patches) before the embedding, where videos run, adding 0 x their output to the
   embeddings; with distillation the head (on the first position's states) and the teacher (on one
   blank video) run after the LLM, where the real distillation runs, and the distillation loss is
