@@ -1,0 +1,218 @@
+"""`videopanda demo` served on 127.0.0.1 and used through headless Chromium (Selenium): upload a clip, see the
+frame strip, ask two questions, get a message for bad uploads while the server keeps serving.
+
+The browser is Debian's `chromium` with its `chromedriver` (scripts/setup.sh installs both as root). Without
+them the test is skipped, except in CI (CI=true), where it fails. Answers of the untrained tiny model are
+compared with `model.generate` on the same conversation, not for their content."""
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+from helpers.media import make_frames, write_text_file, write_video
+from helpers.released import build_released_folder
+
+from videopanda.data.conversation import SYSTEM_USER
+from videopanda.data.video import read_video
+from videopanda.infer import generation_settings, load_model
+
+NEW_TOKENS = 6
+MAX_SECONDS = 4
+QUESTIONS = ("what colour is the circle?", "which way does the square move?")
+REPO = Path(__file__).resolve().parents[1]
+BROWSER, DRIVER = "chromium", "chromedriver"
+
+
+def _browser_or_skip() -> tuple[str, str]:
+    pytest.importorskip("gradio", reason="the demo needs the `demo` extra (gradio)")
+    pytest.importorskip("selenium", reason="the browser test needs selenium (the `test` extra)")
+    browser, driver = shutil.which(BROWSER), shutil.which(DRIVER)
+    if browser and driver:
+        return browser, driver
+    reason = (f"no {BROWSER} / {DRIVER} on PATH: run scripts/setup.sh as root (apt-get install chromium "
+              "chromium-driver)")
+    if os.environ.get("CI"):
+        pytest.fail(reason + "; in CI the browser test must run")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory, tiny_tokenizer_dir) -> Path:
+    folder = tmp_path_factory.mktemp("videopanda_fitu")
+    build_released_folder(folder, tiny_tokenizer_dir, seed=3)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("uploads")
+    return {
+        "clip": write_video(folder / "clip.mp4", make_frames(24, height=48, width=64), fps=8),        # 3 s
+        "long": write_video(folder / "long.mp4", make_frames(80, height=48, width=64), fps=8),        # 10 s
+        "not_a_video": write_text_file(folder / "notes.mp4"),
+    }
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(folder, tmp_path_factory):
+    """The demo in its own process; -> its URL. Its output goes to a log file shown when something fails."""
+    _browser_or_skip()
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("server") / "demo.log"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", GRADIO_ANALYTICS_ENABLED="False")
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "videopanda", "demo", "--model", str(folder), "--host", "127.0.0.1",
+             "--port", str(port), "--max-new-tokens", str(NEW_TOKENS), "--device", "cpu", "--dtype", "float32",
+             "--max-seconds", str(MAX_SECONDS)], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 180
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"the demo exited with {process.returncode}:\n{log_path.read_text()}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200:
+                    break
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        if time.monotonic() > deadline:
+            process.terminate()
+            pytest.fail(f"the demo did not answer on {url} within 180 s:\n{log_path.read_text()}")
+        time.sleep(1)
+    yield url, process, log_path
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture
+def browser(server):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    binary, driver_path = _browser_or_skip()
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                     "--window-size=1400,1300"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    driver.get(server[0])
+    yield driver
+    driver.quit()
+
+
+def wait_for(driver, condition, what: str, server, timeout: float = 120.0):
+    """condition(driver) until truthy; on timeout, fail naming `what`, with the page's status and the server log."""
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    try:
+        return WebDriverWait(driver, timeout, poll_frequency=0.25).until(condition)
+    except TimeoutException:
+        status = [e.text for e in driver.find_elements("css selector", "#status")]
+        pytest.fail(f"timed out waiting for {what}; status: {status}; server log:\n{server[2].read_text()[-3000:]}")
+
+
+def upload(driver, server, path: Path) -> None:
+    """Hand `path` to the video component's file input, once the page has rendered it."""
+    inputs = wait_for(driver, lambda d: d.find_elements("css selector", "#video input[type=file]"), "the page", server)
+    inputs[0].send_keys(str(path))
+
+
+def status_text(driver) -> str:
+    return driver.find_element("css selector", "#status").text
+
+
+def bot_messages(driver) -> list[str]:
+    return [e.text.strip() for e in driver.find_elements("css selector", "#chat [data-testid=bot]")]
+
+
+def ask(driver, server, question: str, rounds_before: int, press_enter: bool) -> str:
+    """Type a question, send it, wait for the round to finish (the timing table appears) -> the answer shown."""
+    from selenium.webdriver.common.keys import Keys
+
+    box = driver.find_element("css selector", "#question input, #question textarea")
+    box.send_keys(question)
+    if press_enter:
+        box.send_keys(Keys.ENTER)
+    else:
+        driver.find_element("css selector", "#ask").click()
+    wait_for(driver, lambda d: f"Round {rounds_before + 1} done" in status_text(d)
+             and "ms" in d.find_element("css selector", "#timing").text, f"the answer to {question!r}", server)
+    messages = bot_messages(driver)
+    assert len(messages) == rounds_before + 1, messages
+    return messages[-1]
+
+
+def reference_answers(folder: Path, clip: Path) -> list[str]:
+    """Greedy answers to QUESTIONS about `clip`, one `generate` call per round on the processor's inputs, the
+    Vicuna v1.1 prompts written out here (SPEC 3)."""
+    model, processor = load_model(folder, "cpu", torch.float32)
+    frames = read_video(clip, num_frames=8)
+    prompt, answers = f"{SYSTEM_USER} USER: {'<image>' * 8}\n{QUESTIONS[0]} ASSISTANT:", []
+    for i, question in enumerate(QUESTIONS):
+        if i:
+            prompt += f" {answers[-1]}</s>USER: {question} ASSISTANT:"
+        inputs = processor(text=prompt, videos=frames)
+        output = model.generate(**inputs, **generation_settings(processor.tokenizer, NEW_TOKENS))
+        answers.append(processor.tokenizer.decode(output[0, inputs["input_ids"].shape[1]:],
+                                                  skip_special_tokens=True).strip())
+    return answers
+
+
+def test_upload_see_the_frames_and_ask_two_questions(browser, server, media, folder, tmp_path):
+    upload(browser, server, media["clip"])
+    wait_for(browser, lambda d: len(d.find_elements("css selector", "#frames img")) == 8, "the frame strip", server)
+    captions = [e.text for e in browser.find_elements("css selector", "#frames .caption-label")]
+    assert captions == [f"frame {i}" for i in range(1, 9)]
+    assert "clip.mp4" in status_text(browser) and "8 frames sampled" in status_text(browser)
+
+    first = ask(browser, server, QUESTIONS[0], rounds_before=0, press_enter=True)
+    second = ask(browser, server, QUESTIONS[1], rounds_before=1, press_enter=False)
+    timing = browser.find_element("css selector", "#timing").text
+    assert "STAB" in timing and "LLM" in timing and "prompt tokens" in timing
+    browser.save_screenshot(str(tmp_path / "demo.png"))
+    assert (tmp_path / "demo.png").stat().st_size > 10_000
+
+    want = reference_answers(folder, media["clip"])
+    assert all(want), want  # this seed's tiny model says something visible to both questions
+    assert [first, second] == want
+    user_messages = [e.text.strip() for e in browser.find_elements("css selector", "#chat [data-testid=user]")]
+    assert user_messages == list(QUESTIONS)
+
+
+def test_bad_uploads_get_a_message_and_the_server_keeps_serving(browser, server, media, tmp_path):
+    upload(browser, server, media["not_a_video"])
+    wait_for(browser, lambda d: "cannot be used as a video" in status_text(d), "the message for a text file", server)
+    assert "notes.mp4" in status_text(browser)
+    assert browser.find_elements("css selector", "#frames img") == []
+
+    browser.refresh()
+    upload(browser, server, media["long"])
+    wait_for(browser, lambda d: "long" in status_text(d) and f"up to {MAX_SECONDS} s" in status_text(d),
+             "the message for a clip that is too long", server)
+
+    browser.refresh()
+    upload(browser, server, media["clip"])
+    wait_for(browser, lambda d: len(d.find_elements("css selector", "#frames img")) == 8, "the frame strip", server)
+    assert ask(browser, server, QUESTIONS[0], rounds_before=0, press_enter=True)
+    assert server[1].poll() is None
+    browser.save_screenshot(str(tmp_path / "after_bad_uploads.png"))
