@@ -186,7 +186,7 @@ class Demo:
                  f"{conversation.model.device}."
                  + (" The answer was cut at the model's context length." if timing.capped else "")
                  + f"\n\n{TIMING_NOTE}")
-        yield "", history, session, f"Round {len(conversation.turns)} done.", table
+        yield "", history, session, f"Round {len(conversation.turns)} done, on **{session.video.name}**.", table
 
     def reset(self, session: Session | None):
         """-> (session without turns, empty history, status, timing)."""
