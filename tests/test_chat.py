@@ -30,7 +30,7 @@ ROUND = re.compile(r"panda> (.*?)\r\n\[STAB (\d+) ms \| LLM (\d+) ms \((\d+) pro
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory, tiny_tokenizer_dir) -> Path:
     folder = tmp_path_factory.mktemp("videopanda_fitu")
-    build_released_folder(folder, tiny_tokenizer_dir, seed=3)
+    build_released_folder(folder, tiny_tokenizer_dir, seed=7)
     return folder
 
 
@@ -140,7 +140,7 @@ def test_two_turns_and_a_clip_switch_in_a_terminal(folder, clips, loaded):
     second = ask(terminal, QUESTIONS[1])
     terminal.send(f"/video {short}")
     switched = terminal.read_until("you> ")
-    assert f"(video {short}: 3 frames of 48x64; new conversation)" in switched
+    assert f"(video {short}: 3 frames of 48x64, padded to 8; new conversation)" in switched
     third = ask(terminal, QUESTIONS[2])
     terminal.send("/quit")
     assert terminal.close() == 0
@@ -207,6 +207,7 @@ def test_history_is_vicuna_v1_1_with_the_video_in_the_first_turn_only(loaded, cl
     pieces = list(conversation.stream(QUESTIONS[0]))
     first_answer = conversation.turns[0][1]
     assert "".join(pieces).strip() == first_answer
+    assert len(pieces) > 1, pieces  # handed out as it is generated, not in one piece at the end
     assert conversation.prompt(QUESTIONS[1]) == (
         f"{SYSTEM_USER} USER: {'<image>' * 8}\n{QUESTIONS[0]} ASSISTANT: {first_answer}</s>"
         f"USER: {QUESTIONS[1]} ASSISTANT:")
@@ -226,3 +227,14 @@ def test_closing_the_stream_early_stops_generation_and_forgets_the_round(loaded,
     next(stream)
     stream.close()
     assert conversation.turns == [] and conversation.last_timing is None
+
+
+def test_a_folder_that_is_not_a_model_or_a_bad_first_video_is_one_line(folder, clips, tmp_path, capsys):
+    from videopanda.chat import main
+
+    assert main(["--model", str(tmp_path / "absent"), "--video", str(clips[0])]) == 2
+    assert main(["--model", str(folder), "--video", str(tmp_path / "absent.mp4"), "--device", "cpu"]) == 1
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert captured.out == "" and len(lines) == 2 and all(line.startswith("videopanda chat: error:") for line in lines)
+    assert str(tmp_path / "absent") in lines[0] and "absent.mp4: file not found" in lines[1]

@@ -46,7 +46,7 @@ def _browser_or_skip() -> tuple[str, str]:
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory, tiny_tokenizer_dir) -> Path:
     folder = tmp_path_factory.mktemp("videopanda_fitu")
-    build_released_folder(folder, tiny_tokenizer_dir, seed=3)
+    build_released_folder(folder, tiny_tokenizer_dir, seed=7)
     return folder
 
 
@@ -67,8 +67,8 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(folder, tmp_path_factory):
-    """The demo in its own process; -> its URL. Its output goes to a log file shown when something fails."""
+def server(folder, media, tmp_path_factory):
+    """The demo in its own process, offering the good clip as an example; -> (URL, process, log file)."""
     _browser_or_skip()
     port = _free_port()
     log_path = tmp_path_factory.mktemp("server") / "demo.log"
@@ -77,7 +77,8 @@ def server(folder, tmp_path_factory):
         process = subprocess.Popen(
             [sys.executable, "-m", "videopanda", "demo", "--model", str(folder), "--host", "127.0.0.1",
              "--port", str(port), "--max-new-tokens", str(NEW_TOKENS), "--device", "cpu", "--dtype", "float32",
-             "--max-seconds", str(MAX_SECONDS)], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+             "--max-seconds", str(MAX_SECONDS), "--examples", str(media["clip"])],
+            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 180
     while True:
@@ -211,8 +212,39 @@ def test_bad_uploads_get_a_message_and_the_server_keeps_serving(browser, server,
              "the message for a clip that is too long", server)
 
     browser.refresh()
-    upload(browser, server, media["clip"])
+    picks = wait_for(browser, lambda d: d.find_elements("css selector", "#examples button"), "the examples", server)
+    picks[0].click()
     wait_for(browser, lambda d: len(d.find_elements("css selector", "#frames img")) == 8, "the frame strip", server)
+    assert "clip.mp4" in status_text(browser)
     assert ask(browser, server, QUESTIONS[0], rounds_before=0, press_enter=True)
     assert server[1].poll() is None
     browser.save_screenshot(str(tmp_path / "after_bad_uploads.png"))
+
+
+def test_frame_strip_hatches_the_padding_and_the_padding_frames(tmp_path):
+    """No browser: the strip of a 3-frame portrait clip at 112 px (as the quickstart's model sees it)."""
+    import numpy as np
+
+    from videopanda.constants import PAD_COLOR
+    from videopanda.data.processor import VideoPandaVideoProcessor
+    from videopanda.demo import frame_strip
+
+    clip = write_video(tmp_path / "short.mp4", make_frames(3, height=64, width=48, seed=2), fps=10)
+    frames = read_video(clip, num_frames=8)
+    pixel_values = VideoPandaVideoProcessor(image_size=112, teacher_image_size=56)(frames)["pixel_values_videos"][0]
+    strip = frame_strip(pixel_values, frames.shape[0])
+    assert [caption for _, caption in strip] == ["frame 1", "frame 2", "frame 3"] + [
+        f"frame {i}: padding" for i in range(4, 9)]
+    scale = 2  # 112 px frames are enlarged to 224 for the page
+    mask = pixel_values.flatten(0, 1)[:, 3].numpy().repeat(scale, axis=1).repeat(scale, axis=2) > 0.5
+    canvas = np.array(PAD_COLOR)
+    hatched = np.round(canvas * 0.55)
+    for index, (image, _) in enumerate(strip):
+        assert image.shape == (224, 224, 3) and image.dtype == np.uint8
+        padding = image[~mask[index]].astype(int)
+        near = lambda colour: (np.abs(padding - colour) <= 1).all(axis=1)  # noqa: E731
+        assert padding.size and (near(canvas) | near(hatched)).all() and near(canvas).any() and near(hatched).any()
+        if index < 3:  # 48x64 portrait: 3 of 4 patch columns hold the picture, the padding is on the right
+            assert mask[index][:, :168].all() and not mask[index][:, 168:].any()
+        else:
+            assert not mask[index].any()

@@ -87,12 +87,13 @@ class VideoConversation:
     def max_context(self) -> int:
         return int(self.model.config.max_position_embeddings)
 
-    def set_video(self, path: str | Path):
-        """Decode and sample `path` (VideoReadError naming it when it cannot be used), make it the clip and
-        start the conversation over. -> the uint8 frames (n, H, W, 3), n <= num_frames."""
+    def set_video(self, path: str | Path, frames=None):
+        """Decode and sample `path` (VideoReadError naming it when it cannot be used; `frames` when that was
+        done already), make it the clip and start the conversation over. -> uint8 frames (n, H, W, 3)."""
         from videopanda.data.video import read_video
 
-        frames = read_video(path, num_frames=self.num_frames)
+        if frames is None:
+            frames = read_video(path, num_frames=self.num_frames)
         self.frames, self.video, self.turns, self.last_timing = frames, Path(path), [], None
         return frames
 
@@ -290,7 +291,8 @@ def _switch_video(conversation: VideoConversation, path: str) -> None:
     except VideoReadError as err:
         _error(f"{err} (still talking about {conversation.video})")
         return
-    print(f"(video {conversation.video}: {frames.shape[0]} frames of {frames.shape[2]}x{frames.shape[1]}; "
+    padded = f", padded to {conversation.num_frames}" if frames.shape[0] < conversation.num_frames else ""
+    print(f"(video {conversation.video}: {frames.shape[0]} frames of {frames.shape[2]}x{frames.shape[1]}{padded}; "
           "new conversation)", flush=True)
 
 
@@ -320,18 +322,19 @@ def chat_loop(conversation: VideoConversation) -> None:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    from videopanda.data.video import VideoReadError
-    from videopanda.infer import InferError, MemoryBudgetError, ModelFolderError, check_model_folder
+    from videopanda.data.video import VideoReadError, read_video
+    from videopanda.infer import InferError, MemoryBudgetError, ModelFolderError, check_model_folder, frame_config_for
 
     try:
-        check_model_folder(args.model)
+        config = check_model_folder(args.model)
+        frames = read_video(args.video, num_frames=frame_config_for(config, args.num_frames).num_frames)
         conversation = load_conversation(args)
-        frames = conversation.set_video(args.video)
+        conversation.set_video(args.video, frames)
     except (InferError, VideoReadError) as err:
         _error(err)
         return 2 if isinstance(err, (ModelFolderError, MemoryBudgetError)) else 1
+    padded = f", padded to {conversation.num_frames}" if frames.shape[0] < conversation.num_frames else ""
     print(f"videopanda chat: {args.model} on {conversation.model.device}; video {args.video} "
-          f"({frames.shape[0]} frames sampled, {conversation.num_frames} given to the model). "
-          f"Ask a question; {COMMANDS_HELP}.", flush=True)
+          f"({frames.shape[0]} frames sampled{padded}). Ask a question; {COMMANDS_HELP}.", flush=True)
     chat_loop(conversation)
     return 0

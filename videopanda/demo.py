@@ -223,7 +223,8 @@ def build_app(demo: Demo, examples: list[Path], model_name: str):
             with gr.Column(scale=2):
                 video = gr.Video(label="Video", sources=["upload"], elem_id="video", height=260)
                 if examples:
-                    gr.Examples([[str(p)] for p in examples], inputs=[video], label="Or pick a clip")
+                    gr.Examples([[str(p)] for p in examples], inputs=[video], label="Or pick a clip",
+                                elem_id="examples")
             with gr.Column(scale=3):
                 status = gr.Markdown("Upload a video or pick an example.", elem_id="status")
                 strip = gr.Gallery(label=f"The {base.num_frames} frames the model sees (hatched: padding)",
