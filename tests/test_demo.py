@@ -248,3 +248,36 @@ def test_frame_strip_hatches_the_padding_and_the_padding_frames(tmp_path):
             assert mask[index][:, :168].all() and not mask[index][:, 168:].any()
         else:
             assert not mask[index].any()
+
+
+def test_a_question_past_the_context_is_a_message_and_the_chat_goes_on(folder, media, tmp_path):
+    """No browser: the page's handlers on a copy of the model whose context holds one short round only."""
+    import json
+
+    from videopanda.chat import VideoConversation
+    from videopanda.demo import Demo
+
+    model, processor = load_model(folder, "cpu", torch.float32)
+    probe = VideoConversation(model, processor)
+    probe.set_video(media["clip"])
+    first_prompt = probe.inputs(QUESTIONS[0])["input_ids"].shape[1]
+    small = tmp_path / "small_context"
+    shutil.copytree(folder, small)
+    config = json.loads((small / "config.json").read_text())
+    config["max_position_embeddings"] = first_prompt + 2
+    (small / "config.json").write_text(json.dumps(config))
+    model, processor = load_model(small, "cpu", torch.float32)
+    demo = Demo(VideoConversation(model, processor, max_new_tokens=NEW_TOKENS), max_seconds=MAX_SECONDS)
+
+    session, strip, status, history, _ = demo.load(str(media["clip"]))
+    assert session is not None and len(strip) == 8 and history == []
+    *streaming, (_, history, session, status, timing) = demo.ask(QUESTIONS[0], session, history)
+    assert streaming and "Round 1 done" in status and "cut at the model's context length" in timing
+    assert [m["role"] for m in history] == ["user", "assistant"] and len(session.turns) == 1
+    *_, (box, refused, session, status, timing) = demo.ask(QUESTIONS[1], session, history)
+    assert status.startswith("⚠️ this question makes the conversation") and timing == ""
+    assert box == QUESTIONS[1] and refused == history and len(session.turns) == 1  # nothing was added
+    session, history, status, _ = demo.reset(session)
+    assert history == [] and session.turns == [] and "cleared" in status
+    *_, (_, history, session, status, _) = demo.ask(QUESTIONS[0], session, history)
+    assert "Round 1 done" in status and len(history) == 2

@@ -142,7 +142,7 @@ class VideoConversation:
         if room < 1:
             raise ContextLengthError(
                 f"this question makes the conversation {prompt_tokens} tokens (the video's included), over the "
-                f"model's context of {self.max_context}: /reset to start over, or ask something shorter")
+                f"model's context of {self.max_context}: reset the conversation, or ask something shorter")
         tokenizer = self.processor.tokenizer
         settings = generation_settings(tokenizer, min(self.max_new_tokens, room))
         start = time.perf_counter()
@@ -159,16 +159,17 @@ class VideoConversation:
             from transformers import StoppingCriteriaList
 
             try:
+                begin = time.perf_counter()
                 with torch.inference_mode():
                     result["output"] = self.model.generate(
                         inputs_embeds=embeds, attention_mask=inputs["attention_mask"], streamer=streamer,
                         stopping_criteria=StoppingCriteriaList([_stop_when_set(stop)]), **settings)
                 _synchronize(self.model.device)
+                result["seconds"] = time.perf_counter() - begin
             except BaseException as err:  # noqa: BLE001 - handed to the consuming thread below
                 result["error"] = err
                 streamer.end()
 
-        start = time.perf_counter()
         worker = threading.Thread(target=run, name="videopanda-generate", daemon=True)
         worker.start()
         finished = False
@@ -181,14 +182,13 @@ class VideoConversation:
             if not finished:
                 stop.set()
             worker.join()
-        llm_seconds = time.perf_counter() - start
         if "error" in result:
             raise result["error"]
         new_ids = result["output"][0]
         answer = tokenizer.decode(new_ids, skip_special_tokens=True).strip()
         new_tokens = int(new_ids.shape[0])
         self.turns.append((question, answer))
-        self.last_timing = RoundTiming(visual_seconds, llm_seconds, prompt_tokens, new_tokens,
+        self.last_timing = RoundTiming(visual_seconds, result["seconds"], prompt_tokens, new_tokens,
                                        capped=room < self.max_new_tokens and new_tokens >= room)
         logger.debug("round %d: %s", len(self.turns), self.last_timing.summary())
 
@@ -271,7 +271,7 @@ def _answer(conversation: VideoConversation, question: str) -> None:
             print(piece, end="", flush=True)
     except ContextLengthError as err:
         print(flush=True)
-        _error(err)
+        _error(f"{err} (/reset)")
         return
     except KeyboardInterrupt:
         print("\n(stopped; this round is forgotten)", flush=True)
