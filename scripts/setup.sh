@@ -10,6 +10,16 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 PY=.venv/bin/python
+# The demo's browser test drives Debian's Chromium through its chromedriver (tests/test_demo.py).
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    echo "installing chromium and chromium-driver for the demo's browser test" >&2
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } \
+      || echo "warning: apt-get could not install chromium chromium-driver; the demo's browser test cannot run" >&2
+  else
+    echo "warning: no chromium/chromedriver and no root apt-get here; the demo's browser test will be skipped" >&2
+  fi
+fi
 stamp=.venv/.videopanda-setup
 want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then

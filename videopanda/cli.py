@@ -9,6 +9,8 @@ from videopanda.log import setup_logging
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "infer": ("videopanda.infer", "answer a question about one video with a trained model"),
+    "chat": ("videopanda.chat", "talk about a video in the terminal, answers streamed"),
+    "demo": ("videopanda.demo", "web demo (Gradio): upload a clip, see its frames, chat about it"),
     "data": ("videopanda.data.cli", "data tools: `data check` opens every video a training JSON references"),
     "synth": ("videopanda.data.synth", "generate the synthetic video-QA dataset and the tiny model folders"),
     "train": ("videopanda.train.cli", "run one training stage (prealign, pretrain, finetune)"),

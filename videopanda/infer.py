@@ -456,6 +456,14 @@ def video_prompt(processor, question: str, system: str = "user") -> str:
         add_generation_prompt=True, system=system)
 
 
+def generation_settings(tokenizer, max_new_tokens: int = 1024) -> dict:
+    """The arguments of `model.generate` for every answer this project gives (`infer`, `eval qa`, `chat`,
+    `demo`): greedy, one beam, the KV cache, stop at EOS (SPEC 7); padding with the pad id, else unk, else EOS."""
+    pad = next((t for t in (tokenizer.pad_token_id, tokenizer.unk_token_id) if t is not None), tokenizer.eos_token_id)
+    return {"max_new_tokens": max_new_tokens, "do_sample": False, "num_beams": 1, "use_cache": True,
+            "eos_token_id": tokenizer.eos_token_id, "pad_token_id": pad}
+
+
 def answer(model, processor, frames: torch.Tensor, question: str, max_new_tokens: int = 1024,
            num_frames: int | None = None, system: str = "user") -> str:
     """Greedy answer to `question` about uint8 frames (n, H, W, 3) from `read_video`."""
@@ -464,15 +472,7 @@ def answer(model, processor, frames: torch.Tensor, question: str, max_new_tokens
     inputs = processor(text=video_prompt(processor, question, system), videos=frames).to(model.device)
     inputs["pixel_values_videos"] = inputs["pixel_values_videos"].to(model.dtype)
     prompt_length = inputs["input_ids"].shape[1]
-    output = model.generate(
-        **inputs,
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        num_beams=1,
-        use_cache=True,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
-    )
+    output = model.generate(**inputs, **generation_settings(tokenizer, max_new_tokens))
     return tokenizer.decode(output[0, prompt_length:], skip_special_tokens=True).strip()
 
 

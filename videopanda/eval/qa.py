@@ -214,8 +214,6 @@ class ModelAnswerer:
         self.dtype = self.model.dtype
         self.num_frames = self.frame_config.num_frames
         self.fingerprint = answerer_fingerprint(config, self.model.config, self.dtype)
-        pad = self.tokenizer.pad_token_id
-        self.pad_id = pad if pad is not None else (self.tokenizer.unk_token_id or 0)
 
     def _prepare(self, item: QAItem):
         from videopanda.data.video import read_video
@@ -229,14 +227,14 @@ class ModelAnswerer:
 
     def generate(self, prepared: list[tuple[Any, Any]]) -> list[str]:
         """prepared: per sample (prompt text, uint8 frames (n, H, W, 3)) -> answers."""
+        from videopanda.infer import generation_settings
+
         torch = self.torch
         inputs = self.processor(text=[p for p, _ in prepared], videos=[f for _, f in prepared]).to(self.config.device)
         inputs["pixel_values_videos"] = inputs["pixel_values_videos"].to(self.dtype)
         longest = inputs["input_ids"].shape[1]
         with torch.inference_mode():
-            output = self.model.generate(
-                **inputs, do_sample=False, num_beams=1, max_new_tokens=self.config.max_new_tokens,
-                pad_token_id=self.pad_id, eos_token_id=self.tokenizer.eos_token_id)
+            output = self.model.generate(**inputs, **generation_settings(self.tokenizer, self.config.max_new_tokens))
         output = output[:, longest:].cpu()
         return [text.strip() for text in self.tokenizer.batch_decode(output, skip_special_tokens=True)]
 

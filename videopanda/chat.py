@@ -1,0 +1,340 @@
+"""`videopanda chat`: a conversation about one video in the terminal, answers streamed as they are generated.
+
+    videopanda chat --model FOLDER --video FILE [--max-new-tokens 1024] [--num-frames 8]
+                    [--device cpu|cuda] [--dtype auto|float32|bfloat16|float16] [--system user|human]
+
+At the `you>` prompt: a question, `/video PATH` (another clip; the conversation starts over), `/reset`
+(forget the conversation, keep the clip), `/quit` (or Ctrl-D). Ctrl-C while an answer streams stops it
+(that round is forgotten); at the prompt it ends the chat.
+
+`VideoConversation` is the one path the chat and the web demo (`videopanda.demo`) share:
+
+- History is the Vicuna v1.1 text of SPEC 3, written by the processor's chat template: the video's
+  frame placeholders only in the first user message, each earlier answer followed by `</s>`.
+- Each round tokenises the whole conversation again and encodes the clip's frames again (the STAB runs
+  every round; its time is small next to the LLM's), then generates with `infer.generation_settings`,
+  the greedy settings of `infer` and `eval qa`.
+- The visual part is timed on its own: `model.embed_with_videos` (STAB + projector, the frames' tokens
+  scattered into the embedded prompt) runs first, and `model.generate` continues from those embeddings
+  (prefill + decoding). That is the computation `generate(**processor_inputs)` does in one call, so the
+  answer is the same token for token; the two times are wall-clock (CUDA synchronised).
+- Context guard: a round whose prompt (history + question + visual tokens) leaves no room under the
+  model's `max_position_embeddings` is refused with `ContextLengthError` before anything runs; otherwise
+  the answer is capped to the room left.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from videopanda.log import get_logger
+
+logger = get_logger(__name__)
+
+COMMANDS_HELP = "/video PATH switches clips, /reset clears the conversation, /quit ends"
+PROMPT = "you> "
+ANSWER_PREFIX = "panda> "
+
+
+class ContextLengthError(Exception):
+    """The conversation with the next question would not fit in the model's context."""
+
+
+@dataclass(frozen=True)
+class RoundTiming:
+    """Wall-clock seconds of one round. visual: `embed_with_videos` (STAB + projector + embedding the
+    prompt); llm: `generate` from those embeddings (prefill of `prompt_tokens` + `new_tokens` decoding steps)."""
+
+    visual_seconds: float
+    llm_seconds: float
+    prompt_tokens: int
+    new_tokens: int
+    capped: bool = False
+    """The answer was cut to the room left in the context, below the max-new-tokens setting."""
+
+    def summary(self) -> str:
+        rate = self.new_tokens / self.llm_seconds if self.llm_seconds > 0 else 0.0
+        text = (f"STAB {1000 * self.visual_seconds:.0f} ms | LLM {1000 * self.llm_seconds:.0f} ms "
+                f"({self.prompt_tokens} prompt tokens, {self.new_tokens} new, {rate:.1f} tokens/s)")
+        return text + (" | cut at the context length" if self.capped else "")
+
+
+@dataclass
+class VideoConversation:
+    """A multi-turn conversation about one clip with a loaded model and its `VideoPandaProcessor`.
+
+    `frames`: uint8 (n, H, W, 3) from `read_video`; `turns`: (question, answer) pairs so far."""
+
+    model: object
+    processor: object
+    system: str = "user"
+    max_new_tokens: int = 1024
+    frames: object = None
+    video: Path | None = None
+    turns: list[tuple[str, str]] = field(default_factory=list)
+    last_timing: RoundTiming | None = None
+
+    @property
+    def num_frames(self) -> int:
+        return self.processor.video_processor.num_frames
+
+    @property
+    def max_context(self) -> int:
+        return int(self.model.config.max_position_embeddings)
+
+    def set_video(self, path: str | Path, frames=None):
+        """Decode and sample `path` (VideoReadError naming it when it cannot be used; `frames` when that was
+        done already), make it the clip and start the conversation over. -> uint8 frames (n, H, W, 3)."""
+        from videopanda.data.video import read_video
+
+        if frames is None:
+            frames = read_video(path, num_frames=self.num_frames)
+        self.frames, self.video, self.turns, self.last_timing = frames, Path(path), [], None
+        return frames
+
+    def reset(self) -> None:
+        """Forget the conversation; keep the clip."""
+        self.turns, self.last_timing = [], None
+
+    def messages(self, question: str) -> list[dict]:
+        """The chat-template messages of the history plus `question`; the video goes with the first user message."""
+        messages = []
+        for i, (asked, answered) in enumerate(self.turns):
+            messages.append(_user_message(asked, with_video=i == 0))
+            messages.append({"role": "assistant", "content": [{"type": "text", "text": answered}]})
+        messages.append(_user_message(question, with_video=not self.turns))
+        return messages
+
+    def prompt(self, question: str) -> str:
+        """The Vicuna v1.1 generation prompt of the conversation so far and `question`."""
+        return self.processor.apply_chat_template(self.messages(question), add_generation_prompt=True,
+                                                  system=self.system)
+
+    def inputs(self, question: str):
+        """The processor's inputs for the next round (input_ids (1, S) with the frames' placeholder runs,
+        attention_mask (1, S), pixel_values_videos (1, C, T, 4, H, W)) on the model's device and dtype."""
+        if self.frames is None:
+            raise ValueError("no video yet: set one with set_video")
+        inputs = self.processor(text=self.prompt(question), videos=self.frames).to(self.model.device)
+        inputs["pixel_values_videos"] = inputs["pixel_values_videos"].to(self.model.dtype)
+        return inputs
+
+    def stream(self, question: str) -> Iterator[str]:
+        """Generate the answer to `question`, yielding text as it comes. When the generator runs to its end the
+        round joins the history and `last_timing` is set; closed early, the generation stops and the round is
+        forgotten. Raises ContextLengthError (before any work) when the prompt leaves no room to answer."""
+        import torch
+        from transformers import TextIteratorStreamer
+
+        from videopanda.infer import generation_settings
+
+        question = question.strip()
+        if not question:
+            raise ValueError("an empty question")
+        inputs = self.inputs(question)
+        prompt_tokens = int(inputs["input_ids"].shape[1])
+        room = self.max_context - prompt_tokens
+        if room < 1:
+            raise ContextLengthError(
+                f"this question makes the conversation {prompt_tokens} tokens (the video's included), over the "
+                f"model's context of {self.max_context}: reset the conversation, or ask something shorter")
+        tokenizer = self.processor.tokenizer
+        settings = generation_settings(tokenizer, min(self.max_new_tokens, room))
+        start = time.perf_counter()
+        with torch.inference_mode():
+            embeds = self.model.embed_with_videos(inputs["input_ids"], inputs["pixel_values_videos"])
+        _synchronize(self.model.device)
+        visual_seconds = time.perf_counter() - start
+
+        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        stop = threading.Event()
+        result: dict = {}
+
+        def run() -> None:
+            from transformers import StoppingCriteriaList
+
+            try:
+                begin = time.perf_counter()
+                with torch.inference_mode():
+                    result["output"] = self.model.generate(
+                        inputs_embeds=embeds, attention_mask=inputs["attention_mask"], streamer=streamer,
+                        stopping_criteria=StoppingCriteriaList([_stop_when_set(stop)]), **settings)
+                _synchronize(self.model.device)
+                result["seconds"] = time.perf_counter() - begin
+            except BaseException as err:  # noqa: BLE001 - handed to the consuming thread below
+                result["error"] = err
+                streamer.end()
+
+        worker = threading.Thread(target=run, name="videopanda-generate", daemon=True)
+        worker.start()
+        finished = False
+        try:
+            for piece in streamer:
+                if piece:
+                    yield piece
+            finished = True
+        finally:
+            if not finished:
+                stop.set()
+            worker.join()
+        if "error" in result:
+            raise result["error"]
+        new_ids = result["output"][0]
+        answer = tokenizer.decode(new_ids, skip_special_tokens=True).strip()
+        new_tokens = int(new_ids.shape[0])
+        self.turns.append((question, answer))
+        self.last_timing = RoundTiming(visual_seconds, result["seconds"], prompt_tokens, new_tokens,
+                                       capped=room < self.max_new_tokens and new_tokens >= room)
+        logger.debug("round %d: %s", len(self.turns), self.last_timing.summary())
+
+
+def _user_message(text: str, with_video: bool) -> dict:
+    content = [{"type": "video"}] if with_video else []
+    return {"role": "user", "content": content + [{"type": "text", "text": text}]}
+
+
+def _synchronize(device) -> None:
+    import torch
+
+    if getattr(device, "type", str(device)) == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _stop_when_set(event: threading.Event):
+    """A transformers `StoppingCriteria` that ends generation once `event` is set."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class StopWhenSet(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.full((input_ids.shape[0],), event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+    return StopWhenSet()
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """--model and the options that decide how it answers (shared by `chat` and `demo`)."""
+    from videopanda.infer import DTYPES
+
+    parser.add_argument("--model", required=True, help="Video-Panda model folder (ours or the released layout)")
+    parser.add_argument("--max-new-tokens", type=int, default=1024, help="longest answer, in tokens (default 1024)")
+    parser.add_argument("--num-frames", type=int, default=None, help="frames to sample (default: the model's, 8)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
+    parser.add_argument("--dtype", choices=("auto", *DTYPES), default="auto",
+                        help="auto (default): the checkpoint's own dtype from config.json, float32 when it has none")
+    parser.add_argument("--system", choices=("user", "human"), default="user",
+                        help="system text: 'user' (training) or 'human' (the original inference template)")
+
+
+def load_conversation(args: argparse.Namespace) -> VideoConversation:
+    """The model of `args` (see `add_model_options`) loaded, in an empty `VideoConversation`.
+    Raises InferError (ModelFolderError, MemoryBudgetError) with a one-line message."""
+    import torch
+
+    from videopanda.infer import DTYPES, InferError, frame_config_for, load_model, with_num_frames
+
+    if args.max_new_tokens < 1:
+        raise InferError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InferError("--device cuda was asked for but no CUDA device is available")
+    model, processor = load_model(args.model, device, DTYPES.get(args.dtype))
+    processor = with_num_frames(processor, frame_config_for(model.config, args.num_frames).num_frames)
+    return VideoConversation(model, processor, system=args.system, max_new_tokens=args.max_new_tokens)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="videopanda chat", description="Talk about a video in the terminal.",
+                                     epilog=f"In the chat: {COMMANDS_HELP}.")
+    add_model_options(parser)
+    parser.add_argument("--video", required=True, help="video file to talk about")
+    return parser
+
+
+def _error(message: str) -> None:
+    print(f"videopanda chat: error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+
+
+def _answer(conversation: VideoConversation, question: str) -> None:
+    """Print the streamed answer and the round's timing; a refused or interrupted round prints why."""
+    print(ANSWER_PREFIX, end="", flush=True)
+    started = False
+    try:
+        for piece in conversation.stream(question):
+            if not started:
+                piece, started = piece.lstrip(), True
+            print(piece, end="", flush=True)
+    except ContextLengthError as err:
+        print(flush=True)
+        _error(f"{err} (/reset)")
+        return
+    except KeyboardInterrupt:
+        print("\n(stopped; this round is forgotten)", flush=True)
+        return
+    print(flush=True)
+    print(f"[{conversation.last_timing.summary()}]", flush=True)
+
+
+def _switch_video(conversation: VideoConversation, path: str) -> None:
+    from videopanda.data.video import VideoReadError
+
+    if not path:
+        _error("/video needs a path")
+        return
+    try:
+        frames = conversation.set_video(Path(path).expanduser())
+    except VideoReadError as err:
+        _error(f"{err} (still talking about {conversation.video})")
+        return
+    padded = f", padded to {conversation.num_frames}" if frames.shape[0] < conversation.num_frames else ""
+    print(f"(video {conversation.video}: {frames.shape[0]} frames of {frames.shape[2]}x{frames.shape[1]}{padded}; "
+          "new conversation)", flush=True)
+
+
+def chat_loop(conversation: VideoConversation) -> None:
+    """Read questions and commands until /quit, end of input or Ctrl-C at the prompt."""
+    while True:
+        try:
+            line = input(PROMPT).strip()
+        except (EOFError, KeyboardInterrupt):
+            print(flush=True)
+            return
+        if not line:
+            continue
+        command, _, rest = line.partition(" ")
+        if command in ("/quit", "/exit"):
+            return
+        if command == "/reset":
+            conversation.reset()
+            print(f"(conversation cleared; still {conversation.video})", flush=True)
+        elif command == "/video":
+            _switch_video(conversation, rest.strip())
+        elif command.startswith("/"):
+            _error(f"unknown command {command}: {COMMANDS_HELP}")
+        else:
+            _answer(conversation, line)
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    from videopanda.data.video import VideoReadError, read_video
+    from videopanda.infer import InferError, MemoryBudgetError, ModelFolderError, check_model_folder, frame_config_for
+
+    try:
+        config = check_model_folder(args.model)
+        frames = read_video(args.video, num_frames=frame_config_for(config, args.num_frames).num_frames)
+        conversation = load_conversation(args)
+        conversation.set_video(args.video, frames)
+    except (InferError, VideoReadError) as err:
+        _error(err)
+        return 2 if isinstance(err, (ModelFolderError, MemoryBudgetError)) else 1
+    padded = f", padded to {conversation.num_frames}" if frames.shape[0] < conversation.num_frames else ""
+    print(f"videopanda chat: {args.model} on {conversation.model.device}; video {args.video} "
+          f"({frames.shape[0]} frames sampled{padded}). Ask a question; {COMMANDS_HELP}.", flush=True)
+    chat_loop(conversation)
+    return 0
