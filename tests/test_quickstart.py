@@ -121,3 +121,41 @@ def test_output_folder_of_another_run_is_refused(tmp_path):
     (cfg.out / quickstart.RUN_SETTINGS).unlink()
     with pytest.raises(RuntimeError, match="holds finetune from a run whose settings were not recorded"):
         quickstart.claim_output_folder(cfg.out, settings)
+
+
+def _summary(seed: int, motion: float, counting: float, elapsed: float) -> dict:
+    return {"seed": seed, "elapsed_s": elapsed,
+            "eval": {"per_type": {"motion": motion, "counting": counting}, "accuracy": (motion + counting) / 2}}
+
+
+def test_seed_table_gives_the_mean_and_range_of_every_type():
+    runs = {"full model": [_summary(0, 80.0, 100.0, 500.0), _summary(1, 90.0, 97.0, 520.0),
+                           _summary(2, 100.0, 100.0, 540.0)],
+            "no lste / no gstra": [_summary(0, 30.0, 99.0, 480.0), _summary(1, 26.0, 100.0, 470.0),
+                                   _summary(2, 25.0, 98.0, 490.0)]}
+    lines = quickstart.seed_table(runs).splitlines()
+    assert lines[0] == "| model | seeds | counting | motion | overall | time (s) |"
+    assert lines[2] == ("| full model | 0, 1, 2 | 99.0 [97.0, 100.0] | 90.0 [80.0, 100.0] | 94.5 [90.0, 100.0] "
+                        "| 520.0 [500.0, 540.0] |")
+    assert lines[3] == ("| no lste / no gstra | 0, 1, 2 | 99.0 [98.0, 100.0] | 27.0 [25.0, 30.0] | 63.0 [61.5, 64.5] "
+                        "| 480.0 [470.0, 490.0] |")
+
+
+def test_a_data_folder_of_another_seed_is_refused_and_left_as_it_is(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    meta = json.dumps({"seed": 0, "generator_version": 1})
+    (data / "synth_meta.json").write_text(meta)
+    cfg = quickstart.QuickstartConfig(out=tmp_path / "out", data=data, seed=1)
+    with pytest.raises(RuntimeError, match=f"{data} holds the synthetic data of seed 0, not of seed 1"):
+        quickstart.ensure_data(cfg)
+    assert (data / "synth_meta.json").read_text() == meta
+
+
+def test_default_folders_are_per_seed_and_compare_needs_seeds(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        quickstart.main(["--compare", "no-lste"])
+    assert exc.value.code == 2 and "--compare needs --seeds" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        quickstart.main(["--seeds", "0", "1", "--data", str(tmp_path)])
+    assert "one data folder per seed" in capsys.readouterr().err

@@ -84,8 +84,8 @@ class StageSettings:
 
 @dataclass
 class QuickstartConfig:
-    out: Path = Path("outputs/quickstart")
-    data: Path = Path("data/synth")
+    out: Path = Path("outputs/quickstart-seed0")
+    data: Path = Path("data/synth-seed0")
     model_config: Path = REPO / "configs" / "model" / "tiny.json"
     seed: int = 0
     num_train: int = 3000
@@ -109,13 +109,29 @@ class QuickstartConfig:
 # ---- steps ---------------------------------------------------------------------------------------
 
 
+def command_line(cmd: list[str], env: dict[str, str] | None = None) -> str:
+    """The shell line that re-runs `cmd` by hand: the environment it was given, then the command."""
+    return shlex.join([*(f"{k}={v}" for k, v in (env or {}).items()), *cmd])
+
+
+def _start(cmd: list[str], log_file: Path, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, object]:
+    """Start `cmd` in the repository with its output in `log_file`, whose first line is the command itself."""
+    line = command_line(cmd, env)
+    logger.info("$ %s", line)
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(log_file, "w")
+    handle.write(f"$ {line}\n")
+    handle.flush()
+    proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, **(env or {})})
+    return proc, handle
+
+
 def _run(cmd: list[str], log_file: Path, env: dict[str, str] | None = None) -> float:
     """Run a command with its output in `log_file`; returns seconds taken. Raises on failure, showing the log's tail."""
-    logger.info("$ %s", shlex.join(cmd))
-    log_file.parent.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
-    with open(log_file, "w") as handle:
-        code = subprocess.call(cmd, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, **(env or {})})
+    proc, handle = _start(cmd, log_file, env)
+    with handle:
+        code = proc.wait()
     elapsed = time.monotonic() - start
     if code != 0:
         tail = "".join(log_file.read_text(errors="replace").splitlines(keepends=True)[-40:])
@@ -155,6 +171,10 @@ def stale_data_reason(cfg: QuickstartConfig) -> str | None:
 
 def ensure_data(cfg: QuickstartConfig) -> None:
     """Generate the synthetic dataset and model folders unless a matching set is already there."""
+    meta = read_data_meta(cfg.data)
+    if meta is not None and meta.get("seed") != cfg.seed:
+        raise RuntimeError(f"{cfg.data} holds the synthetic data of seed {meta.get('seed')}, not of seed {cfg.seed}: "
+                           "pass another --data (the default is one folder per seed) or delete it")
     reason = stale_data_reason(cfg)
     if reason is None:
         logger.info("reusing the synthetic data in %s (same seed, sizes and models)", cfg.data)
@@ -217,7 +237,6 @@ def run_stage(cfg: QuickstartConfig, stage: str, init: Path) -> dict:
            "DEEPSPEED_CONFIG": str(REPO / "configs" / "deepspeed" / "zero2.json"),
            "GPUS_PER_NODE": str(cfg.nproc), "MASTER_PORT": str(_free_port()), "OMP_NUM_THREADS": "1"}
     cmd = ["bash", str(REPO / "scripts" / "videopanda" / f"{stage}.sh"), *stage_flags(cfg, stage)]
-    logger.info("stage %s: %s", stage, " ".join(f"{k}={v}" for k, v in env.items()))
     stop = threading.Event()
     watcher = threading.Thread(target=_watch_loss, args=(out_dir / LOSS_LOG, stage, stop), daemon=True)
     watcher.start()
@@ -255,13 +274,9 @@ def evaluate(cfg: QuickstartConfig, model: Path) -> dict:
               "--device", "cpu", "--batch-size", str(cfg.eval_batch_size), "--max-new-tokens", str(cfg.max_new_tokens),
               "--num-chunks", str(cfg.nproc), "--no-progress"]
     start = time.monotonic()
-    procs = []
-    for chunk in range(cfg.nproc):
-        cmd = [cfg.python, "-m", "videopanda", "eval", "qa", *common, "--chunk-idx", str(chunk)]
-        logger.info("$ %s", shlex.join(cmd))
-        log = open(cfg.out / "logs" / f"eval_qa_{chunk}.log", "w")
-        procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-                                       env={**os.environ, "OMP_NUM_THREADS": "1"}), log))
+    procs = [_start([cfg.python, "-m", "videopanda", "eval", "qa", *common, "--chunk-idx", str(chunk)],
+                    cfg.out / "logs" / f"eval_qa_{chunk}.log", {"OMP_NUM_THREADS": "1"})
+             for chunk in range(cfg.nproc)]
     failed = []
     for chunk, (proc, log) in enumerate(procs):
         if proc.wait() != 0:
@@ -384,34 +399,98 @@ def run(cfg: QuickstartConfig) -> dict:
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="scripts/quickstart.sh", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default outputs/quickstart, "
-                        "or outputs/quickstart_<ablation> with --ablation)")
-    parser.add_argument("--data", type=Path, default=Path(os.environ.get("QUICKSTART_DATA", "data/synth")))
-    parser.add_argument("--model-config", type=Path, default=QuickstartConfig.model_config)
-    parser.add_argument("--ablation", default=os.environ.get("QUICKSTART_ABLATION", ""),
-                        help=f"comma-separated switches: {', '.join(ABLATIONS)} (env QUICKSTART_ABLATION)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num-train", type=int, default=QuickstartConfig.num_train)
-    parser.add_argument("--num-test", type=int, default=QuickstartConfig.num_test)
-    parser.add_argument("--nproc", type=int, default=2, help="training processes (and eval processes)")
-    parser.add_argument("--global-batch-size", type=int, default=QuickstartConfig.global_batch_size,
-                        help="samples per optimiser step in every stage (a multiple of --nproc)")
-    args = parser.parse_args(argv)
-    ablation = [a.strip() for a in args.ablation.split(",") if a.strip()]
-    if args.global_batch_size % args.nproc:
-        parser.error(f"--global-batch-size {args.global_batch_size} is not a multiple of --nproc {args.nproc}")
-    unknown = [a for a in ablation if a not in ABLATIONS]
+def seed_table(runs: dict[str, list[dict]]) -> str:
+    """runs: variant name -> its summaries, one per seed -> a markdown table of each question type's
+    accuracy as the mean over seeds and the [lowest, highest] seed."""
+    types = sorted({t for summaries in runs.values() for s in summaries for t in s["eval"]["per_type"]})
+    lines = ["| model | seeds | " + " | ".join(types) + " | overall | time (s) |",
+             "|---|---|" + "---:|" * (len(types) + 2)]
+    for name, summaries in runs.items():
+        def cell(values: list[float]) -> str:
+            return f"{sum(values) / len(values):.1f} [{min(values):.1f}, {max(values):.1f}]"
+
+        seeds = ", ".join(str(s["seed"]) for s in summaries)
+        per_type = [cell([s["eval"]["per_type"][t] for s in summaries]) for t in types]
+        overall = cell([s["eval"]["accuracy"] for s in summaries])
+        times = cell([s["elapsed_s"] for s in summaries])
+        lines.append(f"| {name} | {seeds} | " + " | ".join(per_type) + f" | {overall} | {times} |")
+    lines += ["", "Accuracy in % on each seed's held-out questions: mean over seeds [lowest, highest]; "
+              "time: the whole job per seed (data, three stages, evaluation)."]
+    return "\n".join(lines)
+
+
+def _parse_ablation(parser: argparse.ArgumentParser, text: str) -> list[str]:
+    names = [a.strip() for a in text.split(",") if a.strip()]
+    unknown = [a for a in names if a not in ABLATIONS]
     if unknown:
         parser.error(f"unknown ablation(s) {unknown}; choose from {', '.join(ABLATIONS)}")
-    out = args.out or Path("outputs/quickstart" + ("_" + "_".join(ablation) if ablation else ""))
-    cfg = QuickstartConfig(out=out, data=args.data, model_config=args.model_config, seed=args.seed,
-                           num_train=args.num_train, num_test=args.num_test, nproc=args.nproc, ablation=ablation,
-                           global_batch_size=args.global_batch_size)
+    return names
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="scripts/quickstart.sh", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default outputs/quickstart-seed<SEED>, "
+                        "with _<ablation> appended for --ablation; with --seeds, the folder of the seed table, "
+                        "default outputs/quickstart-seeds)")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="synthetic data folder (default data/synth-seed<SEED>, or env QUICKSTART_DATA); made "
+                             "when missing, regenerated when its generator or models are out of date, refused "
+                             "when it holds another seed's data")
+    parser.add_argument("--model-config", type=Path, default=QuickstartConfig.model_config,
+                        help="the tiny model's shape (default %(default)s)")
+    parser.add_argument("--ablation", default=os.environ.get("QUICKSTART_ABLATION", ""),
+                        help=f"comma-separated switches: {', '.join(ABLATIONS)} (env QUICKSTART_ABLATION; default: none, the full model)")
+    seeds = parser.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=int, default=0, help="seed of the data, the models and training (default %(default)s)")
+    seeds.add_argument("--seeds", type=int, nargs="+", default=None,
+                       help="run each of these seeds in turn (each in its default folders) and write their table "
+                            "(mean and range per question type) to OUT/table.md")
+    parser.add_argument("--compare", default=None, metavar="ABLATION",
+                        help="with --seeds: also run this ablation on every seed and put it in the table, "
+                             "e.g. no-lste,no-gstra")
+    parser.add_argument("--num-train", type=int, default=QuickstartConfig.num_train,
+                        help="training clips (default %(default)s)")
+    parser.add_argument("--num-test", type=int, default=QuickstartConfig.num_test,
+                        help="held-out questions, one clip each (default %(default)s)")
+    parser.add_argument("--nproc", type=int, default=2,
+                        help="training processes (and eval processes) (default %(default)s)")
+    parser.add_argument("--global-batch-size", type=int, default=QuickstartConfig.global_batch_size,
+                        help="samples per optimiser step in every stage, a multiple of --nproc (default %(default)s)")
+    args = parser.parse_args(argv)
+    if args.global_batch_size % args.nproc:
+        parser.error(f"--global-batch-size {args.global_batch_size} is not a multiple of --nproc {args.nproc}")
+    if args.compare is not None and args.seeds is None:
+        parser.error("--compare needs --seeds")
+    if args.seeds is not None and args.data is not None:
+        parser.error("--seeds uses one data folder per seed: leave out --data")
+    variants = [_parse_ablation(parser, args.ablation)]
+    if args.compare is not None:
+        variants.append(_parse_ablation(parser, args.compare))
+
+    def config(seed: int, ablation: list[str], out: Path | None) -> QuickstartConfig:
+        out = out or Path(f"outputs/quickstart-seed{seed}" + ("_" + "_".join(ablation) if ablation else ""))
+        data = args.data or Path(os.environ.get("QUICKSTART_DATA") or f"data/synth-seed{seed}")
+        return QuickstartConfig(out=out, data=data, model_config=args.model_config, seed=seed,
+                                num_train=args.num_train, num_test=args.num_test, nproc=args.nproc,
+                                ablation=ablation, global_batch_size=args.global_batch_size)
+
     setup_logging()
     try:
-        run(cfg)
+        if args.seeds is None:
+            run(config(args.seed, variants[0], args.out))
+            return 0
+        runs: dict[str, list[dict]] = {}
+        for seed in args.seeds:
+            for ablation in variants:
+                name = "full model" if not ablation else "no " + " / no ".join(a.removeprefix("no-") for a in ablation)
+                runs.setdefault(name, []).append(run(config(seed, ablation, None)))
+        table = seed_table(runs)
+        out = args.out or Path("outputs/quickstart-seeds")
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "table.md").write_text(table + "\n")
+        write_json_atomic(out / "runs.json", runs)
+        logger.info("seed table (%s):\n%s", out / "table.md", table)
+        print(table)
     except RuntimeError as err:
         logger.error("%s", err)
         return 1
