@@ -14,7 +14,7 @@ At the `you>` prompt: a question, `/video PATH` (another clip; the conversation 
 - Each round tokenises the whole conversation again and encodes the clip's frames again (the STAB runs
   every round; its time is small next to the LLM's), then generates with `infer.generation_settings`,
   the greedy settings of `infer` and `eval qa`.
-- The visual part is timed on its own: `model.embed_with_videos` (STAB + projector, the frames' tokens
+- The visual part is timed on its own: `model.embed_inputs` (STAB + projector, the frames' tokens
   scattered into the embedded prompt) runs first, and `model.generate` continues from those embeddings
   (prefill + decoding). That is the computation `generate(**processor_inputs)` does in one call, so the
   answer is the same token for token; the two times are wall-clock (CUDA synchronised).
@@ -47,7 +47,7 @@ class ContextLengthError(Exception):
 
 @dataclass(frozen=True)
 class RoundTiming:
-    """Wall-clock seconds of one round. visual: `embed_with_videos` (STAB + projector + embedding the
+    """Wall-clock seconds of one round. visual: `embed_inputs` (STAB + projector + embedding the
     prompt); llm: `generate` from those embeddings (prefill of `prompt_tokens` + `new_tokens` decoding steps)."""
 
     visual_seconds: float
@@ -147,7 +147,7 @@ class VideoConversation:
         settings = generation_settings(tokenizer, min(self.max_new_tokens, room))
         start = time.perf_counter()
         with torch.inference_mode():
-            embeds = self.model.embed_with_videos(inputs["input_ids"], inputs["pixel_values_videos"])
+            embeds, _ = self.model.embed_inputs(inputs["input_ids"], inputs["pixel_values_videos"])
         _synchronize(self.model.device)
         visual_seconds = time.perf_counter() - start
 

@@ -10,7 +10,7 @@ ask questions in a multi-turn chat whose answers stream in, and read how long th
 
 Everything the model sees goes through `videopanda.chat.VideoConversation`, the chat command's path:
 the processor, the Vicuna v1.1 history, `infer.generation_settings`. The times shown are those of
-`VideoConversation.stream` (`RoundTiming`): wall-clock of `model.embed_with_videos` (STAB + projector,
+`VideoConversation.stream` (`RoundTiming`): wall-clock of `model.embed_inputs` (STAB + projector,
 embedding the prompt) and of `model.generate` from those embeddings (prefill + decoding), per answer.
 Decoding and resizing the clip are timed apart, when it is loaded, and counted in neither.
 
@@ -39,7 +39,7 @@ STRIP_MIN_SIDE = 224
 """Frames smaller than this are enlarged (nearest neighbour, so the model's pixels stay visible) for the page."""
 HATCH_PERIOD = 8
 EMPTY_ANSWER = "(no answer: the model ended at once, or wrote only whitespace)"
-TIMING_NOTE = ("Times are wall-clock per answer: **STAB** = `model.embed_with_videos` (the STAB and projector on "
+TIMING_NOTE = ("Times are wall-clock per answer: **STAB** = `model.embed_inputs` (the STAB and projector on "
                "the frames, plus embedding the prompt); **LLM** = `model.generate` continuing from those embeddings "
                "(prefill of the prompt + one step per new token). Decoding and resizing the clip happen once, "
                "when it is loaded, and are in neither.")

@@ -8,7 +8,7 @@ text token ids (`--text-tokens`, 32 by default, ids in [3, vocab)). Reported, ea
 
 - `ttft_ms`: `model.generate(..., max_new_tokens=1)`: STAB, projector, prefill of the whole prompt
   and picking the first token (greedy), with generate's own overhead: what a user waits for.
-- `visual_ms`: STAB + projector alone (`model.encode_videos`).
+- `visual_ms`: STAB + projector alone (the packed STAB output through the projector).
 - `prefill_ms`: one `model(...)` forward over the prompt with the video (STAB included), KV cache on,
   logits of the last position only, and its argmax.
 - `decode_ms_per_token`: (generate of 1 + K tokens - generate of 1 token) / K, K = `--decode-tokens`.
