@@ -22,3 +22,6 @@ PIXEL_MEAN = (0.48145466, 0.4578275, 0.40821073)
 PIXEL_STD = (0.26862954, 0.26130258, 0.27577711)
 PAD_COLOR = (122, 116, 104)
 """Canvas colour for any-resolution padding: the pixel mean in 0-255."""
+
+EXPERIMENT_RECORD = "experiment.json"
+"""File in each training stage's output folder holding the resolved experiment that made it."""

@@ -13,7 +13,7 @@ from videopanda.train.checkpointing import (COMPLETE_MARKER, discard_incomplete,
 from videopanda.train.cli import main
 
 
-def test_stage_recipes_fill_unset_arguments():
+def test_the_recipe_experiment_fills_every_stage():
     prealign = parse_train_args(["--stage", "prealign", "--model", "m", "--output-dir", "o"])
     assert (prealign.learning_rate, prealign.visual_learning_rate, prealign.warmup_ratio) == (4e-5, 4e-4, 0.03)
     assert prealign.global_batch_size == 2048 and prealign.first_half and prealign.data_json == ["valley_.json"]
@@ -21,6 +21,7 @@ def test_stage_recipes_fill_unset_arguments():
     assert (finetune.learning_rate, finetune.visual_learning_rate, finetune.warmup_ratio) == (1e-5, 1e-5, 0.01)
     assert finetune.global_batch_size == 1024 and not finetune.first_half
     assert finetune.data_json == ["videochatgpt_tune_.json"]
+    assert finetune.experiment.overrides[0] == f"stages.finetune.init={'m'}"
     assert parse_train_args(["--stage", "pretrain", "--model", "m", "--output-dir", "o", "--stab", "width=64",
                              "use_lste=false"]).stab_overrides() == {"width": 64, "use_lste": False}
 

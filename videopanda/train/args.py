@@ -1,133 +1,107 @@
-"""Typed arguments of `videopanda train` (SPEC section 6) and the per-stage recipe defaults.
+"""Arguments of `videopanda train`: an experiment file, a stage, and overrides (SPEC section 6).
 
-`TrainArgs` is one dataclass; `parse_train_args(argv)` builds the command line from its fields (one
-`--field-name` per field, help from the field metadata) and fills what was left unset from the
-stage's `StageRecipe`. `derive_batch` turns a target global batch into the per-device batch and the
+`videopanda train --experiment FILE --stage STAGE [key.path=value ...]`: the experiment
+(`videopanda.train.experiment`) holds every setting; `key.path=value` overrides any of them. The
+`--flag` options are shorthands for experiment keys (`SHORTHANDS`: `--global-batch-size 8` is
+`stages.<stage>.global_batch_size=8`), turned into overrides, so there is one mechanism and everything
+a run used is recorded with it. `TrainArgs` is one stage's flat view of the resolved experiment, what
+the trainer reads. `derive_batch` turns a target global batch into the per-device batch and the
 gradient-accumulation steps for a given world size.
 """
 from __future__ import annotations
 
 import argparse
-import os
-import types
-import typing
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 
-STAGES = ("prealign", "pretrain", "finetune")
+from videopanda.train.experiment import STAGES, ExperimentError, ResolvedExperiment, resolve_experiment
 
+DEFAULT_EXPERIMENT = "videopanda-7b"
 
-@dataclass(frozen=True)
-class StageRecipe:
-    """What SPEC section 6 fixes per stage (learning rates, warm-up, global batch, data) and what it trains."""
-
-    learning_rate: float
-    visual_learning_rate: float
-    warmup_ratio: float
-    global_batch_size: int
-    data_json: tuple[str, ...]
-    first_half: bool
-    trains_llm: bool
-
-
-RECIPES: dict[str, StageRecipe] = {
-    # Paper global batches (the original scripts used 512 / 512 / 256).
-    "prealign": StageRecipe(4e-5, 4e-4, 0.03, 2048, ("valley_.json",), True, False),
-    "pretrain": StageRecipe(4e-5, 4e-5, 0.01, 2048, ("valley_.json",), False, True),
-    "finetune": StageRecipe(2e-5, 2e-5, 0.01, 1024, ("videochatgpt_tune_.json",), False, True),
+# flag -> (experiment key; "{stage}" is the stage being run, kind: value | bool | pairs | list)
+SHORTHANDS: dict[str, tuple[str, str]] = {
+    "--model": ("stages.{stage}.init", "value"),
+    "--output-dir": ("stages.{stage}.output_dir", "value"),
+    "--teacher": ("model.teacher", "value"),
+    "--distill": ("distillation.enabled", "bool"),
+    "--init": ("model.init", "value"),
+    "--stab": ("model.stab", "pairs"),
+    "--model-config": ("model.config", "pairs"),
+    "--data-root": ("data.root", "value"),
+    "--data-json": ("stages.{stage}.data_json", "list"),
+    "--video-folder": ("data.video_folder", "value"),
+    "--first-half": ("stages.{stage}.first_half", "bool"),
+    "--global-batch-size": ("stages.{stage}.global_batch_size", "value"),
+    "--per-device-batch-size": ("stages.{stage}.per_device_batch_size", "value"),
+    "--learning-rate": ("stages.{stage}.learning_rate", "value"),
+    "--visual-learning-rate": ("stages.{stage}.visual_learning_rate", "value"),
+    "--warmup-ratio": ("stages.{stage}.warmup_ratio", "value"),
+    "--num-train-epochs": ("stages.{stage}.epochs", "value"),
+    "--max-steps": ("stages.{stage}.max_steps", "value"),
+    "--weight-decay": ("training.weight_decay", "value"),
+    "--max-grad-norm": ("training.max_grad_norm", "value"),
+    "--max-length": ("data.max_length", "value"),
+    "--save-steps": ("save.steps", "value"),
+    "--save-total-limit": ("save.total_limit", "value"),
+    "--save-teacher": ("save.teacher", "bool"),
+    "--logging-steps": ("runtime.logging_steps", "value"),
+    "--seed": ("training.seed", "value"),
+    "--deepspeed": ("training.deepspeed", "value"),
+    "--gradient-checkpointing": ("training.gradient_checkpointing", "bool"),
+    "--attn-implementation": ("runtime.attn_implementation", "value"),
+    "--precision": ("training.precision", "value"),
+    "--device": ("runtime.device", "value"),
+    "--num-workers": ("runtime.num_workers", "value"),
+    "--random-flip": ("data.random_flip", "bool"),
+    "--group-by-modality-length": ("data.group_by_modality_length", "bool"),
+    "--report-to": ("runtime.report_to", "value"),
 }
-
-
-def _help(text: str, default=MISSING, factory=MISSING, **extra):
-    kwargs = {"default": default} if default is not MISSING else {}
-    if factory is not MISSING:
-        kwargs["default_factory"] = factory
-    return field(metadata={"help": text, **extra}, **kwargs)
 
 
 @dataclass
 class TrainArgs:
-    """Everything one training stage needs. Fields left None take the stage's recipe value."""
+    """One stage of a resolved experiment, flat: what the trainer reads (see the experiment's field docs)."""
 
-    stage: str = _help("prealign | pretrain | finetune: decides what is frozen and the recipe defaults",
-                       choices=STAGES)
-    model: str = _help("initial model folder: an EVE-7B-Pretrain or plain Llama folder (prealign), or the "
-                       "previous stage's output (a Video-Panda folder)")
-    output_dir: str = _help("where checkpoints, logs and the final model folder go")
-    teacher: str | None = _help("LanguageBind_Video_merge folder (the distillation teacher)", None)
-    distill: bool = _help("train with the distillation loss (needs --teacher)", True)
-    init: str = _help("how to read --model: auto (from its config.json model_type), videopanda, eve, llama",
-                      "auto", choices=("auto", "videopanda", "eve", "llama"))
-    stab: list[str] = _help("STAB settings KEY=VALUE for a model whose visual part starts fresh (eve / llama "
-                            "init), e.g. width=1024 use_lste=false", factory=list)
-    model_config: list[str] = _help("VideoPandaConfig fields KEY=VALUE for a fresh visual part (eve / llama init), "
-                                    "e.g. num_frames=8 image_size=448 teacher_image_size=224", factory=list)
-    data_root: str | None = _help("DATA_ROOT of SPEC section 6 (default: $DATA_ROOT)", None)
-    data_json: list[str] | None = _help("training JSON files; names without a folder are looked up in "
-                                        "DATA_ROOT/train/train_json (default: the stage's recipe)", None)
-    video_folder: str | None = _help("folder the samples' `video` paths are relative to (default DATA_ROOT/train)", None)
-    first_half: bool | None = _help("keep only the first half of each JSON (default: on for prealign)", None)
-    global_batch_size: int | None = _help("target global batch (default: paper 2048 / 2048 / 1024)", None)
-    per_device_batch_size: int = _help("largest per-device micro batch; the actual one divides the global batch", 4)
-    learning_rate: float | None = _help("base learning rate (default 4e-5 / 4e-5 / 2e-5)", None)
-    visual_learning_rate: float | None = _help("learning rate of STAB, projector and distillation head "
-                                               "(default 4e-4 for prealign, else the base rate)", None)
-    warmup_ratio: float | None = _help("linear warm-up fraction before the cosine decay (default 0.03 / 0.01 / 0.01)", None)
-    weight_decay: float = _help("AdamW weight decay (never applied to biases and norms)", 0.0)
-    max_grad_norm: float = _help("gradient clipping", 1.0)
-    num_train_epochs: float = _help("epochs", 1.0)
-    max_steps: int = _help("stop after this many optimizer steps (-1: the epochs decide)", -1)
-    max_length: int = _help("model_max_length of the tokenizer (text tokens, placeholders included)", 4096)
-    save_steps: int = _help("checkpoint every N optimizer steps", 200)
-    save_total_limit: int = _help("complete checkpoints kept (older ones are deleted after a newer one is complete)", 2)
-    logging_steps: int = _help("log every N optimizer steps", 1)
-    seed: int = _help("seed of initialisation, data order and dropout", 42)
-    deepspeed: str | None = _help("DeepSpeed JSON config (configs/deepspeed/zero2.json, ...)", None)
-    gradient_checkpointing: bool = _help("activation checkpointing in the LLM", True)
-    attn_implementation: str = _help("auto (flash_attention_2 when installed on GPU, else sdpa), sdpa, eager, "
-                                     "flash_attention_2", "auto")
-    precision: str = _help("auto (bf16 + tf32 on GPU, fp32 on CPU), bf16, fp32", "auto",
-                           choices=("auto", "bf16", "fp32"))
-    device: str = _help("auto, cuda or cpu", "auto", choices=("auto", "cuda", "cpu"))
-    num_workers: int = _help("DataLoader worker processes per rank", 4)
-    random_flip: bool = _help("random horizontal flip of training videos (the same for student and teacher)", True)
-    group_by_modality_length: bool = _help("batches of one modality and similar length", True)
-    save_teacher: bool = _help("also store the teacher's weights in the output folders", False)
-    resume: str = _help("auto (latest complete checkpoint in output_dir), never, or a checkpoint folder", "auto")
-    report_to: str = _help("logging integrations for the HF Trainer (tensorboard, none, ...)", "tensorboard")
-    check_only: bool = _help("validate folders and data, then exit (no process group, no training)", False)
-
-    # ---- resolved values ---------------------------------------------------------------------
-
-    @property
-    def recipe(self) -> StageRecipe:
-        return RECIPES[self.stage]
-
-    @property
-    def trains_llm(self) -> bool:
-        return self.recipe.trains_llm
-
-    def resolve(self) -> "TrainArgs":
-        """Fill unset fields from the stage recipe and the environment (DATA_ROOT); returns self."""
-        if self.stage not in RECIPES:
-            raise ValueError(f"unknown stage {self.stage!r}; choose one of {', '.join(STAGES)}")
-        recipe = self.recipe
-        if self.learning_rate is None:
-            self.learning_rate = recipe.learning_rate
-        if self.visual_learning_rate is None:
-            same = recipe.visual_learning_rate == recipe.learning_rate
-            self.visual_learning_rate = self.learning_rate if same else recipe.visual_learning_rate
-        if self.warmup_ratio is None:
-            self.warmup_ratio = recipe.warmup_ratio
-        if self.global_batch_size is None:
-            self.global_batch_size = recipe.global_batch_size
-        if self.first_half is None:
-            self.first_half = recipe.first_half
-        if self.data_json is None:
-            self.data_json = list(recipe.data_json)
-        if self.data_root is None:
-            self.data_root = os.environ.get("DATA_ROOT") or None
-        return self
+    stage: str
+    model: str
+    output_dir: str
+    teacher: str | None
+    distill: bool
+    distill_loss: str
+    init: str
+    stab: dict
+    model_config: dict
+    data_root: str | None
+    data_json: list[str]
+    video_folder: str | None
+    first_half: bool
+    global_batch_size: int
+    per_device_batch_size: int
+    learning_rate: float
+    visual_learning_rate: float
+    warmup_ratio: float
+    weight_decay: float
+    max_grad_norm: float
+    num_train_epochs: float
+    max_steps: int
+    max_length: int
+    save_steps: int
+    save_total_limit: int
+    logging_steps: int
+    seed: int
+    deepspeed: str | None
+    gradient_checkpointing: bool
+    attn_implementation: str
+    precision: str
+    device: str
+    num_workers: int
+    random_flip: bool
+    group_by_modality_length: bool
+    save_teacher: bool
+    report_to: str
+    resume: str = "auto"
+    check_only: bool = False
+    experiment: ResolvedExperiment | None = None
 
     def data_json_paths(self) -> list[Path]:
         """Absolute JSON paths: a bare file name is looked up in DATA_ROOT/train/train_json."""
@@ -145,80 +119,105 @@ class TrainArgs:
         return Path(self.data_root) / "train" if self.data_root else None
 
     def stab_overrides(self) -> dict:
-        """`--stab KEY=VALUE ...` as a dict with ints, floats and booleans parsed."""
-        return _parse_pairs(self.stab, "--stab")
+        return dict(self.stab)
 
     def config_overrides(self) -> dict:
-        """`--model-config KEY=VALUE ...` as a dict with ints, floats and booleans parsed."""
-        return _parse_pairs(self.model_config, "--model-config")
+        return dict(self.model_config)
 
 
-def _parse_pairs(items: list[str], flag: str) -> dict:
-    out = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"{flag} expects KEY=VALUE, got {item!r}")
-        out[key.strip()] = _parse_scalar(raw.strip())
-    return out
-
-
-def _parse_scalar(raw: str):
-    lowered = raw.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered in ("none", "null"):
-        return None
-    for kind in (int, float):
-        try:
-            return kind(raw)
-        except ValueError:
-            pass
-    return raw
-
-
-def _base_type(annotation) -> tuple[type, bool]:
-    """(element type, is_list) of a field annotation like `int | None` or `list[str] | None`."""
-    hint = annotation
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        hint = next(a for a in typing.get_args(hint) if a is not type(None))
-        origin = typing.get_origin(hint)
-    if origin is list:
-        return typing.get_args(hint)[0], True
-    return hint, False
+def stage_args(resolved: ResolvedExperiment, stage: str, resume: str = "auto", check_only: bool = False) -> TrainArgs:
+    """One stage's `TrainArgs` from a resolved experiment. The STAB and frame settings are the fresh visual
+    part's (prealign); later stages check them against their starting folder (preflight)."""
+    exp = resolved.experiment
+    settings = exp.stage(stage)
+    config, stab = exp.visual_overrides()
+    return TrainArgs(
+        stage=stage, model=str(exp.stage_init(stage)), output_dir=str(exp.stage_output(stage)),
+        teacher=exp.model.teacher, distill=exp.distillation.enabled, distill_loss=exp.distillation.loss,
+        init=exp.model.init if stage == "prealign" and settings.init is None else "auto",
+        stab=stab, model_config=config, data_root=exp.data.root, data_json=list(settings.data_json),
+        video_folder=exp.data.video_folder, first_half=settings.first_half,
+        global_batch_size=settings.global_batch_size, per_device_batch_size=settings.per_device_batch_size,
+        learning_rate=settings.learning_rate,
+        visual_learning_rate=(settings.learning_rate if settings.visual_learning_rate is None
+                              else settings.visual_learning_rate),
+        warmup_ratio=settings.warmup_ratio, weight_decay=exp.training.weight_decay,
+        max_grad_norm=exp.training.max_grad_norm, num_train_epochs=settings.epochs, max_steps=settings.max_steps,
+        max_length=exp.data.max_length, save_steps=exp.save.steps, save_total_limit=exp.save.total_limit,
+        logging_steps=exp.runtime.logging_steps, seed=exp.training.seed, deepspeed=exp.training.deepspeed,
+        gradient_checkpointing=exp.training.gradient_checkpointing,
+        attn_implementation=exp.runtime.attn_implementation, precision=exp.training.precision,
+        device=exp.runtime.device, num_workers=exp.runtime.num_workers, random_flip=exp.data.random_flip,
+        group_by_modality_length=exp.data.group_by_modality_length, save_teacher=exp.save.teacher,
+        report_to=exp.runtime.report_to, resume=resume, check_only=check_only, experiment=resolved)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="videopanda train",
-        description="Run one Video-Panda training stage (see TRAIN_AND_VALIDATE.md). Launch it under torchrun "
-                    "for several processes; unset options take the stage's recipe values (SPEC section 6).")
-    hints = typing.get_type_hints(TrainArgs)
-    for f in fields(TrainArgs):
-        kind, is_list = _base_type(hints[f.name])
-        flag = "--" + f.name.replace("_", "-")
-        kwargs: dict = {"help": f.metadata["help"], "dest": f.name}
-        if "choices" in f.metadata:
-            kwargs["choices"] = f.metadata["choices"]
-        if f.default is MISSING and f.default_factory is MISSING:
-            kwargs["required"] = True
+        usage="videopanda train --experiment FILE --stage {prealign,pretrain,finetune} [key.path=value ...]",
+        description="Run one Video-Panda training stage of an experiment (configs/experiments/*.yaml; "
+                    "docs/experiments.md). Launch it under torchrun for several processes "
+                    "(scripts/videopanda/{prealign,pretrain,finetune}.sh with EXPERIMENT=...).",
+        epilog="Every --option below the first group is a shorthand for the experiment key it names; "
+               "`key.path=value` sets any key. What was overridden is recorded in the stage folder's "
+               "experiment.json.")
+    parser.add_argument("--experiment", default=DEFAULT_EXPERIMENT,
+                        help="experiment file, or a name under configs/experiments such as videopanda-7b/no-lste "
+                             "(default: %(default)s)")
+    parser.add_argument("--stage", required=True, choices=STAGES, help="the stage to run")
+    parser.add_argument("overrides", nargs="*", metavar="key.path=value",
+                        help="experiment keys to override, e.g. stages.finetune.learning_rate=1e-5 model.stab.use_lste=false")
+    parser.add_argument("--resume", default="auto",
+                        help="auto (latest complete checkpoint in the output folder), never, or a checkpoint folder")
+    parser.add_argument("--check-only", action="store_true",
+                        help="validate folders and data, then exit (no process group, no training)")
+    shorthands = parser.add_argument_group("shorthands for experiment keys")
+    for flag, (key, kind) in SHORTHANDS.items():
+        dest = flag[2:].replace("-", "_")
+        text = f"= {key}"
+        if kind == "bool":
+            shorthands.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=text)
+        elif kind in ("pairs", "list"):
+            shorthands.add_argument(flag, dest=dest, nargs="+", default=None, metavar="KEY=VALUE" if kind == "pairs"
+                                    else "FILE", help=text + (".KEY" if kind == "pairs" else ""))
         else:
-            kwargs["default"] = f.default if f.default is not MISSING else f.default_factory()
-        if kind is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        elif is_list:
-            kwargs.update(nargs="+", type=kind)
-        else:
-            kwargs["type"] = kind
-        parser.add_argument(flag, **kwargs)
+            shorthands.add_argument(flag, dest=dest, default=None, metavar="VALUE", help=text)
     return parser
 
 
+def _flag_overrides(namespace: argparse.Namespace, stage: str) -> list[str]:
+    """The shorthand flags given on the command line as `key=value` overrides, in SHORTHANDS order."""
+    import json
+
+    out = []
+    for flag, (key, kind) in SHORTHANDS.items():
+        value = getattr(namespace, flag[2:].replace("-", "_"))
+        if value is None:
+            continue
+        key = key.format(stage=stage)
+        if kind == "bool":
+            out.append(f"{key}={str(value).lower()}")
+        elif kind == "list":
+            out.append(f"{key}={json.dumps(value)}")
+        elif kind == "pairs":
+            for pair in value:
+                name, sep, raw = pair.partition("=")
+                if not sep or not name.strip():
+                    raise ExperimentError(f"{flag} expects KEY=VALUE, got {pair!r}")
+                out.append(f"{key}.{name.strip()}={raw.strip()}")
+        else:
+            out.append(f"{key}={value}")
+    return out
+
+
 def parse_train_args(argv: list[str]) -> TrainArgs:
-    """Command line -> resolved `TrainArgs` (argparse exits with a usage message on bad flags)."""
-    namespace = build_parser().parse_args(argv)
-    return TrainArgs(**vars(namespace)).resolve()
+    """Command line -> the stage's `TrainArgs` (argparse exits on bad flags; ExperimentError on a bad
+    experiment file or override)."""
+    namespace = build_parser().parse_intermixed_args(argv)
+    overrides = _flag_overrides(namespace, namespace.stage) + list(namespace.overrides)
+    resolved = resolve_experiment(namespace.experiment, overrides)
+    return stage_args(resolved, namespace.stage, resume=namespace.resume, check_only=namespace.check_only)
 
 
 @dataclass(frozen=True)
@@ -243,5 +242,5 @@ def derive_batch(global_batch_size: int, world_size: int, max_per_device: int) -
     return BatchPlan(global_batch_size, world_size, per_device, per_rank // per_device)
 
 
-__all__ = ["BatchPlan", "RECIPES", "STAGES", "StageRecipe", "TrainArgs", "build_parser", "derive_batch",
-           "parse_train_args"]
+__all__ = ["BatchPlan", "SHORTHANDS", "STAGES", "TrainArgs", "build_parser", "derive_batch", "parse_train_args",
+           "stage_args"]

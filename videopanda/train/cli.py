@@ -21,6 +21,7 @@ import torch
 from videopanda.io import OutputError, write_json_atomic
 from videopanda.log import get_logger, setup_logging
 from videopanda.train.args import TrainArgs, parse_train_args
+from videopanda.train.experiment import ExperimentError, write_record
 from videopanda.train.checkpointing import (DATA_REPORT, FINAL_MARKER, PREEMPTED_EXIT_CODE, StopSignals,
                                             discard_incomplete, export_model_files, holds_last_step, is_finished,
                                             latest_complete_checkpoint, read_data_report, run_train_loss,
@@ -52,7 +53,8 @@ def _report_to(value: str) -> list[str]:
 
 def _final_record(args: TrainArgs, plan: Preflight, global_step: int, train_loss: float | None) -> dict:
     """What `training_complete.json` says."""
-    return {"stage": args.stage, "global_step": global_step, "train_loss": train_loss, "init": str(args.model),
+    return {"stage": args.stage, "experiment": args.experiment.experiment.name if args.experiment else None,
+            "global_step": global_step, "train_loss": train_loss, "init": str(args.model),
             "init_kind": plan.init_kind, "teacher": args.teacher if args.distill else None,
             "world_size": plan.batch.world_size, "global_batch_size": plan.batch.global_batch_size}
 
@@ -120,7 +122,8 @@ def train(args: TrainArgs, plan: Preflight, signals: StopSignals | None = None) 
         tokenizer.pad_token = tokenizer.unk_token
     model = build_model(args.model, init=args.init, stab_overrides=args.stab_overrides(),
                         config_overrides=args.config_overrides(),
-                        teacher_folder=args.teacher if args.distill else None, dtype=dtype, attn_implementation=attn)
+                        teacher_folder=args.teacher if args.distill else None, dtype=dtype, attn_implementation=attn,
+                        distill_loss=args.distill_loss)
     model.config.use_cache = False
     # Text-only batches still run the visual parts (x 0): several processes must run the same modules every step
     # (ZeRO-3 gathers, DDP / ZeRO-1/2 reduce the same gradients), and with the LLM frozen (prealign) such a batch
@@ -214,7 +217,11 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     import sys
 
-    args = parse_train_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        args = parse_train_args(list(sys.argv[1:] if argv is None else argv))
+    except ExperimentError as err:
+        logger.error("%s", err)
+        return 2
     signals = StopSignals()
     if not args.check_only:
         signals.install()  # from here on a SIGTERM / SIGUSR1 stops the run at a checkpoint, not at once
@@ -227,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
                         plan.batch.per_device_batch_size, plan.batch.world_size, plan.batch.gradient_accumulation_steps,
                         plan.resume_from or "none")
             return 0
+        if int(os.environ.get("RANK", "0")) == 0 and args.experiment is not None:
+            write_record(args.experiment, args.output_dir)
         if args.resume == "auto" and is_finished(args.output_dir):
             logger.info("%s already holds a finished %s stage (%s); nothing to do", args.output_dir, args.stage,
                         FINAL_MARKER)

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from videopanda.train.experiment import DISTILL_LOSSES
+
 
 def distill_layer_indices(num_llm_layers: int, num_layers_used: int = 9) -> list[int]:
     """Hidden-state indices the head reads, last first: 32, 28, ..., 0 for a 32-layer LLM.
@@ -79,12 +81,16 @@ def _valid_box(valid: Tensor) -> tuple[slice, slice] | None:
 
 
 def distillation_loss(student: list[Tensor], grids: list[tuple[int, int]],
-                      teacher: Tensor, teacher_valid: Tensor) -> Tensor:
+                      teacher: Tensor, teacher_valid: Tensor, kind: str = "cosine") -> Tensor:
     """student[i]: (rows_i*cols_i, D_t) for frame i (grid tokens only, row-major);
     teacher: (N, G*G, D_t); teacher_valid: (N, G, G) bool patch mask of the teacher frame (G = 16).
-    1 - mean cosine at valid positions, teacher average-pooled to the student grid where they differ;
-    mean over frames with content (teacher mask not all False). Padding frames contribute nothing.
+    Per frame, at valid positions (teacher average-pooled to the student grid where they differ):
+    kind "cosine" (SPEC 5): 1 - mean cosine; kind "mse" (paper Table 4): the mean over positions of the
+    mean squared difference over the D_t features. Mean over frames with content (teacher mask not all
+    False); padding frames contribute nothing.
     Returns a float32 scalar that stays connected to every student tensor (zero when no frame has content)."""
+    if kind not in DISTILL_LOSSES:
+        raise ValueError(f"distillation_loss: kind must be one of {DISTILL_LOSSES}, got {kind!r}")
     n, g = teacher_valid.shape[0], teacher_valid.shape[-1]
     if not (len(student) == len(grids) == n == teacher.shape[0]):
         raise ValueError(f"distillation_loss: {len(student)} student frames, {len(grids)} grids, "
@@ -105,8 +111,12 @@ def distillation_loss(student: list[Tensor], grids: list[tuple[int, int]],
         keep = mask.flatten() >= 0.5
         if not keep.any():
             continue
-        cos = F.cosine_similarity(tokens.float(), target.flatten(1).T, dim=-1)
-        losses.append(1.0 - cos[keep].mean())
+        if kind == "cosine":
+            cos = F.cosine_similarity(tokens.float(), target.flatten(1).T, dim=-1)
+            losses.append(1.0 - cos[keep].mean())
+        else:
+            squared = (tokens.float() - target.flatten(1).T).pow(2).mean(dim=-1)
+            losses.append(squared[keep].mean())
     if not losses:
         return sum((t.float().sum() * 0.0 for t in student), teacher.new_zeros((), dtype=torch.float32))
     return torch.stack(losses).mean()

@@ -12,6 +12,7 @@ from videopanda.io import OutputError, describe_os_error, write_text_atomic
 from videopanda.log import get_logger
 from videopanda.train.args import BatchPlan, TrainArgs, derive_batch
 from videopanda.train.checkpointing import checkpoint_folders, is_finished, latest_complete_checkpoint
+from videopanda.train.experiment import ExperimentError, check_stage_folder
 from videopanda.train.stages import detect_init_kind
 
 logger = get_logger(__name__)
@@ -128,6 +129,8 @@ def run_preflight(args: TrainArgs, world_size: int | None = None) -> Preflight:
     if args.stage != "prealign" and kind != "videopanda":
         logger.warning("stage %s normally starts from the previous stage's output, but %s is a %s folder",
                        args.stage, model, kind)
+    if kind == "videopanda":
+        _same_visual_part(args, model)
     if checkpoint_folders(model) and not is_finished(model):
         raise PreflightError(f"model folder {model} is a training output that never finished "
                              f"(no training_complete.json): finish or resume that stage first")
@@ -136,15 +139,46 @@ def run_preflight(args: TrainArgs, world_size: int | None = None) -> Preflight:
             raise PreflightError("distillation needs --teacher (a LanguageBind_Video_merge folder), or pass --no-distill")
         _model_folder(Path(args.teacher), "teacher folder")
     try:
-        args.stab_overrides()
-        args.config_overrides()
         batch = derive_batch(args.global_batch_size, world_size, args.per_device_batch_size)
     except ValueError as err:
         raise PreflightError(str(err)) from None
     stage = _deepspeed_stage(args.deepspeed)
     paths, folder, n, n_video = _data(args)
     _output_folder(Path(args.output_dir))
+    if args.experiment is not None:
+        output = Path(args.output_dir)
+        try:
+            check_stage_folder(args.experiment, args.stage, output,
+                               holds_outputs=bool(checkpoint_folders(output)) or is_finished(output))
+        except ExperimentError as err:
+            raise PreflightError(str(err)) from None
     return Preflight(kind, paths, folder, n, n_video, batch, _resume(args), stage)
+
+
+def _same_visual_part(args: TrainArgs, model: Path) -> None:
+    """A Video-Panda starting folder brings its own STAB and frame settings: they must be the experiment's
+    (an ablation must not continue from another experiment's weights)."""
+    from dataclasses import asdict
+
+    from videopanda.model.stab import STABConfig
+    from videopanda.model.videopanda import VideoPandaConfig
+
+    try:
+        have = VideoPandaConfig.from_pretrained(model)
+        stab = dict(args.stab_overrides())
+        stab.setdefault("width", have.stab["width"])
+        stab.setdefault("frames_per_chunk", args.config_overrides().get("frames_per_chunk", have.frames_per_chunk))
+        want_stab = asdict(STABConfig(**stab))
+    except (OSError, TypeError, ValueError) as err:
+        raise PreflightError(f"model folder {model}: {err}") from None
+    changed = [f"stab.{k}: {have.stab.get(k)!r} (folder) != {v!r} (experiment)" for k, v in want_stab.items()
+               if have.stab.get(k) != v]
+    changed += [f"{k}: {getattr(have, k)!r} (folder) != {v!r} (experiment)"
+                for k, v in args.config_overrides().items() if getattr(have, k) != v]
+    if changed:
+        name = args.experiment.experiment.name if args.experiment is not None else "the arguments"
+        raise PreflightError(f"model folder {model} was made with other model settings than {name}: "
+                             f"{'; '.join(changed)}")
 
 
 def _output_folder(output: Path) -> None:

@@ -223,9 +223,10 @@ def load_head_from_folder(head: nn.Module, folder: str | Path) -> int:
 
 
 def build_model(folder: str | Path, *, init: str, stab_overrides: dict, teacher_folder: str | Path | None,
-                dtype: torch.dtype, attn_implementation: str, config_overrides: dict | None = None):
-    """The `TrainingModel` for one stage, with teacher and distillation head when `teacher_folder` is given
-    (see module docstring); lockstep off (the caller sets it)."""
+                dtype: torch.dtype, attn_implementation: str, config_overrides: dict | None = None,
+                distill_loss: str = "cosine"):
+    """The `TrainingModel` for one stage, with teacher and distillation head (comparing by `distill_loss`,
+    cosine or mse) when `teacher_folder` is given (see module docstring); lockstep off (the caller sets it)."""
     from videopanda.model.teacher import LanguageBindVideoTower
     from videopanda.model.videopanda import VideoPandaForCausalLM
     from videopanda.train.distillation import DistillationHead
@@ -234,8 +235,6 @@ def build_model(folder: str | Path, *, init: str, stab_overrides: dict, teacher_
     kind = detect_init_kind(folder, init)
     logger.info("initialising from %s (%s folder)", folder, kind)
     if kind == "videopanda":
-        if stab_overrides or config_overrides:
-            logger.warning("--stab / --model-config are ignored: the configuration comes from %s", folder)
         model = VideoPandaForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation=attn_implementation)
     else:
         config = videopanda_config_from_llm(folder, stab_overrides, config_overrides)
@@ -262,7 +261,7 @@ def build_model(folder: str | Path, *, init: str, stab_overrides: dict, teacher_
             load_head_from_folder(head, folder)
     if kind == "eve":
         load_eve_visual_parts(model, head, folder)
-    return TrainingModel(model, teacher, head)
+    return TrainingModel(model, teacher, head, distill_loss=distill_loss)
 
 
 def _frames_require_grad(module: nn.Module, args: tuple) -> tuple | None:

@@ -18,7 +18,8 @@ optional (no teacher: LM loss only). Its `forward` takes the collator's batch (`
   `grid_token_index(grid_f)` of those (context and row-split tokens dropped). Frames whose student mask
   is all zero (padding frames of short videos) are left out. The head reads hidden states
   `distill_layer_indices` at those positions; the teacher gets all videos in one call (`num_videos=V`,
-  so its temporal groups never mix two videos), and `distillation_loss` compares them by cosine.
+  so its temporal groups never mix two videos), and `distillation_loss` compares them (cosine, or the
+  MSE of the paper's Table 4 with `distill_loss="mse"`).
 - Lockstep (`lockstep=True`, what `videopanda train` sets): every rank must run the same modules each
   step (ZeRO-3 gathers parameters in module hooks; DDP and ZeRO-1/2 reduce the same gradients on every
   rank), and with the LLM frozen (prealign) a text-only batch would otherwise have no gradient at all.
@@ -64,8 +65,13 @@ class TrainingModel(nn.Module):
     main_input_name = "input_ids"
 
     def __init__(self, model: nn.Module, teacher: nn.Module | None = None, distill_head: nn.Module | None = None,
-                 lockstep: bool = False):
+                 lockstep: bool = False, distill_loss: str = "cosine"):
         super().__init__()
+        from videopanda.train.experiment import DISTILL_LOSSES
+
+        if distill_loss not in DISTILL_LOSSES:
+            raise ValueError(f"distill_loss must be one of {DISTILL_LOSSES}, got {distill_loss!r}")
+        self.distill_loss = distill_loss
         if (teacher is None) != (distill_head is None):
             raise ValueError("distillation needs both a teacher and a distillation head")
         self.model = model
@@ -154,7 +160,7 @@ class TrainingModel(nn.Module):
         features = self.teacher(frames.to(device=param.device, dtype=param.dtype), num_videos=pixels.shape[0])
         keep = torch.tensor(content, device=features.device)
         valid = teacher_valid(frames, self.teacher.grid_size).to(features.device)
-        return distillation_loss(list(student), kept_grids, features[keep], valid[keep])
+        return distillation_loss(list(student), kept_grids, features[keep], valid[keep], kind=self.distill_loss)
 
     def _lockstep_visual(self) -> Tensor:
         """STAB and projector on one dummy chunk (T frames of 2x2 patches) -> a 0-d zero connected to both."""
