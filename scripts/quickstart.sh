@@ -4,7 +4,7 @@
 # Writes outputs/quickstart-seed0/{summary.json, loss_curves.png, results.md, logs/} (data in data/synth-seed0).
 #
 #   bash scripts/quickstart.sh                                  # the full model
-#   QUICKSTART_ABLATION=no-lste,no-gstra bash scripts/quickstart.sh   # -> outputs/quickstart-seed0_no-lste_no-gstra
+#   QUICKSTART_ABLATION=no-lste-no-gstra bash scripts/quickstart.sh   # -> outputs/quickstart-seed0_no-lste-no-gstra
 #   bash scripts/quickstart.sh --help                           # every option
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -13,37 +13,42 @@ from videopanda.train.args import parse_train_args
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _config(tmp_path, ablation=()):
-    return quickstart.QuickstartConfig(out=tmp_path / "out", data=tmp_path / "data", ablation=list(ablation))
+def _config(tmp_path, ablation=None):
+    return quickstart.QuickstartConfig(out=tmp_path / "out", data=tmp_path / "data", ablation=ablation)
 
 
 @pytest.mark.parametrize("stage", quickstart.STAGES)
 def test_stage_flags_parse_as_training_arguments(tmp_path, stage):
+    """The quickstart's stage settings are the experiment file's; it adds only its folders and seed."""
     cfg = _config(tmp_path)
-    argv = ["--stage", stage, "--model", "m", "--output-dir", "o", *quickstart.stage_flags(cfg, stage)]
-    args = parse_train_args(argv)
-    assert args.device == "cpu" and not args.random_flip
-    assert args.global_batch_size == cfg.global_batch_size
-    assert args.per_device_batch_size * cfg.nproc == cfg.global_batch_size
-    tiny = json.loads(cfg.model_config.read_text())
-    if stage == "prealign":  # the fresh visual part is shaped by tiny.json
-        assert args.init == "llama"
-        assert args.stab_overrides() == tiny["stab"]
-        assert args.config_overrides()["image_size"] == tiny["image_size"]
-        STABConfig(**args.stab_overrides())
-    else:  # later stages read their configuration from the previous stage's folder
-        assert args.stab == [] and args.model_config == []
+    args = parse_train_args(["--experiment", cfg.experiment, "--stage", stage, *quickstart.stage_flags(cfg, stage)])
+    assert args.device == "cpu" and not args.random_flip and args.seed == cfg.seed
+    assert args.global_batch_size == 16 and args.per_device_batch_size * cfg.nproc == 16
+    assert (args.learning_rate, args.visual_learning_rate, args.warmup_ratio) == (2e-3, 1e-2, 0.03)
+    assert args.num_train_epochs == {"prealign": 0.1, "pretrain": 0.5, "finetune": 7.0}[stage]
+    assert args.output_dir == str((cfg.out / stage).resolve())
+    previous = {"prealign": cfg.data / "models" / "base", "pretrain": cfg.out / "prealign",
+                "finetune": cfg.out / "pretrain"}[stage]
+    assert args.model == str(previous.resolve())
+    assert args.init == ("llama" if stage == "prealign" else "auto")
+    tiny = json.loads((REPO / "configs" / "model" / "tiny.json").read_text())
+    assert cfg.model_config == REPO / "configs" / "model" / "tiny.json"
+    assert args.stab_overrides() == tiny["stab"] and args.config_overrides()["image_size"] == tiny["image_size"]
+    STABConfig(**args.stab_overrides())
 
 
-def test_ablations_switch_real_stab_fields(tmp_path):
-    cfg = _config(tmp_path, ablation=["no-lste", "no-gstra", "no-distill"])
-    args = parse_train_args(["--stage", "prealign", "--model", "m", "--output-dir", "o",
-                             *quickstart.stage_flags(cfg, "prealign")])
+def test_ablations_are_experiment_files_with_real_stab_fields(tmp_path):
+    assert {"no-lste", "no-gstra", "no-lste-no-gstra", "no-fsra", "no-row-tokens", "avgpool-lsd", "no-distill",
+            "mse-distill"} <= set(quickstart.ablation_names())
+    cfg = _config(tmp_path, ablation="no-lste-no-gstra")
+    args = parse_train_args(["--experiment", cfg.experiment, "--stage", "prealign", *quickstart.stage_flags(cfg, "prealign")])
     stab = STABConfig(**args.stab_overrides())
     assert stab.use_lste is False and stab.use_gstra is False and stab.use_fsra is True
-    assert args.distill is False
-    for name, change in quickstart.ABLATIONS.items():
-        STABConfig(**change.get("stab", {}))  # every switch names a real field with a valid value
+    assert args.distill and args.global_batch_size == 16  # the rest is the quickstart's
+    no_distill = _config(tmp_path, ablation="no-distill").resolved()
+    assert no_distill.experiment.distillation.enabled is False
+    for name in quickstart.ablation_names():
+        _config(tmp_path, ablation=name).resolved()  # every file loads; its switches name real STAB fields
 
 
 def test_unknown_ablation_is_refused(capsys):
@@ -89,7 +94,8 @@ def test_data_folder_is_reused_only_when_it_matches(tmp_path):
     tiny = json.loads(cfg.model_config.read_text())
     tiny["num_hidden_layers"] += 1
     (tmp_path / "deeper.json").write_text(json.dumps(tiny))
-    deeper = quickstart.QuickstartConfig(data=cfg.data, num_train=2, num_test=4, model_config=tmp_path / "deeper.json")
+    deeper = quickstart.QuickstartConfig(data=cfg.data, num_train=2, num_test=4,
+                                         overrides=[f"model.shape={tmp_path / 'deeper.json'}"])
     assert "base Llama" in quickstart.stale_data_reason(deeper)
     # a folder from before smooth teacher positions (no such field in its metadata): regenerate
     meta_path = cfg.data / "synth_meta.json"
@@ -107,13 +113,14 @@ def test_output_folder_of_another_run_is_refused(tmp_path):
     (data / "synth_meta.json").write_text(json.dumps({"seed": 0, "generator_version": 2}))
     cfg = quickstart.QuickstartConfig(out=tmp_path / "out", data=data)
     settings = quickstart.run_settings(cfg)
-    assert settings["data"] == {"seed": 0, "generator_version": 2} and settings["stages"]["finetune"]["epochs"] == 7.0
+    assert settings["data"] == {"seed": 0, "generator_version": 2}
+    assert settings["experiment"]["stages"]["finetune"]["epochs"] == 7.0
     quickstart.claim_output_folder(cfg.out, settings)
     assert json.loads((cfg.out / quickstart.RUN_SETTINGS).read_text()) == settings
     (cfg.out / "finetune").mkdir()
     quickstart.claim_output_folder(cfg.out, settings)  # the same run again: resumes
-    ablated = quickstart.run_settings(quickstart.QuickstartConfig(out=cfg.out, data=data, ablation=["no-lste"]))
-    with pytest.raises(RuntimeError, match=r"other settings \(ablation differ\)"):
+    ablated = quickstart.run_settings(quickstart.QuickstartConfig(out=cfg.out, data=data, ablation="no-lste"))
+    with pytest.raises(RuntimeError, match=r"other settings \(ablation, experiment differ\)"):
         quickstart.claim_output_folder(cfg.out, ablated)
     (data / "synth_meta.json").write_text(json.dumps({"seed": 0, "generator_version": 3}))
     with pytest.raises(RuntimeError, match=r"other settings \(data differ\)"):

@@ -35,7 +35,7 @@ def test_quickstart_runs_end_to_end_on_a_small_dataset(tmp_path):
     for stage in ("prealign", "pretrain", "finetune"):
         first = (out / "logs" / f"{stage}.log").read_text().splitlines()[0]
         assert first.startswith("$ ") and f"scripts/videopanda/{stage}.sh" in first, first
-        assert f"OUTPUT_DIR={(out / stage).resolve()}" in first
+        assert "EXPERIMENT=quickstart " in first and f"run_dir={out.resolve()}" in first, first
     assert (out / "logs" / "eval_qa_0.log").read_text().startswith("$ ")
 
     before = {p: p.stat().st_mtime_ns for p in data.rglob("*") if p.is_file()}

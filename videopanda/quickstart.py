@@ -4,9 +4,11 @@ Steps, each one an ordinary command that is logged before it runs (so it can be 
 
 1. `videopanda synth` writes the dataset, the tokenizer, the base Llama and the teacher under the data
    folder (skipped when a matching one is there already).
-2. prealign, pretrain and finetune through `scripts/videopanda/{stage}.sh` (torchrun, 2 processes,
-   DeepSpeed ZeRO-2 on CPU, gloo), each stage starting from the previous one's folder. The model
-   shape comes from `configs/model/tiny.json`; ablations add STAB switches.
+2. prealign, pretrain and finetune of the experiment `configs/experiments/quickstart.yaml` (or, with
+   `--ablation NAME`, `configs/experiments/quickstart/NAME.yaml`, which extends it) through
+   `EXPERIMENT=... scripts/videopanda/{stage}.sh` (torchrun, 2 processes, DeepSpeed ZeRO-2 on CPU, gloo),
+   each stage starting from the previous one's folder; the quickstart adds its folders and seed as
+   `key=value` overrides. The model shape comes from the experiment's `model.shape` (`configs/model/tiny.json`).
 3. `videopanda eval qa` (one process per core, each answering half of the questions), `eval merge` and
    `eval judge --judge exact` on the held-out questions.
 4. `OUT/summary.json`, `OUT/loss_curves.png` and a results table in the log.
@@ -14,7 +16,8 @@ Steps, each one an ordinary command that is logged before it runs (so it can be 
 `OUT/run_settings.json` records what the results depend on; re-running into the same folder resumes
 (finished stages and answers are reused), and a folder holding a run with other settings is refused.
 
-Choices for the synthetic data (where the real recipe's settings would not work here):
+Choices for the synthetic data (where the real recipe's settings would not work here; the numbers are in
+the experiment file):
 - No random horizontal flip: it would turn "left" into "right" without changing the answer.
 - Short stages with higher learning rates than the 7B recipe (a 1M-parameter LLM trained from
   scratch, not a pre-trained 7B), most of the budget in finetuning (the stage the questions are
@@ -57,53 +60,59 @@ STAGES = ("prealign", "pretrain", "finetune")
 DATASET = "synth"
 LOSS_LOG = "loss_log.jsonl"
 RUN_SETTINGS = "run_settings.json"
-
-ABLATIONS: dict[str, dict] = {
-    "no-lste": {"stab": {"use_lste": False}},
-    "no-gstra": {"stab": {"use_gstra": False}},
-    "no-fsra": {"stab": {"use_fsra": False}},
-    "no-row-tokens": {"stab": {"use_row_tokens": False}},
-    "avgpool-lsd": {"stab": {"lsd_mode": "avgpool"}},
-    "no-distill": {"train": ["--no-distill"]},
-}
-"""Ablation name -> STAB overrides and extra `videopanda train` flags (paper Tables 4 and 9)."""
-
-CONFIG_FIELDS = ("num_frames", "frames_per_chunk", "image_size", "teacher_image_size")
-"""tiny.json fields passed to training as `--model-config KEY=VALUE` (the LLM fields come with the base folder)."""
+EXPERIMENT = "quickstart"
+"""The quickstart's experiment (configs/experiments/quickstart.yaml); its ablations are quickstart/<name>.yaml."""
 
 
-@dataclass
-class StageSettings:
-    """What the quickstart changes from the 7B recipe, per stage."""
+def ablation_names() -> list[str]:
+    """The quickstart's ablations: the experiment files under configs/experiments/quickstart/."""
+    from videopanda.train.experiment import experiment_names
 
-    epochs: float
-    learning_rate: float
-    visual_learning_rate: float
-    warmup_ratio: float = 0.03
+    return [name.split("/", 1)[1] for name in experiment_names(EXPERIMENT)]
 
 
 @dataclass
 class QuickstartConfig:
     out: Path = Path("outputs/quickstart-seed0")
     data: Path = Path("data/synth-seed0")
-    model_config: Path = REPO / "configs" / "model" / "tiny.json"
     seed: int = 0
     num_train: int = 3000
     num_test: int = 400
     nproc: int = 2
-    global_batch_size: int = 16
-    ablation: list[str] = field(default_factory=list)
-    stages: dict[str, StageSettings] = field(default_factory=lambda: {
-        "prealign": StageSettings(epochs=0.1, learning_rate=2e-3, visual_learning_rate=1e-2),
-        "pretrain": StageSettings(epochs=0.5, learning_rate=2e-3, visual_learning_rate=1e-2),
-        "finetune": StageSettings(epochs=7.0, learning_rate=2e-3, visual_learning_rate=1e-2),
-    })
+    ablation: str | None = None
+    global_batch_size: int | None = None
+    overrides: list[str] = field(default_factory=list)
     eval_batch_size: int = 16
     max_new_tokens: int = 16
 
     @property
     def python(self) -> str:
         return sys.executable
+
+    @property
+    def experiment(self) -> str:
+        return f"{EXPERIMENT}/{self.ablation}" if self.ablation else EXPERIMENT
+
+    def train_overrides(self) -> list[str]:
+        """What the quickstart sets on top of its experiment file, for every stage: its folders, the seed, a
+        global batch from the command line, then the user's own `--set` overrides."""
+        out = [f"run_dir={self.out.resolve()}", f"model.base={(self.data / 'models' / 'base').resolve()}",
+               f"model.teacher={(self.data / 'models' / 'teacher').resolve()}", f"data.root={self.data.resolve()}",
+               f"training.seed={self.seed}"]
+        if self.global_batch_size is not None:
+            out += [f"stages.{stage}.global_batch_size={self.global_batch_size}" for stage in STAGES]
+        return out + list(self.overrides)
+
+    def resolved(self):
+        """The resolved experiment (`videopanda.train.experiment.ResolvedExperiment`) the stages run."""
+        from videopanda.train.experiment import resolve_experiment
+
+        return resolve_experiment(self.experiment, self.train_overrides())
+
+    @property
+    def model_config(self) -> Path:
+        """The tiny model's shape (the experiment's `model.shape`): `videopanda synth` reads its Llama fields."""
+        return Path(self.resolved().experiment.model.shape)
 
 
 # ---- steps ---------------------------------------------------------------------------------------
@@ -187,28 +196,9 @@ def ensure_data(cfg: QuickstartConfig) -> None:
 
 
 def stage_flags(cfg: QuickstartConfig, stage: str) -> list[str]:
-    """`videopanda train` options of one stage (on top of what the launcher sets)."""
-    tiny = json.loads(cfg.model_config.read_text())
-    s = cfg.stages[stage]
-    flags = ["--device", "cpu", "--global-batch-size", str(cfg.global_batch_size),
-             "--per-device-batch-size", str(cfg.global_batch_size // cfg.nproc),
-             "--num-train-epochs", str(s.epochs), "--learning-rate", str(s.learning_rate),
-             "--visual-learning-rate", str(s.visual_learning_rate), "--warmup-ratio", str(s.warmup_ratio),
-             "--no-random-flip", "--no-gradient-checkpointing", "--num-workers", "0", "--report-to", "none",
-             "--save-steps", "100000", "--logging-steps", "1", "--seed", str(cfg.seed)]
-    if stage == "prealign":
-        stab = dict(tiny.get("stab") or {})
-        for name in cfg.ablation:
-            stab.update(ABLATIONS[name].get("stab", {}))
-        flags += ["--init", "llama", "--stab", *(f"{k}={_flag_value(v)}" for k, v in stab.items()),
-                  "--model-config", *(f"{k}={tiny[k]}" for k in CONFIG_FIELDS if k in tiny)]
-    for name in cfg.ablation:
-        flags += ABLATIONS[name].get("train", [])
-    return flags
-
-
-def _flag_value(value) -> str:
-    return str(value).lower() if isinstance(value, bool) else str(value)
+    """`videopanda train` arguments of one stage on top of the launcher's `EXPERIMENT` (the same for every
+    stage: the experiment file holds the per-stage settings)."""
+    return cfg.train_overrides()
 
 
 def _free_port() -> int:
@@ -229,13 +219,11 @@ def _read_loss_log(path: Path) -> list[dict]:
     return records
 
 
-def run_stage(cfg: QuickstartConfig, stage: str, init: Path) -> dict:
-    """One training stage through its launcher; returns {"name", "final_loss", "steps", "elapsed_s", ...}."""
+def run_stage(cfg: QuickstartConfig, stage: str) -> dict:
+    """One training stage through its launcher (it starts from the previous stage's folder in OUT); returns {"name", "final_loss", "steps", "elapsed_s", ...}."""
     out_dir = cfg.out / stage
-    env = {"DATA_ROOT": str(cfg.data.resolve()), "MODEL": str(init.resolve()), "OUTPUT_DIR": str(out_dir.resolve()),
-           "TEACHER": str((cfg.data / "models" / "teacher").resolve()),
-           "DEEPSPEED_CONFIG": str(REPO / "configs" / "deepspeed" / "zero2.json"),
-           "GPUS_PER_NODE": str(cfg.nproc), "MASTER_PORT": str(_free_port()), "OMP_NUM_THREADS": "1"}
+    env = {"EXPERIMENT": cfg.experiment, "GPUS_PER_NODE": str(cfg.nproc), "MASTER_PORT": str(_free_port()),
+           "OMP_NUM_THREADS": "1"}
     cmd = ["bash", str(REPO / "scripts" / "videopanda" / f"{stage}.sh"), *stage_flags(cfg, stage)]
     stop = threading.Event()
     watcher = threading.Thread(target=_watch_loss, args=(out_dir / LOSS_LOG, stage, stop), daemon=True)
@@ -321,7 +309,7 @@ def plot_losses(cfg: QuickstartConfig, path: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend()
     axes[0][0].set_ylabel("loss")
-    title = "Video-Panda quickstart (synthetic video QA)" + (f", ablation: {', '.join(cfg.ablation)}" if cfg.ablation else "")
+    title = "Video-Panda quickstart (synthetic video QA)" + (f", ablation: {cfg.ablation}" if cfg.ablation else "")
     fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -345,14 +333,14 @@ def results_table(summary: dict) -> str:
 
 
 def run_settings(cfg: QuickstartConfig) -> dict:
-    """Everything a run's results depend on: the quickstart settings, the model config's contents and
-    the data folder's metadata (as JSON values)."""
-    settings = {"model_config": json.loads(cfg.model_config.read_text()), "seed": cfg.seed,
-                "num_train": cfg.num_train, "num_test": cfg.num_test, "nproc": cfg.nproc,
-                "global_batch_size": cfg.global_batch_size, "ablation": cfg.ablation,
-                "stages": {name: vars(s) for name, s in cfg.stages.items()},
-                "eval_batch_size": cfg.eval_batch_size, "max_new_tokens": cfg.max_new_tokens,
-                "data": read_data_meta(cfg.data)}
+    """Everything a run's results depend on: the resolved experiment (less its runtime section), the model
+    shape file's contents, the quickstart's own settings and the data folder's metadata (as JSON values)."""
+    experiment = cfg.resolved().experiment.to_dict()
+    experiment.pop("runtime")
+    settings = {"experiment": experiment, "model_config": json.loads(cfg.model_config.read_text()),
+                "seed": cfg.seed, "num_train": cfg.num_train, "num_test": cfg.num_test, "nproc": cfg.nproc,
+                "ablation": cfg.ablation, "eval_batch_size": cfg.eval_batch_size,
+                "max_new_tokens": cfg.max_new_tokens, "data": read_data_meta(cfg.data)}
     return json.loads(json.dumps(settings))
 
 
@@ -381,13 +369,10 @@ def run(cfg: QuickstartConfig) -> dict:
     cfg.out.mkdir(parents=True, exist_ok=True)
     ensure_data(cfg)
     claim_output_folder(cfg.out, run_settings(cfg))
-    init = cfg.data / "models" / "base"
-    stages = []
-    for stage in STAGES:
-        stages.append(run_stage(cfg, stage, init))
-        init = cfg.out / stage
-    summary = {"stages": stages, "eval": evaluate(cfg, init), "ablation": cfg.ablation,
-               "model_config": str(cfg.model_config), "seed": cfg.seed, "num_train": cfg.num_train,
+    stages = [run_stage(cfg, stage) for stage in STAGES]
+    summary = {"stages": stages, "eval": evaluate(cfg, cfg.out / STAGES[-1]), "experiment": cfg.experiment,
+               "ablation": cfg.ablation, "model_config": str(cfg.model_config), "seed": cfg.seed,
+               "num_train": cfg.num_train,
                "num_test": cfg.num_test}
     summary["elapsed_s"] = round(time.monotonic() - start, 1)
     write_json_atomic(cfg.out / "summary.json", summary)
@@ -419,12 +404,12 @@ def seed_table(runs: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
-def _parse_ablation(parser: argparse.ArgumentParser, text: str) -> list[str]:
-    names = [a.strip() for a in text.split(",") if a.strip()]
-    unknown = [a for a in names if a not in ABLATIONS]
-    if unknown:
-        parser.error(f"unknown ablation(s) {unknown}; choose from {', '.join(ABLATIONS)}")
-    return names
+def _parse_ablation(parser: argparse.ArgumentParser, text: str) -> str | None:
+    name = text.strip() or None
+    if name is not None and name not in ablation_names():
+        parser.error(f"unknown ablation {name!r}; choose one of {', '.join(ablation_names())} "
+                     f"(configs/experiments/{EXPERIMENT}/)")
+    return name
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -436,10 +421,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="synthetic data folder (default data/synth-seed<SEED>, or env QUICKSTART_DATA); made "
                              "when missing, regenerated when its generator or models are out of date, refused "
                              "when it holds another seed's data")
-    parser.add_argument("--model-config", type=Path, default=QuickstartConfig.model_config,
-                        help="the tiny model's shape (default %(default)s)")
     parser.add_argument("--ablation", default=os.environ.get("QUICKSTART_ABLATION", ""),
-                        help=f"comma-separated switches: {', '.join(ABLATIONS)} (env QUICKSTART_ABLATION; default: none, the full model)")
+                        help=f"run the experiment configs/experiments/{EXPERIMENT}/<ABLATION>.yaml instead of "
+                             f"{EXPERIMENT}.yaml: {', '.join(ablation_names())} (env QUICKSTART_ABLATION; "
+                             "default: none, the full model)")
+    parser.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="experiment keys to override in every stage, e.g. stages.finetune.epochs=3 "
+                             "(docs/experiments.md)")
     seeds = parser.add_mutually_exclusive_group()
     seeds.add_argument("--seed", type=int, default=0, help="seed of the data, the models and training (default %(default)s)")
     seeds.add_argument("--seeds", type=int, nargs="+", default=None,
@@ -447,17 +435,18 @@ def main(argv: list[str] | None = None) -> int:
                             "(mean and range per question type) to OUT/table.md")
     parser.add_argument("--compare", default=None, metavar="ABLATION",
                         help="with --seeds: also run this ablation on every seed and put it in the table, "
-                             "e.g. no-lste,no-gstra")
+                             "e.g. no-lste-no-gstra")
     parser.add_argument("--num-train", type=int, default=QuickstartConfig.num_train,
                         help="training clips (default %(default)s)")
     parser.add_argument("--num-test", type=int, default=QuickstartConfig.num_test,
                         help="held-out questions, one clip each (default %(default)s)")
     parser.add_argument("--nproc", type=int, default=2,
                         help="training processes (and eval processes) (default %(default)s)")
-    parser.add_argument("--global-batch-size", type=int, default=QuickstartConfig.global_batch_size,
-                        help="samples per optimiser step in every stage, a multiple of --nproc (default %(default)s)")
+    parser.add_argument("--global-batch-size", type=int, default=None,
+                        help="samples per optimiser step in every stage, a multiple of --nproc (default: the "
+                             "experiment's)")
     args = parser.parse_args(argv)
-    if args.global_batch_size % args.nproc:
+    if args.global_batch_size is not None and args.global_batch_size % args.nproc:
         parser.error(f"--global-batch-size {args.global_batch_size} is not a multiple of --nproc {args.nproc}")
     if args.compare is not None and args.seeds is None:
         parser.error("--compare needs --seeds")
@@ -467,12 +456,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.compare is not None:
         variants.append(_parse_ablation(parser, args.compare))
 
-    def config(seed: int, ablation: list[str], out: Path | None) -> QuickstartConfig:
-        out = out or Path(f"outputs/quickstart-seed{seed}" + ("_" + "_".join(ablation) if ablation else ""))
+    def config(seed: int, ablation: str | None, out: Path | None) -> QuickstartConfig:
+        out = out or Path(f"outputs/quickstart-seed{seed}" + (f"_{ablation}" if ablation else ""))
         data = args.data or Path(os.environ.get("QUICKSTART_DATA") or f"data/synth-seed{seed}")
-        return QuickstartConfig(out=out, data=data, model_config=args.model_config, seed=seed,
-                                num_train=args.num_train, num_test=args.num_test, nproc=args.nproc,
-                                ablation=ablation, global_batch_size=args.global_batch_size)
+        return QuickstartConfig(out=out, data=data, seed=seed, num_train=args.num_train, num_test=args.num_test,
+                                nproc=args.nproc, ablation=ablation, global_batch_size=args.global_batch_size,
+                                overrides=args.overrides)
 
     setup_logging()
     try:
@@ -482,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
         runs: dict[str, list[dict]] = {}
         for seed in args.seeds:
             for ablation in variants:
-                name = "full model" if not ablation else "no " + " / no ".join(a.removeprefix("no-") for a in ablation)
+                name = ablation or "full model"
                 runs.setdefault(name, []).append(run(config(seed, ablation, None)))
         table = seed_table(runs)
         out = args.out or Path("outputs/quickstart-seeds")
@@ -491,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
         write_json_atomic(out / "runs.json", runs)
         logger.info("seed table (%s):\n%s", out / "table.md", table)
         print(table)
-    except RuntimeError as err:
+    except (RuntimeError, ValueError) as err:  # ValueError: a bad experiment file or override
         logger.error("%s", err)
         return 1
     return 0

@@ -6,10 +6,11 @@
 #
 # Cluster settings come from flags or the environment: NNODES (1), NODE_RANK (0), MASTER_ADDR (127.0.0.1),
 # MASTER_PORT (29500), GPUS_PER_NODE (number of visible GPUs; processes per node, also on CPU).
-# Paths: DATA_ROOT (SPEC layout: DATA_ROOT/train/train_json/*.json, videos under DATA_ROOT/train/),
-# MODEL (initial folder), TEACHER (LanguageBind_Video_merge folder), OUTPUT_DIR, DEEPSPEED_CONFIG
-# (configs/deepspeed/zero2.json). Every other option is passed to `videopanda train` and wins over
-# these defaults (the last occurrence of an option counts). Inputs are checked in one process first.
+# The run: EXPERIMENT (an experiment file or a name under configs/experiments, default videopanda-7b) holds
+# every setting; the stage starts from the run's previous stage folder and writes run_dir/STAGE (run_dir:
+# checkpoints/<experiment name> unless the experiment says otherwise). Optional environment overrides:
+# DATA_ROOT, MODEL (starting folder), TEACHER, OUTPUT_DIR, DEEPSPEED_CONFIG. Every other argument goes to
+# `videopanda train`: `key.path=value` overrides or its shorthand flags. Inputs are checked in one process first.
 #
 # Preemption: SIGTERM or SIGUSR1 to this script or to the workers themselves, or SIGTERM to torchrun
 # (torchrun ignores SIGUSR1), makes every rank finish its optimizer step and save a complete checkpoint;
@@ -22,9 +23,7 @@ REPO="$(cd "$(dirname "$0")/../.." && pwd)"
 STAGE="${1:?usage: launch_stage.sh prealign|pretrain|finetune [options]}"
 shift
 case "$STAGE" in
-  prealign) default_model="$REPO/checkpoints/EVE-7B-Pretrain-v1.0"; default_out="$REPO/checkpoints/videopanda_prealign" ;;
-  pretrain) default_model="$REPO/checkpoints/videopanda_prealign"; default_out="$REPO/checkpoints/videopanda_pretrain" ;;
-  finetune) default_model="$REPO/checkpoints/videopanda_pretrain"; default_out="$REPO/checkpoints/videopanda_finetune" ;;
+  prealign|pretrain|finetune) ;;
   *) echo "launch_stage.sh: unknown stage '$STAGE' (prealign, pretrain, finetune)" >&2; exit 2 ;;
 esac
 
@@ -52,14 +51,12 @@ if [ -z "$GPUS_PER_NODE" ]; then
 fi
 WORLD_SIZE=$((NNODES * GPUS_PER_NODE))
 
-args=(--stage "$STAGE"
-      --model "${MODEL:-$default_model}"
-      --output-dir "${OUTPUT_DIR:-$default_out}"
-      --teacher "${TEACHER:-$REPO/checkpoints/LanguageBind_Video_merge}"
-      --deepspeed "${DEEPSPEED_CONFIG:-$REPO/configs/deepspeed/zero2.json}")
-if [ -n "${DATA_ROOT:-}" ]; then
-  args+=(--data-root "$DATA_ROOT")
-fi
+args=(--stage "$STAGE" --experiment "${EXPERIMENT:-videopanda-7b}")
+[ -z "${MODEL:-}" ] || args+=(--model "$MODEL")
+[ -z "${OUTPUT_DIR:-}" ] || args+=(--output-dir "$OUTPUT_DIR")
+[ -z "${TEACHER:-}" ] || args+=(--teacher "$TEACHER")
+[ -z "${DEEPSPEED_CONFIG:-}" ] || args+=(--deepspeed "$DEEPSPEED_CONFIG")
+[ -z "${DATA_ROOT:-}" ] || args+=(--data-root "$DATA_ROOT")
 args+=("${passthrough[@]}")
 
 cd "$REPO"

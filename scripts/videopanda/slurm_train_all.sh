@@ -9,10 +9,12 @@
 #SBATCH --requeue
 #SBATCH --open-mode=append
 #SBATCH --output=logs/videopanda-train-%j.out
-# All three Video-Panda stages on a SLURM allocation: one srun task per node, each running torchrun with
-# GPUS_PER_NODE processes. A stage whose output folder already holds training_complete.json is skipped,
-# an interrupted one resumes from its latest complete checkpoint, so re-submitting (or --requeue after a
-# preemption) continues where the job stopped.
+# All three stages of one experiment on a SLURM allocation: one srun task per node, each running torchrun
+# with GPUS_PER_NODE processes. The run folder is the experiment's (checkpoints/<experiment name>, or RUN_DIR),
+# one subfolder per stage, each storing the experiment that made it. A stage whose folder already holds
+# training_complete.json is skipped, an interrupted one resumes from its latest complete checkpoint, so
+# re-submitting (or --requeue after a preemption) continues where the job stopped; a stage folder made by
+# another experiment is refused, never skipped or resumed.
 #
 # Time limit and preemption: SLURM sends SIGUSR1 to this batch shell 600 s before the time limit
 # (--signal=B:USR1@600); this script passes it (and a SIGTERM it receives) on to the running stage's
@@ -21,25 +23,29 @@
 # further stage starts once a stop was asked for. Raise 600 if one step plus one checkpoint save takes
 # longer on your file system.
 #
-#   DATA_ROOT=/data/videopanda sbatch scripts/videopanda/slurm_train_all.sh [videopanda train options]
+#   EXPERIMENT=videopanda-7b/no-lste DATA_ROOT=/data/videopanda sbatch scripts/videopanda/slurm_train_all.sh \
+#       [key.path=value overrides or videopanda train options, for every stage]
 #
-# Settings (environment): DATA_ROOT (required), EVE_MODEL (checkpoints/EVE-7B-Pretrain-v1.0),
-# TEACHER (checkpoints/LanguageBind_Video_merge), RUN_DIR (checkpoints/videopanda_run), GPUS_PER_NODE (4),
-# MASTER_PORT (29500), DEEPSPEED_CONFIG (configs/deepspeed/zero2.json). Extra arguments go to every stage.
+# Settings (environment): DATA_ROOT (required), EXPERIMENT (videopanda-7b; a file or a name under
+# configs/experiments), RUN_DIR (the experiment's run_dir), EVE_MODEL (the experiment's model.base), TEACHER
+# (its model.teacher), DEEPSPEED_CONFIG (its training.deepspeed), GPUS_PER_NODE (4), MASTER_PORT (29500).
 set -euo pipefail
 REPO="${SLURM_SUBMIT_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}"
 cd "$REPO"
 mkdir -p logs
 : "${DATA_ROOT:?set DATA_ROOT to the folder holding train/train_json and the videos}"
 export DATA_ROOT
-export TEACHER="${TEACHER:-$REPO/checkpoints/LanguageBind_Video_merge}"
-export DEEPSPEED_CONFIG="${DEEPSPEED_CONFIG:-$REPO/configs/deepspeed/zero2.json}"
+export EXPERIMENT="${EXPERIMENT:-videopanda-7b}"
+[ -z "${TEACHER:-}" ] || export TEACHER
+[ -z "${DEEPSPEED_CONFIG:-}" ] || export DEEPSPEED_CONFIG
 export GPUS_PER_NODE="${GPUS_PER_NODE:-${SLURM_GPUS_ON_NODE:-4}}"
 export NNODES="${SLURM_JOB_NUM_NODES:-1}"
 export MASTER_ADDR="${MASTER_ADDR:-$(scontrol show hostnames "${SLURM_JOB_NODELIST:-localhost}" | head -n 1)}"
 export MASTER_PORT="${MASTER_PORT:-29500}"
-RUN_DIR="${RUN_DIR:-$REPO/checkpoints/videopanda_run}"
-EVE_MODEL="${EVE_MODEL:-$REPO/checkpoints/EVE-7B-Pretrain-v1.0}"
+unset MODEL OUTPUT_DIR  # the stages chain through the experiment's run folder
+run_settings=()
+[ -z "${RUN_DIR:-}" ] || run_settings+=("run_dir=$RUN_DIR")
+[ -z "${EVE_MODEL:-}" ] || run_settings+=("model.base=$EVE_MODEL")
 
 PREEMPTED=75  # launch_stage.sh: stopped on a signal with a complete checkpoint
 stop_asked=""
@@ -59,16 +65,15 @@ requeue() {
   exit "$PREEMPTED"
 }
 
-run_stage() {  # stage, initial model, output folder, extra arguments...
-  local stage="$1" model="$2" output="$3" status=0 pid
-  shift 3
+run_stage() {  # stage, extra arguments...
+  local stage="$1" status=0 pid
+  shift
   [ -z "$stop_asked" ] || requeue
-  echo "=== $stage: $model -> $output ($NNODES nodes x $GPUS_PER_NODE processes, master $MASTER_ADDR:$MASTER_PORT)"
+  echo "=== $EXPERIMENT: $stage ($NNODES nodes x $GPUS_PER_NODE processes, master $MASTER_ADDR:$MASTER_PORT)"
   # One task per node; SLURM_NODEID is that node's rank. Variables are expanded on the node. srun runs in
   # the background: a shell runs its traps only between commands, `wait` lets it run them at once.
   srun --nodes="$NNODES" --ntasks-per-node=1 --kill-on-bad-exit=1 \
-    bash -c 'NODE_RANK=$SLURM_NODEID MODEL="$0" OUTPUT_DIR="$1" exec bash scripts/videopanda/'"$stage"'.sh "${@:2}"' \
-    "$model" "$output" "$@" &
+    bash -c 'NODE_RANK=$SLURM_NODEID exec bash scripts/videopanda/'"$stage"'.sh "$@"' _ "$@" &
   pid=$!
   while :; do
     interrupted=""
@@ -82,7 +87,7 @@ run_stage() {  # stage, initial model, output folder, extra arguments...
   [ "$status" -eq 0 ] || { echo "=== $stage failed (exit status $status)"; exit "$status"; }
 }
 
-run_stage prealign "$EVE_MODEL" "$RUN_DIR/prealign" "$@"
-run_stage pretrain "$RUN_DIR/prealign" "$RUN_DIR/pretrain" "$@"
-run_stage finetune "$RUN_DIR/pretrain" "$RUN_DIR/finetune" "$@"
-echo "=== done: $RUN_DIR/finetune"
+for stage in prealign pretrain finetune; do
+  run_stage "$stage" "${run_settings[@]}" "$@"
+done
+echo "=== done: experiment $EXPERIMENT"

@@ -85,15 +85,15 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def tiny_args(llama_dir, teacher_dir, data_root):
-    """`videopanda train` arguments for the tiny setting (CPU, no workers, global batch 8 = 2 x 2 ranks x 2
-    accumulation steps) on top of the default experiment, with the tiny visual part's configuration (the
+    """`videopanda train` arguments for the tiny setting (CPU, no workers, no DeepSpeed unless `extra` names a
+    config, global batch 8 = 2 x 2 ranks x 2 accumulation steps) on top of the default experiment, with the tiny visual part's configuration (the
     fresh one of prealign; later stages check it against their starting folder)."""
 
     def make(stage: str, model: Path, output: Path, *extra: str) -> list[str]:
         args = ["--stage", stage, "--model", str(model), "--output-dir", str(output), "--teacher", str(teacher_dir),
                 "--data-root", str(data_root), "--no-first-half", "--global-batch-size", "8",
                 "--per-device-batch-size", "2", "--num-workers", "0", "--device", "cpu", "--report-to", "none",
-                "--no-gradient-checkpointing", "--model-config", *MODEL_CONFIG, "--stab", *STAB]
+                "--no-gradient-checkpointing", "--deepspeed", "null", "--model-config", *MODEL_CONFIG, "--stab", *STAB]
         return args + list(extra)
 
     return make
