@@ -4,7 +4,7 @@ Every prediction file `X.jsonl` (a chunk of `eval qa`, or the output of `eval me
 `X.run.json`:
 
     {"format": "videopanda-predictions/1",
-     "fingerprint": {"model": {"id": ...}, "generation": {"max_new_tokens": ..., "greedy": true},
+     "fingerprint": {"model": {"id": ..., "experiment": ..., "switches": {...}}, "generation": {"max_new_tokens": ..., "greedy": true},
                      "system": <system text>, "frames": {num_frames, frames_per_chunk, image_size,
                      teacher_image_size, patch_size}, "dtype": ..., "code_version": ..., "dataset": ...},
      "fingerprint_id": <16 hex digits>,
@@ -22,7 +22,9 @@ files, the weight index) and, per weight file, its name, size and a checksum of 
 without loading the weights: a zip `.bin` (torch.save) contributes the CRC-32 of every entry from the
 archive's directory (computed over every byte when it was written), any other file (`.safetensors`) the
 CRC-32 of all its bytes, read in 16 MiB blocks (several GB/s). Two checkpoints of one training run
-(same names and sizes, other weights, even a single changed value) therefore differ.
+(same names and sizes, other weights, even a single changed value) therefore differ. Beside the identity,
+the fingerprint names the experiment that trained the model and its ablation switches (`model_experiment`:
+the folder's `experiment.json` and config), so `results.json` says which model variant it scores.
 """
 from __future__ import annotations
 
@@ -97,6 +99,25 @@ def model_identity(folder: str | os.PathLike) -> str:
         except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as error:
             raise ModelFolderError(f"{path}: unreadable weight file ({' '.join(str(error).split())})") from error
     return digest.hexdigest()[:16]
+
+
+def model_experiment(folder: str | os.PathLike, model_config: Any) -> dict[str, Any]:
+    """Which experiment trained a model folder and with which switches: {"experiment": its name (None for a
+    folder this project did not train), "switches": the STAB's ablation switches from `model_config` (the
+    folder's VideoPandaConfig) and "distillation" (cosine, mse, off; None when unknown)}."""
+    from videopanda.constants import EXPERIMENT_RECORD
+    from videopanda.model.stab import ABLATION_SWITCHES
+
+    path = Path(folder) / EXPERIMENT_RECORD
+    record: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ProvenanceError(f"{path}: unreadable ({' '.join(str(error).split())})") from None
+    switches = {k: model_config.stab[k] for k in ABLATION_SWITCHES}
+    switches["distillation"] = (record.get("switches") or {}).get("distillation")
+    return {"experiment": record.get("name"), "switches": switches}
 
 
 # ------------------------------------------------------------------------------------ fingerprints

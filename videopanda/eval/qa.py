@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 from tqdm import tqdm
 
 from videopanda.eval.datasets import QAItem
-from videopanda.eval.provenance import chunk_files, claim_prediction_file, model_identity
+from videopanda.eval.provenance import chunk_files, claim_prediction_file, model_experiment, model_identity
 from videopanda.eval.records import JsonlAppender, read_jsonl
 from videopanda.io import write_jsonl_atomic
 from videopanda.log import get_logger
@@ -166,7 +166,7 @@ def answerer_fingerprint(config: ModelAnswererConfig, model_config: Any, dtype: 
 
     frames = dataclasses.asdict(frame_config_for(model_config, config.num_frames))
     system = {"user": conversation.SYSTEM_USER, "human": conversation.SYSTEM_HUMAN}[config.system]
-    return {"model": {"id": model_identity(config.model)},
+    return {"model": {"id": model_identity(config.model), **model_experiment(config.model, model_config)},
             "generation": {"max_new_tokens": config.max_new_tokens, "greedy": True},
             "system": system, "frames": frames, "dtype": _dtype_name(dtype),
             "code_version": videopanda.__version__}

@@ -62,6 +62,8 @@ from videopanda.log import get_logger
 logger = get_logger(__name__)
 
 LSD_MODES = ("attention", "avgpool")
+ABLATION_SWITCHES = ("use_row_tokens", "use_fsra", "lsd_mode", "use_lste", "use_gstra")
+"""The STABConfig fields that switch parts off (paper Tables 4 and 9)."""
 
 
 @dataclass

@@ -38,8 +38,6 @@ from videopanda.constants import EXPERIMENT_RECORD
 STAGES = ("prealign", "pretrain", "finetune")
 FRAME_FIELDS = ("num_frames", "frames_per_chunk", "image_size", "teacher_image_size")
 """VideoPandaConfig fields an experiment may set (`model.config`) for a fresh visual part."""
-SWITCHES = ("use_row_tokens", "use_fsra", "lsd_mode", "use_lste", "use_gstra")
-"""The STAB's ablation switches (paper Tables 4 and 9)."""
 DISTILL_LOSSES = ("cosine", "mse")
 """How the distillation loss compares student and teacher: SPEC 5's cosine, or the paper's Table 4 MSE."""
 FILE_RELATIVE = (("model", "shape"), ("training", "deepspeed"))
@@ -183,10 +181,10 @@ class Experiment:
 
     def switches(self) -> dict:
         """The ablation switches as this experiment sets them (STAB defaults filled in) and distillation."""
-        from videopanda.model.stab import STABConfig
+        from videopanda.model.stab import ABLATION_SWITCHES, STABConfig
 
         stab = asdict(STABConfig(**self.visual_overrides()[1]))
-        return {**{k: stab[k] for k in SWITCHES},
+        return {**{k: stab[k] for k in ABLATION_SWITCHES},
                 "distillation": self.distillation.loss if self.distillation.enabled else "off"}
 
 
@@ -527,5 +525,5 @@ def write_record(resolved: ResolvedExperiment, folder: str | os.PathLike) -> Pat
 
 
 __all__ = ["DISTILL_LOSSES", "Experiment", "ExperimentError", "FRAME_FIELDS", "ResolvedExperiment", "STAGES",
-           "SWITCHES", "StageSettings", "check_stage_folder", "config_dir", "differences", "experiment_names",
+           "StageSettings", "check_stage_folder", "config_dir", "differences", "experiment_names",
            "find_experiment", "read_record", "resolve_experiment", "stage_view", "write_record"]
