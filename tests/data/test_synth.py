@@ -50,9 +50,15 @@ def test_layout_follows_the_training_and_zero_shot_layouts(synth_dir):
         assert [t["from"] for t in turns] == ["human", "gpt"] * (len(turns) // 2)
         assert turns[0]["value"].startswith("<video>\n")
         assert all("<video>" not in t["value"] for t in turns[1:])
-    assert all(len(s["conversations"]) >= 8 for s in tune)  # at least motion, counting, two temporal
+    # at least motion, counting, two temporal and the two grounding questions
+    assert all(len(s["conversations"]) >= 12 for s in tune)
+    places = {f"{v} {h}" for v in ("top", "middle", "bottom") for h in ("left", "middle", "right")} | {"centre"}
     for sample in tune:
-        assert all(len(t["value"].split()) == 1 for t in sample["conversations"][1::2])
+        for question, answer in zip(sample["conversations"][::2], sample["conversations"][1::2]):
+            if "Where is" in question["value"]:
+                assert answer["value"] in places
+            else:
+                assert len(answer["value"].split()) == 1
 
     test_q, test_a = _json(_test_dir(synth_dir) / "test_q.json"), _json(_test_dir(synth_dir) / "test_a.json")
     assert len(test_q) == len(test_a) == NUM_TEST
@@ -141,11 +147,13 @@ def test_every_question_is_unambiguous():
         asked = [q for q in synth.questions(scene) if q["type"] == "appearance"]
         assert len(asked) == (len(objects) > 1)
         assert all(q["answer"] == scene.mover.colour for q in asked)
-        # the motion question names the mover by its colour at the start and its shape, which no other shape shares
+        # the motion question names the mover by its colour at the start, which no other shape has at any time
         (motion,) = [q["question"].split() for q in synth.questions(scene) if q["type"] == "motion"]
-        assert [o for o in objects if o.colour in motion and o.shape in motion] == [scene.mover]
+        colours_ever = [{o.colour, o.new_colour} for o in objects]
+        assert [o for o, c in zip(objects, colours_ever) if c & set(motion)] == [scene.mover]
+        assert not any(o.shape in q["question"] for q in synth.questions(scene) for o in objects)
         times = [f / (scene.num_frames - 1) for f in sample_indices(scene.num_frames, scene.fps, 8)]
-        assert times[3] < scene.changer.change_time <= times[4]  # between the two 4-frame chunks
+        assert times[4] < scene.changer.change_time <= times[6]  # inside the second 4-frame chunk
         # a newcomer shows up inside the first chunk, so only the changer's new colour is new in the second
         assert all(o.appear_time == 0 or times[0] < o.appear_time <= times[3] for o in objects)
 
@@ -190,16 +198,17 @@ def test_decoded_clips_show_what_the_questions_claim(synth_dir):
         assert len(at_end) == len(scene.objects)  # counting: one colour per shape at the end
 
         changer = scene.changer
-        assert times[3] < changer.change_time <= times[4]
+        assert times[4] < changer.change_time <= times[6]
         assert changer.colour in _colours_present(first, min_pixels) - _colours_present(last, min_pixels)
         assert changer.new_colour in _colours_present(last, min_pixels) - _colours_present(first, min_pixels)
-        # events fall between the two 4-frame chunks: frame 3 shows the state before, frame 4 after
-        # (half the pixel threshold: the first frame after a change carries some codec lag)
-        before, after = (_colours_present(frames[i], min_pixels // 2) for i in (3, 4))
+        # the change falls inside the second 4-frame chunk: sampled frame 4 shows the colour before, 6 after;
+        # a newcomer is there by frame 3 (half the pixel threshold: the first frame after an event carries
+        # some codec lag)
+        before, after = (_colours_present(frames[i], min_pixels // 2) for i in (4, 6))
         assert changer.colour in before - after and changer.new_colour in after - before
         for o in scene.objects:
             if o.appear_time > 0:
-                assert o.colour in before - _colours_present(first, min_pixels)
+                assert o.colour in _colours_present(frames[3], min_pixels // 2) - _colours_present(first, min_pixels)
 
         mover = scene.mover
         ys0, xs0 = np.nonzero(_colour_mask(first, mover.colour_at(times[0])))

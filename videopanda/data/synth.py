@@ -4,29 +4,32 @@ A procedural dataset of real encoded mp4 clips (varied aspect ratios, lengths an
 which large, high-contrast coloured shapes sit on a dark background; in every clip exactly one shape
 moves in a straight line, exactly one other shape changes colour once (a lone shape does both), and
 sometimes one more shape appears. Everything the questions ask about is visible in the 8 frames the
-recipe samples (SPEC section 4 spreads them over the whole clip): the colour change happens between the
-4th and the 5th sampled frame, so the first 4-frame chunk shows the colour before and the second the
-colour after; a shape that appears does so within the first chunk (after the 1st, 2nd or 3rd sampled
-frame), so "what colour did X turn" is never confused with the colour of a newcomer; the mover crosses
-the frame from the first sampled frame to the last.
+recipe samples (SPEC section 4 spreads them over the whole clip): the colour change happens inside the
+second 4-frame chunk (between its 1st and 2nd or its 2nd and 3rd sampled frame), so the first chunk and
+the second chunk's first frame show the colour before and the last two sampled frames the colour after;
+a shape that appears does so within the first chunk (after the 1st, 2nd or 3rd sampled frame), so a
+newcomer is never taken for the colour change; the mover crosses the frame from the first sampled frame
+to the last.
 
 Question types (single-word answers, balanced over the answer list of each type in the test set):
 
-| type        | question                                    | answers                         |
-|-------------|---------------------------------------------|---------------------------------|
-| appearance  | What colour is the moving {shape}?          | red green blue yellow white purple |
-| motion      | Which way does the {colour} {shape} move?   | left right up down              |
-| counting    | How many shapes are there at the end?       | one two three four              |
-| temporal    | What colour did the {shape} turn? /         | the six colours                 |
-|             | What colour was the {shape} at the start?   |                                 |
+| type        | question                                          | answers                            |
+|-------------|---------------------------------------------------|------------------------------------|
+| appearance  | What colour is the moving shape?                  | red green blue yellow white purple |
+| motion      | Which way does the {colour} shape move?           | left right up down                 |
+| counting    | How many shapes are there at the end?             | one two three four                 |
+| temporal    | What colour did the changing shape turn? /        | the six colours                    |
+|             | What colour was the changing shape at the start?  |                                    |
 
-Appearance questions ask for the colour of the mover, which keeps its colour whenever there are two
-or more shapes (a lone shape is asked no appearance question); the two temporal forms ask for the colour after and before the change, so a model
-must know which frames come first. (Asking for the shape of "the red one" instead needs shape
-recognition at 28 px a token, which the quickstart's tiny model does not learn within its budget.)
-For the same reason the motion question names the mover by its colour at the start as well as its
-shape: the colour points at the mover's tokens, and the direction still needs the order of the frames
-(a shape at the left edge in one frame may be moving left or right).
+Questions name shapes by what they do or by their colour, never by their kind: telling a circle from a
+square at 28 px a token is shape recognition that a tiny model trained from scratch learns late and
+unreliably (with the shape in the question, most wrong answers were the colour of another shape in the
+clip), and it is not what the questions are meant to test. What they test needs the frames in order:
+the moving shape is the one whose position changes, the direction is where it goes from the first
+frames to the last, and the two temporal forms ask for the colour after and before the change at the
+same place. Appearance questions ask for the colour of the mover, which keeps its colour whenever there
+are two or more shapes (a lone shape is asked no appearance question); motion questions name the mover
+by its colour at the start, which no other shape has at any time.
 
 Written (SPEC sections 6 and 7 layouts):
 
@@ -82,7 +85,7 @@ COUNT_WORDS = ("one", "two", "three", "four")
 BACKGROUNDS = ((20, 20, 20), (35, 35, 45), (45, 40, 30), (25, 40, 35))
 BACKGROUND_RAMP = 70
 
-GENERATOR_VERSION = 4
+GENERATOR_VERSION = 7
 """Bumped whenever the same seed would give different clips or questions (the quickstart then regenerates)."""
 
 QUESTION_TYPES = ("appearance", "motion", "counting", "temporal")
@@ -93,7 +96,7 @@ ANSWERS: dict[str, tuple[str, ...]] = {
     "temporal": tuple(COLOURS),
 }
 
-ASPECTS = ((4, 3), (16, 9), (3, 4), (1, 1), (9, 16))
+ASPECTS = ((1, 1),)
 LONG_SIDES = (144, 160, 176, 192)
 """Longer side in pixels. decord 0.6 returns mis-sized frames for clips 48 or 72 pixels wide; no
 aspect gives those widths with these sides (a test decodes every frame size used)."""
@@ -213,7 +216,8 @@ def sample_scene(rng: random.Random, qtype: str, answer: str, form: str = "turn"
     background = rng.choice(BACKGROUNDS)
     positions, size = _layout(rng, width, height, count, mover, direction)
     picked = sample_indices(num_frames, fps, NUM_FRAMES)
-    halfway = _between(rng, picked, len(picked) // 2 - 1, num_frames)
+    chunk = len(picked) // 2
+    change = _between(rng, picked, rng.randrange(chunk, len(picked) - 2), num_frames)
     early = _between(rng, picked, rng.randrange(len(picked) // 2 - 1), num_frames)
     objects = tuple(
         SynthObject(
@@ -223,7 +227,7 @@ def sample_scene(rng: random.Random, qtype: str, answer: str, form: str = "turn"
             start=positions[i][0],
             end=positions[i][1],
             new_colour=new_colour if i == changer else None,
-            change_time=halfway if i == changer else 0.0,
+            change_time=change if i == changer else 0.0,
             appear_time=early if i == appearer else 0.0,
         )
         for i in range(count)
@@ -286,13 +290,43 @@ def questions(scene: Scene) -> list[dict[str, str]]:
     """Every question the scene answers unambiguously: [{"type", "question", "answer"}]."""
     mover, changer = scene.mover, scene.changer
     out = [
-        {"type": "motion", "question": f"Which way does the {mover.colour} {mover.shape} move?", "answer": scene.direction},
+        {"type": "motion", "question": f"Which way does the {mover.colour} shape move?", "answer": scene.direction},
         {"type": "counting", "question": "How many shapes are there at the end?", "answer": COUNT_WORDS[len(scene.objects) - 1]},
-        {"type": "temporal", "question": f"What colour did the {changer.shape} turn?", "answer": changer.new_colour},
-        {"type": "temporal", "question": f"What colour was the {changer.shape} at the start?", "answer": changer.colour},
+        {"type": "temporal", "question": "What colour did the changing shape turn?", "answer": changer.new_colour},
+        {"type": "temporal", "question": "What colour was the changing shape at the start?", "answer": changer.colour},
     ]
     if mover.new_colour is None:
-        out.append({"type": "appearance", "question": f"What colour is the moving {mover.shape}?", "answer": mover.colour})
+        out.append({"type": "appearance", "question": "What colour is the moving shape?", "answer": mover.colour})
+    return out
+
+
+def place_name(scene: Scene, centre: tuple[float, float]) -> str:
+    """Where a shape centred at `centre` sits on the cell grid: "top left", "middle right", "centre", ...
+    (the first and last cell of a side are its edges, the cells between them its middle)."""
+    cols, rows = grid_shape(scene.width, scene.height)
+    col, row = int(centre[0] // (scene.width / cols)), int(centre[1] // (scene.height / rows))
+    across = "left" if col == 0 else "right" if col == cols - 1 else "middle"
+    down = "top" if row == 0 else "bottom" if row == rows - 1 else "middle"
+    return "centre" if across == down == "middle" else f"{down} {across}"
+
+
+def grounding_questions(scene: Scene) -> list[dict[str, str]]:
+    """Training-only questions on where things are: the mover in the first and in the last sampled frame
+    (named by its colour) and at the start (named by what it does), and the shape that changes colour
+    when it is another one. They teach reading a shape's place from its tokens and telling the shape
+    that moves from the one that changes colour, which the test questions then build on."""
+    mover, changer = scene.mover, scene.changer
+    out = [
+        {"type": "grounding", "question": f"Where is the {mover.colour} shape at the start?",
+         "answer": place_name(scene, mover.start)},
+        {"type": "grounding", "question": f"Where is the {mover.colour_at(1.0)} shape at the end?",
+         "answer": place_name(scene, mover.end)},
+        {"type": "grounding", "question": "Where is the moving shape at the start?",
+         "answer": place_name(scene, mover.start)},
+    ]
+    if changer is not mover:
+        out.append({"type": "grounding", "question": "Where is the changing shape?",
+                    "answer": place_name(scene, changer.start)})
     return out
 
 
@@ -454,7 +488,7 @@ def _make_sample(args: tuple[int, str, int, str]) -> dict:
     seed, split, index, video_path = args
     scene, focus, rng = make_scene(seed, split, index)
     encode_mp4(render(scene), scene.fps, Path(video_path))
-    qas = questions(scene)
+    qas = questions(scene) + grounding_questions(scene)
     return {
         "focus": focus,
         "questions": qas,
