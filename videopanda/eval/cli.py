@@ -64,10 +64,12 @@ def _add_judge_args(parser: argparse.ArgumentParser, model_flags: tuple[str, ...
     g.add_argument(*model_flags, dest="judge_model", default="gpt-3.5-turbo",
                    help="judge model name sent to the server (the name it reports back is recorded)")
     g.add_argument("--workers", type=_at_least(1), default=8, help="parallel judge requests")
-    g.add_argument("--max-retries", type=_at_least(0), default=5, help="extra attempts per item after the first")
+    g.add_argument("--max-retries", type=_at_least(0), default=5,
+                   help="the openai client's retries per request (429, 5xx, timeouts; its backoff, Retry-After "
+                        "honoured) and the re-asks after a reply without a valid verdict")
     g.add_argument("--timeout", type=_at_least(0.001, float), default=60.0, help="seconds per request")
-    g.add_argument("--backoff-base", type=_at_least(0, float), default=1.0,
-                   help="first retry wait in seconds (doubles)")
+    g.add_argument("--json-mode", choices=["auto", "on", "off"], default="auto",
+                   help="ask for a JSON object (response_format); auto: drop it if the server refuses it")
     g.add_argument("--seed", type=int, default=1234, help="sent to the server where supported; -1 to omit")
 
 
@@ -87,7 +89,7 @@ def _make_judge(args: argparse.Namespace):
     if args.judge == "exact":
         return ExactMatchJudge(), {"api_base": None}
     config = JudgeConfig(api_base=args.api_base, model=args.judge_model, timeout=args.timeout,
-                         max_retries=args.max_retries, backoff_base=args.backoff_base,
+                         max_retries=args.max_retries, json_mode=args.json_mode,
                          seed=None if args.seed < 0 else args.seed)
     meta = {"api_base": safe_url(args.api_base) or "https://api.openai.com/v1", "judge_model_requested": config.model,
             "temperature": config.temperature, "seed": config.seed}
