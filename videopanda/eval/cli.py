@@ -5,6 +5,10 @@
     judge      LLM (or exact-match) judge of merge.jsonl -> verdicts.jsonl, failed.jsonl, results.json
     benchmark  the Video-ChatGPT benchmark: --stage infer | judge | all
     report     Table-1-style markdown/JSON across models (and --plot: qa.png, benchmark.png)
+    judge-agreement  two judge runs over the same predictions: same verdict %, Cohen's kappa, score
+               correlation, the items they disagree on
+    mc         multiple-choice benchmarks (MVBench, Video-MME, EgoSchema, NExT-QA, Perception Test):
+               exact accuracy, per category
 
 Exit codes: 0 when every number covers every question; 1 when the results are incomplete (questions
 without an answer or a verdict; `--allow-incomplete` accepts them, counted as wrong) or the judge
@@ -23,7 +27,7 @@ from videopanda.log import get_logger
 
 logger = get_logger(__name__)
 
-SUBCOMMANDS = ("qa", "merge", "judge", "benchmark", "report")
+SUBCOMMANDS = ("qa", "merge", "judge", "benchmark", "report", "judge-agreement", "mc")
 
 
 def _at_least(minimum: float, kind: type = int):
@@ -310,15 +314,34 @@ def _cmd_report(argv: list[str]) -> int:
     return 0
 
 
+def _cmd_judge_agreement(argv: list[str]) -> int:
+    from videopanda.eval.agreement import compare_judges, format_agreement
+    from videopanda.io import write_json_atomic
+
+    p = argparse.ArgumentParser(prog="videopanda eval judge-agreement",
+                                description="Compare two judge runs over the same predictions.")
+    p.add_argument("a", type=Path, help="output folder of one `eval judge` run")
+    p.add_argument("b", type=Path, help="output folder of another run over the same predictions")
+    p.add_argument("--output", type=Path, default=None, help="write the full report (every disagreement) as JSON")
+    p.add_argument("--show", type=_at_least(0), default=20, help="disagreements to print")
+    args = p.parse_args(argv)
+    report = compare_judges(args.a, args.b)
+    print(format_agreement(report, show=args.show))
+    if args.output:
+        write_json_atomic(args.output, report)
+    return 0
+
+
 def _exit_code(error: BaseException) -> int | None:
     """1 or 2 for the errors the eval commands report in one line; None for anything else (a bug)."""
+    from videopanda.eval.agreement import AgreementError
     from videopanda.eval.judge import JudgeFatalError
     from videopanda.eval.provenance import ProvenanceError
     from videopanda.eval.records import RecordsError
     from videopanda.eval.report import ReportError
     from videopanda.io import OutputError
 
-    if isinstance(error, (DatasetError, RecordsError, JudgeFatalError, ReportError)):
+    if isinstance(error, (DatasetError, RecordsError, JudgeFatalError, ReportError, AgreementError)):
         return 1
     if isinstance(error, (OutputError, ProvenanceError)):
         return 2
@@ -331,7 +354,7 @@ def _exit_code(error: BaseException) -> int | None:
 
 def main(argv: list[str]) -> int:
     commands = {"qa": _cmd_qa, "merge": _cmd_merge, "judge": _cmd_judge, "benchmark": _cmd_benchmark,
-                "report": _cmd_report}
+                "report": _cmd_report, "judge-agreement": _cmd_judge_agreement}
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
         return 0
