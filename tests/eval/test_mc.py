@@ -313,7 +313,7 @@ def test_loglikelihood_ranking_matches_one_option_at_a_time(model_dir, tmp_path)
     items = load_mc(data_root, "egoschema")
 
     answerer = MCAnswerer(ModelAnswererConfig(model=str(model_dir), device="cpu"), method="loglikelihood")
-    prompt, frames, count = answerer._prepare(items[0])
+    prompt, frames, count = answerer.prepare(items[0])
     batched = answerer.option_logprobs(prompt, frames, count)
     for index in range(count):
         text = f"{prompt} {LETTERS[index]}"

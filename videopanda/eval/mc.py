@@ -421,7 +421,7 @@ class MCAnswerer(ModelAnswerer):
         self.method = method
         self.fingerprint = {**self.fingerprint, "mc": mc_fingerprint(method)}
 
-    def _prepare(self, item: MCItem):
+    def prepare(self, item: MCItem):
         from videopanda.data.video import read_video
         from videopanda.infer import video_prompt
 
@@ -430,37 +430,17 @@ class MCAnswerer(ModelAnswerer):
         frames = read_video(item.video_path, num_frames=self.num_frames, start=item.start, end=item.end)
         return video_prompt(self.processor, item.question, self.config.system), frames, len(item.options)
 
-    def generate(self, prepared: list[tuple[Any, ...]]) -> list[str]:
+    def generate(self, prepared: list[tuple[Any, ...]], max_new_tokens: int | None = None) -> list[str]:
         """prepared: per item (prompt, uint8 frames (n, H, W, 3), number of options) -> replies or letters."""
         if self.method == "generate":
-            return super().generate([(prompt, frames) for prompt, frames, _ in prepared])
+            return super().generate([(prompt, frames) for prompt, frames, _ in prepared], max_new_tokens)
         return [self.best_letter(prompt, frames, count) for prompt, frames, count in prepared]
 
     def option_logprobs(self, prompt: str, frames: Any, count: int) -> list[float]:
         """Sum of the log-probabilities of the tokens of " A", " B", ... (the first `count` letters)
-        after `prompt`, the options batched with left padding."""
-        torch = self.torch
-        texts = [prompt] + [f"{prompt} {LETTERS[i]}" for i in range(count)]
-        inputs = self.processor(text=texts, videos=[frames] * len(texts)).to(self.config.device)
-        lengths = inputs["attention_mask"].sum(dim=1).tolist()
-        ids, width = inputs["input_ids"], inputs["input_ids"].shape[1]
-        prompt_ids = ids[0, width - lengths[0]:]
-        rows = list(range(1, len(texts)))
-        with torch.inference_mode():
-            logits = self.model(input_ids=ids[rows], attention_mask=inputs["attention_mask"][rows],
-                                pixel_values_videos=inputs["pixel_values_videos"][rows].to(self.dtype)).logits
-        logprobs = torch.log_softmax(logits.float(), dim=-1)
-        end = logprobs.shape[1]   # the text ends in the last column (left padding), whatever the model inserts
-        scores = []
-        for row, index in enumerate(rows):
-            extra = lengths[index] - lengths[0]
-            if extra < 1 or not torch.equal(ids[index, width - lengths[index]:width - extra], prompt_ids):
-                raise ValueError(f"the continuation {LETTERS[index - 1]!r} changes how the prompt is tokenized")
-            targets = ids[index, width - extra:]
-            # the logits at position p predict the token at p + 1
-            predicted = logprobs[row, end - extra - 1:end - 1]
-            scores.append(float(predicted.gather(1, targets[:, None]).sum()))
-        return scores
+        after `prompt` (`continuation_logprobs`)."""
+        scores = self.continuation_logprobs(prompt, frames, [f" {LETTERS[i]}" for i in range(count)])
+        return [logprob for logprob, _ in scores]
 
     def best_letter(self, prompt: str, frames: Any, count: int) -> str:
         scores = self.option_logprobs(prompt, frames, count)
