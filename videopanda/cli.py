@@ -14,7 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("videopanda.data.cli", "data tools: `data check` opens every video a training JSON references"),
     "synth": ("videopanda.data.synth", "generate the synthetic video-QA dataset and the tiny model folders"),
     "train": ("videopanda.train.cli", "run one training stage (prealign, pretrain, finetune)"),
-    "eval": ("videopanda.eval.cli", "evaluation: qa, merge, judge, benchmark, report"),
+    "eval": ("videopanda.eval.cli", "evaluation: qa, merge, judge, benchmark, report, judge-agreement, mc"),
     "bench": ("videopanda.bench.cli", "speed benchmarks: visual front ends, data path, time to first token"),
 }
 

@@ -216,7 +216,7 @@ def _rows(path, n=6, **changes):
 
 def _judge(pred_file, out, url, *extra):
     return videopanda("eval", "judge", "--pred-file", pred_file, "--output-dir", out, "--api-base", url,
-                      "--model", "gpt-test", "--dataset", "msvd", "--no-progress", "--backoff-base", "0.01", *extra)
+                      "--model", "gpt-test", "--dataset", "msvd", "--no-progress", *extra)
 
 
 def test_a_reply_with_conflicting_verdicts_is_asked_again(tmp_path):

@@ -1,11 +1,14 @@
-"""The judge against a misbehaving OpenAI-compatible server on 127.0.0.1 (real HTTP, real openai client)."""
+"""The judge against a misbehaving OpenAI-compatible server on 127.0.0.1 (real HTTP, real openai client).
+
+Transport faults (429 with Retry-After, 5xx, timeouts) are retried by the openai client itself, within
+one call; replies without a valid verdict are asked again by the judge. Both count in `--max-retries`."""
 import json
 import logging
 import time
 
 import pytest
 
-from helpers.judge_server import JudgeServer, raw, reply, slow, status
+from helpers.judge_server import JudgeServer, model_list, raw, reply, slow, status
 from videopanda.eval.cli import main
 from videopanda.eval.judge import JudgeConfig, JudgeItem, OpenAIJudge, run_judge
 from videopanda.eval.prompts import qa_messages
@@ -23,7 +26,8 @@ SCRIPT = {
     "item-1": ([verdict("yes", 5)], ("yes", 5), 1),
     "item-2": ([reply('The prediction is wrong. {"pred": "no", "score": 1} Hope this helps.')], ("no", 1), 1),
     "item-3": ([reply('```json\n{"pred": "Yes", "score": 4}\n```')], ("yes", 4), 1),
-    "item-4": ([reply("{'pred': 'no', 'score': 0}")], ("no", 0), 1),
+    # a Python dict is not JSON: asked again
+    "item-4": ([reply("{'pred': 'no', 'score': 0}"), verdict("no", 0)], ("no", 0), 2),
     "item-5": ([status(429, retry_after=0.3), verdict("yes", 3)], ("yes", 3), 2),
     "item-6": ([status(500), status(503), verdict("no", 2)], ("no", 2), 3),
     "item-7": ([slow(1.0, '{"pred": "yes", "score": 5}'), verdict("yes", 4)], ("yes", 4), 2),
@@ -47,7 +51,7 @@ def write_predictions(path):
 def judge_cli(pred_file, out_dir, server, *extra):
     return main(["judge", "--pred-file", str(pred_file), "--output-dir", str(out_dir), "--api-base", server.url,
                  "--model", "gpt-test", "--workers", "4", "--max-retries", "3", "--timeout", "0.5",
-                 "--backoff-base", "0.01", "--dataset", "msvd", *extra])
+                 "--dataset", "msvd", *extra])
 
 
 def assert_no_key_anywhere(out_dir, captured_text, server):
@@ -81,18 +85,23 @@ def test_misbehaving_server_exact_metrics_bounded_calls_and_rerun(tmp_path, monk
         assert results["coverage"] == "13 questions: 9 judged, 4 failed (1 without a prediction, 3 without a verdict)"
         assert results["judge_model"] == MODEL and results["judge"] == "gpt"
         assert results["api_base"] == server.url and results["dataset"] == "msvd"
-        # every completed reply counts: 11 behind verdicts (items 1-8 one each, item-9 three), 4 of item-11
-        assert results["usage"] == {"prompt_tokens": 15 * 50, "completion_tokens": 15 * 10}
+        # every completed reply counts: 12 behind verdicts (items 1-8 one each but item-4 two, item-9 three),
+        # 4 of item-11
+        assert results["usage"] == {"prompt_tokens": 16 * 50, "completion_tokens": 16 * 10}
+        assert results["judge_server_models"] == [{"id": MODEL, "object": "model", "created": 0, "owned_by": "test",
+                                                   "root": f"/models/{MODEL}"}]
+        assert results["json_mode"] is True and server.model_listings == 1
         assert results["per_type"]["odd"]["num_yes"] == 4
 
         for key, (_, _, calls) in SCRIPT.items():
             assert len(server.calls(key)) == calls, key
         assert server.calls("item-13") == []
-        assert len(server.calls()) == sum(v[2] for v in SCRIPT.values()) == 29
+        assert len(server.calls()) == sum(v[2] for v in SCRIPT.values()) == 30
         first, second = server.calls("item-5")
         assert second.time - first.time >= 0.29, "Retry-After must be honoured"
         body = server.calls("item-1")[0].json
         assert body["temperature"] == 0 and body["seed"] == 1234 and body["model"] == "gpt-test"
+        assert body["response_format"] == {"type": "json_object"}
 
         verdicts = [json.loads(x) for x in (out / "verdicts.jsonl").read_text().splitlines()]
         assert {v["id"]: (v["verdict"], v["score"]) for v in verdicts} == JUDGED
@@ -140,21 +149,50 @@ def test_changed_prediction_is_rejudged_not_counted_stale(tmp_path, monkeypatch)
     assert (results["num_yes"], results["num_no"], results["num_items"]) == (1, 1, 2)
 
 
-def test_retry_after_is_capped_and_key_in_error_bodies_is_scrubbed(tmp_path, monkeypatch, caplog):
+def test_retry_after_beyond_the_clients_limit_fails_the_item_and_key_in_error_bodies_is_scrubbed(
+        tmp_path, monkeypatch, caplog):
+    """The client does not wait for a Retry-After over its limit (two minutes): the item fails at once and
+    is asked again on the next run; a 500 repeating the key has it scrubbed from failed.jsonl and the log."""
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     caplog.set_level(logging.DEBUG)
     leaky = raw(json.dumps({"error": {"message": f"Incorrect API key provided: {KEY}"}}), code=500)
-    script = {"item-1": [status(429, retry_after=30), verdict("yes", 5)], "item-2": [leaky]}
-    items = [JudgeItem(id=k, messages=qa_messages(f"q {k}", "a", "p"), answer="a", preds=("p",)) for k in script]
+    script = {"item-1": [verdict("yes", 5), status(429, retry_after=600)], "item-2": [leaky]}
+    items = [JudgeItem(id=k, messages=qa_messages(f"q {k}", "a", "p"), answer="a", preds=("p",))
+             for k in ("item-1", "item-2")]
     with JudgeServer(script) as server:
-        judge = OpenAIJudge(JudgeConfig(api_base=server.url, model="m", timeout=0.5, max_retries=2,
-                                        backoff_base=0.01, max_wait=0.2))
+        judge = OpenAIJudge(JudgeConfig(api_base=server.url, model="m", timeout=0.5, max_retries=1))
         start = time.monotonic()
-        results = run_judge(items, judge, tmp_path / "out", workers=2, progress=False)
+        results = run_judge(items, judge, tmp_path / "out", workers=1, progress=False)
         assert time.monotonic() - start < 5
-    assert results["num_yes"] == 1 and results["num_failed"] == 1
-    assert "***" in (tmp_path / "out" / "failed.jsonl").read_text()
-    assert_no_key_anywhere(tmp_path, caplog.text, server)
+        assert results["num_yes"] == 1 and results["num_failed"] == 1 and len(server.calls("item-2")) == 2
+        assert "***" in (tmp_path / "out" / "failed.jsonl").read_text()
+        assert_no_key_anywhere(tmp_path, caplog.text, server)
+
+        items[0] = JudgeItem(id="item-1", messages=qa_messages("q item-1 changed", "a", "p"), answer="a", preds=("p",))
+        again = OpenAIJudge(JudgeConfig(api_base=server.url, model="m", timeout=0.5, max_retries=1))
+        start = time.monotonic()
+        results = run_judge(items[:1], again, tmp_path / "out", workers=1, progress=False)
+        assert time.monotonic() - start < 2, "a Retry-After of 600 s must not be waited for"
+        # the run's first request goes without retries, then once more with them: the client does not wait
+        assert len(server.calls("item-1")) == 1 + 2 and results["num_failed"] == 1
+        assert "HTTP 429" in json.loads((tmp_path / "out" / "failed.jsonl").read_text())["error"]
+
+
+def test_json_mode_is_dropped_when_the_server_refuses_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    refusal = raw(json.dumps({"error": {"message": "response_format json_object is not supported by this model",
+                                        "type": "invalid_request_error"}}), code=400)
+    items = [JudgeItem(id=f"item-{i}", messages=qa_messages(f"q item-{i}", "a", "p"), answer="a", preds=("p",))
+             for i in range(4)]
+    with JudgeServer({"item-0": [refusal, verdict("no", 2)]}, default=verdict("yes", 5),
+                     models_action=status(404)) as server:
+        judge = OpenAIJudge(JudgeConfig(api_base=server.url, model="m", timeout=2, max_retries=1))
+        results = run_judge(items, judge, tmp_path / "out", workers=1, progress=False)
+        first, *later = server.calls()
+    assert (results["num_yes"], results["num_no"], results["complete"]) == (3, 1, True)
+    assert first.json["response_format"] == {"type": "json_object"}
+    assert len(later) == 4 and all("response_format" not in r.json for r in later)
+    assert results["json_mode"] is False and results["judge_server_models"] is None
 
 
 def test_bad_key_stops_the_run_with_one_clear_error(tmp_path, monkeypatch, caplog):

@@ -1,4 +1,4 @@
-"""The judge reply parser: tolerant about where the verdict is, strict about what it says."""
+"""The judge reply parser: a JSON decoder finds the verdict anywhere in the reply; strict about what it says."""
 import pytest
 
 from videopanda.eval.judge import Verdict, VerdictError, normalize_answer, parse_verdict
@@ -8,7 +8,6 @@ VALID = [
     ('{"pred": "no", "score": 0}', Verdict("no", 0)),
     ('  {"pred": "YES", "score": 3}\n', Verdict("yes", 3)),
     ('{"Pred": " No ", "Score": 2}', Verdict("no", 2)),
-    ("{'pred': 'yes', 'score': 4}", Verdict("yes", 4)),
     ('Sure! Here is my evaluation: {"pred": "no", "score": 1}. Let me know if you need more.', Verdict("no", 1)),
     ('```json\n{"pred": "yes", "score": 4}\n```', Verdict("yes", 4)),
     ('```\n{"pred": "no", "score": 2}\n```\nThe prediction misses the colour.', Verdict("no", 2)),
@@ -20,10 +19,13 @@ VALID = [
     ('{"pred": "yes", "score": 3, "extra": [1, 2]}', Verdict("yes", 3)),
     ('{"pred": "yes", "score": 4, "example": {"pred": "no", "score": 0}}', Verdict("yes", 4)),
     ('{"pred": "no", "score": 2}\n```json\n{"pred": "No", "score": "2"}\n```', Verdict("no", 2)),
+    ('{"pred": "yes", "score": 3} trailing {broken', Verdict("yes", 3)),
+    ('{"pred": "no", "note": "a } and a \\" inside", "score": 1}', Verdict("no", 1)),
 ]
 
 INVALID = [
     "",
+    "{'pred': 'yes', 'score': 4}",    # a Python dict, not JSON
     "yes, score 4",
     '{"pred": "yes"}',
     '{"score": 4}',
@@ -61,7 +63,7 @@ def test_none_content_is_rejected():
 
 def test_score_only_verdicts():
     assert parse_verdict('Rating: {"score": 3}', need_pred=False) == Verdict(None, 3)
-    assert parse_verdict("```python\n{'score': 0}\n```", need_pred=False) == Verdict(None, 0)
+    assert parse_verdict('```json\n{"score": 0}\n```', need_pred=False) == Verdict(None, 0)
     with pytest.raises(VerdictError):
         parse_verdict('{"score": 2.5}', need_pred=False)
 

@@ -9,6 +9,9 @@ check waiting times and search for leaked secrets.
     with JudgeServer({"item-1": [status(429, retry_after=0.2), reply('{"pred": "yes", "score": 4}')]}) as server:
         client = openai.OpenAI(base_url=server.url, api_key="k")
 
+`GET .../models` answers `models_action` (by default a list naming DEFAULT_MODEL, as vLLM lists what
+it serves); those requests are counted in `model_listings`, not recorded with the chat requests.
+
 `closed_url()` is a base URL on 127.0.0.1 where nothing listens (connections are refused).
 """
 from __future__ import annotations
@@ -65,6 +68,13 @@ def raw(body: bytes | str, content_type: str = "application/json", code: int = 2
     return Action(status=code, body=body.encode() if isinstance(body, str) else body, content_type=content_type)
 
 
+def model_list(*ids: str) -> Action:
+    """A `GET /v1/models` reply naming `ids` (vLLM also gives `root`, the weights it loaded)."""
+    data = [{"id": name, "object": "model", "created": 0, "owned_by": "test", "root": f"/models/{name}"}
+            for name in ids]
+    return Action(body=json.dumps({"object": "list", "data": data}).encode())
+
+
 def closed_url() -> str:
     """An OpenAI-style base URL on a 127.0.0.1 port that was free a moment ago (nothing listens there)."""
     with socket.socket() as sock:
@@ -99,7 +109,10 @@ def _key_from_messages(pattern: re.Pattern) -> Callable[[Any], str | None]:
 
 class JudgeServer:
     def __init__(self, script: dict[str, list[Action]] | None = None, default: Action | None = None,
-                 key_pattern: str = r"\bitem-\d+\b", key_of: Callable[[Any], str | None] | None = None):
+                 key_pattern: str = r"\bitem-\d+\b", key_of: Callable[[Any], str | None] | None = None,
+                 models_action: Action | None = None):
+        self.models_action = models_action or model_list(DEFAULT_MODEL)
+        self.model_listings = 0
         self.script = {key: list(actions) for key, actions in (script or {}).items()}
         self.default = default or reply('{"pred": "yes", "score": 5}')
         self.key_of = key_of or _key_from_messages(re.compile(key_pattern))
@@ -144,6 +157,14 @@ class JudgeServer:
             def log_message(self, *args: Any) -> None:
                 pass
 
+            def do_GET(self) -> None:
+                if not self.path.rstrip("/").endswith("/models"):
+                    self._send(Action(status=404, body=b'{"error": {"message": "no such route"}}'))
+                    return
+                with server._lock:
+                    server.model_listings += 1
+                self._send(server.models_action)
+
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 try:
@@ -154,7 +175,9 @@ class JudgeServer:
                 with server._lock:
                     server.requests.append(
                         RecordedRequest(self.path, dict(self.headers.items()), body, time.monotonic(), key))
-                action = server._next_action(key)
+                self._send(server._next_action(key))
+
+            def _send(self, action: Action) -> None:
                 if action.delay:
                     time.sleep(action.delay)
                 try:

@@ -5,6 +5,10 @@
     judge      LLM (or exact-match) judge of merge.jsonl -> verdicts.jsonl, failed.jsonl, results.json
     benchmark  the Video-ChatGPT benchmark: --stage infer | judge | all
     report     Table-1-style markdown/JSON across models (and --plot: qa.png, benchmark.png)
+    judge-agreement  two judge runs over the same predictions: same verdict %, Cohen's kappa, score
+               correlation, the items they disagree on
+    mc         multiple-choice benchmarks (MVBench, Video-MME, EgoSchema, NExT-QA, Perception Test):
+               exact accuracy, per category
 
 Exit codes: 0 when every number covers every question; 1 when the results are incomplete (questions
 without an answer or a verdict; `--allow-incomplete` accepts them, counted as wrong) or the judge
@@ -23,7 +27,7 @@ from videopanda.log import get_logger
 
 logger = get_logger(__name__)
 
-SUBCOMMANDS = ("qa", "merge", "judge", "benchmark", "report")
+SUBCOMMANDS = ("qa", "merge", "judge", "benchmark", "report", "judge-agreement", "mc")
 
 
 def _at_least(minimum: float, kind: type = int):
@@ -64,10 +68,12 @@ def _add_judge_args(parser: argparse.ArgumentParser, model_flags: tuple[str, ...
     g.add_argument(*model_flags, dest="judge_model", default="gpt-3.5-turbo",
                    help="judge model name sent to the server (the name it reports back is recorded)")
     g.add_argument("--workers", type=_at_least(1), default=8, help="parallel judge requests")
-    g.add_argument("--max-retries", type=_at_least(0), default=5, help="extra attempts per item after the first")
+    g.add_argument("--max-retries", type=_at_least(0), default=5,
+                   help="the openai client's retries per request (429, 5xx, timeouts; its backoff, Retry-After "
+                        "honoured) and the re-asks after a reply without a valid verdict")
     g.add_argument("--timeout", type=_at_least(0.001, float), default=60.0, help="seconds per request")
-    g.add_argument("--backoff-base", type=_at_least(0, float), default=1.0,
-                   help="first retry wait in seconds (doubles)")
+    g.add_argument("--json-mode", choices=["auto", "on", "off"], default="auto",
+                   help="ask for a JSON object (response_format); auto: drop it if the server refuses it")
     g.add_argument("--seed", type=int, default=1234, help="sent to the server where supported; -1 to omit")
 
 
@@ -87,7 +93,7 @@ def _make_judge(args: argparse.Namespace):
     if args.judge == "exact":
         return ExactMatchJudge(), {"api_base": None}
     config = JudgeConfig(api_base=args.api_base, model=args.judge_model, timeout=args.timeout,
-                         max_retries=args.max_retries, backoff_base=args.backoff_base,
+                         max_retries=args.max_retries, json_mode=args.json_mode,
                          seed=None if args.seed < 0 else args.seed)
     meta = {"api_base": safe_url(args.api_base) or "https://api.openai.com/v1", "judge_model_requested": config.model,
             "temperature": config.temperature, "seed": config.seed}
@@ -107,21 +113,33 @@ def _answerer_config(args: argparse.Namespace):
                                max_new_tokens=args.max_new_tokens, system=args.system)
 
 
-def _infer(args: argparse.Namespace, dataset: str, output_dir: Path) -> int:
+def _infer(args: argparse.Namespace, dataset: str, output_dir: Path, items=None, method: str | None = None) -> int:
+    """Answer this process's chunk of `items` (default: the dataset's questions) into `output_dir`.
+    `method`: answer multiple-choice items (`mc.MCAnswerer`) by generation or by log-likelihood."""
     from videopanda.eval.provenance import check_prediction_folder
     from videopanda.eval.qa import ModelAnswerer, chunk_file, expected_fingerprint, run_qa, shard
 
     if args.num_chunks < 1 or not 0 <= args.chunk_idx < args.num_chunks:
         raise DatasetError(f"--chunk-idx must be in 0..{args.num_chunks - 1}, got {args.chunk_idx}")
-    items = shard(load_questions(args.data_root, dataset), args.num_chunks, args.chunk_idx)
+    items = shard(load_questions(args.data_root, dataset) if items is None else items, args.num_chunks, args.chunk_idx)
     out_file = chunk_file(output_dir, args.num_chunks, args.chunk_idx)
     config = _answerer_config(args)
     info = {"model_path": str(Path(args.model).resolve()), "device": config.device, "dtype_requested": args.dtype,
             "batch_size": args.batch_size, "num_chunks": args.num_chunks, "chunk_idx": args.chunk_idx}
+    expected = {**expected_fingerprint(config), "dataset": dataset}
+    if method is not None:
+        from videopanda.eval.mc import mc_fingerprint
+
+        expected["mc"] = mc_fingerprint(method)
     # refuse a folder of other predictions before spending minutes loading the weights
-    check_prediction_folder(out_file, {**expected_fingerprint(config), "dataset": dataset}, info)
+    check_prediction_folder(out_file, expected, info)
     logger.info("%s chunk %d of %d: %d questions -> %s", dataset, args.chunk_idx, args.num_chunks, len(items), out_file)
-    answerer = ModelAnswerer(config)
+    if method is None:
+        answerer = ModelAnswerer(config)
+    else:
+        from videopanda.eval.mc import MCAnswerer
+
+        answerer = MCAnswerer(config, method)
     summary = run_qa(items, answerer, out_file, batch_size=args.batch_size, retry_errors=args.retry_errors,
                      progress=not args.no_progress, fingerprint={**answerer.fingerprint, "dataset": dataset},
                      run_info=info)
@@ -133,11 +151,11 @@ def _infer(args: argparse.Namespace, dataset: str, output_dir: Path) -> int:
     return 0
 
 
-def _merge(pred_dir: Path, dataset: str, data_root: str, output: Path, allow_incomplete: bool) -> int:
+def _merge(pred_dir: Path, dataset: str, data_root: str, output: Path, allow_incomplete: bool, items=None) -> int:
     from videopanda.eval.merge import merge_predictions, write_merged
     from videopanda.eval.records import RecordsError
 
-    report = merge_predictions(pred_dir, load_questions(data_root, dataset), dataset)
+    report = merge_predictions(pred_dir, load_questions(data_root, dataset) if items is None else items, dataset)
     if output.resolve() in {(pred_dir / name).resolve() for name in report.sources}:
         raise RecordsError(f"{output}: is one of the prediction files being merged; pass another --output")
     print(report.summary())
@@ -308,15 +326,83 @@ def _cmd_report(argv: list[str]) -> int:
     return 0
 
 
+def _cmd_judge_agreement(argv: list[str]) -> int:
+    from videopanda.eval.agreement import compare_judges, format_agreement
+    from videopanda.io import write_json_atomic
+
+    p = argparse.ArgumentParser(prog="videopanda eval judge-agreement",
+                                description="Compare two judge runs over the same predictions.")
+    p.add_argument("a", type=Path, help="output folder of one `eval judge` run")
+    p.add_argument("b", type=Path, help="output folder of another run over the same predictions")
+    p.add_argument("--output", type=Path, default=None, help="write the full report (every disagreement) as JSON")
+    p.add_argument("--show", type=_at_least(0), default=20, help="disagreements to print")
+    args = p.parse_args(argv)
+    report = compare_judges(args.a, args.b)
+    print(format_agreement(report, show=args.show))
+    if args.output:
+        write_json_atomic(args.output, report)
+    return 0
+
+
+def _cmd_mc(argv: list[str]) -> int:
+    from videopanda.eval.mc import BENCHMARKS, METHODS, format_mc, load_mc, score_mc
+    from videopanda.eval.provenance import read_merged_sidecar
+    from videopanda.eval.records import read_jsonl
+    from videopanda.io import write_json_atomic
+
+    p = argparse.ArgumentParser(prog="videopanda eval mc",
+                                description="A multiple-choice video benchmark, scored by exact accuracy.")
+    p.add_argument("--benchmark", required=True, choices=list(BENCHMARKS))
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--output-dir", required=True, type=Path)
+    p.add_argument("--stage", choices=["infer", "score", "all"], default="all")
+    p.add_argument("--method", choices=list(METHODS), default="generate",
+                   help="generate: read the letter from a generated reply; loglikelihood: the most likely letter")
+    _allow_incomplete_arg(p, "merge, score and exit 0")
+    _add_inference_args(p, model_required=False)
+    p.set_defaults(max_new_tokens=32)
+    _progress_arg(p)
+    args = p.parse_args(argv)
+    dataset = f"mc-{args.benchmark}"
+    items = load_mc(args.data_root, args.benchmark)
+    pred_dir, merged, results_path = args.output_dir / "predictions", args.output_dir / "merge.jsonl", \
+        args.output_dir / "results.json"
+    if args.stage in ("infer", "all"):
+        if not args.model:
+            p.error("--model is needed for --stage infer/all")
+        _infer(args, dataset, pred_dir, items=items, method=args.method)
+        if args.stage == "all" and args.num_chunks > 1:
+            logger.info("chunk %d of %d done; score with --stage score once every chunk has finished",
+                        args.chunk_idx, args.num_chunks)
+            return 0
+    _forget_results(args.output_dir)
+    code = _merge(pred_dir, dataset, args.data_root, merged, args.allow_incomplete, items=items)
+    if code:
+        return code
+    sidecar = read_merged_sidecar(merged) or {}
+    results = {"benchmark": args.benchmark, "pred_file": str(merged),
+               "prediction_fingerprint": sidecar.get("fingerprint"),
+               "prediction_fingerprint_id": sidecar.get("fingerprint_id"), "model_path": sidecar.get("model_path"),
+               "method": ((sidecar.get("fingerprint") or {}).get("mc") or {}).get("method"),
+               **score_mc(read_jsonl(merged), items)}
+    write_json_atomic(results_path, results)
+    print(format_mc(results))
+    if results["num_unparsable"]:
+        logger.warning("%d repl(ies) name no option letter (counted wrong): see 'unparsable' in %s",
+                       results["num_unparsable"], results_path)
+    return _finish(results, args.allow_incomplete, str(results_path))
+
+
 def _exit_code(error: BaseException) -> int | None:
     """1 or 2 for the errors the eval commands report in one line; None for anything else (a bug)."""
+    from videopanda.eval.agreement import AgreementError
     from videopanda.eval.judge import JudgeFatalError
     from videopanda.eval.provenance import ProvenanceError
     from videopanda.eval.records import RecordsError
     from videopanda.eval.report import ReportError
     from videopanda.io import OutputError
 
-    if isinstance(error, (DatasetError, RecordsError, JudgeFatalError, ReportError)):
+    if isinstance(error, (DatasetError, RecordsError, JudgeFatalError, ReportError, AgreementError)):
         return 1
     if isinstance(error, (OutputError, ProvenanceError)):
         return 2
@@ -329,7 +415,7 @@ def _exit_code(error: BaseException) -> int | None:
 
 def main(argv: list[str]) -> int:
     commands = {"qa": _cmd_qa, "merge": _cmd_merge, "judge": _cmd_judge, "benchmark": _cmd_benchmark,
-                "report": _cmd_report}
+                "report": _cmd_report, "judge-agreement": _cmd_judge_agreement, "mc": _cmd_mc}
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
         return 0

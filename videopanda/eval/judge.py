@@ -1,27 +1,31 @@
-"""The LLM judge: bounded retries, tolerant parsing with strict checks, resumable verdicts.
+"""The LLM judge: the openai client's retries, JSON-decoder parsing, resumable verdicts.
 
 Protocol (SPEC section 7): an OpenAI-compatible chat model sees question, correct answer and
 prediction and replies with `{"pred": "yes"|"no", "score": 0..5}` (benchmark aspects: `{"score": ..}`).
 
 Dependability choices:
-- The openai>=1 client is built with `max_retries=0`; retries are ours and bounded (`max_retries`):
-  429, 408, 409, 5xx, timeouts and connection errors wait (the server's `Retry-After` /
-  `retry-after-ms` when given, capped at `max_wait`; else exponential backoff with jitter) and try
-  again; a reply that cannot be parsed into a valid verdict is asked again at once. 401/403/404 and a
-  429 saying `insufficient_quota` stop the whole run (nothing else could succeed); other 4xx fail the item.
-- The run stops early (`JudgeFatalError`, one line) when the server cannot be reached: a connection
-  error before any reply of this run (nothing listens there), or `max_unreachable` requests in a row,
-  across all items, that ended in a timeout, a connection error or a 5xx (a server that stalls or
-  died). Every waiting worker stops at once; the verdicts written so far are kept for the rerun.
-- Parsing: the first JSON-like object anywhere in the reply (plain, in prose, in a code fence, or a
-  Python-style dict with single quotes), then strict values: pred yes/no (any case), score an integer
-  0..5 ("4" and 4.0 are 4; 4.5, 6, true are invalid - never truncated). A reply in which another object
-  states a different valid verdict is invalid too (asked again), never read as its first one.
+- Transport: the openai client's own retries and backoff (`max_retries`; it retries 408, 409, 429,
+  5xx, timeouts and connection errors with exponential backoff and honours `Retry-After` /
+  `retry-after-ms` up to its own limit). What stays ours: a reply that does not parse into a valid
+  verdict (or a body that is not a chat completion) is asked again, at most `max_retries` times.
+- The first requests of a run go alone and without retries: `GET /models` (the models the server
+  reports, recorded in `results.json`) and the first item. A refused connection, 401/403/404 or a 429
+  saying `insufficient_quota` there stops the run at once (`JudgeFatalError`, one line); so do they
+  later, once the client has given up on them. `max_unreachable` items in a row that ended, after the
+  client's retries, in a timeout or a 5xx stop the run too (a server that stalls or died). Every
+  waiting worker stops; the verdicts written so far are kept for the rerun.
+- Parsing: JSON mode (`response_format={"type": "json_object"}`) where the server offers it
+  (`json_mode="auto"` drops it for the rest of the run after a 400 that names `response_format`); the
+  reply is read with `json.JSONDecoder.raw_decode` at each top-level `{`, so an object inside prose or a
+  code fence is found; then strict values: pred yes/no (any case), score an integer 0..5 ("4" and 4.0 are
+  4; 4.5, 6, true are invalid - never truncated). A reply in which another object states a different
+  valid verdict is invalid too (asked again), never read as its first one.
 - Temperature 0 and a fixed seed; the model name the server reports is recorded per verdict.
 - Every verdict is appended to `verdicts.jsonl` when it arrives, with a fingerprint of what was
-  judged (judge identity + the exact messages); a rerun judges only items without a verdict with the
-  current fingerprint, so stale verdicts are never counted. Items that never yield a valid verdict go
-  to `failed.jsonl` (rewritten each run, retried on the next) with the inference error rows
+  judged (judge identity + the exact messages) and a `content` hash of the judged item (id, reference,
+  predictions) that `eval judge-agreement` pairs runs by; a rerun judges only items without a verdict
+  with the current fingerprint, so stale verdicts are never counted. Items that never yield a valid
+  verdict go to `failed.jsonl` (rewritten each run, retried on the next) with the inference error rows
   (`pred: null`, never sent to the judge).
 - Metrics cover every item: accuracy = yes / all items and score = sum of scores / all items, where an
   item without a verdict (judge failure or inference error) counts as wrong with score 0. `results.json`
@@ -33,18 +37,14 @@ Dependability choices:
 """
 from __future__ import annotations
 
-import ast
 import hashlib
 import json
 import os
-import random
 import re
 import string
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from typing import Any, Protocol, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
@@ -78,67 +78,37 @@ class Verdict:
 
 # ---------------------------------------------------------------------------------------------- parsing
 
-_FENCE = re.compile(r"```[a-zA-Z]*\s*(.*?)```", re.DOTALL)
+_DECODER = json.JSONDecoder()
 
 
-def _balanced_objects(text: str) -> list[str]:
-    """Every `{...}` substring with balanced braces (quotes respected), outermost first, left to right."""
-    found: list[str] = []
-    for start, char in enumerate(text):
-        if char != "{":
+def _top_level_objects(text: str) -> list[Any]:
+    """Every JSON object at top level in `text`, left to right: what `json.JSONDecoder.raw_decode`
+    reads from each `{` that is not inside an object read before."""
+    found: list[Any] = []
+    position = text.find("{")
+    while position >= 0:
+        try:
+            value, end = _DECODER.raw_decode(text, position)
+        except (json.JSONDecodeError, RecursionError):
+            position = text.find("{", position + 1)
             continue
-        depth, quote, escaped = 0, "", False
-        for end in range(start, len(text)):
-            c = text[end]
-            if quote:
-                if escaped:
-                    escaped = False
-                elif c == "\\":
-                    escaped = True
-                elif c == quote:
-                    quote = ""
-            elif c in "\"'":
-                quote = c
-            elif c == "{":
-                depth += 1
-            elif c == "}":
-                depth -= 1
-                if depth == 0:
-                    found.append(text[start:end + 1])
-                    break
+        found.append(value)
+        position = text.find("{", end)
     return found
 
 
-def _load_object(candidate: str) -> dict | None:
-    try:
-        value = json.loads(candidate)
-    except (json.JSONDecodeError, RecursionError):
-        try:
-            value = ast.literal_eval(candidate)
-        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-            return None
-    return value if isinstance(value, dict) else None
-
-
 def extract_objects(text: str, required: Sequence[str]) -> list[dict[str, Any]]:
-    """The dicts in `text` having all `required` keys (compared case-insensitively; returned with
-    lower-case keys), in order: the whole text alone when it is one, else those in code fences, then
-    any `{...}`. Raises VerdictError when there is none."""
+    """The JSON objects in `text` having all `required` keys (compared case-insensitively; returned with
+    lower-case keys), in order. Raises VerdictError when there is none."""
     if not isinstance(text, str):
         raise VerdictError(f"reply content is {type(text).__name__}, not text")
-    candidates = [text.strip(), *(m.strip() for m in _FENCE.findall(text)), *_balanced_objects(text)]
     found = []
-    for index, candidate in enumerate(candidates):
-        obj = _load_object(candidate)
-        if obj is None:
-            continue
-        lowered = {str(k).strip().lower(): v for k, v in obj.items()}
+    for value in _top_level_objects(text):
+        lowered = {str(k).strip().lower(): v for k, v in value.items()}
         if all(key in lowered for key in required):
-            if index == 0:
-                return [lowered]
             found.append(lowered)
     if not found:
-        raise VerdictError(f"no object with keys {list(required)} in reply {text[:200]!r}")
+        raise VerdictError(f"no JSON object with keys {list(required)} in reply {text[:200]!r}")
     return found
 
 
@@ -217,6 +187,8 @@ class Judge(Protocol):
 
     def judge(self, item: JudgeItem) -> Outcome: ...
 
+    def description(self) -> dict[str, Any]: ...
+
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = str.maketrans({c: " " for c in string.punctuation})
@@ -238,19 +210,23 @@ class ExactMatchJudge:
         verdict = Verdict(pred=("yes" if match else "no") if item.need_pred else None, score=5 if match else 0)
         return Outcome(verdict=verdict, judge_model="exact-match", attempts=1)
 
+    def description(self) -> dict[str, Any]:
+        return {}
+
 
 @dataclass
 class JudgeConfig:
     api_base: str | None = None      # None: the client's default (OpenAI)
     model: str = "gpt-3.5-turbo"
     timeout: float = 60.0            # seconds per request
-    max_retries: int = 5             # extra attempts after the first, per item
-    backoff_base: float = 1.0        # seconds; attempt k waits base * 2**k (x1..1.25 jitter), capped
-    backoff_max: float = 60.0
-    max_wait: float = 300.0          # cap on a server's Retry-After
+    max_retries: int = 5             # the client's retries per request; also our re-asks after a bad reply
     seed: int | None = 1234
     temperature: float = 0.0
-    max_unreachable: int = 16        # requests in a row without a usable reply that stop the run
+    json_mode: str = "auto"          # "auto" | "on" | "off": send response_format json_object
+    max_unreachable: int = 4         # items in a row without a usable reply (after the client's retries)
+
+
+JSON_MODES = ("auto", "on", "off")
 
 
 def redact(text: str) -> str:
@@ -278,47 +254,40 @@ def _root_cause(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
 
-def _retry_after(headers: Any) -> float | None:
-    if headers is None:
-        return None
-    try:
-        millis = headers.get("retry-after-ms")
-        if millis is not None:
-            return max(0.0, float(millis) / 1000)
-        value = headers.get("retry-after")
-        if value is None:
-            return None
-        try:
-            return max(0.0, float(value))
-        except ValueError:
-            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError, OverflowError):
-        return None
-
-
 class OpenAIJudge:
-    """Judge through any OpenAI-compatible chat-completions endpoint."""
+    """Judge through any OpenAI-compatible chat-completions endpoint (see the module docstring)."""
 
     label = "gpt"
 
     def __init__(self, config: JudgeConfig):
         import openai
 
+        if config.json_mode not in JSON_MODES:
+            raise ValueError(f"json_mode must be one of {JSON_MODES}, got {config.json_mode!r}")
         key = os.environ.get(API_KEY_ENV)
         if not key:
             raise JudgeFatalError(f"set {API_KEY_ENV} (any non-empty value for a local server without authentication)")
         self.openai = openai
         self.config = config
         self.identity = f"openai:{config.model}:t={config.temperature}:seed={config.seed}"
-        self.client = openai.OpenAI(base_url=config.api_base, api_key=key, max_retries=0, timeout=config.timeout)
+        self.client = openai.OpenAI(base_url=config.api_base, api_key=key, max_retries=config.max_retries,
+                                    timeout=config.timeout)
         self.endpoint = safe_url(config.api_base) or "the default endpoint"
-        self._random = random.Random(config.seed)
-        self._random_lock = threading.Lock()
+        self.json_mode = config.json_mode != "off"
+        self.server_models: list[dict[str, Any]] | None = None
+        self._first_lock = threading.Lock()
+        self._first_done = False
         self._health_lock = threading.Lock()
-        self._replied = False         # any HTTP reply in this run
-        self._unreachable = 0         # requests in a row without a usable reply
+        self._unreachable = 0         # items in a row without a usable reply
         self._stop = threading.Event()
         self._fatal = ""
+
+    def description(self) -> dict[str, Any]:
+        """What results.json records about the judge beyond its verdicts."""
+        return {"judge_server_models": self.server_models, "json_mode": self.json_mode,
+                "max_retries": self.config.max_retries, "timeout": self.config.timeout}
+
+    # -- run health
 
     def _stop_run(self, message: str) -> JudgeFatalError:
         with self._health_lock:
@@ -327,91 +296,141 @@ class OpenAIJudge:
             self._stop.set()
             return JudgeFatalError(self._fatal)
 
-    def _reply_seen(self, usable: bool) -> None:
+    def _usable(self) -> None:
         with self._health_lock:
-            self._replied = True
-            if usable:
-                self._unreachable = 0
+            self._unreachable = 0
 
-    def _no_reply(self, error: BaseException, connection: bool) -> None:
-        """Count a request without a usable reply; raise JudgeFatalError when the server is out of reach."""
+    def _unusable(self, error: BaseException) -> None:
         with self._health_lock:
             self._unreachable += 1
-            count, replied = self._unreachable, self._replied
-        if connection and not replied:
-            raise self._stop_run(f"cannot reach the judge at {self.endpoint}: {redact(_root_cause(error))[:200]} "
-                                 "(is the server running? check --api-base)")
+            count = self._unreachable
         if count >= self.config.max_unreachable:
-            raise self._stop_run(f"the judge at {self.endpoint} gave no usable reply to {count} requests in a row "
-                                 f"(last: {redact(_root_cause(error))[:200]}); stopped, rerun to continue")
+            raise self._stop_run(
+                f"the judge at {self.endpoint} gave no usable reply to {count} items in a row, each tried "
+                f"{self.config.max_retries + 1} times (last: {redact(_root_cause(error))[:200]}); stopped, "
+                "rerun to continue")
 
-    def _backoff(self, attempt: int, headers: Any = None) -> float:
-        server = _retry_after(headers)
-        if server is not None:
-            return min(server, self.config.max_wait)
-        with self._random_lock:
-            jitter = 1 + 0.25 * self._random.random()
-        return min(self.config.backoff_max, self.config.backoff_base * 2 ** attempt) * jitter
+    def _fatal_status(self, error: Any) -> JudgeFatalError | None:
+        """The run-stopping error for an HTTP status error no retry can fix, else None."""
+        status = error.status_code
+        if status in (401, 403, 404):
+            hint = "check --model and --api-base" if status == 404 else f"check {API_KEY_ENV}"
+            return self._stop_run(f"HTTP {status} from the judge at {self.endpoint} ({hint})")
+        if status == 429 and _QUOTA in (getattr(error, "code", None), getattr(error, "type", None)):
+            return self._stop_run(f"HTTP 429 {_QUOTA} from the judge at {self.endpoint} (the account behind "
+                                  f"{API_KEY_ENV} has no quota left; waiting does not help)")
+        return None
+
+    def _unreachable_error(self, error: BaseException) -> JudgeFatalError:
+        return self._stop_run(f"cannot reach the judge at {self.endpoint}: {redact(_root_cause(error))[:200]} "
+                              "(is the server running? check --api-base)")
+
+    def _list_models(self) -> None:
+        """Record the models the server reports (`GET /models`, no retries). A refused connection or a
+        rejected key stops the run; a server without the route is fine."""
+        openai = self.openai
+        try:
+            page = self.client.with_options(max_retries=0).models.list()
+            self.server_models = [model.model_dump(exclude_none=True) for model in page.data]
+        except openai.APIConnectionError as error:
+            if not isinstance(error, openai.APITimeoutError):
+                raise self._unreachable_error(error) from None
+        except openai.APIStatusError as error:
+            if error.status_code in (401, 403):
+                raise self._fatal_status(error) from None
+            logger.debug("GET /models at %s: HTTP %d", self.endpoint, error.status_code)
+        except (openai.APIResponseValidationError, ValueError, TypeError, AttributeError) as error:
+            logger.debug("GET /models at %s: unusable reply (%s)", self.endpoint, error)
+
+    # -- requests
+
+    def _request(self, item: JudgeItem, retries: int) -> Any:
+        config = self.config
+        extra: dict[str, Any] = {} if config.seed is None else {"seed": config.seed}
+        if self.json_mode:
+            extra["response_format"] = {"type": "json_object"}
+        client = self.client if retries == config.max_retries else self.client.with_options(max_retries=retries)
+        return client.chat.completions.create(model=config.model, messages=item.messages,
+                                              temperature=config.temperature, **extra)
+
+    def _send(self, item: JudgeItem) -> Any:
+        """One chat request with the client's retries. The run's first goes alone, after `GET /models`,
+        without retries, so that a dead server or a rejected key stops the run after one request; when
+        it fails in a way retries may fix (408, 409, 429 but no quota, 5xx, a timeout) it is sent again
+        with them."""
+        openai = self.openai
+        if not self._first_done:
+            with self._first_lock:
+                if not self._first_done:
+                    try:
+                        self._list_models()
+                        return self._request(item, retries=0)
+                    except openai.APIStatusError as error:
+                        fatal = self._fatal_status(error)
+                        if fatal is not None:
+                            raise fatal from None
+                        if not (error.status_code in (408, 409, 429) or error.status_code >= 500):
+                            raise
+                    except openai.APITimeoutError:
+                        pass
+                    except openai.APIConnectionError as error:
+                        raise self._unreachable_error(error) from None
+                    finally:
+                        self._first_done = True
+        if self._stop.is_set():
+            raise JudgeFatalError(self._fatal)
+        return self._request(item, self.config.max_retries)
 
     def judge(self, item: JudgeItem) -> Outcome:
         openai, config = self.openai, self.config
         outcome = Outcome(verdict=None)
-        extra = {} if config.seed is None else {"seed": config.seed}
-        for attempt in range(config.max_retries + 1):
+        asks = 0
+        while asks <= config.max_retries:
             if self._stop.is_set():
                 raise JudgeFatalError(self._fatal)
+            asks += 1
             outcome.attempts += 1
             try:
-                response = self.client.chat.completions.create(
-                    model=config.model, messages=item.messages, temperature=config.temperature, **extra)
+                response = self._send(item)
             except openai.APIStatusError as error:
-                status = error.status_code
-                self._reply_seen(usable=status < 500)
-                if status in (401, 403, 404):
-                    hint = "check --model and --api-base" if status == 404 else f"check {API_KEY_ENV}"
-                    raise self._stop_run(f"HTTP {status} from the judge at {self.endpoint} ({hint})") from None
-                if status == 429 and _QUOTA in (getattr(error, "code", None), getattr(error, "type", None)):
-                    raise self._stop_run(f"HTTP 429 {_QUOTA} from the judge at {self.endpoint} (the account behind "
-                                         f"{API_KEY_ENV} has no quota left; waiting does not help)") from None
-                outcome.error = f"HTTP {status}: {redact(str(error))[:300]}"
-                if status >= 500:
-                    self._no_reply(error, connection=False)
-                if status in (408, 409, 429) or status >= 500:
-                    wait = self._backoff(attempt, error.response.headers)
-                else:
-                    return outcome
+                fatal = self._fatal_status(error)
+                if fatal is not None:
+                    raise fatal from None
+                if (error.status_code == 400 and config.json_mode == "auto" and self.json_mode
+                        and "response_format" in str(error)):
+                    self.json_mode = False
+                    logger.warning("the judge at %s refuses JSON mode (HTTP 400); asking without it", self.endpoint)
+                    asks -= 1
+                    continue
+                outcome.error = f"HTTP {error.status_code}: {redact(str(error))[:300]}"
+                if error.status_code >= 500 or error.status_code in (408, 429):
+                    self._unusable(error)
+                return outcome
             except openai.APITimeoutError as error:
                 outcome.error = f"{type(error).__name__}: {redact(str(error))[:300]}"
-                self._no_reply(error, connection=False)
-                wait = self._backoff(attempt)
+                self._unusable(error)
+                return outcome
             except openai.APIConnectionError as error:
-                outcome.error = f"{type(error).__name__}: {redact(_root_cause(error))[:300]}"
-                self._no_reply(error, connection=True)
-                wait = self._backoff(attempt)
+                raise self._unreachable_error(error) from None
             except (ValueError, openai.APIResponseValidationError) as error:  # a body that is not JSON
-                self._reply_seen(usable=True)
+                self._usable()
                 outcome.error = f"malformed response: {redact(str(error))[:300]}"
-                wait = 0.0
-            else:
-                self._reply_seen(usable=True)
-                wait = 0.0
-                try:
-                    model = getattr(response, "model", None)
-                    outcome.judge_model = None if model is None else str(model)
-                    usage = getattr(response, "usage", None)
-                    if usage is not None:
-                        outcome.usage["prompt_tokens"] += int(getattr(usage, "prompt_tokens", 0) or 0)
-                        outcome.usage["completion_tokens"] += int(getattr(usage, "completion_tokens", 0) or 0)
-                    outcome.reply = response.choices[0].message.content
-                    outcome.verdict = parse_verdict(outcome.reply, need_pred=item.need_pred)
-                    outcome.error = None
-                    return outcome
-                except (VerdictError, AttributeError, IndexError, KeyError, TypeError, ValueError) as error:
-                    outcome.error = f"invalid reply: {redact(str(error))[:300]}"
-            if attempt < config.max_retries:
-                logger.debug("item %s attempt %d: %s; retrying in %.2fs", item.id, attempt + 1, outcome.error, wait)
-                if self._stop.wait(wait):
-                    raise JudgeFatalError(self._fatal)
+                continue
+            self._usable()
+            try:
+                model = getattr(response, "model", None)
+                outcome.judge_model = None if model is None else str(model)
+                usage = getattr(response, "usage", None)
+                if usage is not None:
+                    outcome.usage["prompt_tokens"] += int(getattr(usage, "prompt_tokens", 0) or 0)
+                    outcome.usage["completion_tokens"] += int(getattr(usage, "completion_tokens", 0) or 0)
+                outcome.reply = response.choices[0].message.content
+                outcome.verdict = parse_verdict(outcome.reply, need_pred=item.need_pred)
+                outcome.error = None
+                return outcome
+            except (VerdictError, AttributeError, IndexError, KeyError, TypeError, ValueError) as error:
+                outcome.error = f"invalid reply: {redact(str(error))[:300]}"
+                logger.debug("item %s ask %d: %s; asking again", item.id, asks, outcome.error)
         return outcome
 
 
@@ -438,6 +457,12 @@ def qa_judge_items(records: Sequence[dict[str, Any]]) -> tuple[list[JudgeItem], 
 def fingerprint(judge: Judge, item: JudgeItem) -> str:
     payload = json.dumps([judge.identity, item.messages, item.answer, list(item.preds), item.need_pred])
     return hashlib.sha1(payload.encode("utf-8")).hexdigest()
+
+
+def content_hash(item: JudgeItem) -> str:
+    """What was judged, whoever judged it and with whichever prompt: id, reference and predictions."""
+    payload = json.dumps([item.id, item.answer, list(item.preds), item.need_pred])
+    return hashlib.sha1(payload.encode("utf-8")).hexdigest()[:16]
 
 
 METRIC_RULE = ("accuracy = yes / all items, score = sum of scores / all items; an item without a verdict "
@@ -523,7 +548,8 @@ def run_judge(items: Sequence[JudgeItem], judge: Judge, output_dir: str | os.Pat
                     continue
                 record = {"id": item.id, "verdict": outcome.verdict.pred, "score": outcome.verdict.score,
                           "judge_model": outcome.judge_model, "attempts": outcome.attempts,
-                          "usage": outcome.usage, "reply": _redacted(outcome.reply), "fingerprint": prints[item.id]}
+                          "usage": outcome.usage, "reply": _redacted(outcome.reply), "fingerprint": prints[item.id],
+                          "content": content_hash(item)}
                 if item.type is not None:
                     record["type"] = item.type
                 writer.append(record)
@@ -556,6 +582,7 @@ def run_judge(items: Sequence[JudgeItem], judge: Judge, output_dir: str | os.Pat
         "usage": usage,
         "usage_this_run": spent,
         "prompt_version": PROMPT_VERSION,
+        **judge.description(),
     })
     types = sorted({str(r["type"]) for r in judged + failed_all if r.get("type") is not None})
     if types:

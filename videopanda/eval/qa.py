@@ -215,7 +215,8 @@ class ModelAnswerer:
         self.num_frames = self.frame_config.num_frames
         self.fingerprint = answerer_fingerprint(config, self.model.config, self.dtype)
 
-    def _prepare(self, item: QAItem):
+    def prepare(self, item: QAItem):
+        """(the chat template's prompt for the question, uint8 frames (n, H, W, 3) read from the video)."""
         from videopanda.data.video import read_video
         from videopanda.infer import video_prompt
 
@@ -225,8 +226,9 @@ class ModelAnswerer:
         frames = read_video(item.video_path, num_frames=self.num_frames)
         return video_prompt(self.processor, item.question, self.config.system), frames
 
-    def generate(self, prepared: list[tuple[Any, Any]]) -> list[str]:
-        """prepared: per sample (prompt text, uint8 frames (n, H, W, 3)) -> answers."""
+    def generate(self, prepared: list[tuple[Any, Any]], max_new_tokens: int | None = None) -> list[str]:
+        """prepared: per sample (prompt text, uint8 frames (n, H, W, 3)) -> greedy answers of at most
+        `max_new_tokens` tokens (default: the config's)."""
         from videopanda.infer import generation_settings
 
         torch = self.torch
@@ -234,9 +236,40 @@ class ModelAnswerer:
         inputs["pixel_values_videos"] = inputs["pixel_values_videos"].to(self.dtype)
         longest = inputs["input_ids"].shape[1]
         with torch.inference_mode():
-            output = self.model.generate(**inputs, **generation_settings(self.tokenizer, self.config.max_new_tokens))
+            output = self.model.generate(
+                **inputs, **generation_settings(self.tokenizer, max_new_tokens or self.config.max_new_tokens))
         output = output[:, longest:].cpu()
         return [text.strip() for text in self.tokenizer.batch_decode(output, skip_special_tokens=True)]
+
+    def continuation_logprobs(self, prompt: str, frames: Any, continuations: Sequence[str]) -> list[tuple[float, bool]]:
+        """Per continuation (text appended to `prompt`, e.g. " B"): (sum of the log-probabilities of its
+        tokens after the prompt, whether greedy decoding would produce exactly those tokens). The
+        continuations are batched with left padding, one copy of the frames (n, H, W, 3) each.
+        ValueError when a continuation is empty or changes how the prompt itself is tokenized."""
+        torch = self.torch
+        texts = [prompt] + [prompt + continuation for continuation in continuations]
+        inputs = self.processor(text=texts, videos=[frames] * len(texts)).to(self.config.device)
+        lengths = inputs["attention_mask"].sum(dim=1).tolist()
+        ids, width = inputs["input_ids"], inputs["input_ids"].shape[1]
+        prompt_ids = ids[0, width - lengths[0]:]
+        rows = list(range(1, len(texts)))
+        with torch.inference_mode():
+            logits = self.model(input_ids=ids[rows], attention_mask=inputs["attention_mask"][rows],
+                                pixel_values_videos=inputs["pixel_values_videos"][rows].to(self.dtype)).logits
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        end = logprobs.shape[1]   # the text ends in the last column (left padding), whatever the model inserts
+        scores = []
+        for row, index in enumerate(rows):
+            extra = lengths[index] - lengths[0]
+            if extra < 1 or not torch.equal(ids[index, width - lengths[index]:width - extra], prompt_ids):
+                raise ValueError(f"the continuation {continuations[index - 1]!r} is empty or changes how the "
+                                 f"prompt is tokenized")
+            targets = ids[index, width - extra:]
+            # the logits at position p predict the token at p + 1
+            predicted = logprobs[row, end - extra - 1:end - 1]
+            scores.append((float(predicted.gather(1, targets[:, None]).sum()),
+                           bool(torch.equal(predicted.argmax(dim=-1), targets))))
+        return scores
 
     def __call__(self, items: list[QAItem]) -> list["str | Exception"]:
         from videopanda.data.video import VideoReadError
@@ -245,7 +278,7 @@ class ModelAnswerer:
         prepared, rows = [], []
         for row, item in enumerate(items):
             try:
-                prepared.append(self._prepare(item))
+                prepared.append(self.prepare(item))
                 rows.append(row)
             except (VideoReadError, OSError) as error:
                 results[row] = error
