@@ -101,6 +101,9 @@ def freeze_for_lora(training_model, visual: str) -> None:
     from videopanda.train.stages import VISUAL_GROUPS, parameter_parts
 
     parts = parameter_parts(training_model)
+    if visual != "train":  # frozen means unchanged: BatchNorm running statistics included
+        training_model.keep_eval = [m for part, modules in training_model.parts().items() if part in VISUAL_GROUPS
+                                    for m in modules]
     for name, param in training_model.named_parameters():
         if parts[name] == "llm":
             param.requires_grad_("lora_" in name)
