@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("videopanda.data.synth", "generate the synthetic video-QA dataset and the tiny model folders"),
     "train": ("videopanda.train.cli", "run one training stage (prealign, pretrain, finetune)"),
     "eval": ("videopanda.eval.cli", "evaluation: qa, merge, judge, benchmark, report, judge-agreement, mc"),
+    "merge-lora": ("videopanda.lora", "merge a LoRA adapter folder into its base: a full model folder"),
     "bench": ("videopanda.bench.cli", "speed benchmarks: visual front ends, data path, time to first token"),
 }
 

@@ -180,6 +180,7 @@ def validate_model_folder(folder: str | Path, model_types: tuple[str, ...] | Non
     file (single, or each shard an index names) is there and its header reads; with `tokenizer`, the
     tokenizer files are there and parse. Raises ModelFolderError naming the file, in one line.
     """
+    from videopanda.lora import AdapterFolderError, base_folder, is_adapter_folder
     from videopanda.model.checkpoint import stored_tensors
 
     folder = Path(folder)
@@ -195,10 +196,17 @@ def validate_model_folder(folder: str | Path, model_types: tuple[str, ...] | Non
                                f"not one of {', '.join(map(repr, model_types))}")
     if model_type in LLM_MODEL_TYPES:
         _check_config_fields(config_path, raw)
-    try:
-        stored_tensors(folder)
-    except (OSError, ValueError, pickle.UnpicklingError) as err:
-        raise ModelFolderError(str(err)) from err
+    if is_adapter_folder(folder):  # LoRA adapters: the weights are the base folder's plus the adapter files
+        try:
+            base = base_folder(folder)
+        except AdapterFolderError as err:
+            raise ModelFolderError(str(err)) from err
+        validate_model_folder(base, model_types, tokenizer=False)
+    else:
+        try:
+            stored_tensors(folder)
+        except (OSError, ValueError, pickle.UnpicklingError) as err:
+            raise ModelFolderError(str(err)) from err
     if tokenizer:
         _check_tokenizer_files(folder)
     return raw
@@ -394,8 +402,12 @@ def check_memory(folder: str | Path, config, dtype: torch.dtype, device: str = "
 
 
 def load_model(folder: str | Path, device: str = "cpu", dtype: torch.dtype | None = None, *,
-               memory_budget: int | None = None):
+               memory_budget: int | None = None, keep_peft: bool = False):
     """-> (model in eval mode on `device`, its `VideoPandaProcessor`).
+
+    A LoRA adapter folder (`videopanda.lora`) loads its base folder's model, then its own visual weights
+    and adapters on top (unmerged); the model returned is the `VideoPandaForCausalLM` holding them, or
+    with `keep_peft` the peft wrapper (for `merge_and_unload`).
 
     dtype None: the checkpoint's own (`checkpoint_dtype`). Checks the folder (`validate_model_folder`), the
     tokenizer against the model's vocabulary and placeholder id, and that the model fits (`check_memory`; `memory_budget` in
@@ -421,9 +433,16 @@ def load_model(folder: str | Path, device: str = "cpu", dtype: torch.dtype | Non
     if processor.image_token_id != config.image_token_id:
         raise ModelFolderError(f"{folder}: the tokenizer's <image> id {processor.image_token_id} is not config.json's "
                                f"image_token_id {config.image_token_id}")
-    check_memory(folder, config, dtype, device, stored, memory_budget)
+    from videopanda.lora import attach_adapter, base_folder, is_adapter_folder
+
+    adapter = is_adapter_folder(folder)
+    weights = base_folder(folder) if adapter else folder
+    check_memory(weights, config, dtype, device, stored, memory_budget)
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(weights, dtype=dtype)
+        if adapter:
+            peft_model = attach_adapter(model, folder)
+            model = peft_model if keep_peft else model
     except Exception as err:  # headers were fine, the data was not: any reader error ends here
         logger.debug("loading %s", folder, exc_info=True)
         raise ModelFolderError(f"{folder}: cannot load the model ({one_line_error(err)})") from err

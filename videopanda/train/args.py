@@ -14,7 +14,8 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from videopanda.train.experiment import STAGES, ExperimentError, ResolvedExperiment, resolve_experiment
+from videopanda.train.experiment import (LORA_STAGE, STAGES, ExperimentError, LoraSettings, ResolvedExperiment,
+                                         resolve_experiment)
 
 DEFAULT_EXPERIMENT = "videopanda-7b"
 
@@ -102,6 +103,8 @@ class TrainArgs:
     resume: str = "auto"
     check_only: bool = False
     experiment: ResolvedExperiment | None = None
+    lora: LoraSettings | None = None
+    """The experiment's LoRA settings when this stage trains adapters, else None."""
 
     def data_json_paths(self) -> list[Path]:
         """Absolute JSON paths: a bare file name is looked up in DATA_ROOT/train/train_json."""
@@ -149,7 +152,8 @@ def stage_args(resolved: ResolvedExperiment, stage: str, resume: str = "auto", c
         attn_implementation=exp.runtime.attn_implementation, precision=exp.training.precision,
         device=exp.runtime.device, num_workers=exp.runtime.num_workers, random_flip=exp.data.random_flip,
         group_by_modality_length=exp.data.group_by_modality_length, save_teacher=exp.save.teacher,
-        report_to=exp.runtime.report_to, resume=resume, check_only=check_only, experiment=resolved)
+        report_to=exp.runtime.report_to, resume=resume, check_only=check_only, experiment=resolved,
+        lora=exp.lora if exp.lora.enabled and stage == LORA_STAGE else None)
 
 
 def build_parser() -> argparse.ArgumentParser:

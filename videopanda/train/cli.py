@@ -103,7 +103,8 @@ def train(args: TrainArgs, plan: Preflight, signals: StopSignals | None = None) 
     from videopanda.data.dataset import VideoInstructCollator, VideoInstructDataset, log_data_report
     from videopanda.data.processor import VideoPandaProcessor
     from videopanda.train.stages import apply_stage, build_model, prepare_zero3
-    from videopanda.train.trainer import LOSS_LOG, LossLogCallback, StopOnSignal, VideoPandaTrainer, agreed_stop_signal
+    from videopanda.train.trainer import (LOSS_LOG, LoraRun, LossLogCallback, StopOnSignal, VideoPandaTrainer,
+                                          agreed_stop_signal)
 
     signals = signals or StopSignals()
 
@@ -123,13 +124,19 @@ def train(args: TrainArgs, plan: Preflight, signals: StopSignals | None = None) 
     model = build_model(args.model, init=args.init, stab_overrides=args.stab_overrides(),
                         config_overrides=args.config_overrides(),
                         teacher_folder=args.teacher if args.distill else None, dtype=dtype, attn_implementation=attn,
-                        distill_loss=args.distill_loss)
+                        distill_loss=args.distill_loss, quantize=args.lora.quantize if args.lora else "none")
     model.config.use_cache = False
     # Text-only batches still run the visual parts (x 0): several processes must run the same modules every step
     # (ZeRO-3 gathers, DDP / ZeRO-1/2 reduce the same gradients), and with the LLM frozen (prealign) such a batch
     # would otherwise have no gradient at all. It also keeps AdamW's steps on the visual parts as they were.
     model.lockstep = True
     apply_stage(model, args.stage)
+    adapter = None
+    if args.lora is not None:
+        from videopanda.lora import add_adapters, freeze_for_lora
+
+        adapter = LoraRun(add_adapters(model.model, args.lora), base=args.model, visual=args.lora.visual)
+        freeze_for_lora(model, args.lora.visual)
     deepspeed = args.deepspeed
     if plan.deepspeed_stage == 3:
         deepspeed = prepare_zero3(model, json.loads(Path(args.deepspeed).read_text()))
@@ -181,6 +188,7 @@ def train(args: TrainArgs, plan: Preflight, signals: StopSignals | None = None) 
         callbacks=[LossLogCallback(Path(args.output_dir) / LOSS_LOG), stop],
         visual_learning_rate=args.visual_learning_rate, save_teacher=args.save_teacher,
         keep_checkpoints=args.save_total_limit, group_by_modality_length=args.group_by_modality_length,
+        adapter=adapter,
     )
     if training_args.should_save:
         discard_incomplete(args.output_dir)

@@ -137,6 +137,31 @@ class StagesSettings:
     finetune: StageSettings = _doc("stage 3: everything but the teacher")
 
 
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+"""The Llama's attention and MLP projections: where LoRA puts adapters by default."""
+QUANTIZE = ("none", "nf4")
+LORA_STAGE = "finetune"
+"""The stage LoRA applies to (its output, an adapter folder, is the run's last)."""
+
+
+@dataclass
+class LoraSettings:
+    """LoRA (and QLoRA) for the finetune stage; every field has a default, so `lora: {enabled: true}` is enough."""
+
+    enabled: bool = field(default=False, metadata={"help": "finetune with LoRA adapters on the LLM (peft)"})
+    rank: int = field(default=128, metadata={"help": "adapter rank r"})
+    alpha: int = field(default=256, metadata={"help": "lora_alpha (the update is scaled by alpha / rank)"})
+    dropout: float = field(default=0.05, metadata={"help": "dropout on the adapters' input"})
+    target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS), metadata={
+        "help": "projection names inside the LLM's decoder layers that get adapters"})
+    visual: str = field(default="train", metadata={
+        "help": "train: STAB, projector and distillation head train fully (at visual_learning_rate); freeze: they "
+                "stay as loaded", "choices": ("train", "freeze")})
+    quantize: str = field(default="none", metadata={
+        "help": "none (LoRA) or nf4: QLoRA, the base LLM in 4-bit NF4 with bf16 compute (CUDA and the qlora extra)",
+        "choices": QUANTIZE})
+
+
 @dataclass
 class Experiment:
     name: str = _doc("the experiment's name (default: its file's path under configs/experiments, '/' -> '-')")
@@ -148,6 +173,8 @@ class Experiment:
     save: SaveSettings = _doc("checkpoint policy")
     runtime: RuntimeSettings = _doc("execution settings (not compared between runs)")
     stages: StagesSettings = _doc("per-stage settings")
+    lora: LoraSettings = field(default_factory=LoraSettings, metadata={
+        "help": "LoRA / QLoRA adapters for the finetune stage (off by default)"})
 
     def stage(self, stage: str) -> StageSettings:
         if stage not in STAGES:
@@ -399,6 +426,9 @@ def _build(cls: type, data: dict, where: str, prefix: str = ""):
             if f.default is not MISSING:
                 values[f.name] = f.default
                 continue
+            if f.default_factory is not MISSING:
+                values[f.name] = f.default_factory()
+                continue
             raise ExperimentError(f"{where}: missing key {path}")
         value = _typed(schema[f.name], data[f.name], where, path)
         choices = f.metadata.get("choices")
@@ -464,6 +494,8 @@ def stage_view(experiment: dict, stage: str) -> dict:
     view = {k: v for k, v in experiment.items() if k not in _NOT_COMPARED}
     own = {k: v for k, v in experiment["stages"][stage].items() if k != "output_dir"}
     view["stages"] = {stage: own}
+    if stage != LORA_STAGE or not (view.get("lora") or {}).get("enabled"):
+        view.pop("lora", None)  # LoRA off is what runs recorded before the section existed did
     return view
 
 
@@ -524,6 +556,7 @@ def write_record(resolved: ResolvedExperiment, folder: str | os.PathLike) -> Pat
     return write_json_atomic(Path(folder) / EXPERIMENT_RECORD, resolved.record())
 
 
-__all__ = ["DISTILL_LOSSES", "Experiment", "ExperimentError", "FRAME_FIELDS", "ResolvedExperiment", "STAGES",
+__all__ = ["DISTILL_LOSSES", "Experiment", "ExperimentError", "FRAME_FIELDS", "LORA_TARGETS", "LoraSettings",
+           "ResolvedExperiment", "STAGES",
            "StageSettings", "check_stage_folder", "config_dir", "differences", "experiment_names",
            "find_experiment", "read_record", "resolve_experiment", "stage_view", "write_record"]

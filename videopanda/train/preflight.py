@@ -143,6 +143,8 @@ def run_preflight(args: TrainArgs, world_size: int | None = None) -> Preflight:
     except ValueError as err:
         raise PreflightError(str(err)) from None
     stage = _deepspeed_stage(args.deepspeed)
+    if args.lora is not None:
+        _lora_ready(args, kind, stage)
     paths, folder, n, n_video = _data(args)
     _output_folder(Path(args.output_dir))
     if args.experiment is not None:
@@ -153,6 +155,27 @@ def run_preflight(args: TrainArgs, world_size: int | None = None) -> Preflight:
         except ExperimentError as err:
             raise PreflightError(str(err)) from None
     return Preflight(kind, paths, folder, n, n_video, batch, _resume(args), stage)
+
+
+def _lora_ready(args: TrainArgs, kind: str, deepspeed_stage: int | None) -> None:
+    """LoRA needs peft; adapters are saved from each rank's full parameters, so not under ZeRO-3; QLoRA
+    needs CUDA, bitsandbytes and a Video-Panda starting folder (its visual parts stay unquantized)."""
+    import importlib.util
+
+    import torch
+
+    if importlib.util.find_spec("peft") is None:
+        raise PreflightError("lora.enabled needs peft: pip install 'videopanda[lora]'")
+    if deepspeed_stage == 3:
+        raise PreflightError(f"LoRA runs under DeepSpeed ZeRO-2 or without DeepSpeed, not ZeRO-3 ({args.deepspeed})")
+    if args.lora.quantize == "nf4":
+        if args.device == "cpu" or not torch.cuda.is_available():
+            raise PreflightError("QLoRA (lora.quantize: nf4) needs a CUDA device, and this run has none "
+                                 f"(device {args.device}); use lora.quantize=none for LoRA")
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise PreflightError("QLoRA (lora.quantize: nf4) needs bitsandbytes: pip install 'videopanda[qlora]'")
+        if kind != "videopanda":
+            raise PreflightError(f"QLoRA starts from a Video-Panda folder; {args.model} is a {kind} folder")
 
 
 def _same_visual_part(args: TrainArgs, model: Path) -> None:

@@ -224,9 +224,11 @@ def load_head_from_folder(head: nn.Module, folder: str | Path) -> int:
 
 def build_model(folder: str | Path, *, init: str, stab_overrides: dict, teacher_folder: str | Path | None,
                 dtype: torch.dtype, attn_implementation: str, config_overrides: dict | None = None,
-                distill_loss: str = "cosine"):
+                distill_loss: str = "cosine", quantize: str = "none"):
     """The `TrainingModel` for one stage, with teacher and distillation head (comparing by `distill_loss`,
-    cosine or mse) when `teacher_folder` is given (see module docstring); lockstep off (the caller sets it)."""
+    cosine or mse) when `teacher_folder` is given (see module docstring); lockstep off (the caller sets it).
+    `quantize="nf4"` (QLoRA, a Video-Panda folder on CUDA) loads the LLM's linear layers in 4-bit NF4 with
+    bf16 compute; the STAB, projector and lm_head stay in `dtype`."""
     from videopanda.model.teacher import LanguageBindVideoTower
     from videopanda.model.videopanda import VideoPandaForCausalLM
     from videopanda.train.distillation import DistillationHead
@@ -235,7 +237,9 @@ def build_model(folder: str | Path, *, init: str, stab_overrides: dict, teacher_
     kind = detect_init_kind(folder, init)
     logger.info("initialising from %s (%s folder)", folder, kind)
     if kind == "videopanda":
-        model = VideoPandaForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation=attn_implementation)
+        quantized = {} if quantize == "none" else {"quantization_config": _nf4_config(), "device_map": {"": "cuda"}}
+        model = VideoPandaForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation=attn_implementation,
+                                                      **quantized)
     else:
         config = videopanda_config_from_llm(folder, stab_overrides, config_overrides)
         model = VideoPandaForCausalLM.from_pretrained(folder, config=config, dtype=dtype,
@@ -262,6 +266,15 @@ def build_model(folder: str | Path, *, init: str, stab_overrides: dict, teacher_
     if kind == "eve":
         load_eve_visual_parts(model, head, folder)
     return TrainingModel(model, teacher, head, distill_loss=distill_loss)
+
+
+def _nf4_config():
+    """bitsandbytes 4-bit NF4 with bf16 compute for the LLM's linear layers only."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
+                              bnb_4bit_use_double_quant=True,
+                              llm_int8_skip_modules=["video_tower", "video_projector", "lm_head"])
 
 
 def _frames_require_grad(module: nn.Module, args: tuple) -> tuple | None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import signal
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -187,10 +188,21 @@ class _CarryUnloggedLoss(TrainerCallback):
         self.trainer._restore_unlogged_loss()
 
 
+@dataclass
+class LoraRun:
+    """A LoRA run's adapters: the `PeftModel` around the trained model, the base folder it saves as its
+    base, and whether the visual parts train ("train" / "freeze")."""
+
+    peft_model: object
+    base: str
+    visual: str
+
+
 class VideoPandaTrainer(Trainer):
     def __init__(self, *args, visual_learning_rate: float, save_teacher: bool = False, keep_checkpoints: int = 2,
-                 group_by_modality_length: bool = True, **kwargs):
+                 group_by_modality_length: bool = True, adapter: LoraRun | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.adapter = adapter
         self.visual_learning_rate = visual_learning_rate
         self.save_teacher = save_teacher
         self.keep_checkpoints = keep_checkpoints
@@ -349,9 +361,14 @@ class VideoPandaTrainer(Trainer):
             return
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         Path(output_dir).mkdir(parents=True, exist_ok=True)
-        logger.info("saving the model to %s", output_dir)
-        self.accelerator.unwrap_model(self.model).save_pretrained(output_dir, state_dict=state_dict,
-                                                                  save_teacher=self.save_teacher)
+        logger.info("saving the %s to %s", "adapters" if self.adapter else "model", output_dir)
+        model = self.accelerator.unwrap_model(self.model)
+        if self.adapter is not None:  # the live weights: whole on every rank below ZeRO-3
+            from videopanda.lora import save_adapter_folder
+
+            save_adapter_folder(model, self.adapter.peft_model, output_dir, self.adapter.base, self.adapter.visual)
+        else:
+            model.save_pretrained(output_dir, state_dict=state_dict, save_teacher=self.save_teacher)
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, Path(output_dir) / TRAINING_ARGS_NAME)
@@ -362,7 +379,12 @@ class VideoPandaTrainer(Trainer):
         from videopanda.model.checkpoint import read_state_dict
 
         target = self.accelerator.unwrap_model(model if model is not None else self.model)
-        target.load_released_state_dict(read_state_dict(resume_from_checkpoint))
+        if self.adapter is not None:
+            from videopanda.lora import load_adapter_state
+
+            load_adapter_state(target, self.adapter.peft_model, resume_from_checkpoint)
+        else:
+            target.load_released_state_dict(read_state_dict(resume_from_checkpoint))
 
     def _save_checkpoint(self, model, trial) -> None:
         folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
@@ -379,5 +401,5 @@ class VideoPandaTrainer(Trainer):
         self.accelerator.wait_for_everyone()
 
 
-__all__ = ["LOSS_LOG", "LossLogCallback", "StopOnSignal", "VideoPandaTrainer", "agreed_stop_signal", "max_over_ranks",
+__all__ = ["LOSS_LOG", "LoraRun", "LossLogCallback", "StopOnSignal", "VideoPandaTrainer", "agreed_stop_signal", "max_over_ranks",
            "no_decay", "parameter_groups"]

@@ -81,6 +81,14 @@ class TrainingModel(nn.Module):
             teacher.requires_grad_(False)
             teacher.eval()
         self.lockstep = lockstep
+        self.keep_eval: list[nn.Module] = []
+        """Frozen modules that stay in eval mode while training (their BatchNorm statistics too)."""
+
+    def train(self, mode: bool = True) -> "TrainingModel":
+        super().train(mode)
+        for module in self.keep_eval:
+            module.eval()
+        return self
 
     # ---- what the Trainer expects of a model -----------------------------------------------------
 

@@ -1,0 +1,187 @@
+"""LoRA finetuning on the tiny shapes: real runs of `videopanda train`, real adapter folders, merge and reload."""
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from videopanda.model.checkpoint import PROJECTOR_PREFIX, STAB_PREFIX
+
+pytest.importorskip("peft")
+
+LORA = ["lora.enabled=true", "lora.rank=4", "lora.alpha=8", "lora.dropout=0.1"]
+STEPS = ["--max-steps", "6", "--save-steps", "2", "--logging-steps", "1", "--learning-rate", "3e-3",
+         "--visual-learning-rate", "1e-3", "--warmup-ratio", "0"]
+
+
+def train_command(trainkit, args: list[str]) -> list[str]:
+    return [trainkit.python, "-m", "videopanda.train", *args]
+
+
+def train(trainkit, args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
+    done = subprocess.run(train_command(trainkit, args), env=trainkit.env(), cwd=trainkit.repo, capture_output=True,
+                          text=True, timeout=timeout)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
+    return done
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory, tiny_args, trainkit, llama_dir):
+    """A Video-Panda folder: two prealign steps from the tiny Llama, in one process."""
+    output = tmp_path_factory.mktemp("base") / "prealign"
+    train(trainkit, tiny_args("prealign", llama_dir, output, "--max-steps", "2", "--save-steps", "100"))
+    return output
+
+
+@pytest.fixture(scope="module")
+def lora_args(tiny_args, base):
+    def make(output: Path, *extra: str) -> list[str]:
+        return tiny_args("finetune", base, output, *STEPS, *extra, *LORA)
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def adapter(tmp_path_factory, lora_args, trainkit):
+    """An uninterrupted LoRA finetune of 6 steps (a checkpoint every 2)."""
+    output = tmp_path_factory.mktemp("lora") / "finetune"
+    train(trainkit, lora_args(output))
+    return output
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory):
+    from helpers.media import make_frames, write_video
+
+    path = tmp_path_factory.mktemp("video") / "clip.mp4"
+    write_video(path, make_frames(8, height=48, width=64, seed=3), fps=4)
+    return path
+
+
+def llm_key(key: str) -> bool:
+    return not key.startswith(("model.video_tower", "model.video_projector", "model.video_teacher"))
+
+
+def test_the_adapter_folder_is_small_and_records_its_base(adapter, base):
+    names = {p.name for p in adapter.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "visual.safetensors", "videopanda_adapter.json",
+            "config.json", "processor_config.json", "training_complete.json"} <= names, names
+    assert "model.safetensors" not in names
+    assert json.loads((adapter / "videopanda_adapter.json").read_text())["base"] == str(base.resolve())
+    adapters = load_file(adapter / "adapter_model.safetensors")
+    assert adapters and all("lora_" in key and ".layers." in key for key in adapters)
+    # q, k, v, o, gate, up, down in 2 layers, A and B each
+    assert len(adapters) == 2 * 7 * 2
+    assert (adapter / "adapter_model.safetensors").stat().st_size < (base / "model.safetensors").stat().st_size / 4
+
+
+def test_lora_lowers_the_loss_and_changes_only_adapters_and_visual_parts(adapter, base):
+    from videopanda.infer import load_model
+
+    log = [json.loads(line) for line in (adapter / "loss_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, 7))
+    assert sum(r["lm_loss"] for r in log[3:]) < sum(r["lm_loss"] for r in log[:3]), log
+
+    base_state = load_file(base / "model.safetensors")
+    model, _ = load_model(adapter, "cpu")
+    ours = model.state_dict()
+    llm = [k for k in base_state if llm_key(k)]
+    assert llm
+    for key in llm:  # adapted layers keep their base weight under `base_layer`
+        stored = ours.get(key)
+        if stored is None:
+            stored = ours[key.replace(".weight", ".base_layer.weight")]
+        assert torch.equal(stored, base_state[key]), key
+    visual = load_file(adapter / "visual.safetensors")
+    changed = [k for k in visual if k in base_state and not torch.equal(visual[k], base_state[k])]
+    assert any(k.startswith(STAB_PREFIX) for k in changed) and any(k.startswith(PROJECTOR_PREFIX) for k in changed)
+    lora_b = [v for k, v in ours.items() if "lora_B" in k]
+    assert lora_b and all(v.abs().sum() > 0 for v in lora_b)  # B starts at zero: every one trained
+
+
+def test_frozen_visual_parts_stay_as_loaded(tmp_path, lora_args, trainkit, base):
+    output = tmp_path / "frozen"
+    train(trainkit, lora_args(output, "--max-steps", "2", "lora.visual=freeze"))
+    base_state, visual = load_file(base / "model.safetensors"), load_file(output / "visual.safetensors")
+    shared = [k for k in visual if k in base_state]
+    assert shared and all(torch.equal(visual[k], base_state[k]) for k in shared)
+
+
+def test_merged_folder_answers_as_base_plus_adapter_and_loads_in_another_process(adapter, tmp_path, trainkit, video):
+    from videopanda.data.video import read_video
+    from videopanda.infer import answer, load_model
+
+    merged = tmp_path / "merged"
+    done = subprocess.run([trainkit.python, "-m", "videopanda", "merge-lora", str(adapter), str(merged)],
+                          env=trainkit.env(), cwd=trainkit.repo, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not (merged / "adapter_config.json").exists() and (merged / "model.safetensors").is_file()
+    assert not any("lora" in k or "base_layer" in k for k in load_file(merged / "model.safetensors"))
+
+    frames = read_video(video, num_frames=4)
+    with_adapter, processor = load_model(adapter, "cpu")
+    full, full_processor = load_model(merged, "cpu")
+    questions = ["what colour is the circle?", "what moves left?"]
+    ours = [answer(with_adapter, processor, frames, q, max_new_tokens=12) for q in questions]
+    assert ours == [answer(full, full_processor, frames, q, max_new_tokens=12) for q in questions]
+
+    infer = subprocess.run([trainkit.python, "-m", "videopanda", "infer", "--model", str(adapter), "--video",
+                            str(video), "--question", questions[0], "--max-new-tokens", "12", "--device", "cpu"],
+                           env=trainkit.env(), cwd=trainkit.repo, capture_output=True, text=True, timeout=300)
+    assert infer.returncode == 0, infer.stderr[-3000:]
+    assert infer.stdout.strip() == ours[0]
+
+
+def test_a_killed_lora_run_resumes_to_the_same_loss_curve(adapter, tmp_path, lora_args, trainkit):
+    output = tmp_path / "killed"
+    command = train_command(trainkit, lora_args(output))
+    with open(tmp_path / "first.log", "w") as handle:
+        process = subprocess.Popen(command, env=trainkit.env(), cwd=trainkit.repo, start_new_session=True,
+                                   stdout=handle, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.time() + 300
+            while process.poll() is None and time.time() < deadline and len(read_steps(output)) < 3:
+                time.sleep(0.05)
+            assert process.poll() is None, (tmp_path / "first.log").read_text()[-4000:]
+            os.killpg(process.pid, signal.SIGKILL)
+        finally:
+            process.wait(timeout=60)
+    assert (output / "checkpoint-2" / "checkpoint_complete.json").is_file()
+    assert not (output / "training_complete.json").exists()
+    train(trainkit, lora_args(output))
+    resumed, reference = read_log(output), read_log(adapter)
+    assert [r["step"] for r in resumed] == [r["step"] for r in reference] == list(range(1, 7))
+    for ours, theirs in zip(resumed, reference):
+        for key in ("loss", "lm_loss", "distill_loss", "learning_rate", "grad_norm"):
+            assert ours[key] == pytest.approx(theirs[key], rel=1e-6, abs=1e-7), (key, ours, theirs)
+    for name in ("adapter_model.safetensors", "visual.safetensors"):
+        final, ref = load_file(output / name), load_file(adapter / name)
+        assert final.keys() == ref.keys()
+        assert all(torch.allclose(final[k], ref[k], rtol=1e-5, atol=1e-6) for k in final), name
+
+
+def read_steps(output: Path) -> list[int]:
+    log = output / "loss_log.jsonl"
+    lines = log.read_text().split("\n")[:-1] if log.exists() else []
+    return [json.loads(line)["step"] for line in lines]
+
+
+def read_log(output: Path) -> list[dict]:
+    return [json.loads(line) for line in (output / "loss_log.jsonl").read_text().splitlines()]
+
+
+def test_qlora_without_cuda_stops_before_training_with_one_line(tmp_path, lora_args, trainkit):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    output = tmp_path / "qlora"
+    done = subprocess.run(train_command(trainkit, lora_args(output, "lora.quantize=nf4")), env=trainkit.env(),
+                          cwd=trainkit.repo, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if "QLoRA" in line]
+    assert len(errors) == 1 and "needs a CUDA device" in errors[0], done.stderr[-3000:]
+    assert not output.exists() or not any(output.glob("checkpoint-*"))
