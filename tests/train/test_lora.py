@@ -185,3 +185,107 @@ def test_qlora_without_cuda_stops_before_training_with_one_line(tmp_path, lora_a
     errors = [line for line in done.stderr.splitlines() if "QLoRA" in line]
     assert len(errors) == 1 and "needs a CUDA device" in errors[0], done.stderr[-3000:]
     assert not output.exists() or not any(output.glob("checkpoint-*"))
+
+
+ZERO2 = ["--deepspeed", "configs/deepspeed/zero2.json", "--gradient-checkpointing", "--save-total-limit", "10"]
+
+
+def saved_by(log: str, folder: Path) -> list[str]:
+    """The ranks whose `videopanda` logger said it saved the adapters to `folder` (from the torchrun output)."""
+    return [line.split("[rank ")[1].split("]")[0] for line in log.splitlines()
+            if f"saving the adapters to {folder}" in line and line.rstrip().endswith(str(folder))]
+
+
+@pytest.mark.slow
+def test_lora_under_zero2_with_activation_checkpointing_on_two_processes(base, tmp_path, lora_args, trainkit, video):
+    """2 processes, DeepSpeed ZeRO-2 (gloo on CPU), activation checkpointing: the loss goes down, rank 0 alone
+    writes the adapter folder, which `videopanda infer` loads; every base LLM weight stays bit-identical; a run
+    killed after its first checkpoint resumes to the same loss curve and the same adapters."""
+    from videopanda.infer import load_model
+
+    output = tmp_path / "zero2"
+    done = trainkit.torchrun(lora_args(output, *ZERO2))
+    log = done.stdout + done.stderr
+    settings = torch.load(output / "training_args.bin", weights_only=False)
+    assert settings.activation_checkpointing and settings.deepspeed and settings.world_size == 2
+    reference = read_log(output)
+    assert [r["step"] for r in reference] == list(range(1, 7))
+    assert sum(r["lm_loss"] for r in reference[3:]) < sum(r["lm_loss"] for r in reference[:3]), reference
+    assert saved_by(log, output) == ["0"], log[-4000:]
+    assert saved_by(log, output / "checkpoint-2") == ["0"], log[-4000:]
+
+    base_state = load_file(base / "model.safetensors")
+    model, _ = load_model(output, "cpu")
+    ours = model.state_dict()
+    llm = [k for k in base_state if llm_key(k)]
+    for key in llm:
+        stored = ours.get(key)
+        if stored is None:
+            stored = ours[key.replace(".weight", ".base_layer.weight")]
+        assert torch.equal(stored, base_state[key]), key
+    lora_b = [v for k, v in ours.items() if "lora_B" in k]
+    assert len(lora_b) == 2 * 7 and all(v.abs().sum() > 0 for v in lora_b)
+    infer = subprocess.run([trainkit.python, "-m", "videopanda", "infer", "--model", str(output), "--video",
+                            str(video), "--question", "what moves left?", "--max-new-tokens", "8", "--device", "cpu"],
+                           env=trainkit.env(), cwd=trainkit.repo, capture_output=True, text=True, timeout=300)
+    assert infer.returncode == 0 and infer.stdout.strip(), infer.stderr[-3000:]
+
+    killed = tmp_path / "killed"
+    args = lora_args(killed, *ZERO2)
+    marker = killed / "checkpoint-2" / "checkpoint_complete.json"
+    process = subprocess.Popen(trainkit.command(args), env=trainkit.env(), cwd=trainkit.repo, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while not marker.exists() and process.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        os.killpg(process.pid, signal.SIGKILL)
+    finally:
+        process.wait(timeout=60)
+    assert marker.exists(), "the run never completed its first checkpoint"
+    assert not (killed / "training_complete.json").exists(), "the run finished before it could be killed"
+    trainkit.torchrun(args)
+    resumed = read_log(killed)
+    assert [r["step"] for r in resumed] == list(range(1, 7))
+    for ours_step, theirs in zip(resumed, reference):
+        assert ours_step.keys() == theirs.keys(), (ours_step, theirs)
+        for key in ("loss", "lm_loss", "distill_loss", "learning_rate", "grad_norm"):
+            if key in theirs:
+                    assert ours_step[key] == pytest.approx(theirs[key], rel=1e-6, abs=1e-7), (key, ours_step, theirs)
+    for name in ("adapter_model.safetensors", "visual.safetensors"):
+        final, ref = load_file(killed / name), load_file(output / name)
+        assert final.keys() == ref.keys()
+        assert all(torch.allclose(final[k], ref[k], rtol=1e-5, atol=1e-6) for k in final), name
+
+
+def test_activation_checkpointing_leaves_the_adapter_gradients_unchanged(base):
+    """The frozen embeddings give the checkpointed decoder layers inputs without grad: non-reentrant
+    checkpointing (the trainer's setting) still gives the adapters exactly the gradients of a plain backward."""
+    from videopanda.lora import add_adapters, freeze_for_lora
+    from videopanda.train.experiment import LoraSettings
+    from videopanda.train.stages import build_model
+
+    model = build_model(base, init="auto", stab_overrides={}, teacher_folder=None, dtype=torch.float32,
+                        attn_implementation="sdpa")
+    add_adapters(model.model, LoraSettings(enabled=True, rank=4, alpha=8, dropout=0.0))
+    freeze_for_lora(model, "train")
+    model.train()
+    with torch.no_grad():  # B starts at zero: give the adapters an output so A gets a gradient too
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.02, generator=torch.Generator().manual_seed(len(name)))
+    ids = torch.randint(3, model.model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
+    adapters = {n: p for n, p in model.named_parameters() if "lora_" in n}
+
+    def adapter_grads() -> dict:
+        model.zero_grad(set_to_none=True)
+        model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids).loss.backward()
+        return {n: p.grad.clone() for n, p in adapters.items()}
+
+    plain = adapter_grads()
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    assert model.model.is_activation_checkpointing
+    checkpointed = adapter_grads()
+    assert len(plain) == 2 * 7 * 2 and all(g.abs().sum() > 0 for g in plain.values())
+    for name, grad in plain.items():
+        assert torch.allclose(checkpointed[name], grad, rtol=1e-5, atol=1e-7), name
