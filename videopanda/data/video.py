@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from videopanda.log import get_logger
 
@@ -200,6 +199,8 @@ def _pyav_fps(stream, num_frames: int) -> float:
 
 
 def _to_tensor(path: Path, frames: list[np.ndarray]) -> torch.Tensor:
+    import torch
+
     if not frames:
         raise VideoReadError(path, "no decodable frames")
     shapes = {f.shape for f in frames}

@@ -1,4 +1,4 @@
-"""`videopanda eval {qa,merge,judge,benchmark,report}`.
+"""usage: videopanda eval <subcommand> [options]   (`videopanda eval <subcommand> --help` for its options)
 
     qa         answer one chunk of a dataset's questions with a model (resumable, one process per GPU)
     merge      check that every question is answered exactly once; write merge.jsonl
@@ -18,6 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from videopanda.cli import CommandParser
 from videopanda.eval.datasets import DATASETS, QA_DATASETS, DatasetError, load_questions
 from videopanda.log import get_logger
 
@@ -205,7 +206,7 @@ def _finish(results: dict, allow_incomplete: bool, failed: str) -> int:
 
 
 def _cmd_qa(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="videopanda eval qa", description="Answer a zero-shot QA set with a model.")
+    p = CommandParser(prog="videopanda eval qa", description="Answer a zero-shot QA set with a model.")
     p.add_argument("--dataset", required=True, choices=list(QA_DATASETS))
     p.add_argument("--data-root", required=True)
     p.add_argument("--output-dir", required=True, type=Path)
@@ -216,8 +217,8 @@ def _cmd_qa(argv: list[str]) -> int:
 
 
 def _cmd_merge(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="videopanda eval merge",
-                                description="Merge chunk predictions; check every question is answered once.")
+    p = CommandParser(prog="videopanda eval merge",
+                      description="Merge chunk predictions; check every question is answered once.")
     p.add_argument("--pred-dir", required=True, type=Path)
     p.add_argument("--dataset", required=True, choices=list(DATASETS))
     p.add_argument("--data-root", required=True)
@@ -230,7 +231,7 @@ def _cmd_merge(argv: list[str]) -> int:
 def _cmd_judge(argv: list[str]) -> int:
     from videopanda.eval.judge import qa_judge_items, run_judge
 
-    p = argparse.ArgumentParser(prog="videopanda eval judge", description="Judge merged QA predictions.")
+    p = CommandParser(prog="videopanda eval judge", description="Judge merged QA predictions.")
     p.add_argument("--pred-file", required=True, type=Path)
     p.add_argument("--output-dir", required=True, type=Path)
     p.add_argument("--dataset", default=None, help="label stored in results.json (default: the dataset the "
@@ -260,7 +261,7 @@ def _cmd_benchmark(argv: list[str]) -> int:
     from videopanda.eval.benchmark import format_benchmark, judge_benchmark
     from videopanda.eval.datasets import BENCHMARK
 
-    p = argparse.ArgumentParser(prog="videopanda eval benchmark", description="The Video-ChatGPT benchmark.")
+    p = CommandParser(prog="videopanda eval benchmark", description="The Video-ChatGPT benchmark.")
     p.add_argument("--data-root", required=True)
     p.add_argument("--output-dir", required=True, type=Path)
     p.add_argument("--stage", choices=["infer", "judge", "all"], default="all")
@@ -297,7 +298,7 @@ def _cmd_benchmark(argv: list[str]) -> int:
 def _cmd_report(argv: list[str]) -> int:
     from videopanda.eval.report import to_markdown, write_report
 
-    p = argparse.ArgumentParser(prog="videopanda eval report", description="Results tables across models.")
+    p = CommandParser(prog="videopanda eval report", description="Results tables across models.")
     p.add_argument("--results", required=True, nargs="+", type=Path, help="one evaluation folder per model")
     p.add_argument("--names", nargs="+", default=None, help="model names (default: the folder names)")
     p.add_argument("--output-dir", required=True, type=Path)

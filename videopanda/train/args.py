@@ -190,7 +190,9 @@ def _base_type(annotation) -> tuple[type, bool]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from videopanda.cli import CommandParser
+
+    parser = CommandParser(
         prog="videopanda train",
         description="Run one Video-Panda training stage (see TRAIN_AND_VALIDATE.md). Launch it under torchrun "
                     "for several processes; unset options take the stage's recipe values (SPEC section 6).")
