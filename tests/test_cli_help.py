@@ -75,6 +75,15 @@ def test_help_shows_defaults():
     assert "default: None" not in train and "default: []" not in train
 
 
+def test_console_script_enters_through_the_light_module():
+    """The installed `videopanda` script is `videopanda_command:main` (reinstall after pulling this change)."""
+    from importlib.metadata import entry_points
+
+    (script,) = entry_points(group="console_scripts", name="videopanda")
+    assert script.value == "videopanda_command:main"
+    assert script.load() is videopanda_command.main
+
+
 def help_text(parser: argparse.ArgumentParser) -> str:
     return " ".join(parser.format_help().split())
 
@@ -166,3 +175,23 @@ def test_the_command_runs_a_model(tmp_path, tiny_tokenizer_dir):
     for result in answers:
         assert result.returncode == 0, result.stderr
     assert answers[0].stdout == answers[1].stdout and answers[0].stdout.strip()
+
+
+def test_bench_cli_times_every_help(tmp_path, capsys):
+    output = tmp_path / "bench_cli.json"
+    assert videopanda_command.main(["bench", "cli", "--repeats", "2", "--warmup", "0", "--output", str(output)]) == 0
+    report = json.loads(output.read_text())
+    commands = [row["command"] for row in report["rows"]]
+    assert commands[1:] == [" ".join(["videopanda", *line, "--help"]) for line in LINES]
+    for row in report["rows"]:
+        assert len(row["all_s"]) == 2 and row["min_s"] <= row["median_s"] <= row["max_s"] and row["min_s"] > 0
+    table = capsys.readouterr().out
+    assert "videopanda eval qa --help" in table and "slowest: videopanda" in table
+
+
+def test_bench_cli_reports_a_failing_command():
+    from videopanda.bench.cli_help import _time_once
+    from videopanda.bench.timing import BenchError
+
+    with pytest.raises(BenchError, match="exited 3: broken"):
+        _time_once([sys.executable, "-c", "import sys; print('broken', file=sys.stderr); raise SystemExit(3)"])
