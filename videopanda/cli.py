@@ -33,7 +33,7 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     default to show: None, an empty list, or False for an on/off flag (`--flag` alone)."""
 
     def add_argument(self, action: argparse.Action) -> None:
-        if not action.help and action.help is not argparse.SUPPRESS and _shows_default(action):
+        if not action.help and _shows_default(action):
             action = copy.copy(action)  # the parser's own action keeps its help
             action.help = "(default: %(default)s)"
         super().add_argument(action)

@@ -15,10 +15,6 @@ import sys
 import time
 from dataclasses import dataclass
 
-from videopanda.log import get_logger
-
-logger = get_logger(__name__)
-
 INTERPRETER_ROW = "(python start-up: python -c pass)"
 
 

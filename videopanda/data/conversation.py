@@ -39,8 +39,12 @@ counts and reports the skip). A sample is never silently masked.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from videopanda.constants import FRAME_PLACEHOLDER, FRAME_TOKEN_INDEX, IGNORE_INDEX, VIDEO_TOKEN
+
+if TYPE_CHECKING:
+    import torch
 
 SYSTEM_USER = (
     "A chat between a curious user and an artificial intelligence assistant. "
