@@ -219,14 +219,14 @@ def _stop_when_set(event: threading.Event):
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     """--model and the options that decide how it answers (shared by `chat` and `demo`)."""
-    from videopanda.infer import DTYPES
+    from videopanda.infer import DTYPE_NAMES
 
     parser.add_argument("--model", required=True, help="Video-Panda model folder (ours or the released layout)")
-    parser.add_argument("--max-new-tokens", type=int, default=1024, help="longest answer, in tokens (default 1024)")
+    parser.add_argument("--max-new-tokens", type=int, default=1024, help="longest answer, in tokens")
     parser.add_argument("--num-frames", type=int, default=None, help="frames to sample (default: the model's, 8)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
-    parser.add_argument("--dtype", choices=("auto", *DTYPES), default="auto",
-                        help="auto (default): the checkpoint's own dtype from config.json, float32 when it has none")
+    parser.add_argument("--dtype", choices=("auto", *DTYPE_NAMES), default="auto",
+                        help="auto: the checkpoint's own dtype from config.json, float32 when it has none")
     parser.add_argument("--system", choices=("user", "human"), default="user",
                         help="system text: 'user' (training) or 'human' (the original inference template)")
 
@@ -236,21 +236,23 @@ def load_conversation(args: argparse.Namespace) -> VideoConversation:
     Raises InferError (ModelFolderError, MemoryBudgetError) with a one-line message."""
     import torch
 
-    from videopanda.infer import DTYPES, InferError, frame_config_for, load_model, with_num_frames
+    from videopanda.infer import InferError, frame_config_for, load_model, torch_dtype, with_num_frames
 
     if args.max_new_tokens < 1:
         raise InferError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise InferError("--device cuda was asked for but no CUDA device is available")
-    model, processor = load_model(args.model, device, DTYPES.get(args.dtype))
+    model, processor = load_model(args.model, device, torch_dtype(args.dtype))
     processor = with_num_frames(processor, frame_config_for(model.config, args.num_frames).num_frames)
     return VideoConversation(model, processor, system=args.system, max_new_tokens=args.max_new_tokens)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="videopanda chat", description="Talk about a video in the terminal.",
-                                     epilog=f"In the chat: {COMMANDS_HELP}.")
+    from videopanda.cli import CommandParser
+
+    parser = CommandParser(prog="videopanda chat", description="Talk about a video in the terminal.",
+                           epilog=f"In the chat: {COMMANDS_HELP}.")
     add_model_options(parser)
     parser.add_argument("--video", required=True, help="video file to talk about")
     return parser

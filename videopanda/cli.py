@@ -1,7 +1,16 @@
 """The `videopanda` command. Each subcommand lives in its own module with `main(argv) -> int`,
-imported only when chosen, so `videopanda --help` stays fast and one broken tool cannot break the others."""
+imported only when chosen, so `videopanda --help` stays fast and one broken tool cannot break the others.
+A module whose command has subcommands of its own lists them in `SUBCOMMANDS`. Every parser is a
+`CommandParser`: its help shows each option's default.
+
+The console script enters through `videopanda_command`, which imports the package without registering the
+Auto classes; the command modules import torch, transformers and the model only inside the functions
+that need them, so `--help` anywhere imports neither.
+"""
 from __future__ import annotations
 
+import argparse
+import copy
 import importlib
 import sys
 
@@ -20,12 +29,53 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds "(default: X)" to an option's help, also to an option without help text, unless there is no
+    default to show: None, an empty list, or False for an on/off flag (`--flag` alone)."""
+
+    def add_argument(self, action: argparse.Action) -> None:
+        if not action.help and _shows_default(action):
+            action = copy.copy(action)  # the parser's own action keeps its help
+            action.help = "(default: %(default)s)"
+        super().add_argument(action)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        return super()._get_help_string(action) if _shows_default(action) else action.help or ""
+
+
+def _shows_default(action: argparse.Action) -> bool:
+    default = action.default
+    if default is None or default is argparse.SUPPRESS or (isinstance(default, (list, tuple)) and not default):
+        return False
+    if default is False and not isinstance(action, argparse.BooleanOptionalAction):
+        return False
+    return bool(action.option_strings) or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE)
+
+
+class CommandParser(argparse.ArgumentParser):
+    """The parser of every `videopanda` command: `DefaultsHelpFormatter` unless told otherwise, and the same
+    for its subcommands' parsers (`add_subparsers` makes them of the parser's own class)."""
+
+    def __init__(self, *args, formatter_class: type[argparse.HelpFormatter] = DefaultsHelpFormatter, **kwargs):
+        super().__init__(*args, formatter_class=formatter_class, **kwargs)
+
+
 def _usage() -> str:
     width = max(len(name) for name in COMMANDS)
     lines = ["usage: videopanda <command> [options]", "", "commands:"]
     lines += [f"  {name:<{width}}  {help_text}" for name, (_, help_text) in COMMANDS.items()]
     lines += ["", "Run `videopanda <command> --help` for the options of one command."]
     return "\n".join(lines)
+
+
+def help_command_lines() -> list[list[str]]:
+    """Every command line (without `--help`) that has a help of its own: [], [command] for each command, and
+    [command, subcommand] for each of a command's `SUBCOMMANDS`. Imports the command modules (light)."""
+    lines: list[list[str]] = [[]]
+    for name, (module_name, _) in COMMANDS.items():
+        lines.append([name])
+        lines += [[name, sub] for sub in getattr(importlib.import_module(module_name), "SUBCOMMANDS", ())]
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,11 +26,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from videopanda.chat import ContextLengthError, VideoConversation, add_model_options, load_conversation
 from videopanda.log import get_logger
+
+if TYPE_CHECKING:
+    import numpy as np
 
 logger = get_logger(__name__)
 
@@ -249,15 +251,17 @@ def build_app(demo: Demo, examples: list[Path], model_name: str):
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="videopanda demo",
-                                     description="Web demo: upload a video, see its frames, chat about it.")
+    from videopanda.cli import CommandParser
+
+    parser = CommandParser(prog="videopanda demo",
+                           description="Web demo: upload a video, see its frames, chat about it.")
     add_model_options(parser)
     parser.add_argument("--examples", nargs="*", default=[],
                         help="video files, or folders of them, offered as clips to pick")
-    parser.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to serve on")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--max-seconds", type=float, default=600.0, help="longest clip accepted, seconds")
-    parser.add_argument("--max-upload", default="200MB", help="largest upload accepted (default 200MB)")
+    parser.add_argument("--max-upload", default="200MB", help="largest upload accepted")
     return parser
 
 

@@ -35,15 +35,17 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from videopanda.log import get_logger
-from videopanda.model.checkpoint import one_line_error
+
+if TYPE_CHECKING:
+    import torch
 
 logger = get_logger(__name__)
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
+"""The dtypes a model runs in (`--dtype`, config.json's `dtype`), as torch names them."""
 MEMORY_BUDGET_ENV = "VIDEOPANDA_MEMORY_BUDGET"
 ACTIVATION_FLOOR = 256 * 2**20
 """Bytes reserved for activations (the video front end, logits) beyond the KV cache and 10% of the weights."""
@@ -67,16 +69,25 @@ class MemoryBudgetError(InferError):
     """The model would not fit in the memory available; the message says how much it needs and how much there is."""
 
 
+def torch_dtype(name: str) -> torch.dtype | None:
+    """The torch dtype named `name` (one of DTYPE_NAMES); None for "auto" (the checkpoint's own)."""
+    import torch
+
+    return None if name == "auto" else getattr(torch, name)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="videopanda infer", description="Answer a question about one video.")
+    from videopanda.cli import CommandParser
+
+    parser = CommandParser(prog="videopanda infer", description="Answer a question about one video.")
     parser.add_argument("--model", required=True, help="Video-Panda model folder (ours or the released layout)")
     parser.add_argument("--video", required=True, help="video file")
     parser.add_argument("--question", required=True, help="question about the video")
     parser.add_argument("--max-new-tokens", type=int, default=1024)
     parser.add_argument("--num-frames", type=int, default=None, help="frames to sample (default: the model's, 8)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default=None)
-    parser.add_argument("--dtype", choices=("auto", *DTYPES), default="auto",
-                        help="auto (default): the checkpoint's own dtype from config.json, float32 when it has none")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
+    parser.add_argument("--dtype", choices=("auto", *DTYPE_NAMES), default="auto",
+                        help="auto: the checkpoint's own dtype from config.json, float32 when it has none")
     parser.add_argument("--system", choices=("user", "human"), default="user",
                         help="system text: 'user' (training) or 'human' (the original inference template)")
     return parser
@@ -145,12 +156,10 @@ def _check_config_fields(path: Path, raw: dict) -> None:
 
 def checkpoint_dtype(raw: dict, config_path: Path | str = "config.json") -> torch.dtype:
     """The dtype a config.json says its weights are in (`dtype`, else `torch_dtype`); float32 when absent."""
-    name = raw.get("dtype") or raw.get("torch_dtype")
-    if name is None:
-        return torch.float32
-    if not isinstance(name, str) or name.removeprefix("torch.") not in DTYPES:
-        raise ModelFolderError(f"{config_path}: dtype {json.dumps(name)[:40]} is none of {', '.join(DTYPES)}")
-    return DTYPES[name.removeprefix("torch.")]
+    name = raw.get("dtype") or raw.get("torch_dtype") or "float32"
+    if not isinstance(name, str) or name.removeprefix("torch.") not in DTYPE_NAMES:
+        raise ModelFolderError(f"{config_path}: dtype {json.dumps(name)[:40]} is none of {', '.join(DTYPE_NAMES)}")
+    return torch_dtype(name.removeprefix("torch."))
 
 
 def _check_tokenizer_files(folder: Path) -> None:
@@ -226,7 +235,7 @@ def _inspect(folder: str | Path):
     from transformers import AutoConfig
 
     import videopanda.model  # noqa: F401  (registers the Auto classes)
-    from videopanda.model.checkpoint import MODEL_TYPE
+    from videopanda.model.checkpoint import MODEL_TYPE, one_line_error
 
     raw = validate_model_folder(folder, (MODEL_TYPE,))
     config_path = Path(folder) / "config.json"
@@ -275,16 +284,19 @@ class MemoryEstimate:
 
 
 def estimate_memory(folder: str | Path, config, dtype: torch.dtype,
-                    stored_dtype: torch.dtype = torch.float32) -> MemoryEstimate:
+                    stored_dtype: torch.dtype | None = None) -> MemoryEstimate:
     """What loading `folder` at `dtype` and generating a full context needs, from the weight files' headers.
 
     weights: every stored tensor the model keeps (not the keys `from_pretrained` ignores), floating ones
     at `dtype`'s width; a legacy-format `.bin` counts as its file size scaled from `stored_dtype` to `dtype`.
     kv_cache: 2 x layers x key/value heads x head_dim x max_position_embeddings x width.
-    activations: 10% of the weights + ACTIVATION_FLOOR.
+    activations: 10% of the weights + ACTIVATION_FLOOR. `stored_dtype` None: float32.
     """
+    import torch
+
     from videopanda.model.checkpoint import IGNORED_ON_LOAD, stored_tensors
 
+    stored_dtype = stored_dtype or torch.float32
     width = dtype.itemsize
     ignored = re.compile("|".join(IGNORED_ON_LOAD))
     tensors, unlisted = stored_tensors(folder)
@@ -363,6 +375,8 @@ def available_memory(device: str) -> tuple[int | None, str]:
         except ValueError as err:
             raise InferError(f"{MEMORY_BUDGET_ENV}: {err}") from err
     if device.startswith("cuda"):
+        import torch
+
         if not torch.cuda.is_available():
             raise InferError(f"{device} was asked for but no CUDA device is available")
         free, _ = torch.cuda.mem_get_info(torch.device(device))
@@ -375,7 +389,7 @@ def available_memory(device: str) -> tuple[int | None, str]:
 
 
 def check_memory(folder: str | Path, config, dtype: torch.dtype, device: str = "cpu",
-                 stored_dtype: torch.dtype = torch.float32, budget: int | None = None) -> MemoryEstimate:
+                 stored_dtype: torch.dtype | None = None, budget: int | None = None) -> MemoryEstimate:
     """The estimate for `dtype`, or MemoryBudgetError when it exceeds `budget` (default: `available_memory`).
     The message says what is needed and what is available, and which smaller dtype would fit, if any."""
     need = estimate_memory(folder, config, dtype, stored_dtype)
@@ -389,7 +403,7 @@ def check_memory(folder: str | Path, config, dtype: torch.dtype, device: str = "
                f"{format_size(need.total)} ({format_size(need.weights)} of weights + "
                f"{format_size(need.kv_cache + need.activations)} for the KV cache and activations), but "
                f"{format_size(available)} is available ({source})")
-    smaller = [d for d in DTYPES.values() if d.itemsize < dtype.itemsize]
+    smaller = [d for d in map(torch_dtype, DTYPE_NAMES) if d.itemsize < dtype.itemsize]
     for candidate in smaller:
         fits = estimate_memory(folder, config, candidate, stored_dtype)
         if fits.total <= available:
@@ -414,9 +428,11 @@ def load_model(folder: str | Path, device: str = "cpu", dtype: torch.dtype | Non
     bytes overrides the memory available) before reading any weights. Raises ModelFolderError naming the
     file, MemoryBudgetError.
     """
+    import torch
     from transformers import AutoModelForCausalLM
 
     from videopanda.data.processor import VideoPandaProcessor
+    from videopanda.model.checkpoint import one_line_error
 
     raw, config = _inspect(folder)
     stored = checkpoint_dtype(raw, Path(folder) / "config.json")
@@ -497,6 +513,8 @@ def answer(model, processor, frames: torch.Tensor, question: str, max_new_tokens
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    import torch
+
     from videopanda.data.video import VideoReadError, read_video
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -505,7 +523,7 @@ def main(argv: list[str]) -> int:
             raise InferError("--device cuda was asked for but no CUDA device is available")
         config = check_model_folder(args.model)
         frames = read_video(args.video, num_frames=frame_config_for(config, args.num_frames).num_frames)
-        model, processor = load_model(args.model, device, DTYPES.get(args.dtype))
+        model, processor = load_model(args.model, device, torch_dtype(args.dtype))
         text = answer(model, processor, frames, args.question, args.max_new_tokens, args.num_frames, args.system)
     except (InferError, VideoReadError) as err:
         message = " ".join(str(err).split())

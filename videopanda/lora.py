@@ -210,13 +210,15 @@ def merge_folder(adapter: str | Path, output: str | Path, device: str = "cpu") -
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from videopanda.cli import CommandParser
+
+    parser = CommandParser(
         prog="videopanda merge-lora",
         description="Merge a LoRA adapter folder (a LoRA finetune's output or checkpoint) into its base model and "
                     "write a full model folder that needs neither peft nor the base.")
     parser.add_argument("adapter", help="adapter folder (holds videopanda_adapter.json)")
     parser.add_argument("output", help="folder to write the merged model to")
-    parser.add_argument("--device", default="cpu", help="where to merge (default cpu)")
+    parser.add_argument("--device", default="cpu", help="where to merge")
     return parser
 
 

@@ -1,9 +1,10 @@
-"""`videopanda bench visual | data | ttft`: speed benchmarks (methodology in docs/benchmarks.md).
+"""`videopanda bench visual | data | ttft | cli`: speed benchmarks (methodology in docs/benchmarks.md).
 
     videopanda bench visual --device cpu --threads 2 --output bench_visual_cpu.json
     videopanda bench visual --device cuda --dtype bfloat16 --output bench_visual_h100.json
     videopanda bench data --synthetic 8 --workers 1 --output bench_data.json
     videopanda bench ttft --device cuda --dtype bfloat16 --output bench_ttft_h100.json
+    videopanda bench cli --repeats 7 --output bench_cli.json
 """
 from __future__ import annotations
 
@@ -16,18 +17,22 @@ from videopanda.log import get_logger
 
 logger = get_logger(__name__)
 
+SUBCOMMANDS = ("visual", "data", "ttft", "cli")
+
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="videopanda bench", description=__doc__.split("\n")[0])
+    from videopanda.cli import CommandParser
+
+    parser = CommandParser(prog="videopanda bench", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="bench", required=True)
 
     visual = sub.add_parser("visual", help="STAB + projector against CLIP ViT-L/14 and the LanguageBind video tower")
-    visual.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    visual.add_argument("--device", default="cpu", help="cpu or cuda")
     visual.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     visual.add_argument("--frames", type=int, default=8)
     visual.add_argument("--warmup", type=int, default=None, help="untimed calls per row (default 1 on CPU, 10 on CUDA)")
     visual.add_argument("--iters", type=int, default=None, help="timed calls per row (default 3 on CPU, 50 on CUDA)")
-    visual.add_argument("--threads", type=int, default=2, help="CPU intra-op threads (default 2)")
+    visual.add_argument("--threads", type=int, default=2, help="CPU intra-op threads")
     visual.add_argument("--compile", action="store_true", help="time torch.compile'd modules (FLOPs stay eager)")
     visual.add_argument("--tiny", action="store_true", help="tiny widths and frames: a seconds-long smoke run")
     visual.add_argument("--rows", default=None, help="comma-separated subset of rows (default: all three)")
@@ -39,9 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     source = data.add_mutually_exclusive_group(required=True)
     source.add_argument("--video", nargs="+", default=[], help="video files to decode")
     source.add_argument("--synthetic", type=int, default=0, metavar="N", help="write N synthetic mp4s first")
-    data.add_argument("--size", default="640x360", help="synthetic video size WxH (default 640x360)")
-    data.add_argument("--fps", type=int, default=30, help="synthetic frame rate (default 30)")
-    data.add_argument("--seconds", type=float, default=10.0, help="synthetic duration (default 10)")
+    data.add_argument("--size", default="640x360", help="synthetic video size WxH")
+    data.add_argument("--fps", type=int, default=30, help="synthetic frame rate")
+    data.add_argument("--seconds", type=float, default=10.0, help="synthetic duration")
     data.add_argument("--workers", type=int, default=1)
     data.add_argument("--repeats", type=int, default=3, help="timed passes over each worker's videos")
     data.add_argument("--frames", type=int, default=8)
@@ -66,6 +71,11 @@ def _parser() -> argparse.ArgumentParser:
     ttft.add_argument("--threads", type=int, default=2)
     ttft.add_argument("--tiny", action="store_true", help="a tiny model and 112 px frames (CPU smoke test)")
     ttft.add_argument("--output", type=Path, default=None)
+
+    cli = sub.add_parser("cli", help="seconds `videopanda --help` and every subcommand's `--help` take")
+    cli.add_argument("--repeats", type=int, default=5, help="timed runs of each command line (the median is reported)")
+    cli.add_argument("--warmup", type=int, default=1, help="untimed runs of each command line first")
+    cli.add_argument("--output", type=Path, default=None)
     return parser
 
 
@@ -96,6 +106,11 @@ def _run(args: argparse.Namespace, command: str) -> tuple[dict, str]:
             seconds=args.seconds, workers=args.workers, repeats=args.repeats, num_frames=args.frames,
             teacher=not args.student_only, command=command))
         return report, format_report(report)
+    if args.bench == "cli":
+        from videopanda.bench.cli_help import CLIBenchConfig, format_report, run_cli_bench
+
+        report = run_cli_bench(CLIBenchConfig(repeats=args.repeats, warmup=args.warmup, command=command))
+        return report, format_report(report)
     from videopanda.bench.ttft import TTFTBenchConfig, format_report, run_ttft_bench
 
     report = run_ttft_bench(TTFTBenchConfig(
@@ -107,9 +122,9 @@ def _run(args: argparse.Namespace, command: str) -> tuple[dict, str]:
 
 
 def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
     from videopanda.bench.timing import BenchError
 
-    args = _parser().parse_args(argv)
     command = "videopanda bench " + shlex.join(argv)
     try:
         report, table = _run(args, command)

@@ -15,16 +15,18 @@ import sys
 import time
 from pathlib import Path
 
-from videopanda.data.check import check_samples
-from videopanda.data.dataset import DataFormatError, load_samples
-from videopanda.data.frames import FrameConfig
+from videopanda.constants import NUM_FRAMES
 from videopanda.log import get_logger
 
 logger = get_logger(__name__)
 
+SUBCOMMANDS = ("check",)
+
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="videopanda data", description="Data tools.")
+    from videopanda.cli import CommandParser
+
+    parser = CommandParser(prog="videopanda data", description="Data tools.")
     sub = parser.add_subparsers(dest="tool", required=True)
     check = sub.add_parser(
         "check",
@@ -37,8 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--report", metavar="FILE", help='write {"ok": N, "bad": [{"id", "video", "reason"}]} here')
     check.add_argument("--output", metavar="FILE", help="write the usable samples, unchanged, as one JSON list here")
     check.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
-                       help="decoding processes (0 = in this process; default: CPU count, at most 8)")
-    check.add_argument("--num-frames", type=int, default=FrameConfig.num_frames, help="frames sampled per video (multiple of 4)")
+                       help="decoding processes: 0 = in this process; by default the CPU count, at most 8")
+    check.add_argument("--num-frames", type=int, default=NUM_FRAMES, help="frames sampled per video (multiple of 4)")
     check.add_argument("--first-half", action="store_true", help="only the first half of each JSON (stage 1)")
     return parser
 
@@ -58,6 +60,10 @@ def _usage_error(message: str) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from videopanda.data.check import check_samples
+    from videopanda.data.dataset import DataFormatError, load_samples
+    from videopanda.data.frames import FrameConfig
+
     if args.workers < 0:
         return _usage_error(f"--workers must be >= 0, got {args.workers}")
     try:

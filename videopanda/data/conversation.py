@@ -39,10 +39,12 @@ counts and reports the skip). A sample is never silently masked.
 from __future__ import annotations
 
 from collections.abc import Sequence
-
-import torch
+from typing import TYPE_CHECKING
 
 from videopanda.constants import FRAME_PLACEHOLDER, FRAME_TOKEN_INDEX, IGNORE_INDEX, VIDEO_TOKEN
+
+if TYPE_CHECKING:
+    import torch
 
 SYSTEM_USER = (
     "A chat between a curious user and an artificial intelligence assistant. "
@@ -141,6 +143,8 @@ def build_generation_prompt(question: str, num_frames: int, system: str = SYSTEM
 
 def tokenize_prompt(prompt: str, tokenizer) -> torch.Tensor:
     """Prompt text -> int64 (S,) ids: BOS, then the text with -200 for each `<image>` placeholder."""
+    import torch
+
     return torch.tensor(encode_text(prompt, tokenizer)[0], dtype=torch.long)
 
 
@@ -156,6 +160,8 @@ def tokenize_conversation(conversations, tokenizer, num_frames: int, system: str
     conversation or when a reply's `</s>` is not tokenised as exactly the EOS token.
     `placeholder_runs` (the processor's): per `<image>`, the ids that replace its single -200.
     """
+    import torch
+
     rounds = conversation_rounds(conversations, num_frames, has_video, sample_id)
     text, spans = _template(rounds, system)
     input_ids, offsets = encode_text(text, tokenizer, placeholder_runs, with_offsets=True)

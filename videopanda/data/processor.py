@@ -23,6 +23,8 @@ Shapes: V videos, C chunks, T frames per chunk, S prompt length.
   32000 for the released vocabulary) is the model config's `image_token_id`. The embedding matrix is
   not resized: the model scatters the visual tokens over those positions.
 - A folder without processor files (the released layout) gets a processor built from its config.json.
+- Importing this module registers `VideoPandaProcessor` with `AutoProcessor` (and, through
+  `videopanda.model`, the config and the model with `AutoConfig` / `AutoModelForCausalLM`).
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ from typing import TypedDict
 
 import numpy as np
 import torch
-from transformers import AutoTokenizer, BatchFeature
+from transformers import AutoProcessor, AutoTokenizer, BatchFeature
 from transformers.processing_utils import ProcessorMixin
 from transformers.video_processing_utils import VideoProcessorMixin
 
@@ -49,6 +51,7 @@ from videopanda.constants import (
 from videopanda.data.conversation import EOS_TEXT, SYSTEM_HUMAN, SYSTEM_USER, encode_text, tokenize_conversation
 from videopanda.data.frames import FrameConfig, frame_placement, preprocess_video
 from videopanda.model.stab import STABConfig
+from videopanda.model.videopanda import VideoPandaConfig
 
 PROCESSOR_FILES = ("processor_config.json", "video_preprocessor_config.json", "preprocessor_config.json")
 SYSTEMS = {"user": SYSTEM_USER, "human": SYSTEM_HUMAN}
@@ -317,5 +320,7 @@ class VideoPandaProcessor(ProcessorMixin):
     def model_input_names(self) -> list[str]:
         return ["input_ids", "attention_mask", "pixel_values_videos"]
 
+
+AutoProcessor.register(VideoPandaConfig, VideoPandaProcessor, exist_ok=True)
 
 __all__ = ["VideoPandaProcessor", "VideoPandaVideoProcessor", "chat_template"]

@@ -649,8 +649,10 @@ def _pretrain_lm(model, tokenizer, texts: list[str], steps: int, seed: int) -> N
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="videopanda synth", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("data/synth"), help="output DATA_ROOT (default data/synth)")
+    from videopanda.cli import CommandParser
+
+    parser = CommandParser(prog="videopanda synth", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("data/synth"), help="output DATA_ROOT")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-train", type=int, default=SynthConfig.num_train, help="training clips")
     parser.add_argument("--num-test", type=int, default=SynthConfig.num_test, help="test clips (one question each)")

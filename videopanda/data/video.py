@@ -29,11 +29,14 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from videopanda.log import get_logger
+
+if TYPE_CHECKING:
+    import torch
 
 logger = get_logger(__name__)
 
@@ -200,6 +203,8 @@ def _pyav_fps(stream, num_frames: int) -> float:
 
 
 def _to_tensor(path: Path, frames: list[np.ndarray]) -> torch.Tensor:
+    import torch
+
     if not frames:
         raise VideoReadError(path, "no decodable frames")
     shapes = {f.shape for f in frames}

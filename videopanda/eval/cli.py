@@ -1,4 +1,4 @@
-"""`videopanda eval {qa,merge,judge,benchmark,report}`.
+"""usage: videopanda eval <subcommand> [options]   (`videopanda eval <subcommand> --help` for its options)
 
     qa         answer one chunk of a dataset's questions with a model (resumable, one process per GPU)
     merge      check that every question is answered exactly once; write merge.jsonl
@@ -22,6 +22,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from videopanda.cli import CommandParser
 from videopanda.eval.datasets import DATASETS, QA_DATASETS, DatasetError, load_questions
 from videopanda.log import get_logger
 
@@ -223,7 +224,7 @@ def _finish(results: dict, allow_incomplete: bool, failed: str) -> int:
 
 
 def _cmd_qa(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="videopanda eval qa", description="Answer a zero-shot QA set with a model.")
+    p = CommandParser(prog="videopanda eval qa", description="Answer a zero-shot QA set with a model.")
     p.add_argument("--dataset", required=True, choices=list(QA_DATASETS))
     p.add_argument("--data-root", required=True)
     p.add_argument("--output-dir", required=True, type=Path)
@@ -234,8 +235,8 @@ def _cmd_qa(argv: list[str]) -> int:
 
 
 def _cmd_merge(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="videopanda eval merge",
-                                description="Merge chunk predictions; check every question is answered once.")
+    p = CommandParser(prog="videopanda eval merge",
+                      description="Merge chunk predictions; check every question is answered once.")
     p.add_argument("--pred-dir", required=True, type=Path)
     p.add_argument("--dataset", required=True, choices=list(DATASETS))
     p.add_argument("--data-root", required=True)
@@ -248,7 +249,7 @@ def _cmd_merge(argv: list[str]) -> int:
 def _cmd_judge(argv: list[str]) -> int:
     from videopanda.eval.judge import qa_judge_items, run_judge
 
-    p = argparse.ArgumentParser(prog="videopanda eval judge", description="Judge merged QA predictions.")
+    p = CommandParser(prog="videopanda eval judge", description="Judge merged QA predictions.")
     p.add_argument("--pred-file", required=True, type=Path)
     p.add_argument("--output-dir", required=True, type=Path)
     p.add_argument("--dataset", default=None, help="label stored in results.json (default: the dataset the "
@@ -278,7 +279,7 @@ def _cmd_benchmark(argv: list[str]) -> int:
     from videopanda.eval.benchmark import format_benchmark, judge_benchmark
     from videopanda.eval.datasets import BENCHMARK
 
-    p = argparse.ArgumentParser(prog="videopanda eval benchmark", description="The Video-ChatGPT benchmark.")
+    p = CommandParser(prog="videopanda eval benchmark", description="The Video-ChatGPT benchmark.")
     p.add_argument("--data-root", required=True)
     p.add_argument("--output-dir", required=True, type=Path)
     p.add_argument("--stage", choices=["infer", "judge", "all"], default="all")
@@ -315,7 +316,7 @@ def _cmd_benchmark(argv: list[str]) -> int:
 def _cmd_report(argv: list[str]) -> int:
     from videopanda.eval.report import to_markdown, write_report
 
-    p = argparse.ArgumentParser(prog="videopanda eval report", description="Results tables across models.")
+    p = CommandParser(prog="videopanda eval report", description="Results tables across models.")
     p.add_argument("--results", required=True, nargs="+", type=Path, help="one evaluation folder per model")
     p.add_argument("--names", nargs="+", default=None, help="model names (default: the folder names)")
     p.add_argument("--output-dir", required=True, type=Path)
@@ -330,7 +331,7 @@ def _cmd_judge_agreement(argv: list[str]) -> int:
     from videopanda.eval.agreement import compare_judges, format_agreement
     from videopanda.io import write_json_atomic
 
-    p = argparse.ArgumentParser(prog="videopanda eval judge-agreement",
+    p = CommandParser(prog="videopanda eval judge-agreement",
                                 description="Compare two judge runs over the same predictions.")
     p.add_argument("a", type=Path, help="output folder of one `eval judge` run")
     p.add_argument("b", type=Path, help="output folder of another run over the same predictions")
@@ -350,7 +351,7 @@ def _cmd_mc(argv: list[str]) -> int:
     from videopanda.eval.records import read_jsonl
     from videopanda.io import write_json_atomic
 
-    p = argparse.ArgumentParser(prog="videopanda eval mc",
+    p = CommandParser(prog="videopanda eval mc",
                                 description="A multiple-choice video benchmark, scored by exact accuracy.")
     p.add_argument("--benchmark", required=True, choices=list(BENCHMARKS))
     p.add_argument("--data-root", required=True)

@@ -157,7 +157,9 @@ def stage_args(resolved: ResolvedExperiment, stage: str, resume: str = "auto", c
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from videopanda.cli import CommandParser
+
+    parser = CommandParser(
         prog="videopanda train",
         usage="videopanda train --experiment FILE --stage {prealign,pretrain,finetune} [key.path=value ...]",
         description="Run one Video-Panda training stage of an experiment (configs/experiments/*.yaml; "

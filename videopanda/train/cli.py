@@ -16,8 +16,6 @@ import json
 import os
 from pathlib import Path
 
-import torch
-
 from videopanda.io import OutputError, write_json_atomic
 from videopanda.log import get_logger, setup_logging
 from videopanda.train.args import TrainArgs, parse_train_args
@@ -32,6 +30,8 @@ logger = get_logger(__name__)
 
 
 def _device(args: TrainArgs) -> str:
+    import torch
+
     if args.device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -98,6 +98,7 @@ def _preempted(trainer, cause: str, output_dir: str, step: int | None) -> int:
 
 def train(args: TrainArgs, plan: Preflight, signals: StopSignals | None = None) -> int:
     """Run the stage; `signals` (installed by the caller) turns SIGTERM / SIGUSR1 into a checkpointed stop."""
+    import torch
     from transformers import AutoTokenizer, TrainingArguments, set_seed
 
     from videopanda.data.dataset import VideoInstructCollator, VideoInstructDataset, log_data_report

@@ -13,7 +13,6 @@ from videopanda.log import get_logger
 from videopanda.train.args import BatchPlan, TrainArgs, derive_batch
 from videopanda.train.checkpointing import checkpoint_folders, is_finished, latest_complete_checkpoint
 from videopanda.train.experiment import ExperimentError, check_stage_folder
-from videopanda.train.stages import detect_init_kind
 
 logger = get_logger(__name__)
 
@@ -119,6 +118,8 @@ def _resume(args: TrainArgs) -> Path | None:
 
 def run_preflight(args: TrainArgs, world_size: int | None = None) -> Preflight:
     """Validate everything `args` points at; raises PreflightError with a message naming the culprit."""
+    from videopanda.train.stages import detect_init_kind
+
     world_size = world_size or int(os.environ.get("WORLD_SIZE", "1"))
     model = Path(args.model)
     _model_folder(model, "model folder")
