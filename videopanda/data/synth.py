@@ -31,6 +31,11 @@ same place. Appearance questions ask for the colour of the mover, which keeps it
 are two or more shapes (a lone shape is asked no appearance question); motion questions name the mover
 by its colour at the start, which no other shape has at any time.
 
+Training clips also carry two training-only grounding questions (`grounding_questions`): where the mover is
+at the start and at the end ("top left", "middle right", "centre", ...). Every clip is square, so every frame
+is the same 4 x 4 grid of 28 px cells and the same 21 tokens; with shapes asked about by kind, varied aspect
+ratios and no grounding questions, the quickstart's motion answers were at chance (README).
+
 Written (SPEC sections 6 and 7 layouts):
 
 ```
