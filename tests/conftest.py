@@ -21,3 +21,13 @@ def tiny_tokenizer_dir(tmp_path_factory):
     ]
     texts += [" ".join(words[(i * 7 + j * 3) % len(words)] for j in range(12)) for i in range(200)]
     return train_llama_tokenizer(texts, tmp_path_factory.mktemp("tokenizer"), vocab_size=512)
+
+
+@pytest.fixture(scope="session")
+def streaming_model_folder(tmp_path_factory, tiny_tokenizer_dir):
+    """A tiny released-layout model whose greedy answers stream one piece per token (the chat and demo tests)."""
+    from helpers.released import build_released_folder
+
+    folder = tmp_path_factory.mktemp("videopanda_fitu")
+    build_released_folder(folder, tiny_tokenizer_dir, seed=7)
+    return folder

@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 import torch
 from helpers.media import make_frames, write_text_file, write_video
-from helpers.released import build_released_folder
 
 from videopanda.chat import VideoConversation
 from videopanda.data.conversation import SYSTEM_USER
@@ -28,10 +27,8 @@ ROUND = re.compile(r"panda> (.*?)\r\n\[STAB (\d+) ms \| LLM (\d+) ms \((\d+) pro
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory, tiny_tokenizer_dir) -> Path:
-    folder = tmp_path_factory.mktemp("videopanda_fitu")
-    build_released_folder(folder, tiny_tokenizer_dir, seed=7)
-    return folder
+def folder(streaming_model_folder) -> Path:
+    return streaming_model_folder
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 import torch
 from helpers.media import make_frames, write_text_file, write_video
-from helpers.released import build_released_folder
 
 from videopanda.data.conversation import SYSTEM_USER
 from videopanda.data.video import read_video
@@ -44,10 +43,8 @@ def _browser_or_skip() -> tuple[str, str]:
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory, tiny_tokenizer_dir) -> Path:
-    folder = tmp_path_factory.mktemp("videopanda_fitu")
-    build_released_folder(folder, tiny_tokenizer_dir, seed=7)
-    return folder
+def folder(streaming_model_folder) -> Path:
+    return streaming_model_folder
 
 
 @pytest.fixture(scope="module")

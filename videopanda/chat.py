@@ -32,6 +32,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from videopanda.infer import add_model_options
 from videopanda.log import get_logger
 
 logger = get_logger(__name__)
@@ -215,20 +216,6 @@ def _stop_when_set(event: threading.Event):
             return torch.full((input_ids.shape[0],), event.is_set(), dtype=torch.bool, device=input_ids.device)
 
     return StopWhenSet()
-
-
-def add_model_options(parser: argparse.ArgumentParser) -> None:
-    """--model and the options that decide how it answers (shared by `chat` and `demo`)."""
-    from videopanda.infer import DTYPE_NAMES
-
-    parser.add_argument("--model", required=True, help="Video-Panda model folder (ours or the released layout)")
-    parser.add_argument("--max-new-tokens", type=int, default=1024, help="longest answer, in tokens")
-    parser.add_argument("--num-frames", type=int, default=None, help="frames to sample (default: the model's, 8)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
-    parser.add_argument("--dtype", choices=("auto", *DTYPE_NAMES), default="auto",
-                        help="auto: the checkpoint's own dtype from config.json, float32 when it has none")
-    parser.add_argument("--system", choices=("user", "human"), default="user",
-                        help="system text: 'user' (training) or 'human' (the original inference template)")
 
 
 def load_conversation(args: argparse.Namespace) -> VideoConversation:

@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from videopanda.chat import ContextLengthError, VideoConversation, add_model_options, load_conversation
+from videopanda.chat import ContextLengthError, VideoConversation, load_conversation
+from videopanda.infer import add_model_options
 from videopanda.log import get_logger
 
 if TYPE_CHECKING:

@@ -76,20 +76,25 @@ def torch_dtype(name: str) -> torch.dtype | None:
     return None if name == "auto" else getattr(torch, name)
 
 
-def _parser() -> argparse.ArgumentParser:
-    from videopanda.cli import CommandParser
-
-    parser = CommandParser(prog="videopanda infer", description="Answer a question about one video.")
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """--model and the options that decide how it answers (shared by `infer`, `chat` and `demo`)."""
     parser.add_argument("--model", required=True, help="Video-Panda model folder (ours or the released layout)")
-    parser.add_argument("--video", required=True, help="video file")
-    parser.add_argument("--question", required=True, help="question about the video")
-    parser.add_argument("--max-new-tokens", type=int, default=1024)
+    parser.add_argument("--max-new-tokens", type=int, default=1024, help="longest answer, in tokens")
     parser.add_argument("--num-frames", type=int, default=None, help="frames to sample (default: the model's, 8)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
     parser.add_argument("--dtype", choices=("auto", *DTYPE_NAMES), default="auto",
                         help="auto: the checkpoint's own dtype from config.json, float32 when it has none")
     parser.add_argument("--system", choices=("user", "human"), default="user",
                         help="system text: 'user' (training) or 'human' (the original inference template)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    from videopanda.cli import CommandParser
+
+    parser = CommandParser(prog="videopanda infer", description="Answer a question about one video.")
+    add_model_options(parser)
+    parser.add_argument("--video", required=True, help="video file")
+    parser.add_argument("--question", required=True, help="question about the video")
     return parser
 
 
