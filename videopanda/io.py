@@ -1,10 +1,10 @@
 """File safety in one place: atomic writes that leave no temporary file behind, and one-line errors.
 
-A write goes to a temporary file beside the target (a unique name per process), is flushed and
-fsynced, then renamed over the target, so a reader sees the old file or the whole new one. When
-anything fails (a full disk, a permission, an interrupt) the temporary file is removed and an
-`OutputError` names the file and the reason in one line; a full disk is said as
-"no space left on device" whatever layer noticed it.
+A write goes to a temporary file beside the target (a unique name per process; `atomic_path` hands that
+name to a writer that takes one, `atomic_open` opens it and flushes and fsyncs it), then is renamed over
+the target, so a reader sees the old file or the whole new one. When anything fails (a full disk, a
+permission, an interrupt) the temporary file is removed and an `OutputError` names the file and the
+reason in one line; a full disk is said as "no space left on device" whatever layer noticed it.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import errno
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
@@ -84,22 +84,36 @@ def _replacing(path: Path, tmp: Path) -> Iterator[None]:
 
 
 @contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside `path` for a writer that takes a file name (an encoder, `savefig`,
+    `shutil.copyfile`): renamed over `path` when the block ends without error.
+
+    On any error the temporary file is removed and an OSError (or any error on a full disk) is raised as
+    an `OutputError` naming `path`. The temporary name keeps the target's suffix, so a writer that picks
+    its format from the extension still works.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    with _replacing(path, tmp):
+        yield tmp
+
+
+@contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
-    """Open a temporary file that replaces `path` when the block ends without error.
+    """Open a temporary file (`atomic_path`) that replaces `path` when the block ends without error,
+    flushed and fsynced first.
 
     On any error the temporary file is removed and the error is raised as an `OutputError`.
     `mode` is "w" (text, UTF-8) or "wb".
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open mode must be 'w' or 'wb', got {mode!r}")
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with _replacing(path, tmp):
+    with atomic_path(path) as tmp:
         with open(tmp, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-    _sync_folder(path.parent)
+    _sync_folder(Path(path).parent)
 
 
 def _sync_folder(folder: Path) -> None:
@@ -133,18 +147,6 @@ def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[dict[str, Any]
         for record in records:
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
     return Path(path)
-
-
-def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Run `write(tmp_path)` (a library that writes a file by name, e.g. an encoder) then rename.
-
-    The temporary name keeps the target's suffix so format detection by extension still works.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    with _replacing(path, tmp):
-        write(tmp)
-    return path
 
 
 def make_dirs(path: str | os.PathLike) -> Path:

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 from videopanda.eval.benchmark import ASPECTS
 from videopanda.eval.datasets import BENCHMARK, QA_DATASETS
 from videopanda.eval.prompts import ASPECT_LABELS
-from videopanda.io import make_dirs, write_atomic, write_json_atomic, write_text_atomic
+from videopanda.io import atomic_path, make_dirs, write_json_atomic, write_text_atomic
 from videopanda.log import get_logger
 
 logger = get_logger(__name__)
@@ -195,7 +195,9 @@ def _save_figure(fig: Any, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     try:
-        return write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120))
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120)
+        return path
     finally:
         plt.close(fig)
 

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from videopanda.io import OutputError, describe_os_error, write_atomic, write_json_atomic
+from videopanda.io import OutputError, atomic_path, describe_os_error, write_json_atomic
 from videopanda.log import get_logger
 
 logger = get_logger(__name__)
@@ -199,8 +199,10 @@ def export_model_files(checkpoint: str | Path, output_dir: str | Path) -> list[P
     for source in sorted(Path(checkpoint).iterdir()):
         if source.is_dir() or source.name in RESUME_ONLY or source.name.startswith("rng_state"):
             continue
-        copies.append(write_atomic(Path(output_dir) / source.name,
-                                   lambda tmp, source=source: shutil.copyfile(source, tmp)))
+        target = Path(output_dir) / source.name
+        with atomic_path(target) as tmp:
+            shutil.copyfile(source, tmp)
+        copies.append(target)
     return copies
 
 
