@@ -6,7 +6,9 @@
 #   bash scripts/quickstart.sh                                  # the full model
 #   QUICKSTART_ABLATION=no-lste-no-gstra bash scripts/quickstart.sh   # -> outputs/quickstart-seed0_no-lste-no-gstra
 #   bash scripts/quickstart.sh --help                           # every option
+# Set-up, then `videopanda quickstart` in the repository root (the same command works from any folder once
+# the package is installed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/python -m videopanda.quickstart "$@"
+exec .venv/bin/videopanda quickstart "$@"

@@ -1,12 +1,13 @@
 """The quickstart driver's pieces that run without training: the flags it hands to the stage launchers
 (parsed by the real `videopanda train` parser), ablations, the report built from loss logs, and when
-an existing synthetic data folder is reused."""
+an existing synthetic data folder (dataset and base models) is reused."""
 import json
 from pathlib import Path
 
 import pytest
 
-from videopanda import quickstart
+from videopanda.quickstart import models
+from videopanda.quickstart import run as quickstart
 from videopanda.model.stab import STABConfig
 from videopanda.train.args import parse_train_args
 
@@ -85,8 +86,9 @@ def test_data_folder_is_reused_only_when_it_matches(tmp_path):
 
     cfg = quickstart.QuickstartConfig(out=tmp_path / "out", data=tmp_path / "data", num_train=2, num_test=4)
     assert quickstart.stale_data_reason(cfg) == "no dataset there"
-    assert synth.main(["--out", str(cfg.data), "--num-train", "2", "--num-test", "4", "--workers", "1",
-                       "--model-config", str(cfg.model_config)]) == 0
+    assert synth.main(["--out", str(cfg.data), "--num-train", "2", "--num-test", "4", "--workers", "1"]) == 0
+    assert quickstart.stale_data_reason(cfg).startswith("base Llama None != ")  # the data, but no models yet
+    assert models.main(["--data", str(cfg.data), "--model-config", str(cfg.model_config)]) == 0
     assert quickstart.stale_data_reason(cfg) is None
     other_seed = quickstart.QuickstartConfig(data=cfg.data, num_train=2, num_test=4, seed=1)
     assert quickstart.stale_data_reason(other_seed).startswith("seed 0 != 1")
@@ -97,6 +99,10 @@ def test_data_folder_is_reused_only_when_it_matches(tmp_path):
     deeper = quickstart.QuickstartConfig(data=cfg.data, num_train=2, num_test=4,
                                          overrides=[f"model.shape={tmp_path / 'deeper.json'}"])
     assert "base Llama" in quickstart.stale_data_reason(deeper)
+    meta = quickstart.read_data_meta(cfg.data)
+    assert quickstart._dataset_changes(deeper, meta) == []  # only the models are made again
+    assert quickstart._dataset_changes(quickstart.QuickstartConfig(data=cfg.data, num_train=3, num_test=4), meta) == [
+        "num_train 2 != 3"]
     # a folder from before smooth teacher positions (no such field in its metadata): regenerate
     meta_path = cfg.data / "synth_meta.json"
     meta = json.loads(meta_path.read_text())

@@ -21,7 +21,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "chat": ("videopanda.chat", "talk about a video in the terminal, answers streamed"),
     "demo": ("videopanda.demo", "web demo (Gradio): upload a clip, see its frames, chat about it"),
     "data": ("videopanda.data.cli", "data tools: `data check` opens every video a training JSON references"),
-    "synth": ("videopanda.data.synth", "generate the synthetic video-QA dataset and the tiny model folders"),
+    "synth": ("videopanda.data.synth", "generate the synthetic video-QA dataset"),
+    "quickstart": ("videopanda.quickstart.run", "the recipe on the synthetic benchmark on CPU: data, models, three "
+                                                "stages, evaluation"),
+    "quickstart-models": ("videopanda.quickstart.models", "the quickstart's tokenizer, base Llama and random teacher "
+                                                          "for a synthetic data folder"),
     "train": ("videopanda.train.cli", "run one training stage (prealign, pretrain, finetune)"),
     "eval": ("videopanda.eval.cli", "evaluation: qa, merge, judge, benchmark, report, judge-agreement, mc"),
     "merge-lora": ("videopanda.lora", "merge a LoRA adapter folder into its base: a full model folder"),

@@ -11,6 +11,8 @@
 # checkpoints/<experiment name> unless the experiment says otherwise). Optional environment overrides:
 # DATA_ROOT, MODEL (starting folder), TEACHER, OUTPUT_DIR, DEEPSPEED_CONFIG. Every other argument goes to
 # `videopanda train`: `key.path=value` overrides or its shorthand flags. Inputs are checked in one process first.
+# The run happens in the current working directory: relative data, model and run folders are taken from there.
+# PYTHON: the interpreter (default: the checkout's .venv/bin/python when there is one, else python3 on PATH).
 #
 # Preemption: SIGTERM or SIGUSR1 to this script or to the workers themselves, or SIGTERM to torchrun
 # (torchrun ignores SIGUSR1), makes every rank finish its optimizer step and save a complete checkpoint;
@@ -19,7 +21,7 @@
 # SHUTDOWN_TIMEOUT (600) is how long torchrun waits for its workers after it got SIGTERM before it kills
 # them: keep it above one step plus one checkpoint save. Exit status otherwise: torchrun's.
 set -euo pipefail
-REPO="$(cd "$(dirname "$0")/../.." && pwd)"
+HERE="$(cd "$(dirname "$0")" && pwd)"
 STAGE="${1:?usage: launch_stage.sh prealign|pretrain|finetune [options]}"
 shift
 case "$STAGE" in
@@ -45,7 +47,10 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-PYTHON="${PYTHON:-$REPO/.venv/bin/python}"
+if [ -z "${PYTHON:-}" ]; then
+  PYTHON=python3
+  [ ! -x "$HERE/../../.venv/bin/python" ] || PYTHON="$HERE/../../.venv/bin/python"
+fi
 if [ -z "$GPUS_PER_NODE" ]; then
   GPUS_PER_NODE="$("$PYTHON" -c 'import torch; print(torch.cuda.device_count() or 1)')"
 fi
@@ -59,7 +64,6 @@ args=(--stage "$STAGE" --experiment "${EXPERIMENT:-videopanda-7b}")
 [ -z "${DATA_ROOT:-}" ] || args+=(--data-root "$DATA_ROOT")
 args+=("${passthrough[@]}")
 
-cd "$REPO"
 # Wrong folders or data fail here, in one process, before any process group exists.
 WORLD_SIZE="$WORLD_SIZE" "$PYTHON" -m videopanda.train "${args[@]}" --check-only
 

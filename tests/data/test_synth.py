@@ -11,8 +11,6 @@ import pytest
 from videopanda.data import synth
 from videopanda.data.video import read_video, sample_indices
 
-REPO = Path(__file__).resolve().parents[2]
-TINY_CONFIG = REPO / "configs" / "model" / "tiny.json"
 SEED, NUM_TRAIN, NUM_TEST = 3, 6, 8
 
 
@@ -20,7 +18,7 @@ SEED, NUM_TRAIN, NUM_TEST = 3, 6, 8
 def synth_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth")
     code = synth.main(["--out", str(out), "--seed", str(SEED), "--num-train", str(NUM_TRAIN),
-                       "--num-test", str(NUM_TEST), "--workers", "2", "--model-config", str(TINY_CONFIG)])
+                       "--num-test", str(NUM_TEST), "--workers", "2"])
     assert code == 0
     return out
 
@@ -34,9 +32,9 @@ def _test_dir(root: Path) -> Path:
 
 
 def _data_files(root: Path) -> dict[str, bytes]:
-    """Every dataset file (JSON and mp4) under root, model folders excluded."""
+    """Every dataset file (JSON and mp4) under root but the metadata."""
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and "models" not in p.relative_to(root).parts and p.name != "synth_meta.json"}
+            if p.is_file() and p.name != "synth_meta.json"}
 
 
 def test_layout_follows_the_training_and_zero_shot_layouts(synth_dir):
@@ -72,40 +70,9 @@ def test_layout_follows_the_training_and_zero_shot_layouts(synth_dir):
         assert a["answer"] in synth.ANSWERS[a["type"]]
 
 
-def test_model_folders_load(synth_dir):
-    import torch
-    from transformers import AutoTokenizer, LlamaForCausalLM
-
-    from videopanda.model.teacher import LanguageBindVideoTower
-
-    base = synth_dir / "models" / "base"
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    model = LlamaForCausalLM.from_pretrained(base)
-    tiny = _json(TINY_CONFIG)
-    assert model.config.hidden_size == tiny["hidden_size"]
-    assert model.config.num_hidden_layers == tiny["num_hidden_layers"]
-    assert (model.config.num_attention_heads, model.config.head_dim) == (tiny["num_attention_heads"], tiny["head_dim"])
-    assert model.config.vocab_size == len(tokenizer)
-    question = _json(_test_dir(synth_dir) / "test_q.json")[0]["question"]
-    ids = tokenizer(question).input_ids
-    assert tokenizer.decode(ids, skip_special_tokens=True) == question
-    teacher = LanguageBindVideoTower.from_pretrained(synth_dir / "models" / "teacher")
-    size = tiny["teacher_image_size"]
-    assert teacher.config.image_size == size
-    features = teacher(torch.zeros(2, 4, 4, size, size))
-    assert features.shape == (8, (size // teacher.config.patch_size) ** 2, teacher.config.hidden_size)
-    # the teacher's features must say where a patch is and what it shows: its position and patch
-    # embeddings carry the configured, larger scales (everything else: CLIP-like 0.02)
-    embeddings = teacher.vision_model.embeddings
-    for weight, wanted in ((embeddings.position_embedding.weight, synth.SynthConfig.teacher_position_std),
-                           (embeddings.patch_embedding.weight, synth.SynthConfig.teacher_patch_std)):
-        assert abs(weight.std().item() - wanted) < 0.1 * wanted
-    assert abs(teacher.vision_model.encoder.layers[0].mlp.fc1.weight.std().item() - 0.02) < 0.002
-
-
 def test_same_seed_gives_identical_files_whatever_the_worker_count(synth_dir, tmp_path):
     again = tmp_path / "again"
-    config = synth.SynthConfig(out=again, seed=SEED, num_train=NUM_TRAIN, num_test=NUM_TEST, workers=1, models=False)
+    config = synth.SynthConfig(out=again, seed=SEED, num_train=NUM_TRAIN, num_test=NUM_TEST, workers=1)
     synth.generate(config)
     first, second = _data_files(synth_dir), _data_files(again)
     assert first.keys() == second.keys()
@@ -232,6 +199,15 @@ def test_decord_reads_every_frame_size_the_generator_uses(tmp_path):
             path = synth.encode_mp4(np.zeros((3, height, width, 3), np.uint8), 8, tmp_path / f"{width}x{height}.mp4")
             frames = decord.VideoReader(str(path)).get_batch([0, 2]).asnumpy()
             assert frames.shape == (2, height, width, 3), (aspect, long_side)
+
+
+def test_a_clip_that_fails_to_encode_leaves_the_old_file_and_no_temporary(tmp_path):
+    path = synth.encode_mp4(np.zeros((3, 16, 16, 3), np.uint8), 8, tmp_path / "clip.mp4")
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match="no-such-codec"):
+        synth.encode_mp4(np.full((3, 16, 16, 3), 255, np.uint8), 8, path, codec="no-such-codec")
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["clip.mp4"]
 
 
 def test_shapes_rest_inside_single_cells_of_the_token_grid():

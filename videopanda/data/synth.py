@@ -43,10 +43,11 @@ OUT/train/train_json/valley_.json              captions (stages 1 and 2)
 OUT/train/train_json/videochatgpt_tune_.json   multi-turn QA about every clip (stage 3)
 OUT/train/synth/{id}.mp4
 OUT/eval/GPT_Zero_Shot_QA/Synth_Zero_Shot_QA/{videos/{video_name}.mp4, test_q.json, test_a.json}
-OUT/models/base/        tokenizer trained on all synthetic text + a small Llama (LlamaForCausalLM)
-OUT/models/teacher/     a tiny LanguageBind-layout video tower with random weights
 OUT/synth_meta.json     the generation settings and answer counts
 ```
+
+The quickstart's tokenizer, base Llama and teacher are made from this data by `videopanda quickstart-models`
+(`videopanda.quickstart.models`), which adds them under OUT/models/ and records them in synth_meta.json.
 
 Everything is a function of `--seed`: each clip draws from its own `random.Random` seeded with the
 seed, the split and the index, so the output does not depend on the number of worker processes, and
@@ -54,9 +55,7 @@ the clips are encoded with a deterministic encoder (identical bytes run to run).
 """
 from __future__ import annotations
 
-import argparse
 import json
-import math
 import os
 import random
 from collections import Counter
@@ -71,7 +70,7 @@ import numpy as np
 from videopanda.constants import NUM_FRAMES
 from videopanda.data.conversation import SYSTEM_HUMAN, SYSTEM_USER
 from videopanda.data.video import sample_indices
-from videopanda.io import write_json_atomic
+from videopanda.io import atomic_path, write_json_atomic
 from videopanda.log import get_logger
 
 logger = get_logger(__name__)
@@ -410,10 +409,9 @@ byte-identical clips are what the determinism test checks. Both decord and PyAV 
 
 
 def encode_mp4(frames: np.ndarray, fps: int, path: Path, codec: str = VIDEO_CODEC) -> Path:
-    """Encode uint8 (n, H, W, 3) frames (H, W even) to an mp4 (written to a temporary name, then renamed)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    with av.open(str(tmp), mode="w", format="mp4") as container:
+    """Encode uint8 (n, H, W, 3) frames (H, W even) to an mp4 (`videopanda.io.atomic_path`: a reader never
+    sees a partial clip)."""
+    with atomic_path(path) as tmp, av.open(str(tmp), mode="w", format="mp4") as container:
         stream = container.add_stream(codec, rate=Fraction(fps))
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
@@ -424,7 +422,6 @@ def encode_mp4(frames: np.ndarray, fps: int, path: Path, codec: str = VIDEO_CODE
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-    os.replace(tmp, path)
     return path
 
 
@@ -438,27 +435,6 @@ class SynthConfig:
     num_train: int = 2000
     num_test: int = 400
     workers: int = field(default_factory=lambda: min(2, os.cpu_count() or 1))
-    models: bool = True
-    model_config: Path | None = None     # VideoPandaConfig JSON whose Llama fields shape the base model
-    vocab_size: int = 600
-    lm_steps: int = 0                    # language-model pre-training steps on the synthetic text (0 = random init)
-    teacher_width: int = 64
-    teacher_layers: int = 2
-    teacher_image_size: int = 56
-    # A random teacher with CLIP-like weights (std 0.02) has features that say what colour a patch is but
-    # hardly where it is; a real LanguageBind teacher's features say both. Larger position embeddings
-    # give the quickstart teacher that second part, which the distillation loss then passes to the
-    # student's visual hidden states (the Llama alone only sees token order, through RoPE). The patch
-    # embedding is scaled up with them so that colour keeps an equal share of the features (position
-    # std 0.5, patch std 0.1: position explains 41% of the feature directions, colour 48%). The patch
-    # positions are smooth in 2D, like a trained ViT's (`smooth_position_embedding`, 2 frequencies per
-    # axis), not independent per patch: with the same shares, the quickstart's colour questions went
-    # from 46% (appearance) and 75% (temporal) to 98% and 99% (README; one run each, and another
-    # independent draw had also reached 97% and 99%, so independent positions are a lottery).
-    teacher_position_std: float = 0.5
-    teacher_position_frequencies: int = 2
-    teacher_patch_std: float = 0.1
-    teacher_temporal_std: float | None = None
 
 
 def _target(index: int) -> tuple[str, str, str]:
@@ -506,7 +482,7 @@ def _generate(config: SynthConfig, split: str, count: int, paths: list[Path]) ->
 
 
 def generate(config: SynthConfig) -> dict:
-    """Write the dataset (and, with `config.models`, the model folders); returns the metadata."""
+    """Write the dataset and its metadata (OUT/synth_meta.json); returns the metadata."""
     out = Path(config.out)
     train_json = out / "train" / "train_json"
     train_json.mkdir(parents=True, exist_ok=True)
@@ -551,95 +527,9 @@ def generate(config: SynthConfig) -> dict:
         "test_answer_counts": {t: dict(sorted(Counter(a["answer"] for a in test_a if a["type"] == t).items()))
                                for t in QUESTION_TYPES},
     }
-    if config.models:
-        meta["models"] = build_models(config, [_chat_text(s["conversations"], i) for i, s in enumerate(valley + tune)])
     write_json_atomic(out / "synth_meta.json", meta)
     logger.info("synthetic benchmark in %s: %d training clips, %d test questions", out, config.num_train, config.num_test)
     return meta
-
-
-def _chat_text(conversations: list[dict[str, str]], index: int) -> str:
-    """A conversation as the prompt template writes it (the two system texts alternate), so the
-    tokenizer learns the pieces in the proportions training sees them: a long system text in few tokens."""
-    rounds = [f"USER: {h['value'].replace('<video>', '').strip()} ASSISTANT: {g['value']}"
-              for h, g in zip(conversations[::2], conversations[1::2])]
-    return " ".join([SYSTEM_TEXTS[index % 2], *rounds])
-
-
-# ---- model folders -----------------------------------------------------------------------------
-
-DEFAULT_LLM = {"hidden_size": 128, "intermediate_size": 352, "num_hidden_layers": 4, "num_attention_heads": 4,
-               "num_key_value_heads": 4, "max_position_embeddings": 1024, "rms_norm_eps": 1e-5}
-LLM_FIELDS = tuple(DEFAULT_LLM) + ("head_dim", "rope_theta", "tie_word_embeddings", "hidden_act")
-
-
-def llm_fields(model_config: Path | None) -> dict:
-    """The base Llama's shape: DEFAULT_LLM updated with the LLM_FIELDS of a VideoPandaConfig JSON."""
-    llm = dict(DEFAULT_LLM)
-    if model_config is not None:
-        raw = json.loads(Path(model_config).read_text())
-        llm.update({k: raw[k] for k in LLM_FIELDS if k in raw})
-    return llm
-
-
-def build_models(config: SynthConfig, texts: list[str]) -> dict:
-    """Tokenizer + base Llama folder (OUT/models/base) and random LanguageBind teacher (OUT/models/teacher)."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from videopanda.data.tokenizer import train_llama_tokenizer
-    from videopanda.model.teacher import LanguageBindVideoTower, TeacherConfig, init_teacher_weights
-
-    base = Path(config.out) / "models" / "base"
-    train_llama_tokenizer(texts, base, vocab_size=config.vocab_size)
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    llm = llm_fields(config.model_config)
-    torch.manual_seed(config.seed)
-    llama_config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-                               eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **llm)
-    model = LlamaForCausalLM(llama_config)
-    if config.lm_steps > 0:
-        _pretrain_lm(model, tokenizer, texts, config.lm_steps, config.seed)
-    model.save_pretrained(base)
-
-    teacher_config = TeacherConfig(hidden_size=config.teacher_width, intermediate_size=4 * config.teacher_width,
-                                   num_attention_heads=max(1, config.teacher_width // 32),
-                                   num_hidden_layers=config.teacher_layers, image_size=config.teacher_image_size,
-                                   num_frames=8)
-    teacher_dir = Path(config.out) / "models" / "teacher"
-    init_teacher_weights(LanguageBindVideoTower(teacher_config), seed=config.seed,
-                         position_std=config.teacher_position_std,
-                         patch_std=config.teacher_patch_std,
-                         position_frequencies=config.teacher_position_frequencies,
-                         temporal_std=config.teacher_temporal_std).save_pretrained(teacher_dir)
-    return {"base": str(base), "teacher": str(teacher_dir), "vocab_size": len(tokenizer), "llm": llm,
-            "lm_steps": config.lm_steps, "teacher_position_std": config.teacher_position_std,
-            "teacher_patch_std": config.teacher_patch_std,
-            "teacher_position_frequencies": config.teacher_position_frequencies,
-            "teacher_temporal_std": config.teacher_temporal_std,
-            "model_config": str(Path(config.model_config).resolve()) if config.model_config else None}
-
-
-def _pretrain_lm(model, tokenizer, texts: list[str], steps: int, seed: int) -> None:
-    """A short next-token pre-training of the base model on the synthetic sentences (batch 32)."""
-    import torch
-    from tqdm import tqdm
-
-    generator = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
-    model.train()
-    for step in tqdm(range(steps), desc="base LM", unit="step"):
-        pick = torch.randint(len(texts), (32,), generator=generator).tolist()
-        batch = tokenizer([texts[i] + tokenizer.eos_token for i in pick], return_tensors="pt", padding=True)
-        labels = batch.input_ids.masked_fill(batch.attention_mask == 0, -100)
-        for group in opt.param_groups:
-            group["lr"] = 1e-3 * 0.5 * (1 + math.cos(math.pi * step / steps))
-        loss = model(**batch, labels=labels).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-    model.eval()
-    logger.info("base LM pre-trained for %d steps, final loss %.3f", steps, loss.item())
 
 
 # ---- command line ------------------------------------------------------------------------------
@@ -654,28 +544,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--num-train", type=int, default=SynthConfig.num_train, help="training clips")
     parser.add_argument("--num-test", type=int, default=SynthConfig.num_test, help="test clips (one question each)")
     parser.add_argument("--workers", type=int, default=SynthConfig().workers)
-    parser.add_argument("--no-models", action="store_true", help="skip the tokenizer, base model and teacher folders")
-    parser.add_argument("--model-config", type=Path, help="VideoPandaConfig JSON (e.g. configs/model/tiny.json) for the base Llama's shape")
-    parser.add_argument("--vocab-size", type=int, default=SynthConfig.vocab_size)
-    parser.add_argument("--lm-steps", type=int, default=SynthConfig.lm_steps, help="pre-train the base Llama on the synthetic text for this many steps")
-    parser.add_argument("--teacher-image-size", type=int, default=SynthConfig.teacher_image_size)
-    parser.add_argument("--teacher-position-std", type=float, default=SynthConfig.teacher_position_std,
-                        help="std of the random teacher's position embeddings (its other weights: 0.02)")
-    parser.add_argument("--teacher-patch-std", type=float, default=SynthConfig.teacher_patch_std,
-                        help="std of the random teacher's patch embedding")
-    parser.add_argument("--teacher-temporal-std", type=float, default=SynthConfig.teacher_temporal_std,
-                        help="std of the random teacher's temporal embeddings and temporal attention (default: its other weights' 0.02)")
-    parser.add_argument("--teacher-position-frequencies", type=int, default=SynthConfig.teacher_position_frequencies,
-                        help="smooth 2D position embeddings with this many cosine frequencies per axis (0: independent per patch)")
     args = parser.parse_args(argv)
     if args.num_train < 1 or args.num_test < 1:
         parser.error("--num-train and --num-test must be at least 1")
     config = SynthConfig(out=args.out, seed=args.seed, num_train=args.num_train, num_test=args.num_test,
-                         workers=args.workers, models=not args.no_models, model_config=args.model_config,
-                         vocab_size=args.vocab_size, lm_steps=args.lm_steps, teacher_image_size=args.teacher_image_size,
-                         teacher_position_std=args.teacher_position_std, teacher_patch_std=args.teacher_patch_std,
-                         teacher_position_frequencies=args.teacher_position_frequencies,
-                         teacher_temporal_std=args.teacher_temporal_std)
+                         workers=args.workers)
     meta = generate(config)
     print(json.dumps({k: meta[k] for k in ("num_train", "num_test", "test_answer_counts")}))
     return 0

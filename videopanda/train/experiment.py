@@ -43,6 +43,7 @@ DISTILL_LOSSES = ("cosine", "mse")
 FILE_RELATIVE = (("model", "shape"), ("training", "deepspeed"))
 """Keys whose relative paths, written in a file, are relative to that file."""
 CONFIG_DIR_ENV = "VIDEOPANDA_CONFIG_DIR"
+LAUNCHER_DIR_ENV = "VIDEOPANDA_LAUNCHER_DIR"
 
 
 class ExperimentError(ValueError):
@@ -218,16 +219,31 @@ class Experiment:
 # ---- where the shipped configs are ----------------------------------------------------------------
 
 
+def _shipped_folder(relative: str, env: str, marker: str) -> Path:
+    """The shipped folder `relative` (configs, scripts/videopanda): $`env` when set, else the checkout's,
+    else the installed copy under `share/videopanda` (pyproject's data-files) beside the package (a
+    `pip install --target` folder) or under `<prefix>`; the first that holds `marker`."""
+    package_root = Path(__file__).resolve().parents[2]
+    candidates = [Path(os.environ[env])] if os.environ.get(env) else []
+    candidates += [package_root / relative, package_root / "share" / "videopanda" / relative,
+                   Path(sys.prefix) / "share" / "videopanda" / relative]
+    for candidate in candidates:
+        if (candidate / marker).exists():
+            return candidate
+    raise ExperimentError(f"no {relative} folder found (looked in {', '.join(map(str, candidates))}); set {env}")
+
+
 def config_dir() -> Path:
     """The configs folder: $VIDEOPANDA_CONFIG_DIR, else the checkout's `configs/`, else the installed copy
-    under `<prefix>/share/videopanda/configs` (pyproject's data-files)."""
-    candidates = [Path(os.environ[CONFIG_DIR_ENV])] if os.environ.get(CONFIG_DIR_ENV) else []
-    candidates += [Path(__file__).resolve().parents[2] / "configs", Path(sys.prefix) / "share" / "videopanda" / "configs"]
-    for candidate in candidates:
-        if (candidate / "experiments").is_dir():
-            return candidate
-    raise ExperimentError(f"no configs folder found (looked in {', '.join(map(str, candidates))}); "
-                          f"set {CONFIG_DIR_ENV}")
+    under `share/videopanda/configs` (pyproject's data-files)."""
+    return _shipped_folder("configs", CONFIG_DIR_ENV, "experiments")
+
+
+def launcher_dir() -> Path:
+    """The training launchers' folder (`launch_stage.sh`, `{prealign,pretrain,finetune}.sh`):
+    $VIDEOPANDA_LAUNCHER_DIR, else the checkout's `scripts/videopanda/`, else the installed copy under
+    `share/videopanda/scripts/videopanda` (pyproject's data-files)."""
+    return _shipped_folder("scripts/videopanda", LAUNCHER_DIR_ENV, "launch_stage.sh")
 
 
 def experiments_dir() -> Path:
@@ -558,5 +574,5 @@ def write_record(resolved: ResolvedExperiment, folder: str | os.PathLike) -> Pat
 
 __all__ = ["DISTILL_LOSSES", "Experiment", "ExperimentError", "FRAME_FIELDS", "LORA_TARGETS", "LoraSettings",
            "ResolvedExperiment", "STAGES",
-           "StageSettings", "check_stage_folder", "config_dir", "differences", "experiment_names",
+           "StageSettings", "check_stage_folder", "config_dir", "launcher_dir", "differences", "experiment_names",
            "find_experiment", "read_record", "resolve_experiment", "stage_view", "write_record"]

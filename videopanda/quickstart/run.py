@@ -1,14 +1,17 @@
-"""The quickstart: the whole Video-Panda recipe on the synthetic benchmark, on CPU (`bash scripts/quickstart.sh`).
+"""The quickstart: the whole Video-Panda recipe on the synthetic benchmark, on CPU (`videopanda quickstart`).
 
-Steps, each one an ordinary command that is logged before it runs (so it can be re-run by hand):
+Steps, each one an ordinary command that is logged before it runs (so it can be re-run by hand), all run in
+the working directory (relative folders are taken from there), from a checkout or an installed package:
 
-1. `videopanda synth` writes the dataset, the tokenizer, the base Llama and the teacher under the data
-   folder (skipped when a matching one is there already).
+1. `videopanda synth` writes the dataset under the data folder, then `videopanda quickstart-models` the
+   tokenizer, the base Llama and the teacher (`videopanda.quickstart.models`); each is skipped when the
+   folder's metadata says a matching one is there already.
 2. prealign, pretrain and finetune of the experiment `configs/experiments/quickstart.yaml` (or, with
    `--ablation NAME`, `configs/experiments/quickstart/NAME.yaml`, which extends it) through
-   `EXPERIMENT=... scripts/videopanda/{stage}.sh` (torchrun, 2 processes, DeepSpeed ZeRO-2 on CPU, gloo),
-   each stage starting from the previous one's folder; the quickstart adds its folders and seed as
-   `key=value` overrides. The model shape comes from the experiment's `model.shape` (`configs/model/tiny.json`).
+   `EXPERIMENT=... scripts/videopanda/{stage}.sh` (torchrun, 2 processes, DeepSpeed ZeRO-2 on CPU, gloo;
+   `videopanda.train.experiment.launcher_dir` finds the launchers, `PYTHON` is this interpreter), each
+   stage starting from the previous one's folder; the quickstart adds its folders and seed as `key=value`
+   overrides. The model shape comes from the experiment's `model.shape` (`configs/model/tiny.json`).
 3. `videopanda eval qa` (one process per core, each answering half of the questions), `eval merge` and
    `eval judge --judge exact` on the held-out questions.
 4. `OUT/summary.json`, `OUT/loss_curves.png` and a results table in the log.
@@ -24,7 +27,7 @@ the experiment file):
   asked in), the STAB and projector at 5x the LLM's rate; no gradient checkpointing (nothing to
   save at this size).
 - The random teacher's position embeddings and patch embedding are drawn larger than its other
-  weights (`SynthConfig.teacher_position_std` 0.5, `teacher_patch_std` 0.1), so that, like a real
+  weights (`ModelsConfig.teacher_position_std` 0.5, `teacher_patch_std` 0.1), so that, like a real
   LanguageBind teacher, its features say both where each patch is and what it shows, and its patch
   positions vary smoothly over the grid as a trained ViT's do (`teacher_position_frequencies` 2,
   `videopanda.model.teacher.smooth_position_embedding`). The Llama sees
@@ -50,12 +53,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from videopanda.io import write_json_atomic
+from videopanda.io import atomic_path, write_json_atomic, write_text_atomic
 from videopanda.log import get_logger, setup_logging
+from videopanda.quickstart.models import META_FILE, ModelsConfig, llm_fields
 
-logger = get_logger("videopanda.quickstart")  # also when run as `python -m videopanda.quickstart`
+logger = get_logger(__name__)
 
-REPO = Path(__file__).resolve().parents[1]
 STAGES = ("prealign", "pretrain", "finetune")
 DATASET = "synth"
 LOSS_LOG = "loss_log.jsonl"
@@ -111,7 +114,8 @@ class QuickstartConfig:
 
     @property
     def model_config(self) -> Path:
-        """The tiny model's shape (the experiment's `model.shape`): `videopanda synth` reads its Llama fields."""
+        """The tiny model's shape (the experiment's `model.shape`): `videopanda quickstart-models` reads its
+        Llama fields."""
         return Path(self.resolved().experiment.model.shape)
 
 
@@ -124,14 +128,15 @@ def command_line(cmd: list[str], env: dict[str, str] | None = None) -> str:
 
 
 def _start(cmd: list[str], log_file: Path, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, object]:
-    """Start `cmd` in the repository with its output in `log_file`, whose first line is the command itself."""
+    """Start `cmd` in the working directory with its output in `log_file`, whose first line is the command
+    itself."""
     line = command_line(cmd, env)
     logger.info("$ %s", line)
     log_file.parent.mkdir(parents=True, exist_ok=True)
     handle = open(log_file, "w")
     handle.write(f"$ {line}\n")
     handle.flush()
-    proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, **(env or {})})
+    proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     return proc, handle
 
 
@@ -149,50 +154,67 @@ def _run(cmd: list[str], log_file: Path, env: dict[str, str] | None = None) -> f
 
 
 def read_data_meta(data: Path) -> dict | None:
-    """The data folder's `synth_meta.json` (written by `videopanda synth`), or None when there is none."""
-    path = data / "synth_meta.json"
+    """The data folder's `synth_meta.json` (written by `videopanda synth`, its "models" by `videopanda
+    quickstart-models`), or None when there is none."""
+    path = data / META_FILE
     return json.loads(path.read_text()) if path.is_file() else None
 
 
 TEACHER_FIELDS = {"teacher_position_std": None, "teacher_patch_std": None, "teacher_position_frequencies": 0,
                   "teacher_temporal_std": None}
-"""SynthConfig teacher fields checked for reuse -> value meant when a folder's metadata lacks the field."""
+"""ModelsConfig teacher fields checked for reuse -> value meant when a folder's metadata lacks the field."""
+
+
+def _dataset_changes(cfg: QuickstartConfig, meta: dict | None) -> list[str]:
+    """What makes the data folder's dataset unusable: none there, another seed, size or generator version."""
+    from videopanda.data.synth import GENERATOR_VERSION
+
+    if meta is None:
+        return ["no dataset there"]
+    wanted = {"seed": (meta.get("seed"), cfg.seed), "num_train": (meta.get("num_train"), cfg.num_train),
+              "num_test": (meta.get("num_test"), cfg.num_test),
+              "generator_version": (meta.get("generator_version"), GENERATOR_VERSION)}
+    return [f"{name} {have!r} != {want!r}" for name, (have, want) in wanted.items() if have != want]
+
+
+def _model_changes(cfg: QuickstartConfig, meta: dict | None) -> list[str]:
+    """What makes the data folder's base models unusable: another base Llama shape or teacher initialisation."""
+    models = (meta or {}).get("models", {})
+    wanted = {"base Llama": (models.get("llm"), llm_fields(cfg.model_config))}
+    wanted.update({name: (models.get(name, absent), getattr(ModelsConfig, name))
+                   for name, absent in TEACHER_FIELDS.items()})
+    return [f"{name} {have!r} != {want!r}" for name, (have, want) in wanted.items() if have != want]
 
 
 def stale_data_reason(cfg: QuickstartConfig) -> str | None:
     """Why the data folder cannot be reused (None when it can): no dataset there, or one written with a
     different seed, size, generator version, base Llama shape or teacher initialisation."""
-    from videopanda.data.synth import GENERATOR_VERSION, SynthConfig, llm_fields
-
     meta = read_data_meta(cfg.data)
     if meta is None:
         return "no dataset there"
-    models = meta.get("models", {})
-    wanted = {"seed": (meta.get("seed"), cfg.seed), "num_train": (meta.get("num_train"), cfg.num_train),
-              "num_test": (meta.get("num_test"), cfg.num_test),
-              "generator_version": (meta.get("generator_version"), GENERATOR_VERSION),
-              "base Llama": (models.get("llm"), llm_fields(cfg.model_config))}
-    wanted.update({name: (models.get(name, absent), getattr(SynthConfig, name))
-                   for name, absent in TEACHER_FIELDS.items()})
-    changed = [f"{name} {have!r} != {want!r}" for name, (have, want) in wanted.items() if have != want]
-    return "; ".join(changed) or None
+    return "; ".join(_dataset_changes(cfg, meta) + _model_changes(cfg, meta)) or None
 
 
 def ensure_data(cfg: QuickstartConfig) -> None:
-    """Generate the synthetic dataset and model folders unless a matching set is already there."""
+    """Generate the synthetic dataset, then its base models, unless matching ones are there already (new
+    data always gets new models: the tokenizer is trained on its text)."""
     meta = read_data_meta(cfg.data)
     if meta is not None and meta.get("seed") != cfg.seed:
         raise RuntimeError(f"{cfg.data} holds the synthetic data of seed {meta.get('seed')}, not of seed {cfg.seed}: "
                            "pass another --data (the default is one folder per seed) or delete it")
-    reason = stale_data_reason(cfg)
-    if reason is None:
+    data_changes, model_changes = _dataset_changes(cfg, meta), _model_changes(cfg, meta)
+    if not data_changes and not model_changes:
         logger.info("reusing the synthetic data in %s (same seed, sizes and models)", cfg.data)
         return
-    logger.info("generating the synthetic data in %s (%s)", cfg.data, reason)
-    cmd = [cfg.python, "-m", "videopanda", "synth", "--out", str(cfg.data), "--seed", str(cfg.seed),
-           "--num-train", str(cfg.num_train), "--num-test", str(cfg.num_test),
-           "--model-config", str(cfg.model_config), "--workers", str(cfg.nproc)]
-    _run(cmd, cfg.out / "logs" / "synth.log")
+    if data_changes:
+        logger.info("generating the synthetic data in %s (%s)", cfg.data, "; ".join(data_changes))
+        _run([cfg.python, "-m", "videopanda", "synth", "--out", str(cfg.data), "--seed", str(cfg.seed),
+              "--num-train", str(cfg.num_train), "--num-test", str(cfg.num_test), "--workers", str(cfg.nproc)],
+             cfg.out / "logs" / "synth.log")
+    logger.info("making the base models in %s (%s)", cfg.data / "models",
+                "; ".join(model_changes) if not data_changes else "new data")
+    _run([cfg.python, "-m", "videopanda", "quickstart-models", "--data", str(cfg.data),
+          "--model-config", str(cfg.model_config)], cfg.out / "logs" / "models.log")
 
 
 def stage_flags(cfg: QuickstartConfig, stage: str) -> list[str]:
@@ -222,9 +244,11 @@ def _read_loss_log(path: Path) -> list[dict]:
 def run_stage(cfg: QuickstartConfig, stage: str) -> dict:
     """One training stage through its launcher (it starts from the previous stage's folder in OUT); returns {"name", "final_loss", "steps", "elapsed_s", ...}."""
     out_dir = cfg.out / stage
+    from videopanda.train.experiment import launcher_dir
+
     env = {"EXPERIMENT": cfg.experiment, "GPUS_PER_NODE": str(cfg.nproc), "MASTER_PORT": str(_free_port()),
-           "OMP_NUM_THREADS": "1"}
-    cmd = ["bash", str(REPO / "scripts" / "videopanda" / f"{stage}.sh"), *stage_flags(cfg, stage)]
+           "OMP_NUM_THREADS": "1", "PYTHON": cfg.python}
+    cmd = ["bash", str(launcher_dir() / f"{stage}.sh"), *stage_flags(cfg, stage)]
     stop = threading.Event()
     watcher = threading.Thread(target=_watch_loss, args=(out_dir / LOSS_LOG, stage, stop), daemon=True)
     watcher.start()
@@ -312,9 +336,11 @@ def plot_losses(cfg: QuickstartConfig, path: Path) -> Path:
     title = "Video-Panda quickstart (synthetic video QA)" + (f", ablation: {cfg.ablation}" if cfg.ablation else "")
     fig.suptitle(title)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110)
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -365,7 +391,12 @@ def claim_output_folder(out: Path, settings: dict) -> None:
 
 
 def run(cfg: QuickstartConfig) -> dict:
+    import videopanda
+    from videopanda.train.experiment import config_dir, launcher_dir
+
     start = time.monotonic()
+    logger.info("videopanda from %s, configs from %s, launchers from %s, working directory %s",
+                Path(videopanda.__file__).parent, config_dir(), launcher_dir(), Path.cwd())
     cfg.out.mkdir(parents=True, exist_ok=True)
     ensure_data(cfg)
     claim_output_folder(cfg.out, run_settings(cfg))
@@ -378,7 +409,7 @@ def run(cfg: QuickstartConfig) -> dict:
     write_json_atomic(cfg.out / "summary.json", summary)
     plot_losses(cfg, cfg.out / "loss_curves.png")
     table = results_table(summary)
-    (cfg.out / "results.md").write_text(table + "\n")
+    write_text_atomic(cfg.out / "results.md", table + "\n")
     logger.info("results (%s):\n%s", cfg.out / "summary.json", table)
     print(table)
     return summary
@@ -404,16 +435,18 @@ def seed_table(runs: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
-def _parse_ablation(parser: argparse.ArgumentParser, text: str) -> str | None:
-    name = text.strip() or None
+def _parse_ablation(parser: argparse.ArgumentParser, text: str | None) -> str | None:
+    name = (text or "").strip() or None
     if name is not None and name not in ablation_names():
         parser.error(f"unknown ablation {name!r}; choose one of {', '.join(ablation_names())} "
                      f"(configs/experiments/{EXPERIMENT}/)")
     return name
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="scripts/quickstart.sh", description=__doc__.split("\n\n")[0])
+def main(argv: list[str]) -> int:
+    from videopanda.cli import CommandParser
+
+    parser = CommandParser(prog="videopanda quickstart", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=None, help="output folder (default outputs/quickstart-seed<SEED>, "
                         "with _<ablation> appended for --ablation; with --seeds, the folder of the seed table, "
                         "default outputs/quickstart-seeds)")
@@ -421,15 +454,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="synthetic data folder (default data/synth-seed<SEED>, or env QUICKSTART_DATA); made "
                              "when missing, regenerated when its generator or models are out of date, refused "
                              "when it holds another seed's data")
-    parser.add_argument("--ablation", default=os.environ.get("QUICKSTART_ABLATION", ""),
+    parser.add_argument("--ablation", default=os.environ.get("QUICKSTART_ABLATION") or None,
                         help=f"run the experiment configs/experiments/{EXPERIMENT}/<ABLATION>.yaml instead of "
-                             f"{EXPERIMENT}.yaml: {', '.join(ablation_names())} (env QUICKSTART_ABLATION; "
-                             "default: none, the full model)")
+                             f"{EXPERIMENT}.yaml: {', '.join(ablation_names())} (without one: the full model; env "
+                             "QUICKSTART_ABLATION sets the default)")
     parser.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
                         help="experiment keys to override in every stage, e.g. stages.finetune.epochs=3 "
                              "(docs/experiments.md)")
     seeds = parser.add_mutually_exclusive_group()
-    seeds.add_argument("--seed", type=int, default=0, help="seed of the data, the models and training (default %(default)s)")
+    seeds.add_argument("--seed", type=int, default=0, help="seed of the data, the models and training")
     seeds.add_argument("--seeds", type=int, nargs="+", default=None,
                        help="run each of these seeds in turn (each in its default folders) and write their table "
                             "(mean and range per question type) to OUT/table.md")
@@ -437,11 +470,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --seeds: also run this ablation on every seed and put it in the table, "
                              "e.g. no-lste-no-gstra")
     parser.add_argument("--num-train", type=int, default=QuickstartConfig.num_train,
-                        help="training clips (default %(default)s)")
+                        help="training clips")
     parser.add_argument("--num-test", type=int, default=QuickstartConfig.num_test,
-                        help="held-out questions, one clip each (default %(default)s)")
-    parser.add_argument("--nproc", type=int, default=2,
-                        help="training processes (and eval processes) (default %(default)s)")
+                        help="held-out questions, one clip each")
+    parser.add_argument("--nproc", type=int, default=QuickstartConfig.nproc,
+                        help="training processes (and eval processes)")
     parser.add_argument("--global-batch-size", type=int, default=None,
                         help="samples per optimiser step in every stage, a multiple of --nproc (default: the "
                              "experiment's)")
@@ -476,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
         table = seed_table(runs)
         out = args.out or Path("outputs/quickstart-seeds")
         out.mkdir(parents=True, exist_ok=True)
-        (out / "table.md").write_text(table + "\n")
+        write_text_atomic(out / "table.md", table + "\n")
         write_json_atomic(out / "runs.json", runs)
         logger.info("seed table (%s):\n%s", out / "table.md", table)
         print(table)
@@ -485,6 +518,3 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())
