@@ -24,6 +24,7 @@ def test_stage_flags_parse_as_training_arguments(tmp_path, stage):
     cfg = _config(tmp_path)
     args = parse_train_args(["--experiment", cfg.experiment, "--stage", stage, *quickstart.stage_flags(cfg, stage)])
     assert args.device == "cpu" and not args.random_flip and args.seed == cfg.seed
+    assert args.frame_cache == str((cfg.data / quickstart.FRAME_CACHE).resolve())  # one decode for every stage
     assert args.global_batch_size == 16 and args.per_device_batch_size * cfg.nproc == 16
     assert (args.learning_rate, args.visual_learning_rate, args.warmup_ratio) == (2e-3, 1e-2, 0.03)
     assert args.num_train_epochs == {"prealign": 0.1, "pretrain": 0.5, "finetune": 7.0}[stage]
@@ -163,6 +164,21 @@ def test_a_data_folder_of_another_seed_is_refused_and_left_as_it_is(tmp_path):
     with pytest.raises(RuntimeError, match=f"{data} holds the synthetic data of seed 0, not of seed 1"):
         quickstart.ensure_data(cfg)
     assert (data / "synth_meta.json").read_text() == meta
+
+
+def test_regenerated_data_drops_its_frame_cache_and_reused_data_keeps_it(tmp_path):
+    """Cached frames of regenerated clips are never served (their keys follow the files); the quickstart also
+    removes them so that they take no space, and keeps them while the data folder is reused."""
+    cfg = quickstart.QuickstartConfig(out=tmp_path / "out", data=tmp_path / "data", num_train=2, num_test=4, nproc=1)
+    old = cfg.data / quickstart.FRAME_CACHE / "ab" / "old.npy"
+    old.parent.mkdir(parents=True)
+    old.write_bytes(b"frames of a previous dataset")
+    quickstart.ensure_data(cfg)
+    assert quickstart.stale_data_reason(cfg) is None and not (cfg.data / quickstart.FRAME_CACHE).exists()
+    old.parent.mkdir(parents=True)
+    old.write_bytes(b"frames of this dataset")
+    quickstart.ensure_data(cfg)
+    assert old.read_bytes() == b"frames of this dataset"
 
 
 def test_default_folders_are_per_seed_and_compare_needs_seeds(tmp_path, capsys):

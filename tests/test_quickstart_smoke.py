@@ -82,6 +82,8 @@ def test_quickstart_runs_end_to_end_from_an_installed_package(tmp_path):
     for step in ("synth", "models", "eval_qa_0"):
         assert (out / "logs" / f"{step}.log").read_text().startswith("$ "), step
     assert "quickstart-models --data data" in (out / "logs" / "models.log").read_text().splitlines()[0]
+    cached = [p for p in (data / "frame_cache").rglob("*") if p.is_file()]  # each clip decoded once for all stages
+    assert len(cached) == 32 and all(p.suffix == ".npy" for p in cached)
 
     before = {p: p.stat().st_mtime_ns for p in data.rglob("*") if p.is_file()}
     other = subprocess.run(["bash", str(REPO / "scripts" / "quickstart.sh"), "--seed", "1", "--num-train", "32",

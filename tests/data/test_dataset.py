@@ -184,6 +184,37 @@ def test_an_epoch_with_workers_completes_and_reports_every_bad_sample(data, toke
     assert report["replacements"] >= len(BAD)
 
 
+
+def assert_same_items(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], torch.Tensor):
+            assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key
+        else:
+            assert a[key] == b[key], key
+
+
+def test_a_frame_cache_gives_the_same_items_and_bad_samples(data, tokenizer, tmp_path):
+    """Items with a frame cache equal those without, bit for bit, whether the cache is being filled (here by
+    two DataLoader workers) or read; unreadable videos are still replaced and reported."""
+    from videopanda.data.frame_cache import FrameCache
+
+    plain = make_dataset(data, tokenizer, random_flip=True)
+    expected = [plain[i] for i in range(len(plain))]
+    filling = make_dataset(data, tokenizer, random_flip=True, frame_cache=FrameCache(tmp_path / "frames"))
+    loader = DataLoader(filling, batch_size=None, num_workers=2)
+    for index, item in enumerate(loader):
+        assert_same_items({**item, "replaced": []}, {**expected[index], "replaced": []})
+    videos = {s["video"] for s in FILE_A + FILE_B if s.get("video") and s["id"] not in BAD}
+    assert len(list((tmp_path / "frames").rglob("*.npy"))) == len(videos)
+    cache = FrameCache(tmp_path / "frames")
+    cached = make_dataset(data, tokenizer, random_flip=True, frame_cache=cache)
+    for index in range(len(cached)):
+        assert_same_items(cached[index], expected[index])
+    assert cache.misses == 0 and cache.hits > 0
+    assert cached.report() == plain.report()
+
+
 # --- sampler ---
 
 def sampler_data():

@@ -7,6 +7,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -86,6 +87,27 @@ def test_overrides_and_paths(tmp_path, monkeypatch):
         resolve_experiment(child, ["stages.finetune.lr=1"])
 
 
+
+def test_the_frame_cache_is_a_runtime_path_that_does_not_make_another_experiment(tmp_path, monkeypatch):
+    from videopanda.train.args import parse_train_args
+    from videopanda.train.experiment import check_stage_folder, write_record
+
+    monkeypatch.chdir(tmp_path)
+    assert resolve_experiment("videopanda-7b").experiment.runtime.frame_cache is None
+    assert resolve_experiment("quickstart").experiment.runtime.frame_cache is None
+    cached = resolve_experiment("quickstart", ["runtime.frame_cache=frames"])
+    assert cached.experiment.runtime.frame_cache == str(tmp_path / "frames")
+    args = parse_train_args(["--experiment", "quickstart", "--stage", "finetune", "--frame-cache", "other/frames"])
+    assert args.frame_cache == str(tmp_path / "other" / "frames")
+    assert parse_train_args(["--experiment", "quickstart", "--stage", "finetune"]).frame_cache is None
+    write_record(cached, tmp_path / "finetune")
+    for other in (resolve_experiment("quickstart"), args.experiment):
+        check_stage_folder(other, "finetune", tmp_path / "finetune", holds_outputs=True)
+    with pytest.raises(ExperimentError, match="data.max_length: 4096 -> 2048"):
+        check_stage_folder(resolve_experiment("quickstart", ["data.max_length=2048"]), "finetune",
+                           tmp_path / "finetune", holds_outputs=True)
+
+
 @pytest.mark.parametrize("kind", ["cosine", "mse"])
 def test_distillation_loss_kinds(kind):
     from videopanda.train.distillation import distillation_loss
@@ -138,7 +160,7 @@ def ablation_run(tmp_path_factory, llama_dir, teacher_dir, data_root, trainkit):
     folder = tmp_path_factory.mktemp("experiments")
     experiment = _tiny_experiment(folder, "videopanda-7b/no-lste", llama_dir, teacher_dir, data_root)
     for stage in ("prealign", "pretrain", "finetune"):
-        done = _launch(stage, experiment, trainkit)
+        done = _launch(stage, experiment, trainkit, f"runtime.frame_cache={folder / 'frames'}")
         assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
     return folder, experiment
 
@@ -156,6 +178,8 @@ def test_an_ablation_trains_through_all_stages_and_its_model_says_so(ablation_ru
         assert record["switches"]["use_lste"] is False and record["experiment"]["model"]["stab"]["use_lste"] is False
     config = json.loads((run / "finetune" / "config.json").read_text())
     assert config["stab"]["use_lste"] is False and config["stab"]["use_gstra"] is True
+    stored = list((folder / "frames").rglob("*.npy"))  # the stages read their videos through the frame cache
+    assert stored and all(np.load(p).dtype == np.uint8 for p in stored)
     fingerprint = expected_fingerprint(ModelAnswererConfig(model=str(run / "finetune"), device="cpu"))
     assert fingerprint["model"]["experiment"] == "tiny-no-lste"
     assert fingerprint["model"]["switches"] == {"use_row_tokens": True, "use_fsra": True, "lsd_mode": "attention",
@@ -173,6 +197,7 @@ def test_a_stage_folder_of_another_experiment_is_refused(ablation_run, llama_dir
     assert (f"{ablation_run_dir / 'prealign'} holds stage prealign of experiment 'tiny-no-lste' with other settings "
             "than 'tiny-videopanda-7b' (stored -> now): model.stab.use_lste: false -> (absent)") in done.stderr
     assert (ablation_run_dir / "prealign" / "experiment.json").read_text() == before
+    assert "frame_cache" not in done.stderr  # the run stored one, this one has none: not a difference
     # a fresh output folder, but starting from the ablation's weights: the model's settings differ
     from videopanda.train.cli import main
 

@@ -38,6 +38,7 @@ import os
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -47,6 +48,9 @@ from videopanda.constants import IGNORE_INDEX
 from videopanda.data.conversation import SYSTEM_USER, ConversationFormatError
 from videopanda.data.video import VideoReadError, read_video
 from videopanda.log import get_logger
+
+if TYPE_CHECKING:
+    from videopanda.data.frame_cache import FrameCache
 
 logger = get_logger(__name__)
 
@@ -111,12 +115,14 @@ class VideoInstructDataset(Dataset):
     `teacher_pixel_values_videos` float (C, T, 4, H_t, W_t) or None, `id`, and `replaced` (records of the
     samples replaced while producing this item). `random_flip` draws a horizontal flip with
     probability 0.5 per item from the generator of (seed, index, attempt) (module docstring) and
-    applies it to student and teacher alike; keep it off outside training.
+    applies it to student and teacher alike; keep it off outside training. With `frame_cache` (a
+    `videopanda.data.frame_cache.FrameCache`) videos are read through it: the same frames, decoded once.
     """
 
     def __init__(self, data_paths, video_folder: str | Path, processor, first_half: bool = False,
                  system: str = SYSTEM_USER, random_flip: bool = True, seed: int = 42,
-                 model_max_length: int | None = None, max_attempts: int = 100):
+                 model_max_length: int | None = None, max_attempts: int = 100,
+                 frame_cache: FrameCache | None = None):
         self.samples = load_samples(data_paths, first_half)
         if not self.samples:
             raise DataFormatError(f"{data_paths}: no samples")
@@ -127,6 +133,7 @@ class VideoInstructDataset(Dataset):
         self.seed = seed
         self.model_max_length = model_max_length
         self.max_attempts = max_attempts
+        self.frame_cache = frame_cache
         self._bad: dict[int, dict] = {}
         self._replacements = 0
         self._lengths: list[int] | None = None
@@ -187,7 +194,8 @@ class VideoInstructDataset(Dataset):
             raise ConversationFormatError(sid, f"'video' must be a string path, got {type(video).__name__}")
         student = teacher = grids = None
         if video is not None:
-            frames = read_video(self.video_folder / video, self.processor.video_processor.num_frames)
+            path, num_frames = self.video_folder / video, self.processor.video_processor.num_frames
+            frames = read_video(path, num_frames) if self.frame_cache is None else self.frame_cache.read(path, num_frames)
             visual = self.processor.video_processor(frames, teacher=True, flips=[flip])
             student, teacher = visual["pixel_values_videos"][0], visual["teacher_pixel_values_videos"][0]
             grids = visual["frame_grids"][0]

@@ -59,6 +59,13 @@ class _Opened:
     fps: float
 
 
+SAMPLING_VERSION = 1
+"""Version of what `read_video` returns for a given file and arguments. Bump it with any change to
+`sample_indices`, the backends, their order or the frame conversion that changes which frames or which
+pixels come out: `videopanda.data.frame_cache.FrameCache` keys include it, so its entries from before
+the change are then no longer served."""
+
+
 def sample_indices(total: int, fps: float, num_frames: int, start: float | None = None,
                    end: float | None = None) -> list[int]:
     """Frame indices to decode from a clip of `total` frames at `fps` (see the module docstring).

@@ -45,6 +45,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -63,6 +64,9 @@ STAGES = ("prealign", "pretrain", "finetune")
 DATASET = "synth"
 LOSS_LOG = "loss_log.jsonl"
 RUN_SETTINGS = "run_settings.json"
+FRAME_CACHE = "frame_cache"
+"""Subfolder of the data folder holding the decoded training frames (`runtime.frame_cache`), shared by the
+stages, their epochs and later runs on the same data."""
 EXPERIMENT = "quickstart"
 """The quickstart's experiment (configs/experiments/quickstart.yaml); its ablations are quickstart/<name>.yaml."""
 
@@ -97,11 +101,12 @@ class QuickstartConfig:
         return f"{EXPERIMENT}/{self.ablation}" if self.ablation else EXPERIMENT
 
     def train_overrides(self) -> list[str]:
-        """What the quickstart sets on top of its experiment file, for every stage: its folders, the seed, a
-        global batch from the command line, then the user's own `--set` overrides."""
+        """What the quickstart sets on top of its experiment file, for every stage: its folders (the frame cache
+        in the data folder), the seed, a global batch from the command line, then the user's own `--set`
+        overrides."""
         out = [f"run_dir={self.out.resolve()}", f"model.base={(self.data / 'models' / 'base').resolve()}",
                f"model.teacher={(self.data / 'models' / 'teacher').resolve()}", f"data.root={self.data.resolve()}",
-               f"training.seed={self.seed}"]
+               f"runtime.frame_cache={(self.data / FRAME_CACHE).resolve()}", f"training.seed={self.seed}"]
         if self.global_batch_size is not None:
             out += [f"stages.{stage}.global_batch_size={self.global_batch_size}" for stage in STAGES]
         return out + list(self.overrides)
@@ -208,6 +213,8 @@ def ensure_data(cfg: QuickstartConfig) -> None:
         return
     if data_changes:
         logger.info("generating the synthetic data in %s (%s)", cfg.data, "; ".join(data_changes))
+        # New clips get new cache keys anyway; the old clips' frames would only take up space.
+        shutil.rmtree(cfg.data / FRAME_CACHE, ignore_errors=True)
         _run([cfg.python, "-m", "videopanda", "synth", "--out", str(cfg.data), "--seed", str(cfg.seed),
               "--num-train", str(cfg.num_train), "--num-test", str(cfg.num_test), "--workers", str(cfg.nproc)],
              cfg.out / "logs" / "synth.log")

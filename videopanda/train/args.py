@@ -56,6 +56,7 @@ SHORTHANDS: dict[str, tuple[str, str]] = {
     "--random-flip": ("data.random_flip", "bool"),
     "--group-by-modality-length": ("data.group_by_modality_length", "bool"),
     "--report-to": ("runtime.report_to", "value"),
+    "--frame-cache": ("runtime.frame_cache", "value"),
 }
 
 
@@ -105,6 +106,8 @@ class TrainArgs:
     experiment: ResolvedExperiment | None = None
     lora: LoraSettings | None = None
     """The experiment's LoRA settings when this stage trains adapters, else None."""
+    frame_cache: str | None = None
+    """Folder of decoded training frames (`videopanda.data.frame_cache.FrameCache`), None: decode every time."""
 
     def data_json_paths(self) -> list[Path]:
         """Absolute JSON paths: a bare file name is looked up in DATA_ROOT/train/train_json."""
@@ -153,7 +156,7 @@ def stage_args(resolved: ResolvedExperiment, stage: str, resume: str = "auto", c
         device=exp.runtime.device, num_workers=exp.runtime.num_workers, random_flip=exp.data.random_flip,
         group_by_modality_length=exp.data.group_by_modality_length, save_teacher=exp.save.teacher,
         report_to=exp.runtime.report_to, resume=resume, check_only=check_only, experiment=resolved,
-        lora=exp.lora if exp.lora.enabled and stage == LORA_STAGE else None)
+        lora=exp.lora if exp.lora.enabled and stage == LORA_STAGE else None, frame_cache=exp.runtime.frame_cache)
 
 
 def build_parser() -> argparse.ArgumentParser:

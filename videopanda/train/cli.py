@@ -146,8 +146,15 @@ def train(args: TrainArgs, plan: Preflight, signals: StopSignals | None = None) 
     if processor.image_token_id != model.config.image_token_id:
         raise PreflightError(f"{args.model}: the tokenizer's {processor.image_token_id} for the frame placeholder "
                              f"differs from the config's image_token_id {model.config.image_token_id}")
+    frame_cache = None
+    if args.frame_cache:
+        from videopanda.data.frame_cache import FrameCache
+
+        frame_cache = FrameCache(args.frame_cache)
+        logger.info("decoded frames are cached in %s", frame_cache.folder)
     dataset = VideoInstructDataset(plan.data_json, plan.video_folder, processor, first_half=bool(args.first_half),
-                                   random_flip=args.random_flip, seed=args.seed, model_max_length=args.max_length)
+                                   random_flip=args.random_flip, seed=args.seed, model_max_length=args.max_length,
+                                   frame_cache=frame_cache)
     logger.info("data: %d samples (%d with video) from %s", plan.num_samples, plan.num_video_samples,
                 ", ".join(str(p) for p in plan.data_json))
 

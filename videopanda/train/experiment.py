@@ -112,6 +112,10 @@ class RuntimeSettings:
                                     "flash_attention_2")
     report_to: str = _doc("logging integrations of the HF Trainer (tensorboard, none, ...)")
     logging_steps: int = _doc("log every N optimizer steps")
+    frame_cache: str | None = _doc("folder of decoded training frames (videopanda.data.frame_cache), relative to "
+                                   "the working directory: each clip is decoded once and its frames reused by every "
+                                   "epoch, stage and run that reads it (the same frames bit for bit; uncompressed, "
+                                   "about num_frames x H x W x 3 bytes a clip); null: decode every time")
 
 
 @dataclass
@@ -473,6 +477,7 @@ def resolve_experiment(source: str | os.PathLike, overrides: list[str] = ()) -> 
         experiment.data.root = os.environ["DATA_ROOT"]
     experiment.data.root = _absolute(experiment.data.root)
     experiment.data.video_folder = _absolute(experiment.data.video_folder)
+    experiment.runtime.frame_cache = _absolute(experiment.runtime.frame_cache)
     experiment.training.deepspeed = _absolute(experiment.training.deepspeed)
     for stage in STAGES:
         settings = experiment.stage(stage)
