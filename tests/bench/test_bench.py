@@ -164,6 +164,25 @@ def test_data_bench_on_given_files_with_two_workers(tmp_path):
     assert len(report["videos_per_s_each_worker"]) == 2
 
 
+
+def test_data_bench_through_a_frame_cache_reports_cold_and_warm_reads(tmp_path):
+    from helpers.media import make_frames, write_video
+
+    paths = [str(write_video(tmp_path / f"clip{i}.mp4", make_frames(30, 48, 64, seed=i), fps=10)) for i in range(2)]
+    out = tmp_path / "data.json"
+    cache = tmp_path / "cache"
+    (cache / "ab").mkdir(parents=True)
+    (cache / "ab" / "unrelated.txt").write_text("kept")
+    assert main(["data", "--video", *paths, "--repeats", "3", "--frame-cache", str(cache), "--output", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["frame_cache"] == str(cache) and report["cache_entries"] == 2 and report["videos_timed"] == 6
+    assert report["cache_entry_mb_mean"] == pytest.approx(8 * 48 * 64 * 3 / 2**20, rel=0.01)
+    assert report["read_cold_ms_median"] > report["read_warm_ms_median"] > 0
+    assert report["sample_cold_ms_median"] > report["read_cold_ms_median"]
+    assert sorted(p.name for p in cache.rglob("*")) == ["ab", "unrelated.txt"]  # its own folder is gone
+    assert main(["data", "--video", *paths, "--repeats", "1", "--frame-cache", str(cache)]) == 1
+
+
 def test_data_bench_names_a_missing_file(tmp_path, caplog):
     missing = tmp_path / "nowhere.mp4"
     package_logger = logging.getLogger("videopanda")

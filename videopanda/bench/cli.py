@@ -3,6 +3,7 @@
     videopanda bench visual --device cpu --threads 2 --output bench_visual_cpu.json
     videopanda bench visual --device cuda --dtype bfloat16 --output bench_visual_h100.json
     videopanda bench data --synthetic 8 --workers 1 --output bench_data.json
+    videopanda bench data --synthetic 8 --repeats 4 --frame-cache /tmp --output bench_data_cache.json
     videopanda bench ttft --device cuda --dtype bfloat16 --output bench_ttft_h100.json
     videopanda bench cli --repeats 7 --output bench_cli.json
 """
@@ -52,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     data.add_argument("--frames", type=int, default=8)
     data.add_argument("--student-only", action="store_true",
                       help="preprocess the student frames alone, as inference does (default: student and teacher)")
+    data.add_argument("--frame-cache", default=None, metavar="DIR",
+                      help="read through a frame cache in a fresh temporary folder under DIR: the first pass decodes "
+                           "and writes (cold), the later ones read (warm); needs --repeats 2 or more")
     data.add_argument("--output", type=Path, default=None)
 
     ttft = sub.add_parser("ttft", help="time to first token, 7B shape with random weights")
@@ -104,7 +108,7 @@ def _run(args: argparse.Namespace, command: str) -> tuple[dict, str]:
         report = run_data_bench(DataBenchConfig(
             videos=args.video, synthetic=args.synthetic, width=width, height=height, fps=args.fps,
             seconds=args.seconds, workers=args.workers, repeats=args.repeats, num_frames=args.frames,
-            teacher=not args.student_only, command=command))
+            teacher=not args.student_only, frame_cache=args.frame_cache, command=command))
         return report, format_report(report)
     if args.bench == "cli":
         from videopanda.bench.cli_help import CLIBenchConfig, format_report, run_cli_bench

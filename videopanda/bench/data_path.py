@@ -10,6 +10,12 @@ decode and preprocess milliseconds.
 
 `--synthetic N` first writes N mp4s of a realistic size (default 640x360, 30 fps, 10 s, H.264 through
 `videopanda.data.synth.encode_mp4`) with moving content into a temporary folder.
+
+`--frame-cache DIR` reads the videos through a `videopanda.data.frame_cache.FrameCache` in a fresh
+temporary folder under DIR (so DIR's file system is what is measured, and the first pass is cold
+whatever DIR already holds; the folder is removed afterwards): the first pass decodes and writes every
+entry (cold), the later passes read them (warm). Reported then: the median read and whole-sample (read +
+preprocess) milliseconds of each, the mean entry size, and videos/s over the warm passes only.
 """
 from __future__ import annotations
 
@@ -40,6 +46,7 @@ class DataBenchConfig:
     repeats: int = 3
     num_frames: int = 8
     teacher: bool = True
+    frame_cache: str | None = None
     command: str = ""
 
     def __post_init__(self) -> None:
@@ -49,6 +56,8 @@ class DataBenchConfig:
             raise ValueError(f"--workers and --repeats must be positive, got {self.workers} and {self.repeats}")
         if self.synthetic and (self.width % 2 or self.height % 2):
             raise ValueError(f"synthetic videos need an even size (yuv420p), got {self.width}x{self.height}")
+        if self.frame_cache is not None and self.repeats < 2:
+            raise ValueError(f"--frame-cache needs --repeats 2 or more (a cold pass, then warm ones), got {self.repeats}")
 
 
 def synthetic_frames(width: int, height: int, num_frames: int, seed: int) -> np.ndarray:
@@ -84,8 +93,9 @@ def write_synthetic_videos(folder: Path, count: int, width: int, height: int, fp
     return paths
 
 
-def _worker(paths: list[str], num_frames: int, repeats: int, teacher: bool) -> dict:
-    """Runs in a spawned process: decode + preprocess `paths` `repeats` times, timing each video."""
+def _worker(paths: list[str], num_frames: int, repeats: int, teacher: bool, cache_folder: str | None = None) -> dict:
+    """Runs in a spawned process: decode (through a frame cache in `cache_folder` when given) + preprocess
+    `paths` `repeats` times, timing each video; the first len(paths) timings are the first pass."""
     import torch
 
     from videopanda.data.frames import FrameConfig, preprocess_video
@@ -94,11 +104,16 @@ def _worker(paths: list[str], num_frames: int, repeats: int, teacher: bool) -> d
     torch.set_num_threads(1)
     config = FrameConfig(num_frames=num_frames)
     preprocess_video(read_video(paths[0], num_frames=num_frames), config, teacher=teacher)
+    read = read_video
+    if cache_folder is not None:
+        from videopanda.data.frame_cache import FrameCache
+
+        read = FrameCache(cache_folder).read
     decode_ms, preprocess_ms = [], []
     for _ in range(repeats):
         for path in paths:
             t0 = time.perf_counter()
-            frames = read_video(path, num_frames=num_frames)
+            frames = read(path, num_frames=num_frames)
             t1 = time.perf_counter()
             preprocess_video(frames, config, teacher=teacher)
             t2 = time.perf_counter()
@@ -109,7 +124,7 @@ def _worker(paths: list[str], num_frames: int, repeats: int, teacher: bool) -> d
             "decode_ms": decode_ms, "preprocess_ms": preprocess_ms}
 
 
-def _run_workers(paths: list[Path], config: DataBenchConfig) -> tuple[list[dict], float]:
+def _run_workers(paths: list[Path], config: DataBenchConfig, cache_folder: str | None = None) -> tuple[list[dict], float]:
     shares = [[str(p) for p in paths[w::config.workers]] for w in range(config.workers)]
     shares = [share for share in shares if share]
     if len(shares) < config.workers:
@@ -118,7 +133,8 @@ def _run_workers(paths: list[Path], config: DataBenchConfig) -> tuple[list[dict]
     with concurrent.futures.ProcessPoolExecutor(max_workers=len(shares), mp_context=context) as pool:
         t0 = time.perf_counter()
         n = len(shares)
-        results = list(pool.map(_worker, shares, [config.num_frames] * n, [config.repeats] * n, [config.teacher] * n))
+        results = list(pool.map(_worker, shares, [config.num_frames] * n, [config.repeats] * n, [config.teacher] * n,
+                                [cache_folder] * n))
         wall_s = time.perf_counter() - t0
     return results, wall_s
 
@@ -142,7 +158,11 @@ def run_data_bench(config: DataBenchConfig) -> dict:
                 raise FileNotFoundError(f"bench data: video file(s) not found: {', '.join(missing)}")
             source = {"videos": [str(p) for p in paths]}
         source["mean_file_mb"] = statistics.fmean(p.stat().st_size for p in paths) / 2**20
-        results, wall_s = _run_workers(paths, config)
+        if config.frame_cache is None:
+            results, wall_s = _run_workers(paths, config)
+            cache = {}
+        else:
+            results, wall_s, cache = _run_cached(paths, config)
     decode = [t for r in results for t in r["decode_ms"]]
     preprocess = [t for r in results for t in r["preprocess_ms"]]
     per_worker = [r["videos_per_s"] for r in results]
@@ -160,18 +180,56 @@ def run_data_bench(config: DataBenchConfig) -> dict:
         "wall_s": wall_s,
         "decode_ms_median": statistics.median(decode),
         "preprocess_ms_median": statistics.median(preprocess),
+        **cache,
         "command": config.command,
     }
+
+
+def _run_cached(paths: list[Path], config: DataBenchConfig) -> tuple[list[dict], float, dict]:
+    """The workers reading through a frame cache in a fresh folder under `config.frame_cache`: the timings split
+    into the cold first pass and the warm later ones; the results' videos/s are the warm passes'."""
+    from videopanda.io import make_dirs
+
+    parent = make_dirs(Path(config.frame_cache).expanduser().absolute())
+    with tempfile.TemporaryDirectory(prefix="videopanda-bench-cache-", dir=parent) as folder:
+        results, wall_s = _run_workers(paths, config, cache_folder=folder)
+        entries = [p.stat().st_size for p in Path(folder).rglob("*.npy")]
+    cold_read, warm_read, cold_sample, warm_sample = [], [], [], []
+    for result in results:
+        first = len(result["decode_ms"]) // config.repeats
+        samples = [d + p for d, p in zip(result["decode_ms"], result["preprocess_ms"])]
+        cold_read += result["decode_ms"][:first]
+        warm_read += result["decode_ms"][first:]
+        cold_sample += samples[:first]
+        warm_sample += samples[first:]
+        result["videos_per_s"] = (len(samples) - first) / (sum(samples[first:]) / 1e3)
+    cache = {"frame_cache": str(parent), "cache_entries": len(entries),
+             "cache_entry_mb_mean": statistics.fmean(entries) / 2**20 if entries else 0.0,
+             "read_cold_ms_median": statistics.median(cold_read), "read_warm_ms_median": statistics.median(warm_read),
+             "sample_cold_ms_median": statistics.median(cold_sample),
+             "sample_warm_ms_median": statistics.median(warm_sample)}
+    return results, wall_s, cache
 
 
 def format_report(report: dict) -> str:
     what = (f"{report['synthetic']} synthetic {report['width']}x{report['height']} {report['fps']} fps "
             f"{report['seconds']:g} s videos" if "synthetic" in report else f"{len(report['videos'])} videos")
-    return "\n".join([
+    warm = " (warm passes)" if "frame_cache" in report else ""
+    lines = [
         f"data path: {what} (mean {report['mean_file_mb']:.2f} MB), {report['num_frames']} frames, "
         f"{report['workers']} worker(s) x 1 thread, {report['videos_timed']} timed videos, CPU {report['cpu']}",
-        f"  videos/s per worker   {report['videos_per_s_per_worker']:.2f}",
-        f"  videos/s all workers  {report['aggregate_videos_per_s']:.2f}",
-        f"  decode median         {report['decode_ms_median']:.1f} ms",
+        f"  videos/s per worker   {report['videos_per_s_per_worker']:.2f}{warm}",
+        f"  videos/s all workers  {report['aggregate_videos_per_s']:.2f}{warm}",
+        f"  decode median         {report['decode_ms_median']:.1f} ms" + (" (cold and warm reads)" if warm else ""),
         f"  preprocess median     {report['preprocess_ms_median']:.1f} ms",
-    ])
+    ]
+    if warm:
+        lines += [
+            f"  frame cache           {report['frame_cache']}: {report['cache_entries']} entries of "
+            f"{report['cache_entry_mb_mean']:.2f} MB",
+            f"  read cold / warm      {report['read_cold_ms_median']:.2f} / {report['read_warm_ms_median']:.2f} ms "
+            "(decode + write / load)",
+            f"  sample cold / warm    {report['sample_cold_ms_median']:.1f} / {report['sample_warm_ms_median']:.1f} ms "
+            "(read + preprocess)",
+        ]
+    return "\n".join(lines)
