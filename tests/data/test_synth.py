@@ -48,8 +48,9 @@ def test_layout_follows_the_training_and_zero_shot_layouts(synth_dir):
         assert [t["from"] for t in turns] == ["human", "gpt"] * (len(turns) // 2)
         assert turns[0]["value"].startswith("<video>\n")
         assert all("<video>" not in t["value"] for t in turns[1:])
-    # at least motion, counting, two temporal and the two grounding questions
-    assert all(len(s["conversations"]) >= 12 for s in tune)
+    # at least motion, counting and the two grounding questions (a lone shape); the four temporal questions
+    # and the appearance question besides whenever there are two or more shapes
+    assert all(len(s["conversations"]) in (8, 18) for s in tune)
     places = {f"{v} {h}" for v in ("top", "middle", "bottom") for h in ("left", "middle", "right")} | {"centre"}
     for sample in tune:
         for question, answer in zip(sample["conversations"][::2], sample["conversations"][1::2]):
@@ -88,17 +89,18 @@ def test_another_seed_gives_other_clips():
 def test_test_answers_are_balanced_per_type():
     per_type: dict[str, Counter] = {t: Counter() for t in synth.QUESTION_TYPES}
     forms = Counter()
-    n = 4 * 24  # 24 questions a type: a whole number of cycles through every answer list (and both forms)
+    n = 4 * 24  # 24 questions a type: a whole number of cycles through every answer list (and all four forms)
     for i in range(n):
         scene, focus, _ = synth.make_scene(0, "test", i)
         per_type[focus["type"]][focus["answer"]] += 1
         if focus["type"] == "temporal":
-            forms["turn" in focus["question"]] += 1
+            named = focus["question"].split()[4]
+            forms["at the start" in focus["question"], named == focus["answer"]] += 1
         assert focus in synth.questions(scene)
     for qtype, counts in per_type.items():
         assert set(counts) == set(synth.ANSWERS[qtype]), qtype
         assert len(set(counts.values())) == 1, (qtype, counts)
-    assert forms[True] == forms[False]
+    assert len(forms) == 4 and len(set(forms.values())) == 1, forms
 
 
 def test_every_question_is_unambiguous():
@@ -119,8 +121,10 @@ def test_every_question_is_unambiguous():
         colours_ever = [{o.colour, o.new_colour} for o in objects]
         assert [o for o, c in zip(objects, colours_ever) if c & set(motion)] == [scene.mover]
         assert not any(o.shape in q["question"] for q in synth.questions(scene) for o in objects)
+        assert len([q for q in synth.questions(scene) if q["type"] == "temporal"]) == 4 * (len(objects) > 1)
         times = [f / (scene.num_frames - 1) for f in sample_indices(scene.num_frames, scene.fps, 8)]
-        assert times[4] < scene.changer.change_time <= times[6]  # inside the second 4-frame chunk
+        # the fade: old colour alone in the first two sampled frames, new alone in the last two
+        assert times[1] < scene.changer.change_time <= times[2] and times[5] < scene.changer.change_end <= times[6]
         # a newcomer shows up inside the first chunk, so only the changer's new colour is new in the second
         assert all(o.appear_time == 0 or times[0] < o.appear_time <= times[3] for o in objects)
 
@@ -165,14 +169,22 @@ def test_decoded_clips_show_what_the_questions_claim(synth_dir):
         assert len(at_end) == len(scene.objects)  # counting: one colour per shape at the end
 
         changer = scene.changer
-        assert times[4] < changer.change_time <= times[6]
         assert changer.colour in _colours_present(first, min_pixels) - _colours_present(last, min_pixels)
         assert changer.new_colour in _colours_present(last, min_pixels) - _colours_present(first, min_pixels)
-        # the change falls inside the second 4-frame chunk: sampled frame 4 shows the colour before, 6 after;
+        # the fade: sampled frames 0-1 show the old colour, 6-7 the new one, and the changer's centre moves from
+        # one to the other in between (its position along new - old never goes back by more than codec noise);
         # a newcomer is there by frame 3 (half the pixel threshold: the first frame after an event carries
         # some codec lag)
-        before, after = (_colours_present(frames[i], min_pixels // 2) for i in (4, 6))
+        before, after = (_colours_present(frames[i], min_pixels // 2) for i in (1, 6))
         assert changer.colour in before - after and changer.new_colour in after - before
+        if changer is not scene.mover:
+            old, new = (np.array(synth.COLOURS[c], float) for c in (changer.colour, changer.new_colour))
+            x, y, half = round(changer.start[0]), round(changer.start[1]), max(1, changer.size // 6)
+            centre = frames[:, y - half:y + half, x - half:x + half].reshape(8, -1, 3).mean(1)
+            progress = (centre - old) @ (new - old) / ((new - old) @ (new - old))
+            assert abs(progress[0]) < 0.1 and abs(progress[1]) < 0.1, (path, progress)
+            assert abs(progress[6] - 1) < 0.1 and abs(progress[7] - 1) < 0.1, (path, progress)
+            assert 0.05 < progress[3] < 0.95 and np.all(np.diff(progress) > -0.05), (path, progress)
         for o in scene.objects:
             if o.appear_time > 0:
                 assert o.colour in _colours_present(frames[3], min_pixels // 2) - _colours_present(first, min_pixels)
@@ -214,7 +226,7 @@ def test_shapes_rest_inside_single_cells_of_the_token_grid():
     """Any-resolution framing maps the cell grid onto whole LSD tokens; resting shapes stay inside a cell."""
     from videopanda.data.frames import FrameConfig, frame_placement
 
-    config = FrameConfig(image_size=112, teacher_image_size=56)
+    config = FrameConfig(image_size=84, teacher_image_size=42)
     for i in range(100):
         scene = synth.make_scene(0, "train", i)[0]
         cols, rows = synth.grid_shape(scene.width, scene.height)

@@ -1,15 +1,14 @@
 """The synthetic video-QA benchmark: `videopanda synth --out data/synth`.
 
-A procedural dataset of real encoded mp4 clips (varied aspect ratios, lengths and frame rates) in
+A procedural dataset of real encoded mp4 clips (square, of varied sizes, lengths and frame rates) in
 which large, high-contrast coloured shapes sit on a dark background; in every clip exactly one shape
-moves in a straight line, exactly one other shape changes colour once (a lone shape does both), and
-sometimes one more shape appears. Everything the questions ask about is visible in the 8 frames the
-recipe samples (SPEC section 4 spreads them over the whole clip): the colour change happens inside the
-second 4-frame chunk (between its 1st and 2nd or its 2nd and 3rd sampled frame), so the first chunk and
-the second chunk's first frame show the colour before and the last two sampled frames the colour after;
-a shape that appears does so within the first chunk (after the 1st, 2nd or 3rd sampled frame), so a
-newcomer is never taken for the colour change; the mover crosses the frame from the first sampled frame
-to the last.
+moves in a straight line, exactly one other shape fades from one colour to another (a lone shape does
+both), and sometimes one more shape appears. Everything the questions ask about is visible in the 8
+frames the recipe samples (SPEC section 4 spreads them over the whole clip): the fade starts between the
+2nd and 3rd sampled frame and ends between the 6th and 7th, so the first two sampled frames show only the
+old colour, the last two only the new one and the four between them a blend moving from one to the other;
+a shape that appears does so within the first chunk (after the 1st, 2nd or 3rd sampled frame); the mover
+crosses the frame from the first sampled frame to the last.
 
 Question types (single-word answers, balanced over the answer list of each type in the test set):
 
@@ -18,23 +17,23 @@ Question types (single-word answers, balanced over the answer list of each type 
 | appearance  | What colour is the moving shape?                  | red green blue yellow white purple |
 | motion      | Which way does the {colour} shape move?           | left right up down                 |
 | counting    | How many shapes are there at the end?             | one two three four                 |
-| temporal    | What colour did the changing shape turn? /        | the six colours                    |
-|             | What colour was the changing shape at the start?  |                                    |
+| temporal    | What colour was the {colour} shape at the start?  | the six colours                    |
+|             | What colour was the {colour} shape at the end?    |                                    |
 
-Questions name shapes by what they do or by their colour, never by their kind: telling a circle from a
-square at 28 px a token is shape recognition that a tiny model trained from scratch learns late and
-unreliably (with the shape in the question, most wrong answers were the colour of another shape in the
-clip), and it is not what the questions are meant to test. What they test needs the frames in order:
-the moving shape is the one whose position changes, the direction is where it goes from the first
-frames to the last, and the two temporal forms ask for the colour after and before the change at the
-same place. Appearance questions ask for the colour of the mover, which keeps its colour whenever there
-are two or more shapes (a lone shape is asked no appearance question); motion questions name the mover
-by its colour at the start, which no other shape has at any time.
+The temporal questions name the fading shape by its old or by its new colour (`TEMPORAL_FORMS`, balanced),
+so the answer is the named colour or the other one depending on which came first: only the order of the
+frames tells them apart. Questions name shapes by what they do or by their colour, never by their kind:
+telling a circle from a square at 28 px a token is shape recognition that the tiny model trained from
+scratch does not learn in the quickstart's budget (asked "What shape is the red one?", it stayed at
+chance), and it is not what the questions are meant to test. Appearance questions ask for the colour of
+the mover, which keeps its colour whenever there are two or more shapes (a lone shape is asked no
+appearance or temporal question); motion questions name the mover by its colour at the start, which no
+other shape has at any time.
 
 Training clips also carry two training-only grounding questions (`grounding_questions`): where the mover is
-at the start and at the end ("top left", "middle right", "centre", ...). Every clip is square, so every frame
-is the same 4 x 4 grid of 28 px cells and the same 21 tokens; with shapes asked about by kind, varied aspect
-ratios and no grounding questions, the quickstart's motion answers were at chance (README).
+at the start and at the end ("top left", "middle right", "centre", ...). Every frame is the same 3 x 3 grid
+of 28 px cells, 13 tokens per frame in the quickstart's 84 px frames; the README lists the generators that
+were measured and what each changed.
 
 Written (SPEC sections 6 and 7 layouts):
 
@@ -89,10 +88,12 @@ COUNT_WORDS = ("one", "two", "three", "four")
 BACKGROUNDS = ((20, 20, 20), (35, 35, 45), (45, 40, 30), (25, 40, 35))
 BACKGROUND_RAMP = 70
 
-GENERATOR_VERSION = 6
+GENERATOR_VERSION = 11
 """Bumped whenever the same seed would give different clips or questions (the quickstart then regenerates)."""
 
 QUESTION_TYPES = ("appearance", "motion", "counting", "temporal")
+TEMPORAL_FORMS = ("start-old", "end-old", "start-new", "end-new")
+"""Temporal questions ask a shape's colour at the start or at the end, naming it by its old or new colour."""
 ANSWERS: dict[str, tuple[str, ...]] = {
     "appearance": tuple(COLOURS),
     "motion": DIRECTIONS,
@@ -106,9 +107,9 @@ LONG_SIDES = (144, 160, 176, 192)
 aspect gives those widths with these sides (a test decodes every frame size used)."""
 FPS_CHOICES = (6, 8, 10, 12, 15, 24)
 DURATION_RANGE = (2.0, 12.0)
-GRID_CELLS = 4
+GRID_CELLS = 3
 """Shapes sit on a grid of GRID_CELLS cells along the longer side. The quickstart's student frame is
-112 px, i.e. 4 LSD cells of 28 px (2x2 patches of 14 px), and any-resolution framing puts cell
+84 px, i.e. 3 LSD cells of 28 px (2x2 patches of 14 px), and any-resolution framing puts cell
 boundaries exactly on token boundaries (the shorter side becomes a whole number of cells and the
 padding is a whole number of cells), so every resting shape lies inside one visual token."""
 SHAPE_FILL = 0.8
@@ -135,7 +136,8 @@ class SynthObject:
     start: tuple[float, float]
     end: tuple[float, float]
     new_colour: str | None = None  # set for the shape that changes colour
-    change_time: float = 0.0       # fraction of the clip at which the colour changes
+    change_time: float = 0.0       # fraction of the clip at which the colour starts to fade to new_colour
+    change_end: float = 0.0        # fraction of the clip from which it shows new_colour alone
     appear_time: float = 0.0       # fraction of the clip at which the shape appears (0 = from the start)
 
     @property
@@ -143,7 +145,16 @@ class SynthObject:
         return self.start != self.end
 
     def colour_at(self, t: float) -> str:
-        return self.new_colour if self.new_colour is not None and t >= self.change_time else self.colour
+        """The colour's name at time t: the old one until the fade's middle, then the new one."""
+        middle = (self.change_time + self.change_end) / 2
+        return self.new_colour if self.new_colour is not None and t >= middle else self.colour
+
+    def rgb_at(self, t: float) -> tuple[float, float, float]:
+        """The drawn colour at time t: the old colour, a linear fade to the new one, then the new colour."""
+        if self.new_colour is None or t <= self.change_time:
+            return COLOURS[self.colour]
+        w = min(1.0, (t - self.change_time) / max(self.change_end - self.change_time, 1e-9))
+        return tuple((1 - w) * a + w * b for a, b in zip(COLOURS[self.colour], COLOURS[self.new_colour]))
 
 
 @dataclass(frozen=True)
@@ -172,16 +183,16 @@ class Scene:
 # ---- scenes ------------------------------------------------------------------------------------
 
 
-def sample_scene(rng: random.Random, qtype: str, answer: str, form: str = "turn") -> Scene:
-    """A random scene in which the question of `qtype` (temporal: `form` "turn" or "start") has
+def sample_scene(rng: random.Random, qtype: str, answer: str, form: str = "-") -> Scene:
+    """A random scene in which the question of `qtype` (temporal: `form`, one of TEMPORAL_FORMS) has
     `answer`. Every scene has one mover and one colour changer, two different shapes unless the
     scene has only one."""
     if answer not in ANSWERS[qtype]:
         raise ValueError(f"{answer!r} is not an answer of question type {qtype!r}")
     if qtype == "counting":
         count = COUNT_WORDS.index(answer) + 1
-    elif qtype == "appearance":
-        count = rng.randint(2, 4)  # the mover keeps its colour: another shape changes
+    elif qtype in ("appearance", "temporal"):
+        count = rng.randint(2, 4)  # the mover keeps its colour and the changer its place
     else:
         count = rng.randint(1, 4)
     mover = rng.randrange(count)
@@ -195,7 +206,7 @@ def sample_scene(rng: random.Random, qtype: str, answer: str, form: str = "turn"
     new_colour: str | None = None
     if qtype == "appearance":
         colours[mover] = answer
-    elif qtype == "temporal" and form == "turn":
+    elif qtype == "temporal" and form.startswith("end"):
         new_colour = answer
     elif qtype == "temporal":
         colours[changer] = answer
@@ -221,7 +232,7 @@ def sample_scene(rng: random.Random, qtype: str, answer: str, form: str = "turn"
     positions, size = _layout(rng, width, height, count, mover, direction)
     picked = sample_indices(num_frames, fps, NUM_FRAMES)
     chunk = len(picked) // 2
-    change = _between(rng, picked, rng.randrange(chunk, len(picked) - 2), num_frames)
+    fade = (_between(rng, picked, 1, num_frames), _between(rng, picked, len(picked) - 3, num_frames))
     early = _between(rng, picked, rng.randrange(len(picked) // 2 - 1), num_frames)
     objects = tuple(
         SynthObject(
@@ -231,7 +242,8 @@ def sample_scene(rng: random.Random, qtype: str, answer: str, form: str = "turn"
             start=positions[i][0],
             end=positions[i][1],
             new_colour=new_colour if i == changer else None,
-            change_time=change if i == changer else 0.0,
+            change_time=fade[0] if i == changer else 0.0,
+            change_end=fade[1] if i == changer else 0.0,
             appear_time=early if i == appearer else 0.0,
         )
         for i in range(count)
@@ -296,10 +308,11 @@ def questions(scene: Scene) -> list[dict[str, str]]:
     out = [
         {"type": "motion", "question": f"Which way does the {mover.colour} shape move?", "answer": scene.direction},
         {"type": "counting", "question": "How many shapes are there at the end?", "answer": COUNT_WORDS[len(scene.objects) - 1]},
-        {"type": "temporal", "question": "What colour did the changing shape turn?", "answer": changer.new_colour},
-        {"type": "temporal", "question": "What colour was the changing shape at the start?", "answer": changer.colour},
     ]
-    if mover.new_colour is None:
+    if changer is not mover:
+        out += [{"type": "temporal", "question": f"What colour was the {named} shape at the {when}?",
+                 "answer": changer.colour if when == "start" else changer.new_colour}
+                for when in ("start", "end") for named in (changer.colour, changer.new_colour)]
         out.append({"type": "appearance", "question": "What colour is the moving shape?", "answer": mover.colour})
     return out
 
@@ -326,11 +339,17 @@ def grounding_questions(scene: Scene) -> list[dict[str, str]]:
     ]
 
 
-def question_for(scene: Scene, qtype: str, answer: str, form: str = "turn") -> dict[str, str]:
+def question_for(scene: Scene, qtype: str, answer: str, form: str = "-") -> dict[str, str]:
     """The question of `qtype` (and temporal `form`) whose answer is `answer` in this scene."""
     for q in questions(scene):
-        if q["type"] == qtype and q["answer"] == answer and (qtype != "temporal" or (form == "turn") == ("turn" in q["question"])):
-            return q
+        if q["type"] != qtype or q["answer"] != answer:
+            continue
+        if qtype == "temporal":
+            when, named = form.split("-")
+            colour = scene.changer.colour if named == "old" else scene.changer.new_colour
+            if q["question"] != f"What colour was the {colour} shape at the {when}?":
+                continue
+        return q
     raise AssertionError(f"scene has no {qtype}/{form} question answered {answer!r}")
 
 
@@ -398,7 +417,7 @@ def render(scene: Scene) -> np.ndarray:
             ys = slice(max(y0, 0), min(y0 + o.size, scene.height))
             xs = slice(max(x0, 0), min(x0 + o.size, scene.width))
             mask = sprite[ys.start - y0 : ys.stop - y0, xs.start - x0 : xs.stop - x0]
-            frames[f, ys, xs][mask] = COLOURS[o.colour_at(t)]
+            frames[f, ys, xs][mask] = np.round(o.rgb_at(t)).astype(np.uint8)
     return frames
 
 
@@ -439,11 +458,11 @@ class SynthConfig:
 
 def _target(index: int) -> tuple[str, str, str]:
     """Balanced (type, answer, temporal form) for sample `index`: types round-robin, answers cycling
-    through each type's list, the two temporal forms alternating."""
+    through each type's list, the temporal forms cycling."""
     qtype = QUESTION_TYPES[index % len(QUESTION_TYPES)]
     turn = index // len(QUESTION_TYPES)
     answers = ANSWERS[qtype]
-    form = ("turn", "start")[(turn // len(answers)) % 2] if qtype == "temporal" else "turn"
+    form = TEMPORAL_FORMS[(turn // len(answers)) % len(TEMPORAL_FORMS)] if qtype == "temporal" else "-"
     return qtype, answers[turn % len(answers)], form
 
 

@@ -42,7 +42,7 @@ class ModelsConfig:
     lm_steps: int = 0                    # language-model pre-training steps on the synthetic text (0 = random init)
     teacher_width: int = 64
     teacher_layers: int = 2
-    teacher_image_size: int = 56
+    teacher_image_size: int = 42
     # A random teacher with CLIP-like weights (std 0.02) has features that say what colour a patch is but
     # hardly where it is; a real LanguageBind teacher's features say both. Larger position embeddings
     # give the quickstart teacher that second part, which the distillation loss then passes to the
