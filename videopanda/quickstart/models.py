@@ -51,8 +51,9 @@ class ModelsConfig:
     # std 0.5, patch std 0.1: position explains 41% of the feature directions, colour 48%). The patch
     # positions are smooth in 2D, like a trained ViT's (`smooth_position_embedding`, 2 frequencies per
     # axis), not independent per patch: with the same shares, the quickstart's colour questions went
-    # from 46% (appearance) and 75% (temporal) to 98% and 99% (README; one run each, and another
-    # independent draw had also reached 97% and 99%, so independent positions are a lottery).
+    # from 46% (appearance) and 75% (temporal) to 98% and 99% (an earlier synthetic generator, on 112 px
+    # frames; one run each, and another independent draw had also reached 97% and 99%, so independent
+    # positions are a lottery).
     teacher_position_std: float = 0.5
     teacher_position_frequencies: int = 2
     teacher_patch_std: float = 0.1

@@ -33,11 +33,12 @@ the experiment file):
   `videopanda.model.teacher.smooth_position_embedding`). The Llama sees
   its visual tokens only in order (RoPE), which tells rows apart (a row is several tokens) but hardly
   columns. Position alone (patch std 0.02) crowds colour out of the features and the colour questions
-  fall to chance; position 1.0 with patch 0.1 does the same to a lesser degree (README table).
+  fall to chance; position 1.0 with patch 0.1 does the same to a lesser degree (measured with earlier
+  synthetic generators, on 112 px frames).
 - The tiny Llama and STAB of `configs/model/tiny.json`: no dropout in the STAB (the 7B recipe's 0.5
   in GSTRA and the context projection; with it the full model learned more slowly than the
   no-LSTE/no-GSTRA ablation), 4 attention heads of 32 dims and an MLP of 352 (with 8 heads and an
-  MLP of 256 the motion questions stayed at chance in every run; README).
+  MLP of 256 the motion questions stayed at chance in every run of an earlier generator).
 """
 from __future__ import annotations
 
