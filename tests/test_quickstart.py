@@ -77,9 +77,10 @@ def test_report_from_loss_logs(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = {"stages": [{"name": s, "final_loss": 0.5, "steps": 5, "elapsed_s": 10.0} for s in quickstart.STAGES],
                "eval": {"accuracy": 87.5, "per_type": {"counting": 75.0, "motion": 100.0}, "num_yes": 7, "num_no": 1,
-                        "judge": "exact-match"}, "elapsed_s": 42.0}
+                        "judge": "exact-match"}, "elapsed_s": 42.0, "num_test": 9}
     table = quickstart.results_table(summary)
     assert "| counting | 75.0 |" in table and "**87.5**" in table and "| pretrain | 5 | 0.5000 | 10 |" in table
+    assert "8 of 9 questions judged" in table
 
 
 def test_data_folder_is_reused_only_when_it_matches(tmp_path):
@@ -138,8 +139,9 @@ def test_output_folder_of_another_run_is_refused(tmp_path):
 
 
 def _summary(seed: int, motion: float, counting: float, elapsed: float) -> dict:
-    return {"seed": seed, "elapsed_s": elapsed,
-            "eval": {"per_type": {"motion": motion, "counting": counting}, "accuracy": (motion + counting) / 2}}
+    return {"seed": seed, "elapsed_s": elapsed, "num_test": 400,
+            "eval": {"per_type": {"motion": motion, "counting": counting}, "accuracy": (motion + counting) / 2,
+                     "num_yes": 300 + seed, "num_no": 100 - 2 * seed}}
 
 
 def test_seed_table_gives_the_mean_and_range_of_every_type():
@@ -153,6 +155,8 @@ def test_seed_table_gives_the_mean_and_range_of_every_type():
                         "| 520.0 [500.0, 540.0] |")
     assert lines[3] == ("| no lste / no gstra | 0, 1, 2 | 99.0 [98.0, 100.0] | 27.0 [25.0, 30.0] | 63.0 [61.5, 64.5] "
                         "| 480.0 [470.0, 490.0] |")
+    assert lines[-1] == ("Questions judged per seed: full model 400 of 400, 399 of 400, 398 of 400; "
+                         "no lste / no gstra 400 of 400, 399 of 400, 398 of 400.")
 
 
 def test_a_data_folder_of_another_seed_is_refused_and_left_as_it_is(tmp_path):

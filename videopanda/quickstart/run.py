@@ -359,7 +359,7 @@ def results_table(summary: dict) -> str:
     lines += ["", "| question type | accuracy (%) |", "|---|---:|"]
     lines += [f"| {t} | {a:.1f} |" for t, a in ev["per_type"].items()]
     lines += [f"| **overall** | **{ev['accuracy']:.1f}** |", "",
-              f"{ev['num_yes'] + ev['num_no']} questions, judge: {ev['judge']}; total time {summary['elapsed_s']:.0f} s"]
+              f"{judged(summary)} questions judged, judge: {ev['judge']}; total time {summary['elapsed_s']:.0f} s"]
     return "\n".join(lines)
 
 
@@ -423,6 +423,12 @@ def run(cfg: QuickstartConfig) -> dict:
     return summary
 
 
+def judged(summary: dict) -> str:
+    """"judged of asked" for one run's evaluation: accuracy covers the judged questions only."""
+    ev = summary["eval"]
+    return f"{ev['num_yes'] + ev['num_no']} of {summary['num_test']}"
+
+
 def seed_table(runs: dict[str, list[dict]]) -> str:
     """runs: variant name -> its summaries, one per seed -> a markdown table of each question type's
     accuracy as the mean over seeds and the [lowest, highest] seed."""
@@ -439,7 +445,9 @@ def seed_table(runs: dict[str, list[dict]]) -> str:
         times = cell([s["elapsed_s"] for s in summaries])
         lines.append(f"| {name} | {seeds} | " + " | ".join(per_type) + f" | {overall} | {times} |")
     lines += ["", "Accuracy in % on each seed's held-out questions: mean over seeds [lowest, highest]; "
-              "time: the whole job per seed (data, three stages, evaluation)."]
+              "time: the whole job per seed (data, three stages, evaluation).",
+              "Questions judged per seed: " + "; ".join(
+                  f"{name} {', '.join(judged(s) for s in summaries)}" for name, summaries in runs.items()) + "."]
     return "\n".join(lines)
 
 
