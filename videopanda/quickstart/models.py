@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from videopanda.constants import TEACHER_IMAGE_SIZE
 from videopanda.io import write_json_atomic
 from videopanda.log import get_logger, setup_logging
 
@@ -42,7 +43,7 @@ class ModelsConfig:
     lm_steps: int = 0                    # language-model pre-training steps on the synthetic text (0 = random init)
     teacher_width: int = 64
     teacher_layers: int = 2
-    teacher_image_size: int = 42
+    teacher_image_size: int | None = None  # None: the model config's teacher_image_size
     # A random teacher with CLIP-like weights (std 0.02) has features that say what colour a patch is but
     # hardly where it is; a real LanguageBind teacher's features say both. Larger position embeddings
     # give the quickstart teacher that second part, which the distillation loss then passes to the
@@ -58,6 +59,14 @@ class ModelsConfig:
     teacher_position_frequencies: int = 2
     teacher_patch_std: float = 0.1
     teacher_temporal_std: float | None = None
+
+
+def teacher_image_size(config: ModelsConfig) -> int:
+    """The teacher's frame size: `config.teacher_image_size`, else the model config's, else the 7B's."""
+    if config.teacher_image_size is not None:
+        return config.teacher_image_size
+    raw = json.loads(Path(config.model_config).read_text()) if config.model_config is not None else {}
+    return int(raw.get("teacher_image_size", TEACHER_IMAGE_SIZE))
 
 
 def llm_fields(model_config: Path | None) -> dict:
@@ -126,7 +135,7 @@ def build_models(config: ModelsConfig, texts: list[str], seed: int) -> dict:
 
     teacher_config = TeacherConfig(hidden_size=config.teacher_width, intermediate_size=4 * config.teacher_width,
                                    num_attention_heads=max(1, config.teacher_width // 32),
-                                   num_hidden_layers=config.teacher_layers, image_size=config.teacher_image_size,
+                                   num_hidden_layers=config.teacher_layers, image_size=teacher_image_size(config),
                                    num_frames=8)
     teacher_dir = Path(config.data) / "models" / "teacher"
     init_teacher_weights(LanguageBindVideoTower(teacher_config), seed=seed,
@@ -181,7 +190,7 @@ def make_models(config: ModelsConfig) -> dict:
     write_json_atomic(meta_path, {**meta, "models": record})
     logger.info("base models in %s: tokenizer of %d pieces, Llama of %d layers %d wide, teacher on %d px frames",
                 Path(config.data) / "models", record["vocab_size"], record["llm"]["num_hidden_layers"],
-                record["llm"]["hidden_size"], config.teacher_image_size)
+                record["llm"]["hidden_size"], teacher_image_size(config))
     return record
 
 
@@ -200,7 +209,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--vocab-size", type=int, default=ModelsConfig.vocab_size)
     parser.add_argument("--lm-steps", type=int, default=ModelsConfig.lm_steps,
                         help="pre-train the base Llama on the synthetic text for this many steps")
-    parser.add_argument("--teacher-image-size", type=int, default=ModelsConfig.teacher_image_size)
+    parser.add_argument("--teacher-image-size", type=int, default=None,
+                        help="the teacher's frame size (default: the --model-config's teacher_image_size)")
     parser.add_argument("--teacher-position-std", type=float, default=ModelsConfig.teacher_position_std,
                         help="std of the random teacher's position embeddings (its other weights: 0.02)")
     parser.add_argument("--teacher-patch-std", type=float, default=ModelsConfig.teacher_patch_std,
