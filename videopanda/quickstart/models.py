@@ -65,17 +65,18 @@ def teacher_image_size(config: ModelsConfig) -> int:
     """The teacher's frame size: `config.teacher_image_size`, else the model config's, else the 7B's."""
     if config.teacher_image_size is not None:
         return config.teacher_image_size
-    raw = json.loads(Path(config.model_config).read_text()) if config.model_config is not None else {}
-    return int(raw.get("teacher_image_size", TEACHER_IMAGE_SIZE))
+    return int(_model_config_fields(config.model_config).get("teacher_image_size", TEACHER_IMAGE_SIZE))
+
+
+def _model_config_fields(model_config: Path | None) -> dict:
+    """The fields of a VideoPandaConfig JSON ({} without one)."""
+    return json.loads(Path(model_config).read_text()) if model_config is not None else {}
 
 
 def llm_fields(model_config: Path | None) -> dict:
     """The base Llama's shape: DEFAULT_LLM updated with the LLM_FIELDS of a VideoPandaConfig JSON."""
-    llm = dict(DEFAULT_LLM)
-    if model_config is not None:
-        raw = json.loads(Path(model_config).read_text())
-        llm.update({k: raw[k] for k in LLM_FIELDS if k in raw})
-    return llm
+    raw = _model_config_fields(model_config)
+    return {**DEFAULT_LLM, **{k: raw[k] for k in LLM_FIELDS if k in raw}}
 
 
 def read_meta(data: Path) -> dict:
