@@ -27,7 +27,7 @@ def test_stage_flags_parse_as_training_arguments(tmp_path, stage):
     assert args.frame_cache == str((cfg.data / quickstart.FRAME_CACHE).resolve())  # one decode for every stage
     assert args.global_batch_size == 16 and args.per_device_batch_size * cfg.nproc == 16
     assert (args.learning_rate, args.visual_learning_rate, args.warmup_ratio) == (2e-3, 1e-2, 0.03)
-    assert args.num_train_epochs == {"prealign": 0.1, "pretrain": 0.5, "finetune": 7.0}[stage]
+    assert args.num_train_epochs == {"prealign": 0.1, "pretrain": 0.5, "finetune": 9.0}[stage]
     assert args.output_dir == str((cfg.out / stage).resolve())
     previous = {"prealign": cfg.data / "models" / "base", "pretrain": cfg.out / "prealign",
                 "finetune": cfg.out / "pretrain"}[stage]
@@ -122,7 +122,7 @@ def test_output_folder_of_another_run_is_refused(tmp_path):
     cfg = quickstart.QuickstartConfig(out=tmp_path / "out", data=data)
     settings = quickstart.run_settings(cfg)
     assert settings["data"] == {"seed": 0, "generator_version": 2}
-    assert settings["experiment"]["stages"]["finetune"]["epochs"] == 7.0
+    assert settings["experiment"]["stages"]["finetune"]["epochs"] == 9.0
     quickstart.claim_output_folder(cfg.out, settings)
     assert json.loads((cfg.out / quickstart.RUN_SETTINGS).read_text()) == settings
     (cfg.out / "finetune").mkdir()

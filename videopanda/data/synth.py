@@ -2,33 +2,32 @@
 
 A procedural dataset of real encoded mp4 clips (square, of varied sizes, lengths and frame rates) in
 which large, high-contrast coloured shapes sit on a dark background; in every clip exactly one shape
-moves in a straight line, exactly one other shape fades from one colour to another (a lone shape does
-both), and sometimes one more shape appears. Everything the questions ask about is visible in the 8
-frames the recipe samples (SPEC section 4 spreads them over the whole clip): the fade starts between the
-2nd and 3rd sampled frame and ends between the 6th and 7th, so the first two sampled frames show only the
-old colour, the last two only the new one and the four between them a blend moving from one to the other;
-a shape that appears does so within the first chunk (after the 1st, 2nd or 3rd sampled frame); the mover
-crosses the frame from the first sampled frame to the last.
+moves in a straight line, exactly one other shape changes from the first frame to the last (it grows,
+shrinks, brightens or darkens; a lone shape moves and grows or shrinks), and sometimes one more shape
+appears. Everything the questions ask about is visible in the 8 frames the recipe samples (SPEC section 4
+spreads them over the whole clip): the mover crosses the frame and the change runs from the first sampled
+frame to the last, so every two neighbouring sampled frames show both; a shape that appears does so within
+the first chunk (after the 1st, 2nd or 3rd sampled frame).
 
 Question types (single-word answers, balanced over the answer list of each type in the test set):
 
-| type        | question                                          | answers                            |
-|-------------|---------------------------------------------------|------------------------------------|
-| appearance  | What colour is the moving shape?                  | red green blue yellow white purple |
-| motion      | Which way does the {colour} shape move?           | left right up down                 |
-| counting    | How many shapes are there at the end?             | one two three four                 |
-| temporal    | What colour was the {colour} shape at the start?  | the six colours                    |
-|             | What colour was the {colour} shape at the end?    |                                    |
+| type        | question                                   | answers                              |
+|-------------|--------------------------------------------|--------------------------------------|
+| appearance  | What colour is the moving shape?           | red green blue yellow cyan purple    |
+| motion      | Which way does the {colour} shape move?    | left right up down                   |
+| counting    | How many shapes are there at the end?      | one two three four                   |
+| temporal    | What happens to the {colour} shape?        | grows shrinks lightens darkens       |
 
-The temporal questions name the fading shape by its old or by its new colour (`TEMPORAL_FORMS`, balanced),
-so the answer is the named colour or the other one depending on which came first: only the order of the
-frames tells them apart. Questions name shapes by what they do or by their colour, never by their kind:
-telling a circle from a square at 28 px a token is shape recognition that the tiny model trained from
-scratch does not learn in the quickstart's budget (asked "What shape is the red one?", it stayed at
-chance), and it is not what the questions are meant to test. Appearance questions ask for the colour of
-the mover, which keeps its colour whenever there are two or more shapes (a lone shape is asked no
-appearance or temporal question); motion questions name the mover by its colour at the start, which no
-other shape has at any time.
+Motion and temporal questions need the order of the frames: played backwards, a shape moving left moves
+right, and a growing shape shrinks, a brightening one darkens (`EVENTS`). Both are changes the STAB's
+temporal convolutions can see between neighbouring frames; neither needs to know which frames come first
+in the clip, which a temporal question asking "at the start" or "at the end" would (generators up to 11
+asked the colour of a shape that changed colour at the start or at the end, and the tiny model never
+learned that: the README's research section). Questions name shapes by what they do or by their colour,
+never by their kind: telling a circle from a square at 28 px a token is shape recognition that the tiny
+model trained from scratch does not learn in the quickstart's budget (asked "What shape is the red one?",
+it stayed at chance), and it is not what the questions are meant to test. Every shape has its own colour
+for the whole clip; a lone shape is asked no appearance or temporal question.
 
 Training clips also carry two training-only grounding questions (`grounding_questions`): where the mover is
 at the start and at the end ("top left", "middle right", "centre", ...). Every frame is the same 3 x 3 grid
@@ -79,7 +78,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "green": (35, 205, 55),
     "blue": (40, 90, 255),
     "yellow": (245, 225, 30),
-    "white": (240, 240, 240),
+    "cyan": (20, 210, 220),
     "purple": (165, 45, 225),
 }
 SHAPES = ("circle", "square", "triangle", "cross")
@@ -88,17 +87,26 @@ COUNT_WORDS = ("one", "two", "three", "four")
 BACKGROUNDS = ((20, 20, 20), (35, 35, 45), (45, 40, 30), (25, 40, 35))
 BACKGROUND_RAMP = 70
 
-GENERATOR_VERSION = 11
+GENERATOR_VERSION = 12
 """Bumped whenever the same seed would give different clips or questions (the quickstart then regenerates)."""
 
 QUESTION_TYPES = ("appearance", "motion", "counting", "temporal")
-TEMPORAL_FORMS = ("start-old", "end-old", "start-new", "end-new")
-"""Temporal questions ask a shape's colour at the start or at the end, naming it by its old or new colour."""
+EVENTS = ("grows", "shrinks", "lightens", "darkens")
+"""What the changing shape does over the whole clip; each is the other's mirror image in time, so only the
+order of the frames tells "grows" from "shrinks" and "lightens" from "darkens"."""
+EVENT_FROM = 0.4
+"""A growing shape starts at this fraction of its full size (a shrinking one ends at it)."""
+PALE = (240, 240, 240)
+PALE_MIX = 0.6
+"""A lightening shape ends as its colour mixed this much with PALE (a darkening one starts so). Mixing towards
+white, not black, moves a shape's pixels along another line in colour space than growing or shrinking over
+the dark backdrop does (with black, 0.4 of the colour, the model told the two kinds apart in only 65% of
+the cases; their direction in time it got right in over 90%); the palette has no white for that reason."""
 ANSWERS: dict[str, tuple[str, ...]] = {
     "appearance": tuple(COLOURS),
     "motion": DIRECTIONS,
     "counting": COUNT_WORDS,
-    "temporal": tuple(COLOURS),
+    "temporal": EVENTS,
 }
 
 ASPECTS = ((1, 1),)
@@ -135,26 +143,25 @@ class SynthObject:
     size: int
     start: tuple[float, float]
     end: tuple[float, float]
-    new_colour: str | None = None  # set for the shape that changes colour
-    change_time: float = 0.0       # fraction of the clip at which the colour starts to fade to new_colour
-    change_end: float = 0.0        # fraction of the clip from which it shows new_colour alone
-    appear_time: float = 0.0       # fraction of the clip at which the shape appears (0 = from the start)
+    event: str | None = None     # one of EVENTS for the shape that changes, from the first frame to the last
+    appear_time: float = 0.0     # fraction of the clip at which the shape appears (0 = from the start)
 
     @property
     def moves(self) -> bool:
         return self.start != self.end
 
-    def colour_at(self, t: float) -> str:
-        """The colour's name at time t: the old one until the fade's middle, then the new one."""
-        middle = (self.change_time + self.change_end) / 2
-        return self.new_colour if self.new_colour is not None and t >= middle else self.colour
+    def _ramp(self, t: float, rising: str, falling: str) -> float:
+        """0 unless the event is `rising` (0 at t = 0 up to 1 at t = 1) or `falling` (the reverse)."""
+        return t if self.event == rising else 1 - t if self.event == falling else 0.0
+
+    def size_at(self, t: float) -> int:
+        """The drawn size in pixels at time t (a fraction of the clip)."""
+        return max(2, round(self.size * (1 - (1 - EVENT_FROM) * self._ramp(t, "shrinks", "grows"))))
 
     def rgb_at(self, t: float) -> tuple[float, float, float]:
-        """The drawn colour at time t: the old colour, a linear fade to the new one, then the new colour."""
-        if self.new_colour is None or t <= self.change_time:
-            return COLOURS[self.colour]
-        w = min(1.0, (t - self.change_time) / max(self.change_end - self.change_time, 1e-9))
-        return tuple((1 - w) * a + w * b for a, b in zip(COLOURS[self.colour], COLOURS[self.new_colour]))
+        """The drawn colour at time t: the colour mixed with PALE by up to PALE_MIX when lightening or darkening."""
+        w = PALE_MIX * self._ramp(t, "lightens", "darkens")
+        return tuple((1 - w) * c + w * p for c, p in zip(COLOURS[self.colour], PALE))
 
 
 @dataclass(frozen=True)
@@ -177,22 +184,23 @@ class Scene:
 
     @property
     def changer(self) -> SynthObject:
-        return next(o for o in self.objects if o.new_colour is not None)
+        """The shape that grows, shrinks, brightens or darkens."""
+        return next(o for o in self.objects if o.event is not None)
 
 
 # ---- scenes ------------------------------------------------------------------------------------
 
 
-def sample_scene(rng: random.Random, qtype: str, answer: str, form: str = "-") -> Scene:
-    """A random scene in which the question of `qtype` (temporal: `form`, one of TEMPORAL_FORMS) has
-    `answer`. Every scene has one mover and one colour changer, two different shapes unless the
-    scene has only one."""
+def sample_scene(rng: random.Random, qtype: str, answer: str) -> Scene:
+    """A random scene in which the question of `qtype` has `answer`. Every scene has one mover and one
+    changer (a shape that grows, shrinks, brightens or darkens), two different shapes unless the scene
+    has only one."""
     if answer not in ANSWERS[qtype]:
         raise ValueError(f"{answer!r} is not an answer of question type {qtype!r}")
     if qtype == "counting":
         count = COUNT_WORDS.index(answer) + 1
     elif qtype in ("appearance", "temporal"):
-        count = rng.randint(2, 4)  # the mover keeps its colour and the changer its place
+        count = rng.randint(2, 4)  # the mover and the changer are two shapes
     else:
         count = rng.randint(1, 4)
     mover = rng.randrange(count)
@@ -200,23 +208,17 @@ def sample_scene(rng: random.Random, qtype: str, answer: str, form: str = "-") -
     shapes = rng.sample(SHAPES, count)
     direction = answer if qtype == "motion" else rng.choice(DIRECTIONS)
 
-    # Colours: distinct at the start, and the new colour is used by no other shape at any time,
-    # so "the red one" is unambiguous throughout.
+    event = answer if qtype == "temporal" else rng.choice(EVENTS)
+
+    # Distinct colours, so "the red one" is unambiguous.
     colours: list[str | None] = [None] * count
-    new_colour: str | None = None
     if qtype == "appearance":
         colours[mover] = answer
-    elif qtype == "temporal" and form.startswith("end"):
-        new_colour = answer
-    elif qtype == "temporal":
-        colours[changer] = answer
-    taken = {c for c in colours if c} | ({new_colour} if new_colour else set())
+    taken = {c for c in colours if c}
     for i in range(count):
         if colours[i] is None:
             colours[i] = rng.choice(sorted(set(COLOURS) - taken))
             taken.add(colours[i])
-    if new_colour is None:
-        new_colour = rng.choice(sorted(set(COLOURS) - taken))
 
     # An extra shape that appears early on: one that neither moves nor changes colour.
     static = [i for i in range(count) if i not in (mover, changer)]
@@ -231,8 +233,6 @@ def sample_scene(rng: random.Random, qtype: str, answer: str, form: str = "-") -
     background = rng.choice(BACKGROUNDS)
     positions, size = _layout(rng, width, height, count, mover, direction)
     picked = sample_indices(num_frames, fps, NUM_FRAMES)
-    chunk = len(picked) // 2
-    fade = (_between(rng, picked, 1, num_frames), _between(rng, picked, len(picked) - 3, num_frames))
     early = _between(rng, picked, rng.randrange(len(picked) // 2 - 1), num_frames)
     objects = tuple(
         SynthObject(
@@ -241,9 +241,7 @@ def sample_scene(rng: random.Random, qtype: str, answer: str, form: str = "-") -
             size=size,
             start=positions[i][0],
             end=positions[i][1],
-            new_colour=new_colour if i == changer else None,
-            change_time=fade[0] if i == changer else 0.0,
-            change_end=fade[1] if i == changer else 0.0,
+            event=event if i == changer else None,
             appear_time=early if i == appearer else 0.0,
         )
         for i in range(count)
@@ -310,9 +308,8 @@ def questions(scene: Scene) -> list[dict[str, str]]:
         {"type": "counting", "question": "How many shapes are there at the end?", "answer": COUNT_WORDS[len(scene.objects) - 1]},
     ]
     if changer is not mover:
-        out += [{"type": "temporal", "question": f"What colour was the {named} shape at the {when}?",
-                 "answer": changer.colour if when == "start" else changer.new_colour}
-                for when in ("start", "end") for named in (changer.colour, changer.new_colour)]
+        out.append({"type": "temporal", "question": f"What happens to the {changer.colour} shape?",
+                    "answer": changer.event})
         out.append({"type": "appearance", "question": "What colour is the moving shape?", "answer": mover.colour})
     return out
 
@@ -334,33 +331,27 @@ def grounding_questions(scene: Scene) -> list[dict[str, str]]:
     return [
         {"type": "grounding", "question": f"Where is the {mover.colour} shape at the start?",
          "answer": place_name(scene, mover.start)},
-        {"type": "grounding", "question": f"Where is the {mover.colour_at(1.0)} shape at the end?",
+        {"type": "grounding", "question": f"Where is the {mover.colour} shape at the end?",
          "answer": place_name(scene, mover.end)},
     ]
 
 
-def question_for(scene: Scene, qtype: str, answer: str, form: str = "-") -> dict[str, str]:
-    """The question of `qtype` (and temporal `form`) whose answer is `answer` in this scene."""
+def question_for(scene: Scene, qtype: str, answer: str) -> dict[str, str]:
+    """The question of `qtype` whose answer is `answer` in this scene."""
     for q in questions(scene):
-        if q["type"] != qtype or q["answer"] != answer:
-            continue
-        if qtype == "temporal":
-            when, named = form.split("-")
-            colour = scene.changer.colour if named == "old" else scene.changer.new_colour
-            if q["question"] != f"What colour was the {colour} shape at the {when}?":
-                continue
-        return q
-    raise AssertionError(f"scene has no {qtype}/{form} question answered {answer!r}")
+        if q["type"] == qtype and q["answer"] == answer:
+            return q
+    raise AssertionError(f"scene has no {qtype} question answered {answer!r}")
 
 
 def caption(scene: Scene) -> str:
-    """A full description: the shapes present at the start, the motion, the colour change, the
-    appearance, and the final count, in the order they happen."""
+    """A full description: the shapes present at the start, the motion, the change, the appearance, and
+    the final count, in the order they happen."""
     start = [o for o in scene.objects if o.appear_time == 0.0]
     names = [f"a {o.colour} {o.shape}" for o in start]
     listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
     events = [(0.0, f"The {scene.mover.colour} {scene.mover.shape} moves {scene.direction}.")]
-    events.append((scene.changer.change_time, f"The {scene.changer.shape} turns {scene.changer.new_colour}."))
+    events.append((0.0, f"The {scene.changer.colour} {scene.changer.shape} {scene.changer.event}."))
     events += [(o.appear_time, f"A {o.colour} {o.shape} appears.") for o in scene.objects if o.appear_time > 0]
     events.sort(key=lambda e: e[0])
     total = len(scene.objects)
@@ -404,7 +395,7 @@ def render(scene: Scene) -> np.ndarray:
     """uint8 (num_frames, height, width, 3) RGB frames of the scene."""
     frames = np.empty((scene.num_frames, scene.height, scene.width, 3), np.uint8)
     frames[:] = background_image(scene)
-    sprites = {o.shape: _sprite(o.shape, o.size) for o in scene.objects}
+    sprites: dict[tuple[str, int], np.ndarray] = {}
     for f in range(scene.num_frames):
         t = f / max(scene.num_frames - 1, 1)
         for o in scene.objects:
@@ -412,10 +403,13 @@ def render(scene: Scene) -> np.ndarray:
                 continue
             cx = o.start[0] + (o.end[0] - o.start[0]) * t
             cy = o.start[1] + (o.end[1] - o.start[1]) * t
-            x0, y0 = round(cx - o.size / 2), round(cy - o.size / 2)
-            sprite = sprites[o.shape]
-            ys = slice(max(y0, 0), min(y0 + o.size, scene.height))
-            xs = slice(max(x0, 0), min(x0 + o.size, scene.width))
+            size = o.size_at(t)
+            x0, y0 = round(cx - size / 2), round(cy - size / 2)
+            sprite = sprites.get((o.shape, size))
+            if sprite is None:
+                sprite = sprites[o.shape, size] = _sprite(o.shape, size)
+            ys = slice(max(y0, 0), min(y0 + size, scene.height))
+            xs = slice(max(x0, 0), min(x0 + size, scene.width))
             mask = sprite[ys.start - y0 : ys.stop - y0, xs.start - x0 : xs.stop - x0]
             frames[f, ys, xs][mask] = np.round(o.rgb_at(t)).astype(np.uint8)
     return frames
@@ -456,23 +450,20 @@ class SynthConfig:
     workers: int = field(default_factory=lambda: min(2, os.cpu_count() or 1))
 
 
-def _target(index: int) -> tuple[str, str, str]:
-    """Balanced (type, answer, temporal form) for sample `index`: types round-robin, answers cycling
-    through each type's list, the temporal forms cycling."""
+def _target(index: int) -> tuple[str, str]:
+    """Balanced (type, answer) for sample `index`: types round-robin, answers cycling through each type's list."""
     qtype = QUESTION_TYPES[index % len(QUESTION_TYPES)]
-    turn = index // len(QUESTION_TYPES)
     answers = ANSWERS[qtype]
-    form = TEMPORAL_FORMS[(turn // len(answers)) % len(TEMPORAL_FORMS)] if qtype == "temporal" else "-"
-    return qtype, answers[turn % len(answers)], form
+    return qtype, answers[(index // len(QUESTION_TYPES)) % len(answers)]
 
 
 def make_scene(seed: int, split: str, index: int) -> tuple[Scene, dict[str, str], random.Random]:
     """Sample `index` of `split` ("train" / "test"): its scene, its focus question (the test question)
     and the sample's random generator, positioned after the scene was drawn."""
     rng = random.Random(f"videopanda-synth/{seed}/{split}/{index}")
-    qtype, answer, form = _target(index)
-    scene = sample_scene(rng, qtype, answer, form)
-    return scene, question_for(scene, qtype, answer, form), rng
+    qtype, answer = _target(index)
+    scene = sample_scene(rng, qtype, answer)
+    return scene, question_for(scene, qtype, answer), rng
 
 
 def _make_sample(args: tuple[int, str, int, str]) -> dict:
