@@ -159,6 +159,15 @@ def test_seed_table_gives_the_mean_and_range_of_every_type():
                          "no lste / no gstra 400 of 400, 399 of 400, 398 of 400.")
 
 
+def test_seed_table_times_only_runs_done_in_one_call():
+    resumed = {**_summary(2, 100.0, 100.0, 30.0), "resumed": True}
+    runs = {"full model": [_summary(0, 80.0, 100.0, 500.0), _summary(1, 90.0, 97.0, 520.0), resumed],
+            "all resumed": [resumed]}
+    lines = quickstart.seed_table(runs).splitlines()
+    assert lines[2].endswith("| 94.5 [90.0, 100.0] | 510.0 [500.0, 520.0] (2 of 3 seeds) |")
+    assert lines[3].endswith("| 100.0 [100.0, 100.0] | n/a |")
+
+
 def test_a_data_folder_of_another_seed_is_refused_and_left_as_it_is(tmp_path):
     data = tmp_path / "data"
     data.mkdir()

@@ -69,6 +69,7 @@ def test_quickstart_runs_end_to_end_from_an_installed_package(tmp_path):
     out, data = work / "out", work / "data"
     summary = json.loads((out / "summary.json").read_text())
     assert [s["name"] for s in summary["stages"]] == ["prealign", "pretrain", "finetune"]
+    assert summary["resumed"] is False  # a fresh folder: its time is the whole job's
     assert all(s["steps"] >= 1 for s in summary["stages"])
     ev = summary["eval"]
     assert ev["num_yes"] + ev["num_no"] == NUM_TEST and ev["num_failed"] == 0

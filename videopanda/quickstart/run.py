@@ -408,11 +408,12 @@ def run(cfg: QuickstartConfig) -> dict:
     cfg.out.mkdir(parents=True, exist_ok=True)
     ensure_data(cfg)
     claim_output_folder(cfg.out, run_settings(cfg))
+    resumed = any((cfg.out / stage).exists() for stage in STAGES)
     stages = [run_stage(cfg, stage) for stage in STAGES]
     summary = {"stages": stages, "eval": evaluate(cfg, cfg.out / STAGES[-1]), "experiment": cfg.experiment,
                "ablation": cfg.ablation, "model_config": str(cfg.model_config), "seed": cfg.seed,
                "num_train": cfg.num_train,
-               "num_test": cfg.num_test}
+               "num_test": cfg.num_test, "resumed": resumed}
     summary["elapsed_s"] = round(time.monotonic() - start, 1)
     write_json_atomic(cfg.out / "summary.json", summary)
     plot_losses(cfg, cfg.out / "loss_curves.png")
@@ -442,10 +443,14 @@ def seed_table(runs: dict[str, list[dict]]) -> str:
         seeds = ", ".join(str(s["seed"]) for s in summaries)
         per_type = [cell([s["eval"]["per_type"][t] for s in summaries]) for t in types]
         overall = cell([s["eval"]["accuracy"] for s in summaries])
-        times = cell([s["elapsed_s"] for s in summaries])
+        whole = [s["elapsed_s"] for s in summaries if not s.get("resumed")]
+        times = cell(whole) if whole else "n/a"
+        if whole and len(whole) < len(summaries):
+            times += f" ({len(whole)} of {len(summaries)} seeds)"
         lines.append(f"| {name} | {seeds} | " + " | ".join(per_type) + f" | {overall} | {times} |")
     lines += ["", "Accuracy in % on each seed's held-out questions: mean over seeds [lowest, highest]; "
-              "time: the whole job per seed (data, three stages, evaluation).",
+              "time: the whole job per seed (data, three stages, evaluation), over the seeds whose run was done "
+              "in one call (a resumed run's summary holds only its last call's time).",
               "Questions judged per seed: " + "; ".join(
                   f"{name} {', '.join(judged(s) for s in summaries)}" for name, summaries in runs.items()) + "."]
     return "\n".join(lines)
