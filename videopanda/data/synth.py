@@ -3,7 +3,7 @@
 A procedural dataset of real encoded mp4 clips (square, of varied sizes, lengths and frame rates) in
 which large, high-contrast coloured shapes sit on a dark background; in every clip exactly one shape
 moves in a straight line, exactly one other shape changes from the first frame to the last (it grows,
-shrinks, brightens or darkens; a lone shape moves and grows or shrinks), and sometimes one more shape
+shrinks, lightens or darkens; a lone shape does both), and sometimes one more shape
 appears. Everything the questions ask about is visible in the 8 frames the recipe samples (SPEC section 4
 spreads them over the whole clip): the mover crosses the frame and the change runs from the first sampled
 frame to the last, so every two neighbouring sampled frames show both; a shape that appears does so within
@@ -19,7 +19,7 @@ Question types (single-word answers, balanced over the answer list of each type 
 | temporal    | What happens to the {colour} shape?        | grows shrinks lightens darkens       |
 
 Motion and temporal questions need the order of the frames: played backwards, a shape moving left moves
-right, and a growing shape shrinks, a brightening one darkens (`EVENTS`). Both are changes the STAB's
+right, and a growing shape shrinks, a lightening one darkens (`EVENTS`). Both are changes the STAB's
 temporal convolutions can see between neighbouring frames; neither needs to know which frames come first
 in the clip, which a temporal question asking "at the start" or "at the end" would (generators up to 11
 asked the colour of a shape that changed colour at the start or at the end, and the tiny model never
@@ -100,7 +100,7 @@ PALE = (240, 240, 240)
 PALE_MIX = 0.6
 """A lightening shape ends as its colour mixed this much with PALE (a darkening one starts so). Mixing towards
 white, not black, moves a shape's pixels along another line in colour space than growing or shrinking over
-the dark backdrop does (with black, 0.4 of the colour, the model told the two kinds apart in only 65% of
+the dark backdrop does (with black, 0.4 of the colour, the model told the two kinds apart in only 60-65% of
 the cases; their direction in time it got right in over 90%); the palette has no white for that reason."""
 ANSWERS: dict[str, tuple[str, ...]] = {
     "appearance": tuple(COLOURS),
@@ -184,7 +184,7 @@ class Scene:
 
     @property
     def changer(self) -> SynthObject:
-        """The shape that grows, shrinks, brightens or darkens."""
+        """The shape that grows, shrinks, lightens or darkens."""
         return next(o for o in self.objects if o.event is not None)
 
 
@@ -193,7 +193,7 @@ class Scene:
 
 def sample_scene(rng: random.Random, qtype: str, answer: str) -> Scene:
     """A random scene in which the question of `qtype` has `answer`. Every scene has one mover and one
-    changer (a shape that grows, shrinks, brightens or darkens), two different shapes unless the scene
+    changer (a shape that grows, shrinks, lightens or darkens), two different shapes unless the scene
     has only one."""
     if answer not in ANSWERS[qtype]:
         raise ValueError(f"{answer!r} is not an answer of question type {qtype!r}")
@@ -220,7 +220,7 @@ def sample_scene(rng: random.Random, qtype: str, answer: str) -> Scene:
             colours[i] = rng.choice(sorted(set(COLOURS) - taken))
             taken.add(colours[i])
 
-    # An extra shape that appears early on: one that neither moves nor changes colour.
+    # An extra shape that appears early on: one that neither moves nor changes.
     static = [i for i in range(count) if i not in (mover, changer)]
     appearer = rng.choice(static) if static and rng.random() < 0.4 else None
 
