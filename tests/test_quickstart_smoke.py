@@ -86,6 +86,15 @@ def test_quickstart_runs_end_to_end_from_an_installed_package(tmp_path):
     cached = [p for p in (data / "frame_cache").rglob("*") if p.is_file()]  # each clip decoded once for all stages
     assert len(cached) == 32 and all(p.suffix == ".npy" for p in cached)
 
+    logs = {p: p.read_bytes() for p in (out / "logs").iterdir()}
+    again = subprocess.run([sys.executable, "-m", "videopanda_command", "quickstart", "--num-train", "32",
+                            "--num-test", str(NUM_TEST), "--out", "out", "--data", "data"], cwd=work, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "already holds a finished run" in again.stderr
+    assert json.loads((out / "summary.json").read_text()) == summary  # the first call's time, not the check's
+    assert {p: p.read_bytes() for p in (out / "logs").iterdir()} == logs
+
     before = {p: p.stat().st_mtime_ns for p in data.rglob("*") if p.is_file()}
     other = subprocess.run(["bash", str(REPO / "scripts" / "quickstart.sh"), "--seed", "1", "--num-train", "32",
                             "--num-test", str(NUM_TEST), "--out", str(tmp_path / "seed1"), "--data", str(data)],

@@ -17,7 +17,8 @@ the working directory (relative folders are taken from there), from a checkout o
 4. `OUT/summary.json`, `OUT/loss_curves.png` and a results table in the log.
 
 `OUT/run_settings.json` records what the results depend on; re-running into the same folder resumes
-(finished stages and answers are reused), and a folder holding a run with other settings is refused.
+(finished stages and answers are reused), a folder whose run finished (it has `OUT/summary.json`) is
+reported as it is, and a folder holding a run with other settings is refused.
 
 Choices for the synthetic data (where the real recipe's settings would not work here; the numbers are in
 the experiment file):
@@ -408,19 +409,40 @@ def run(cfg: QuickstartConfig) -> dict:
     cfg.out.mkdir(parents=True, exist_ok=True)
     ensure_data(cfg)
     claim_output_folder(cfg.out, run_settings(cfg))
-    resumed = any((cfg.out / stage).exists() for stage in STAGES)
-    stages = [run_stage(cfg, stage) for stage in STAGES]
-    summary = {"stages": stages, "eval": evaluate(cfg, cfg.out / STAGES[-1]), "experiment": cfg.experiment,
-               "ablation": cfg.ablation, "model_config": str(cfg.model_config), "seed": cfg.seed,
-               "num_train": cfg.num_train,
-               "num_test": cfg.num_test, "resumed": resumed}
-    summary["elapsed_s"] = round(time.monotonic() - start, 1)
-    write_json_atomic(cfg.out / "summary.json", summary)
-    plot_losses(cfg, cfg.out / "loss_curves.png")
-    table = results_table(summary)
-    write_text_atomic(cfg.out / "results.md", table + "\n")
+    summary_path = cfg.out / "summary.json"
+    if summary_path.is_file():
+        # Written last, so the run finished with these settings: report it rather than re-launch every step,
+        # which would only find each done and overwrite the logs and the time of the calls that did the work.
+        summary = finished_summary(summary_path)
+        logger.info("%s already holds a finished run; its results follow (delete the folder to run it again)",
+                    cfg.out)
+        table = results_table(summary)
+    else:
+        resumed = any((cfg.out / stage).exists() for stage in STAGES)
+        stages = [run_stage(cfg, stage) for stage in STAGES]
+        summary = {"stages": stages, "eval": evaluate(cfg, cfg.out / STAGES[-1]), "experiment": cfg.experiment,
+                   "ablation": cfg.ablation, "model_config": str(cfg.model_config), "seed": cfg.seed,
+                   "num_train": cfg.num_train,
+                   "num_test": cfg.num_test, "resumed": resumed}
+        summary["elapsed_s"] = round(time.monotonic() - start, 1)
+        write_json_atomic(summary_path, summary)
+        plot_losses(cfg, cfg.out / "loss_curves.png")
+        table = results_table(summary)
+        write_text_atomic(cfg.out / "results.md", table + "\n")
     logger.info("results (%s):\n%s", cfg.out / "summary.json", table)
     print(table)
+    return summary
+
+
+def finished_summary(path: Path) -> dict:
+    """The summary.json of a finished run; a RuntimeError naming the file when it cannot be read."""
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise RuntimeError(f"{path} cannot be read ({exc}); delete it to evaluate the run and write it again") from exc
+    if not (isinstance(summary, dict) and isinstance(summary.get("eval"), dict)
+            and isinstance(summary["eval"].get("per_type"), dict) and "elapsed_s" in summary):
+        raise RuntimeError(f"{path} is not a quickstart summary; delete it to evaluate the run and write it again")
     return summary
 
 
@@ -450,7 +472,7 @@ def seed_table(runs: dict[str, list[dict]]) -> str:
         lines.append(f"| {name} | {seeds} | " + " | ".join(per_type) + f" | {overall} | {times} |")
     lines += ["", "Accuracy in % on each seed's held-out questions: mean over seeds [lowest, highest]; "
               "time: the whole job per seed (data, three stages, evaluation), over the seeds whose run was done "
-              "in one call (a resumed run's summary holds only its last call's time).",
+              "in one call (a resumed run's time leaves out the calls before its last).",
               "Questions judged per seed: " + "; ".join(
                   f"{name} {', '.join(judged(s) for s in summaries)}" for name, summaries in runs.items()) + "."]
     return "\n".join(lines)
