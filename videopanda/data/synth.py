@@ -29,10 +29,12 @@ model trained from scratch does not learn in the quickstart's budget (asked "Wha
 it stayed at chance), and it is not what the questions are meant to test. Every shape has its own colour
 for the whole clip; a lone shape is asked no appearance or temporal question.
 
-Training clips also carry two training-only grounding questions (`grounding_questions`): where the mover is
-at the start and at the end ("top left", "middle right", "centre", ...). Every frame is the same 3 x 3 grid
-of 28 px cells, 13 tokens per frame in the quickstart's 84 px frames; the README lists the generators that
-were measured and what each changed.
+A training conversation asks every question of its clip, in a random order, and nothing else: training-only
+questions on where the mover is at the start and at the end (generators up to 12) put the direction of
+motion into the text ("at the end: middle left" before "Which way ...?"), a shortcut that left the direction
+unlearned from the frames on some seeds. Every frame is the same 3 x 3 grid of 28 px cells, 13 tokens per
+frame in the quickstart's 84 px frames; the README lists the generators that were measured and what each
+changed.
 
 Written (SPEC sections 6 and 7 layouts):
 
@@ -87,7 +89,7 @@ COUNT_WORDS = ("one", "two", "three", "four")
 BACKGROUNDS = ((20, 20, 20), (35, 35, 45), (45, 40, 30), (25, 40, 35))
 BACKGROUND_RAMP = 70
 
-GENERATOR_VERSION = 12
+GENERATOR_VERSION = 18
 """Bumped whenever the same seed would give different clips or questions (the quickstart then regenerates)."""
 
 QUESTION_TYPES = ("appearance", "motion", "counting", "temporal")
@@ -314,28 +316,6 @@ def questions(scene: Scene) -> list[dict[str, str]]:
     return out
 
 
-def place_name(scene: Scene, centre: tuple[float, float]) -> str:
-    """Where a shape centred at `centre` sits on the cell grid: "top left", "middle right", "centre", ...
-    (the first and last cell of a side are its edges, the cells between them its middle)."""
-    cols, rows = grid_shape(scene.width, scene.height)
-    col, row = int(centre[0] // (scene.width / cols)), int(centre[1] // (scene.height / rows))
-    across = "left" if col == 0 else "right" if col == cols - 1 else "middle"
-    down = "top" if row == 0 else "bottom" if row == rows - 1 else "middle"
-    return "centre" if across == down == "middle" else f"{down} {across}"
-
-
-def grounding_questions(scene: Scene) -> list[dict[str, str]]:
-    """Training-only questions on where the mover is in the first and in the last sampled frame: they
-    teach reading a shape's place from its tokens, which the motion question then compares over time."""
-    mover = scene.mover
-    return [
-        {"type": "grounding", "question": f"Where is the {mover.colour} shape at the start?",
-         "answer": place_name(scene, mover.start)},
-        {"type": "grounding", "question": f"Where is the {mover.colour} shape at the end?",
-         "answer": place_name(scene, mover.end)},
-    ]
-
-
 def question_for(scene: Scene, qtype: str, answer: str) -> dict[str, str]:
     """The question of `qtype` whose answer is `answer` in this scene."""
     for q in questions(scene):
@@ -471,7 +451,7 @@ def _make_sample(args: tuple[int, str, int, str]) -> dict:
     seed, split, index, video_path = args
     scene, focus, rng = make_scene(seed, split, index)
     encode_mp4(render(scene), scene.fps, Path(video_path))
-    qas = questions(scene) + grounding_questions(scene)
+    qas = questions(scene)
     return {
         "focus": focus,
         "questions": qas,
