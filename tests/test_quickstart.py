@@ -201,3 +201,12 @@ def test_default_folders_are_per_seed_and_compare_needs_seeds(tmp_path, capsys):
     with pytest.raises(SystemExit):
         quickstart.main(["--seeds", "0", "1", "--data", str(tmp_path)])
     assert "one data folder per seed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text", ["{not json", '{"eval": {"accuracy": 90.0}}', "[]"])
+def test_an_unreadable_summary_of_a_finished_run_is_named(tmp_path, text):
+    path = tmp_path / "summary.json"
+    path.write_text(text)
+    with pytest.raises(RuntimeError, match=f"{path} (cannot be read|is not a quickstart summary)"):
+        quickstart.finished_summary(path)
+    assert path.read_text() == text

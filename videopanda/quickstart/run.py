@@ -416,21 +416,26 @@ def run(cfg: QuickstartConfig) -> dict:
         summary = finished_summary(summary_path)
         logger.info("%s already holds a finished run; its results follow (delete the folder to run it again)",
                     cfg.out)
-        table = results_table(summary)
     else:
-        resumed = any((cfg.out / stage).exists() for stage in STAGES)
-        stages = [run_stage(cfg, stage) for stage in STAGES]
-        summary = {"stages": stages, "eval": evaluate(cfg, cfg.out / STAGES[-1]), "experiment": cfg.experiment,
-                   "ablation": cfg.ablation, "model_config": str(cfg.model_config), "seed": cfg.seed,
-                   "num_train": cfg.num_train,
-                   "num_test": cfg.num_test, "resumed": resumed}
-        summary["elapsed_s"] = round(time.monotonic() - start, 1)
-        write_json_atomic(summary_path, summary)
-        plot_losses(cfg, cfg.out / "loss_curves.png")
-        table = results_table(summary)
-        write_text_atomic(cfg.out / "results.md", table + "\n")
-    logger.info("results (%s):\n%s", cfg.out / "summary.json", table)
+        summary = train_and_evaluate(cfg, start)
+    table = results_table(summary)
+    logger.info("results (%s):\n%s", summary_path, table)
     print(table)
+    return summary
+
+
+def train_and_evaluate(cfg: QuickstartConfig, start: float) -> dict:
+    """The three stages and the evaluation (each resumed where an earlier call left it), then OUT/summary.json,
+    the loss curves and OUT/results.md; `start` is the call's `time.monotonic()` at its beginning."""
+    resumed = any((cfg.out / stage).exists() for stage in STAGES)
+    stages = [run_stage(cfg, stage) for stage in STAGES]
+    summary = {"stages": stages, "eval": evaluate(cfg, cfg.out / STAGES[-1]), "experiment": cfg.experiment,
+               "ablation": cfg.ablation, "model_config": str(cfg.model_config), "seed": cfg.seed,
+               "num_train": cfg.num_train, "num_test": cfg.num_test, "resumed": resumed,
+               "elapsed_s": round(time.monotonic() - start, 1)}
+    write_json_atomic(cfg.out / "summary.json", summary)
+    plot_losses(cfg, cfg.out / "loss_curves.png")
+    write_text_atomic(cfg.out / "results.md", results_table(summary) + "\n")
     return summary
 
 
