@@ -2,6 +2,9 @@
 (parsed by the real `videopanda train` parser), ablations, the report built from loss logs, and when
 an existing synthetic data folder (dataset and base models) is reused."""
 import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -207,6 +210,32 @@ def test_default_folders_are_per_seed_and_compare_needs_seeds(tmp_path, capsys):
 def test_an_unreadable_summary_of_a_finished_run_is_named(tmp_path, text):
     path = tmp_path / "summary.json"
     path.write_text(text)
-    with pytest.raises(RuntimeError, match=f"{path} (cannot be read|is not a quickstart summary)"):
+    with pytest.raises(RuntimeError, match=f"{re.escape(str(path))}(: cannot be read|: holds a JSON array| is not a)"):
         quickstart.finished_summary(path)
     assert path.read_text() == text
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", "\xff\xfe"])
+def test_an_unreadable_data_record_stops_the_command_with_its_name(tmp_path, text):
+    """A data folder whose synth_meta.json is not a JSON object: one line naming the file, exit 1, the file
+    kept, no traceback."""
+    data = tmp_path / "data"
+    data.mkdir()
+    meta = data / "synth_meta.json"
+    meta.write_bytes(text.encode("latin-1"))
+    proc = subprocess.run([sys.executable, "-m", "videopanda", "quickstart", "--data", str(data),
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and f"{meta}: " in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert meta.read_bytes() == text.encode("latin-1") and not (tmp_path / "out").exists()
+
+
+def test_an_unreadable_settings_record_in_the_output_folder_is_named(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / quickstart.RUN_SETTINGS).write_text('"seed 0"')
+    with pytest.raises(ValueError, match=f"{re.escape(str(out / quickstart.RUN_SETTINGS))}: holds a JSON string"):
+        quickstart.claim_output_folder(out, {"seed": 0})
+    assert (out / quickstart.RUN_SETTINGS).read_text() == '"seed 0"'

@@ -149,6 +149,24 @@ def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[dict[str, Any]
     return Path(path)
 
 
+_JSON_KINDS = {dict: "object", list: "array", str: "string", bool: "true or false", int: "number", float: "number",
+               type(None): "null"}
+
+
+def read_json(path: str | os.PathLike, expected: type = dict) -> Any:
+    """The JSON value in `path`, which must be an instance of `expected` (an object by default); a ValueError
+    "PATH: reason" in one line when the file cannot be read, is not JSON or holds another kind of value."""
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+        raise ValueError(f"{path}: cannot be read as JSON ({' '.join(str(exc).split())})") from None
+    if not isinstance(value, expected):
+        raise ValueError(f"{path}: holds a JSON {_JSON_KINDS.get(type(value), type(value).__name__)}, "
+                         f"not a JSON {_JSON_KINDS.get(expected, expected.__name__)}")
+    return value
+
+
 def make_dirs(path: str | os.PathLike) -> Path:
     """Create the folder `path` and its parents; an `OutputError` naming it when that fails."""
     path = Path(path)

@@ -72,6 +72,21 @@ def test_a_bad_file_is_one_line_naming_the_file_and_the_key(tmp_path, text, mess
     assert str(path) in str(error.value) and message in str(error.value) and "\n" not in str(error.value)
 
 
+@pytest.mark.parametrize("shape, message", [
+    ("{not json", "cannot be read as JSON"),
+    ("[128]", "holds a JSON array, not a JSON object"),
+    ('{"stab": 3}', "its stab is not a JSON object"),
+])
+def test_a_bad_model_shape_file_is_one_line_naming_it(tmp_path, shape, message):
+    shape_path = _write(tmp_path / "shape.json", shape)
+    path = _write(tmp_path / "mine.yaml", f"extends: {REPO / 'configs/experiments/quickstart.yaml'}\n"
+                                          "model: {shape: shape.json}\n")
+    with pytest.raises(ExperimentError) as error:
+        resolve_experiment(path)
+    text = str(error.value)
+    assert str(path) in text and f"model.shape {shape_path}" in text and message in text and "\n" not in text
+
+
 def test_overrides_and_paths(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     child = _write(tmp_path / "mine.yaml", f"extends: {REPO / 'configs/experiments/quickstart.yaml'}\n"

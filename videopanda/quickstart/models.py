@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from videopanda.constants import TEACHER_IMAGE_SIZE
-from videopanda.io import write_json_atomic
+from videopanda.io import read_json, write_json_atomic
 from videopanda.log import get_logger, setup_logging
 
 logger = get_logger(__name__)
@@ -70,7 +70,7 @@ def teacher_image_size(config: ModelsConfig) -> int:
 
 def _model_config_fields(model_config: Path | None) -> dict:
     """The fields of a VideoPandaConfig JSON ({} without one)."""
-    return json.loads(Path(model_config).read_text()) if model_config is not None else {}
+    return read_json(model_config) if model_config is not None else {}
 
 
 def llm_fields(model_config: Path | None) -> dict:
@@ -85,9 +85,9 @@ def read_meta(data: Path) -> dict:
     if not path.is_file():
         raise ModelsError(f"{path}: no synthetic data there (write it first: videopanda synth --out {data})")
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise ModelsError(f"{path}: cannot be read ({err})") from err
+        return read_json(path)
+    except ValueError as err:
+        raise ModelsError(str(err)) from None
 
 
 def training_texts(data: Path) -> list[str]:
@@ -99,9 +99,9 @@ def training_texts(data: Path) -> list[str]:
     for name in ("valley_.json", "videochatgpt_tune_.json"):
         path = train_json / name
         try:
-            samples += json.loads(path.read_text())
-        except (OSError, ValueError) as err:
-            raise ModelsError(f"{path}: cannot be read ({err})") from err
+            samples += read_json(path, list)
+        except ValueError as err:
+            raise ModelsError(str(err)) from None
 
     def chat_text(conversations: list[dict[str, str]], index: int) -> str:
         # the two system texts alternate, so the tokenizer learns the pieces in the proportions training sees
@@ -181,8 +181,8 @@ def make_models(config: ModelsConfig) -> dict:
     if config.model_config is not None:
         try:
             llm_fields(config.model_config)
-        except (OSError, ValueError) as err:
-            raise ModelsError(f"{config.model_config}: not a readable VideoPandaConfig JSON ({err})") from err
+        except ValueError as err:
+            raise ModelsError(f"--model-config {err}") from None
     texts = training_texts(config.data)
     meta_path = Path(config.data) / META_FILE
     if "models" in meta:  # a build stopped half-way must leave no record that matches its settings

@@ -56,7 +56,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from videopanda.io import atomic_path, write_json_atomic, write_text_atomic
+from videopanda.io import atomic_path, read_json, write_json_atomic, write_text_atomic
 from videopanda.log import get_logger, setup_logging
 from videopanda.quickstart.models import META_FILE, ModelsConfig, llm_fields
 
@@ -164,7 +164,7 @@ def read_data_meta(data: Path) -> dict | None:
     """The data folder's `synth_meta.json` (written by `videopanda synth`, its "models" by `videopanda
     quickstart-models`), or None when there is none."""
     path = data / META_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_json(path) if path.is_file() else None
 
 
 TEACHER_FIELDS = {"teacher_position_std": None, "teacher_patch_std": None, "teacher_position_frequencies": 0,
@@ -372,7 +372,7 @@ def run_settings(cfg: QuickstartConfig) -> dict:
     shape file's contents, the quickstart's own settings and the data folder's metadata (as JSON values)."""
     experiment = cfg.resolved().experiment.to_dict()
     experiment.pop("runtime")
-    settings = {"experiment": experiment, "model_config": json.loads(cfg.model_config.read_text()),
+    settings = {"experiment": experiment, "model_config": read_json(cfg.model_config),
                 "seed": cfg.seed, "num_train": cfg.num_train, "num_test": cfg.num_test, "nproc": cfg.nproc,
                 "ablation": cfg.ablation, "eval_batch_size": cfg.eval_batch_size,
                 "max_new_tokens": cfg.max_new_tokens, "data": read_data_meta(cfg.data)}
@@ -385,7 +385,7 @@ def claim_output_folder(out: Path, settings: dict) -> None:
     run with other settings is refused rather than silently mixed into this one."""
     path = out / RUN_SETTINGS
     if path.is_file():
-        previous = json.loads(path.read_text())
+        previous = read_json(path)
         changed = sorted(k for k in settings.keys() | previous.keys() if settings.get(k) != previous.get(k))
         if changed:
             raise RuntimeError(f"{out} holds a quickstart run with other settings ({', '.join(changed)} differ); "
@@ -406,8 +406,8 @@ def run(cfg: QuickstartConfig) -> dict:
     start = time.monotonic()
     logger.info("videopanda from %s, configs from %s, launchers from %s, working directory %s",
                 Path(videopanda.__file__).parent, config_dir(), launcher_dir(), Path.cwd())
-    cfg.out.mkdir(parents=True, exist_ok=True)
     ensure_data(cfg)
+    cfg.out.mkdir(parents=True, exist_ok=True)
     claim_output_folder(cfg.out, run_settings(cfg))
     summary_path = cfg.out / "summary.json"
     if summary_path.is_file():
@@ -442,10 +442,10 @@ def train_and_evaluate(cfg: QuickstartConfig, start: float) -> dict:
 def finished_summary(path: Path) -> dict:
     """The summary.json of a finished run; a RuntimeError naming the file when it cannot be read."""
     try:
-        summary = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise RuntimeError(f"{path} cannot be read ({exc}); delete it to evaluate the run and write it again") from exc
-    if not (isinstance(summary, dict) and isinstance(summary.get("eval"), dict)
+        summary = read_json(path)
+    except ValueError as exc:
+        raise RuntimeError(f"{exc}; delete it to evaluate the run and write it again") from None
+    if not (isinstance(summary.get("eval"), dict)
             and isinstance(summary["eval"].get("per_type"), dict) and "elapsed_s" in summary):
         raise RuntimeError(f"{path} is not a quickstart summary; delete it to evaluate the run and write it again")
     return summary

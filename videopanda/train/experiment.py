@@ -204,9 +204,16 @@ class Experiment:
     def visual_overrides(self) -> tuple[dict, dict]:
         """(VideoPandaConfig frame fields, STAB fields) of a fresh visual part: the shape file's, then the
         experiment's `model.config` and `model.stab` on top."""
-        shape = json.loads(Path(self.model.shape).read_text())
+        from videopanda.io import read_json
+
+        try:
+            shape = read_json(self.model.shape)
+        except ValueError as err:
+            raise ExperimentError(f"model.shape {err}") from None
         config = {k: shape[k] for k in FRAME_FIELDS if k in shape}
         config.update(self.model.config)
+        if not isinstance(shape.get("stab") or {}, dict):
+            raise ExperimentError(f"model.shape {self.model.shape}: its stab is not a JSON object")
         stab = dict(shape.get("stab") or {})
         stab.update(self.model.stab)
         return config, stab
@@ -485,7 +492,11 @@ def resolve_experiment(source: str | os.PathLike, overrides: list[str] = ()) -> 
     from videopanda.model.stab import STABConfig
 
     try:
-        STABConfig(**experiment.visual_overrides()[1])
+        stab = experiment.visual_overrides()[1]
+    except ExperimentError as err:
+        raise ExperimentError(f"{where}: {err}") from None
+    try:
+        STABConfig(**stab)
     except (TypeError, ValueError) as err:
         raise ExperimentError(f"{where}: model.stab: {err}") from None
     return ResolvedExperiment(experiment, str(path), list(overrides))
