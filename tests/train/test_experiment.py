@@ -229,3 +229,18 @@ def test_a_stage_folder_of_another_experiment_is_refused(ablation_run, llama_dir
     assert any("was made with other model settings than tiny-videopanda-7b: stab.use_lste: False (folder) != True "
                "(experiment)" in m for m in messages), messages
     assert not os.path.exists(folder / "fresh")
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"\xff\xfe", "cannot be read as JSON"),
+    (b"{bad", "cannot be read as JSON"),
+    (b"[1]", "holds a JSON array, not a JSON object"),
+    (b"{}", "not an experiment record"),
+])
+def test_an_unreadable_stage_record_is_one_line_naming_it(tmp_path, content, message):
+    path = tmp_path / "experiment.json"
+    path.write_bytes(content)
+    with pytest.raises(ExperimentError) as error:
+        read_record(tmp_path)
+    assert str(error.value).startswith(f"{path}: ") and message in str(error.value) and "\n" not in str(error.value)
+    assert path.read_bytes() == content

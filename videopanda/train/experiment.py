@@ -555,11 +555,13 @@ def read_record(folder: str | os.PathLike) -> dict | None:
     path = Path(folder) / EXPERIMENT_RECORD
     if not path.is_file():
         return None
+    from videopanda.io import read_json
+
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise ExperimentError(f"{path}: unreadable ({' '.join(str(err).split())})") from None
-    if not isinstance(record, dict) or not isinstance(record.get("experiment"), dict):
+        record = read_json(path)
+    except ValueError as err:
+        raise ExperimentError(str(err)) from None
+    if not isinstance(record.get("experiment"), dict):
         raise ExperimentError(f"{path}: not an experiment record")
     return record
 
