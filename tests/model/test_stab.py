@@ -6,6 +6,7 @@ that `load_released_state_dict` puts every tensor where the forward expects it.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 
@@ -308,6 +309,67 @@ def test_train_mode_batchnorm_matches_reference():
     assert int(block.lste.norm.num_batches_tracked) == 8
 
 
+def videos_unlike_each_other(dtype: torch.dtype = torch.float64) -> list[Tensor]:
+    """Three 2x4-frame 224 px videos whose statistics differ: full frames, a letterboxed clip ending in padding
+    frames, and full frames brighter and with more contrast."""
+    bright = make_frames(2, 4, 224, [(8, 8)] * 8, seed=12, dtype=dtype)
+    bright[:, :, :3] = bright[:, :, :3] * 3 + 1
+    return [make_frames(2, 4, 224, [(8, 8)] * 8, seed=10, dtype=dtype),
+            make_frames(2, 4, 224, [(6, 8)] * 5 + [None] * 3, seed=11, dtype=dtype), bright]
+
+
+def test_train_mode_batchnorm_normalises_each_video_alone():
+    """Several videos in one training-mode call equal one call per video in order (the original's loop over the
+    batch), in float64: the tokens (checked against the literal reference, video by video, its BatchNorm buffers
+    carried from one video to the next), the gradients of every parameter (against the block called per video)
+    and the running statistics, updated once per video with each video's own mean and unbiased variance."""
+    cfg = dataclasses.replace(SMALL, dropout=0.0)
+    block, sd = loaded_block(cfg, seed=9, dtype=torch.float64)
+    per_video = copy.deepcopy(block)
+    block.train()
+    per_video.train()
+    videos = videos_unlike_each_other()
+    tokens, grids = block(torch.cat(videos), num_videos=len(videos))
+
+    buffers = (sd["lmhra1.pos_embed.0.running_mean"].clone(), sd["lmhra1.pos_embed.0.running_var"].clone())
+    expected, expected_grids, one_by_one = [], [], []
+    for video in videos:
+        with torch.no_grad():
+            ref, ref_grids = reference_stab(sd, video, cfg, bn_training=True, bn_buffers=buffers)
+        expected += ref
+        expected_grids += ref_grids
+        one_by_one += per_video(video)[0]
+    assert grids == expected_grids
+    assert_parity(tokens, expected, 1e-10)
+    norm = block.lste.norm
+    torch.testing.assert_close(norm.running_mean, buffers[0], rtol=0, atol=1e-12)
+    torch.testing.assert_close(norm.running_var, buffers[1], rtol=0, atol=1e-12)
+    assert int(norm.num_batches_tracked) == 7 + len(videos)  # the released state said 7
+    for name, buffer in per_video.lste.norm.named_buffers():
+        torch.testing.assert_close(getattr(norm, name), buffer, rtol=0, atol=1e-12)
+
+    weights = [torch.randn(t.shape, generator=torch.Generator().manual_seed(i), dtype=t.dtype)
+               for i, t in enumerate(tokens)]
+    sum((t * w).sum() for t, w in zip(tokens, weights)).backward()
+    sum((t * w).sum() for t, w in zip(one_by_one, weights)).backward()
+    reference_grads = dict(per_video.named_parameters())
+    for name, param in block.named_parameters():
+        ref = reference_grads[name].grad
+        assert (param.grad - ref).abs().max() <= 1e-10 * ref.abs().max().clamp_min(1e-30), name
+
+
+def test_videos_in_one_call_do_not_share_batchnorm_statistics():
+    """In training, one video's tokens do not depend on the videos beside it in the call."""
+    cfg = dataclasses.replace(SMALL, dropout=0.0)
+    block, _ = loaded_block(cfg, seed=13, dtype=torch.float64)
+    block.train()
+    first, second, third = videos_unlike_each_other()
+    with torch.no_grad():
+        beside_second, _ = block(torch.cat([first, second]), num_videos=2)
+        beside_third, _ = block(torch.cat([first, third]), num_videos=2)
+    assert_parity(beside_second[:8], beside_third[:8], 1e-12)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Token and parameter counts of the 7B geometry
 
@@ -452,6 +514,11 @@ def test_ablated_block_rejects_keys_of_removed_parts():
 def test_bad_input_shapes_are_named(shape, message):
     with pytest.raises(ValueError, match=message):
         SpatioTemporalAlignmentBlock(SMALL)(torch.zeros(shape))
+
+
+def test_chunks_that_do_not_split_into_the_videos_are_named():
+    with pytest.raises(ValueError, match="3 chunks do not split evenly into 2 videos"):
+        SpatioTemporalAlignmentBlock(SMALL)(torch.zeros(3, 4, 4, 56, 56), num_videos=2)
 
 
 def test_valid_region_smaller_than_the_window_is_named():

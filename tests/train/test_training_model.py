@@ -1,5 +1,8 @@
 """TrainingModel: LM and distillation losses against a hand computation, gradients, lockstep passes, parts, and
 saving / loading in the released names (tiny, CPU)."""
+import copy
+import functools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,15 +20,15 @@ SIZE, VOCAB = 56, 96  # student frames: 4x4 patches -> 2x2 LSD grid -> 1 + 2*3 =
 TOKEN = VOCAB  # the placeholder id: the first id past the vocabulary
 
 
-def tiny_config() -> VideoPandaConfig:
+def tiny_config(**changes) -> VideoPandaConfig:
     return VideoPandaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                             num_attention_heads=4, video_hidden_size=64, mm_hidden_size=64, image_size=SIZE,
-                            teacher_image_size=SIZE // 2, pad_token_id=0)
+                            teacher_image_size=SIZE // 2, pad_token_id=0, **changes)
 
 
-def training_model(lockstep: bool = False) -> TrainingModel:
+def training_model(lockstep: bool = False, **changes) -> TrainingModel:
     torch.manual_seed(2)
-    model = VideoPandaForCausalLM(tiny_config())
+    model = VideoPandaForCausalLM(tiny_config(**changes))
     teacher = LanguageBindVideoTower(TeacherConfig(hidden_size=32, intermediate_size=64, num_attention_heads=4,
                                                    num_hidden_layers=2, image_size=SIZE // 2, num_frames=4))
     for p in teacher.parameters():
@@ -121,6 +124,48 @@ def test_losses_equal_a_hand_computation(batch):
     torch.testing.assert_close(out.lm_loss, lm_loss, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out.distill_loss, distill_loss, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out.loss, out.lm_loss + out.distill_loss)
+
+
+def per_video_visual_tokens(model: VideoPandaForCausalLM, pixel_values_videos: torch.Tensor):
+    """The original's encoding of a batch: one STAB call per video, in order, then the projector on all tokens."""
+    stab = model.model.video_tower
+    tokens, grids = [], []
+    for video in pixel_values_videos:
+        packed, video_grids = stab(video.to(next(stab.parameters()).dtype), packed=True)
+        tokens.append(packed)
+        grids += video_grids
+    return model.model.video_projector(torch.cat(tokens)), grids
+
+
+def test_a_training_step_equals_one_stab_call_per_video_in_float64(batch):
+    """One training step (STAB in training mode, merge, LLM, LM and distillation losses, backward) on two videos
+    of different content equals the original's computation, which runs the STAB once per video: losses, the
+    gradient of every parameter of every part, and the STAB's BatchNorm running statistics."""
+    model = training_model(stab={"dropout": 0.0}).double().train()
+    reference = copy.deepcopy(model)
+    reference.model.visual_tokens = functools.partial(per_video_visual_tokens, reference.model)
+    inputs = {k: v.double() if v.is_floating_point() else v for k, v in batch.items()}
+    out, expected = model(**inputs), reference(**inputs)
+    out.loss.backward()
+    expected.loss.backward()
+    for name in ("lm_loss", "distill_loss"):
+        torch.testing.assert_close(getattr(out, name), getattr(expected, name), rtol=1e-6, atol=0)
+    parts = parameter_parts(model)
+    reference_params = dict(reference.named_parameters())
+    checked = set()
+    for name, param in model.named_parameters():
+        ref = reference_params[name].grad
+        if ref is None:
+            assert param.grad is None and parts[name] == "teacher", name
+            continue
+        scale = ref.abs().max().clamp_min(1e-30)
+        assert (param.grad - ref).abs().max() <= 1e-5 * scale, f"{name} ({parts[name]})"
+        checked.add(parts[name])
+    assert checked == {"llm", "stab", "projector", "distill_head"}
+    norm, ref_norm = model.model.model.video_tower.lste.norm, reference.model.model.video_tower.lste.norm
+    assert int(norm.num_batches_tracked) == int(ref_norm.num_batches_tracked) == 2
+    torch.testing.assert_close(norm.running_mean, ref_norm.running_mean, rtol=0, atol=1e-12)
+    torch.testing.assert_close(norm.running_var, ref_norm.running_var, rtol=0, atol=1e-12)
 
 
 def test_distillation_trains_head_stab_and_projector_and_lockstep_keeps_text_batches_in_the_graph(batch):

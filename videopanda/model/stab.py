@@ -30,6 +30,10 @@ How the fast path computes the same thing (tests compare it with a literal per-f
   as the query axis, scale given explicitly), and the value projection is applied once per head to the
   attended mix. This is exact algebra (key bias drops out of the softmax); only float rounding differs.
   It removes the (tokens x D x 2D) key/value projections, the bulk of LSD, FSRA and GSTRA.
+- Several videos run in one call (`num_videos`: their chunks concatenated on C). The one part that looks
+  across chunks is the LSTE's BatchNorm in training mode; it takes each video's statistics on its own and
+  updates its running statistics once per video in order, so the call equals one call per video (the
+  original's loop over the batch) in training as in eval.
 
 Choices where SPEC is silent (also in docs/DESIGN.md):
 
@@ -226,14 +230,22 @@ class LSTE(nn.Module):
         nn.init.zeros_(self.reduce.weight)
         nn.init.zeros_(self.reduce.bias)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """x (C, T, h, w, D) -> M(x) (C, T, h, w, D)."""
+    def forward(self, x: Tensor, num_videos: int = 1) -> Tensor:
+        """x (C, T, h, w, D), the chunks of `num_videos` videos in order (C / num_videos each) -> M(x) (C, T, h, w, D).
+
+        With batch statistics (training), each video is normalised on its own, as separate calls per video
+        would: BatchNorm3d runs once per video, in order, so its running statistics are updated once per
+        video (momentum applied `num_videos` times, each video's unbiased variance) and one video's output
+        never depends on the others. With running statistics (eval) the videos are independent anyway."""
         C, T, h, w, D = x.shape
         weight, bias = self.expand.weight.flatten(1), self.expand.bias
         norm = self.norm
         if norm.training or norm.running_mean is None:
-            # A (B, D, 1, 1, 1) view gives BatchNorm3d the same per-channel statistics over C*T*h*w positions.
-            z = F.linear(norm(x.reshape(-1, D, 1, 1, 1)).view(C, T, h * w, D), weight, bias)
+            # A (B, D, 1, 1, 1) view gives BatchNorm3d the same per-channel statistics over a video's
+            # C/num_videos*T*h*w positions.
+            videos = x.reshape(num_videos, -1, D, 1, 1, 1).unbind(0)
+            normed = norm(videos[0]) if num_videos == 1 else torch.cat([norm(v) for v in videos])
+            z = F.linear(normed.view(C, T, h * w, D), weight, bias)
         else:
             # Eval: the BatchNorm affine map is folded into the first 1x1x1 convolution.
             scale = torch.rsqrt(norm.running_var + norm.eps)
@@ -377,10 +389,15 @@ class SpatioTemporalAlignmentBlock(nn.Module):
 
     # -- forward -------------------------------------------------------------------------------------
 
-    def forward(self, frames: Tensor, packed: bool = False) -> tuple[list[Tensor] | Tensor, list[tuple[int, int]]]:
+    def forward(self, frames: Tensor, packed: bool = False,
+                num_videos: int = 1) -> tuple[list[Tensor] | Tensor, list[tuple[int, int]]]:
         """frames (C, T, 4, H, W) float -> per frame, in frame order: tokens (n_i, D) and its LSD grid (rows, cols).
         n_i = 1 + rows*(cols+1) with row tokens (1 + rows*cols without), see `num_tokens`. Token 0 is the
         context token; then the grid row-major, each row followed by its split token.
+
+        `num_videos`: the C chunks are those of that many videos, C / num_videos each, in order. Only the
+        LSTE's BatchNorm in training mode looks across chunks: it normalises each video on its own (see
+        `LSTE.forward`), so the result is that of one call per video.
 
         `packed=True` returns the tokens as one tensor (sum_i n_i, D), the frames' tokens concatenated in
         frame order (split it with `num_tokens` of the grids). The model calls it so because under ZeRO-3
@@ -394,6 +411,8 @@ class SpatioTemporalAlignmentBlock(nn.Module):
         C, T, _, H, W = frames.shape
         if H % p or W % p:
             raise ValueError(f"STAB input frames {H}x{W} are not multiples of the patch size {p}")
+        if num_videos < 1 or C % num_videos:
+            raise ValueError(f"STAB input: {C} chunks do not split evenly into {num_videos} videos")
         N, h, w, D = C * T, H // p, W // p, cfg.width
         frames = frames.to(self.patch_embedding.weight.dtype)
 
@@ -401,7 +420,7 @@ class SpatioTemporalAlignmentBlock(nn.Module):
         valid = F.avg_pool2d(frames[:, :, 3].reshape(N, 1, H, W), p).view(N, h, w) != 0
         video_tokens = None
         if T > 1:
-            x, video_tokens = self._temporal(x.view(C, T, h, w, D))
+            x, video_tokens = self._temporal(x.view(C, T, h, w, D), num_videos)
             if video_tokens is not None:
                 video_tokens = video_tokens.repeat_interleave(T, dim=0)       # (N, D)
 
@@ -434,14 +453,15 @@ class SpatioTemporalAlignmentBlock(nn.Module):
         patches = frames[:, :3].reshape(N, 3, h, p, w, p).permute(0, 2, 4, 1, 3, 5).reshape(N * h * w, 3 * p * p)
         return F.linear(patches, self.patch_embedding.weight.flatten(1)).view(N, h, w, -1)
 
-    def _temporal(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        """x (C, T, h, w, D) -> (N, h, w, D) after LSTE, DPE and the E0 residual, and G (C, D) or None."""
+    def _temporal(self, x: Tensor, num_videos: int) -> tuple[Tensor, Tensor | None]:
+        """x (C, T, h, w, D) of `num_videos` videos -> (N, h, w, D) after LSTE, DPE and the E0 residual, and
+        G (C, D) or None."""
         C, T, h, w, D = x.shape
         e0 = x
         # Residuals are added in place into the fresh outputs of the LSTE and DPE layers (whose backward
         # does not need them), saving a full-size allocation each.
         if self.lste is not None:
-            x = self.lste(x).add_(x)
+            x = self.lste(x, num_videos).add_(x)
         # A channels-last 3D view of the same memory: the depthwise conv keeps that layout.
         x = F.conv3d(x.permute(0, 4, 1, 2, 3), self.dpe.weight, self.dpe.bias, padding=1,
                      groups=D).permute(0, 2, 3, 4, 1).add_(x)

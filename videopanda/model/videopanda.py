@@ -189,15 +189,15 @@ class VideoPandaForCausalLM(VideoPandaPreTrainedModel, LlamaForCausalLM):
 
     def visual_tokens(self, pixel_values_videos: Tensor) -> tuple[Tensor, list[tuple[int, int]]]:
         """pixel_values_videos (V, C, T, 4, H, W) -> projected tokens of all frames, packed in frame order
-        (sum_i n_i, L), and each frame's LSD grid (V*C*T of them). One STAB call on all V*C chunks and one
-        projector call."""
+        (sum_i n_i, L), and each frame's LSD grid (V*C*T of them). One STAB call on all V*C chunks (told the
+        V videos apart: in training its BatchNorm normalises each video alone) and one projector call."""
         if pixel_values_videos.dim() != 6:
             raise ValueError(f"pixel_values_videos must be (videos, chunks, frames_per_chunk, 4, H, W), "
                              f"got {tuple(pixel_values_videos.shape)}")
         stab = self.model.video_tower
         param = next(stab.parameters())
         frames = pixel_values_videos.flatten(0, 1).to(device=param.device, dtype=param.dtype)
-        packed, grids = stab(frames, packed=True)                              # (sum_i n_i, D)
+        packed, grids = stab(frames, packed=True, num_videos=pixel_values_videos.shape[0])  # (sum_i n_i, D)
         return self.model.video_projector(packed), grids                       # (sum_i n_i, L)
 
     def embed_inputs(self, input_ids: Tensor, pixel_values_videos: Tensor | None = None

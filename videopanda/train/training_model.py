@@ -11,7 +11,9 @@ optional (no teacher: LM loss only). Its `forward` takes the collator's batch (`
 
 - Embedding: `model.embed_inputs` scatters the projected STAB tokens over the placeholder runs and
   returns each frame's LSD grid; the LLM then runs on those embeddings (`output_hidden_states` only when
-  distilling), and its memory-saving LM loss is the model's own.
+  distilling), and its memory-saving LM loss is the model's own. All videos of the batch go through the
+  STAB in one call that tells them apart, so in training its BatchNorm normalises each video alone and
+  a step equals the original's loop of one STAB call per video.
 - Distillation (SPEC 5): the k-th visual token of the batch sits at the k-th placeholder position in
   row-major order (that is how `masked_scatter` fills them), so frame f's tokens are the placeholder
   positions [offset_f, offset_f + n_f), n_f = `num_tokens(grid_f)`; its grid tokens are
@@ -43,6 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers.utils import ModelOutput
 
+from videopanda.constants import IGNORE_INDEX
 from videopanda.model.checkpoint import HEAD_PREFIX, TEACHER_PREFIX, released_key_to_model_key
 
 MODEL_KEY, HEAD_KEY, TEACHER_KEY = "model.", "distill_head.", "teacher."
@@ -151,7 +154,7 @@ class TrainingModel(nn.Module):
         stab = self.model.model.video_tower
         device = hidden_states[0].device
         slots = (input_ids == self.config.image_token_id).nonzero().to(device)  # (N, 2), scatter order
-        content = pixels[:, :, :, 3].flatten(3).ne(0).any(-1).flatten().tolist()  # per frame, frame order
+        content = content_frames(pixels).tolist()
         picked, kept_grids, offset = [], [], 0
         for grid, keep in zip(grids, content):
             if keep:
@@ -234,10 +237,25 @@ class TrainingModel(nn.Module):
             raise ValueError(f"the tensors do not fit the training model: missing {sorted(missing)}, "
                              f"unexpected {sorted(result.unexpected_keys)}")
 
+def content_frames(pixels: Tensor) -> Tensor:
+    """pixel_values_videos (V, C, T, 4, H, W) -> (V*C*T,) bool in frame order: frames whose student mask is not all
+    zero, the frames distillation compares (padding frames of short videos are not)."""
+    return pixels[:, :, :, 3].flatten(3).ne(0).any(-1).flatten()
+
+
+def loss_counts(batch: dict) -> tuple[int, int]:
+    """A collated batch -> (supervised next tokens, content frames): what its LM loss and its distillation loss
+    are means over."""
+    labels = batch["labels"]
+    pixels = batch.get("pixel_values_videos")
+    frames = int(content_frames(pixels).sum()) if pixels is not None and pixels.shape[0] else 0
+    return int(labels[:, 1:].ne(IGNORE_INDEX).sum()), frames
+
+
 def teacher_valid(frames: Tensor, grid: int) -> Tensor:
     """(N, T, 4, S, S) teacher frames -> (N*T, grid, grid) bool: patches that are at least half real pixels."""
     mask = frames[:, :, 3].flatten(0, 1).float()
     return F.adaptive_avg_pool2d(mask, grid) >= 0.5
 
 
-__all__ = ["TrainingModel", "TrainingOutput", "teacher_valid"]
+__all__ = ["TrainingModel", "TrainingOutput", "content_frames", "loss_counts", "teacher_valid"]
