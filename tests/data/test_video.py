@@ -1,9 +1,12 @@
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
-from helpers.media import CORPUS, frame_index, make_frames, write_video
+from helpers.media import CORPUS, frame_index, make_frames, write_random_bytes, write_video
 
-from videopanda.data.video import VideoReadError, _read_pyav, read_video, sample_indices
+from videopanda.data.video import VideoReadError, _read_pyav, decoded_seconds, probe_video, read_video, sample_indices
 
 BROKEN = {name: kind for name, kind in CORPUS.items() if kind}
 
@@ -177,3 +180,53 @@ def test_every_good_corpus_file_reads(media_dir, name):
 def test_num_frames_must_be_positive(media_dir):
     with pytest.raises(ValueError, match="num_frames"):
         read_video(media_dir / "wide.mp4", num_frames=0)
+
+
+# --- decoder noise, headers, clips without a duration ---
+
+@pytest.mark.parametrize("name", sorted(n for n, kind in BROKEN.items() if kind == "unreadable"))
+def test_an_unreadable_file_writes_nothing_to_stderr_and_names_its_path_once(media_dir, name, capfd):
+    path = media_dir / name
+    with pytest.raises(VideoReadError) as info:
+        read_video(path)
+    assert capfd.readouterr().err == ""  # decord's own "ERROR opening: ..." line is not let through
+    assert str(info.value).count(str(path)) == 1 and info.value.reason
+
+
+def test_infer_on_a_corrupt_file_prints_exactly_one_line_on_stderr(streaming_model_folder, tmp_path):
+    video = write_random_bytes(tmp_path / "corrupt.mp4")
+    done = subprocess.run([sys.executable, "-m", "videopanda", "infer", "--model", str(streaming_model_folder),
+                           "--video", str(video), "--question", "what happens?", "--device", "cpu"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("videopanda infer: error: ") and lines[0].count(str(video)) == 1
+
+
+def test_probe_reads_the_header(media_dir, tmp_path):
+    header = probe_video(media_dir / "clip.avi")
+    assert (header.width, header.height, header.seconds, header.fps) == (64, 48, 1.25, 8.0)
+    assert (header.codec, header.pix_fmt, header.pixels) == ("mpeg4", "yuv420p", 64 * 48)
+    big = probe_video(write_video(tmp_path / "big.mp4", make_frames(1, 2048, 4096), fps=1))
+    assert (big.width, big.height, big.codec) == (4096, 2048, "h264")
+    with pytest.raises(VideoReadError, match="text.mp4: Invalid data"):
+        probe_video(media_dir / "text.mp4")
+
+
+def test_a_raw_stream_has_no_duration_and_is_measured_by_decoding(tmp_path):
+    path = write_video(tmp_path / "raw.h264", make_frames(80), fps=8)  # 10 s
+    header = probe_video(path)
+    assert header.seconds is None and header.fps == 8.0  # the rate from the stream, not FFmpeg's 25 fps guess
+    assert decoded_seconds(path) == 10.0
+    # With a bound, decoding stops at the first frame ending past it: frame 32 ends at 33 / 8 s.
+    assert decoded_seconds(path, limit=4) == 33 / 8
+    assert decoded_seconds(path, limit=60) == 10.0
+
+
+def test_decoded_seconds_follows_frame_timestamps(media_dir):
+    # slow.gif: 5 frames 4 s apart; the last frame starts at 16 s and lasts one frame at the 0.25 fps rate.
+    assert decoded_seconds(media_dir / "slow.gif") == 20.0
+    assert decoded_seconds(media_dir / "slow.gif", limit=5) == 8.0
+    with pytest.raises(VideoReadError, match="random.mp4"):
+        decoded_seconds(media_dir / "random.mp4")

@@ -6,6 +6,7 @@ Typical use::
     frames = make_frames(30, height=48, width=64)           # uint8 (30, 48, 64, 3)
     write_video(tmp_path / "a.mp4", frames, fps=10)          # H.264 mp4
     write_video(tmp_path / "a.gif", frames[:3], fps=0.25)    # GIF, 4 s a frame
+    write_video(tmp_path / "a.h264", frames, fps=10)         # raw H.264: no container, no duration
     write_truncated_mp4(tmp_path / "cut.mp4")                # a clip cut short on disk
     write_corpus(tmp_path)                                   # every file named in CORPUS
 
@@ -65,8 +66,10 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float = 10.0, codec: 
                 faststart: bool = False) -> Path:
     """Encode uint8 frames (n, H, W, 3) RGB to `path` and return it.
 
-    The container follows the suffix (.mp4, .mkv, .avi, .gif, ...). codec defaults to "gif" for
-    .gif files and "libx264" otherwise ("mpeg4" also works). fps may be fractional and below 1
+    The container follows the suffix (.mp4, .mkv, .avi, .gif, ...; .h264 writes a bare H.264 stream,
+    whose frame rate is only in the stream's own timing information and whose duration nothing
+    records). codec defaults to "gif" for .gif files and "libx264" otherwise ("mpeg4", the synthetic
+    clips' MPEG-4 Part 2, also works). fps may be fractional and below 1
     (e.g. 0.25 for a slow GIF). faststart moves the mp4 index (moov) to the front of the file.
     """
     path = Path(path)

@@ -22,11 +22,23 @@ Sampling (`sample_indices`), on the frames of the clip, or of the [start, end) w
 A missing, zero or unparsable frame rate counts as "unknown": stride 1, and a start/end window cannot
 be placed (that is a `VideoReadError`). Frame i is taken to start at i / avg_fps seconds, for both
 backends, so start/end select frames floor(start * fps) .. ceil(end * fps) - 1.
+
+decord reports a file it cannot open on file descriptor 2 from C++ (a timestamped "ERROR opening: PATH,
+REASON" line) before raising; that line is captured while the reader opens and becomes the reason in
+our own error, so a bad file costs one line on stderr, not two. `probe_video` reads what the container
+header says (frame size, duration, codec) without decoding, and `decoded_seconds` measures a clip whose
+container gives no duration by decoding it, stopping at a bound.
 """
 from __future__ import annotations
 
 import math
+import os
 import re
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -57,6 +69,31 @@ class _Opened:
 
     num_frames: int
     fps: float
+
+
+@dataclass(frozen=True)
+class VideoHeader:
+    """What a video file's header says, before any frame is decoded (`probe_video`).
+
+    seconds is None when the container gives no duration (a raw .h264 stream); fps is 0.0 when no
+    frame rate is known; codec is FFmpeg's decoder name ("h264", "mpeg4", ...), container its
+    demuxer name ("mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", "h264", ...), pix_fmt e.g. "yuv420p"."""
+
+    width: int
+    height: int
+    seconds: float | None
+    fps: float
+    codec: str
+    container: str
+    pix_fmt: str | None
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+UNKNOWN_RATE_FPS = 25.0
+"""Frame rate assumed by `decoded_seconds` when the stream gives none (FFmpeg's own guess for raw streams)."""
 
 
 SAMPLING_VERSION = 1
@@ -121,7 +158,7 @@ def read_video(path: str | Path, num_frames: int = 8, start: float | None = None
         except _WindowError as exc:
             raise VideoReadError(path, str(exc)) from None
         except Exception as exc:  # noqa: BLE001 - any decoder failure means "try the next backend"
-            failures.append(f"{name}: {_short_reason(exc)}")
+            failures.append(f"{name}: {_short_reason(exc, path)}")
             continue
         if failures:
             logger.debug("%s: read with PyAV after %s", path, failures[0])
@@ -129,7 +166,86 @@ def read_video(path: str | Path, num_frames: int = 8, start: float | None = None
     raise VideoReadError(path, "cannot decode (" + "; ".join(failures) + ")")
 
 
-_decord_quiet = False
+def probe_video(path: str | Path) -> VideoHeader:
+    """The first video stream's header (PyAV; nothing is decoded past what FFmpeg's probe reads).
+    Raises `VideoReadError` naming the file when it cannot be opened or holds no video stream."""
+    import av
+
+    path = Path(path)
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise VideoReadError(path, "no video stream")
+            stream = container.streams.video[0]
+            seconds = None
+            if container.duration:
+                seconds = container.duration / 1_000_000
+            elif stream.duration and stream.time_base:
+                seconds = float(stream.duration * stream.time_base)
+            context = stream.codec_context
+            return VideoHeader(width=int(context.width or 0), height=int(context.height or 0), seconds=seconds,
+                               fps=_stream_rate(stream, seconds is not None), codec=context.name, container=container.format.name,
+                               pix_fmt=context.pix_fmt)
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        raise VideoReadError(path, _short_reason(exc, path)) from None
+
+
+def decoded_seconds(path: str | Path, limit: float | None = None) -> float:
+    """Length of a clip in seconds found by decoding it (for containers that give no duration): the end of
+    the last frame decoded, frame i lasting from its timestamp (or i / fps when frames carry none) for
+    1 / fps. With `limit`, decoding stops at the first frame ending after `limit` seconds, so the result is
+    then just over `limit` and the rest of the file is never decoded. Raises `VideoReadError` naming the
+    file when it cannot be decoded."""
+    import av
+
+    path = Path(path)
+    end = 0.0
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise VideoReadError(path, "no video stream")
+            stream = container.streams.video[0]
+            timed = bool(container.duration or stream.duration)
+            frame_seconds = 1.0 / (_stream_rate(stream, timed) or UNKNOWN_RATE_FPS)
+            for index, frame in enumerate(container.decode(stream)):
+                start = frame.time if frame.time is not None else index * frame_seconds
+                end = max(end, start + frame_seconds)
+                if limit is not None and end > limit:
+                    break
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        raise VideoReadError(path, _short_reason(exc, path)) from None
+    return end
+
+
+def _stream_rate(stream, timed: bool) -> float:
+    """A PyAV stream's frame rate, 0.0 when unknown: the container's average rate, except for a container
+    without timing (`timed` False: a raw stream, where FFmpeg fills in 25 fps), where the rate written in
+    the bitstream itself (a raw H.264 stream's timing information) comes first."""
+    rates = (stream.average_rate, stream.codec_context.framerate)
+    rate = next((r for r in (rates if timed else rates[::-1]) if r), None)
+    return float(rate) if rate else 0.0
+
+
+_stderr_lock = threading.Lock()
+
+
+@contextmanager
+def _captured_stderr() -> Iterator[list[str]]:
+    """Point file descriptor 2 (where C++ libraries write) at a temporary file while the block runs;
+    the list holds the lines written there once the block is done. Serialised across threads, as fd 2
+    is the process's."""
+    lines: list[str] = []
+    with _stderr_lock, tempfile.TemporaryFile() as sink:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            lines += sink.read().decode(errors="replace").splitlines()
 
 
 class _WindowError(Exception):
@@ -148,12 +264,15 @@ def _indices(opened: _Opened, num_frames: int, start, end) -> list[int]:
 def _read_decord(path: Path, num_frames: int, start, end) -> list[np.ndarray]:
     import decord
 
-    global _decord_quiet
-    if not _decord_quiet:
-        # FFmpeg's console messages about broken files duplicate the exception we turn into a reason.
-        decord.logging.set_level(decord.logging.QUIET)
-        _decord_quiet = True
-    reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+    decord.logging.set_level(decord.logging.QUIET)
+    try:
+        with _captured_stderr() as noise:
+            reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+    except Exception as exc:  # noqa: BLE001 - decord raises its own DECORDError (or a RuntimeError)
+        said = [line for line in noise if "ERROR opening" in line]
+        raise RuntimeError(said[-1].split(f"{path},", 1)[-1].strip() if said else _short_reason(exc, path)) from None
+    if noise:
+        logger.debug("%s: decord said %s", path, " | ".join(noise))
     opened = _Opened(len(reader), float(reader.get_avg_fps() or 0.0))
     indices = _indices(opened, num_frames, start, end)
     batch = reader.get_batch(indices).asnumpy()
@@ -226,7 +345,11 @@ def _to_tensor(path: Path, frames: list[np.ndarray]) -> torch.Tensor:
 _NOISE = re.compile(r"^\[[\d:]+\]\s*\S+:\d+:\s*|\[Errno -?\d+\]\s*")
 
 
-def _short_reason(exc: Exception) -> str:
-    """First line of a decoder error, without decord's timestamp/source prefix or an errno tag."""
+def _short_reason(exc: Exception, path: Path) -> str:
+    """First line of a decoder error, without decord's timestamp/source prefix, an errno tag, or the file's
+    path (the error it goes into names the file already)."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return _NOISE.sub("", text)[:300]
+    text = _NOISE.sub("", text)
+    for quoted in (f": '{path}'", f": {path}", f"'{path}'", str(path)):
+        text = text.replace(quoted, "")
+    return text.strip(" ,:")[:300] or type(exc).__name__
