@@ -82,3 +82,29 @@ def test_usage_errors_exit_two(corpus_json, tmp_path, capsys):
     assert main(["check", "--data-path", str(root / "first.json"), "--video-folder", str(root), "--num-frames", "6"]) == 2
     assert main(["check", "--video-folder", str(root)]) == 2  # --data-path missing
     assert main(["check", "--help"]) == 0
+
+
+def test_an_output_that_is_an_input_is_refused_and_the_input_kept(corpus_json, tmp_path, capsys):
+    root, _, _ = corpus_json
+    data = tmp_path / "train.json"
+    data.write_bytes((root / "second.json").read_bytes())
+    before = data.read_bytes()
+    (tmp_path / "linked.json").hardlink_to(data)
+    (tmp_path / "sub").mkdir()
+    common = ["--data-path", str(root / "first.json"), str(data), "--video-folder", str(root / "videos"),
+              "--workers", "0"]
+    result = run_cli(*common, "--output", data)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (f"videopanda data check: error: --output {data} is the input JSON {data}; "
+                                     "write it to another file")
+    for extra, message in [
+        (["--report", str(tmp_path / "sub" / ".." / "train.json")], f"--report {tmp_path}/sub/../train.json is the "
+                                                                     f"input JSON {data}"),
+        (["--output", str(tmp_path / "linked.json")], f"--output {tmp_path / 'linked.json'} is the input JSON {data}"),
+        (["--report", str(tmp_path / "out.json"), "--output", str(tmp_path / "out.json")],
+         f"--report and --output are the same file {tmp_path / 'out.json'}"),
+    ]:
+        assert main(["check", *common, *extra]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    assert data.read_bytes() == before and not (tmp_path / "out.json").exists()

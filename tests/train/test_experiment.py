@@ -64,6 +64,37 @@ def test_every_table_ablation_is_a_few_lines_on_top_of_its_recipe():
     ("extends: {parent}\nsave: {{steps: many}}\n", "save.steps must be int, got 'many'"),
     ("run_dir: x\n", "missing key model"),
     ("extends: nowhere.yaml\n", "extends nowhere.yaml, which does not exist"),
+    ("extends: {parent}\nstages:\n  prealign: {{epochs: -3}}\n", "stages.prealign.epochs must be a finite number > 0, got -3"),
+    ("extends: {parent}\nstages:\n  pretrain: {{epochs: 0}}\n", "stages.pretrain.epochs must be a finite number > 0, got 0"),
+    ("extends: {parent}\nstages:\n  finetune: {{learning_rate: .nan}}\n",
+     "stages.finetune.learning_rate must be a finite number >= 0, got nan"),
+    ("extends: {parent}\nstages:\n  finetune: {{visual_learning_rate: .inf}}\n",
+     "stages.finetune.visual_learning_rate must be a finite number >= 0, got inf"),
+    ("extends: {parent}\nstages:\n  prealign: {{warmup_ratio: 1.5}}\n",
+     "stages.prealign.warmup_ratio must be a finite number in [0, 1], got 1.5"),
+    ("extends: {parent}\nstages:\n  prealign: {{global_batch_size: 0}}\n",
+     "stages.prealign.global_batch_size must be an integer >= 1, got 0"),
+    ("extends: {parent}\nstages:\n  prealign: {{per_device_batch_size: -2}}\n",
+     "stages.prealign.per_device_batch_size must be an integer >= 1, got -2"),
+    ("extends: {parent}\nstages:\n  prealign: {{max_steps: 0}}\n",
+     "stages.prealign.max_steps must be -1 or an integer >= 1, got 0"),
+    ("extends: {parent}\ntraining: {{weight_decay: -0.1}}\n", "training.weight_decay must be a finite number >= 0"),
+    ("extends: {parent}\ntraining: {{max_grad_norm: .nan}}\n", "training.max_grad_norm must be a finite number >= 0"),
+    ("extends: {parent}\ntraining: {{seed: -1}}\n", "training.seed must be an integer in [0, 4.29497e+09], got -1"),
+    ("extends: {parent}\ndata: {{max_length: 0}}\n", "data.max_length must be an integer >= 1, got 0"),
+    ("extends: {parent}\nsave: {{steps: 0}}\n", "save.steps must be an integer >= 1, got 0"),
+    ("extends: {parent}\nsave: {{total_limit: 0}}\n", "save.total_limit must be an integer >= 1, got 0"),
+    ("extends: {parent}\nruntime: {{num_workers: -1}}\n", "runtime.num_workers must be an integer >= 0, got -1"),
+    ("extends: {parent}\nruntime: {{logging_steps: 0}}\n", "runtime.logging_steps must be an integer >= 1, got 0"),
+    ("extends: {parent}\nlora: {{rank: 0}}\n", "lora.rank must be an integer >= 1, got 0"),
+    ("extends: {parent}\nlora: {{dropout: 1.0}}\n", "lora.dropout must be a finite number in [0, 1), got 1.0"),
+    ("extends: {parent}\nmodel: {{stab: {{num_heads: 0}}}}\n", "model.stab.num_heads must be an integer >= 1, got 0"),
+    ("extends: {parent}\nmodel: {{stab: {{dropout: .nan}}}}\n",
+     "model.stab.dropout must be a finite number in [0, 1), got nan"),
+    ("extends: {parent}\nmodel: {{config: {{num_frames: -8}}}}\n",
+     "model.config.num_frames must be an integer >= 1, got -8"),
+    ("extends: {parent}\nmodel: {{config: {{image_size: 112.5}}}}\n",
+     "model.config.image_size must be an integer >= 1, got 112.5"),
 ])
 def test_a_bad_file_is_one_line_naming_the_file_and_the_key(tmp_path, text, message):
     path = _write(tmp_path / "bad.yaml", text.format(parent=REPO / "configs" / "experiments" / "videopanda-7b.yaml"))
@@ -76,6 +107,8 @@ def test_a_bad_file_is_one_line_naming_the_file_and_the_key(tmp_path, text, mess
     ("{not json", "cannot be read as JSON"),
     ("[128]", "holds a JSON array, not a JSON object"),
     ('{"stab": 3}', "its stab is not a JSON object"),
+    ('{"num_frames": 0}', "num_frames must be an integer >= 1, got 0"),
+    ('{"stab": {"width": -64}}', "stab.width must be an integer >= 1, got -64"),
 ])
 def test_a_bad_model_shape_file_is_one_line_naming_it(tmp_path, shape, message):
     shape_path = _write(tmp_path / "shape.json", shape)
@@ -85,6 +118,59 @@ def test_a_bad_model_shape_file_is_one_line_naming_it(tmp_path, shape, message):
         resolve_experiment(path)
     text = str(error.value)
     assert str(path) in text and f"model.shape {shape_path}" in text and message in text and "\n" not in text
+
+
+def test_an_override_out_of_range_is_one_line_naming_the_key(tmp_path):
+    for override, message in [("stages.finetune.learning_rate=nan", "learning_rate must be a finite number >= 0, got 'nan'"),
+                              ("stages.prealign.epochs=-3", "stages.prealign.epochs must be a finite number > 0, got -3")]:
+        with pytest.raises(ExperimentError) as error:
+            resolve_experiment("quickstart", [override])
+        assert "quickstart.yaml with overrides: " in str(error.value) and message in str(error.value)
+
+
+@pytest.mark.parametrize("stage_settings, check_only, message", [
+    ("{learning_rate: .nan}", True, "stages.prealign.learning_rate must be a finite number >= 0, got nan"),
+    ("{epochs: -3}", False, "stages.prealign.epochs must be a finite number > 0, got -3"),
+])
+def test_train_refuses_a_number_out_of_range_before_writing_anything(tmp_path, trainkit, stage_settings, check_only,
+                                                                      message):
+    path = _write(tmp_path / "bad.yaml", f"extends: {REPO / 'configs/experiments/quickstart.yaml'}\n"
+                                         f"run_dir: {tmp_path / 'runs'}\nstages:\n  prealign: {stage_settings}\n")
+    done = subprocess.run([trainkit.python, "-m", "videopanda", "train", "--experiment", str(path), "--stage",
+                           "prealign", *(["--check-only"] if check_only else [])], cwd=tmp_path, env=trainkit.env(),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()] and f"{path}: {message}" in done.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def _billion_laughs(indent: str) -> str:
+    """Nine nested YAML aliases: 9**9 file names in under 1 KB once expanded."""
+    lines = [f"{indent}- &a [{', '.join(['a.json'] * 9)}]\n"]
+    lines += [f"{indent}- &{name} [{', '.join([f'*{prev}'] * 9)}]\n" for prev, name in zip("abcdefgh", "bcdefghi")]
+    return "".join(lines)
+
+
+def test_a_file_with_yaml_aliases_is_refused_at_once(tmp_path, trainkit):
+    path = _write(tmp_path / "laughs.yaml", f"extends: {REPO / 'configs/experiments/quickstart.yaml'}\n"
+                                            f"stages:\n  prealign:\n    data_json:\n{_billion_laughs('      ')}")
+    assert len(path.read_bytes()) < 1024
+    done = subprocess.run([trainkit.python, "-m", "videopanda", "train", "--experiment", str(path), "--stage",
+                           "prealign", "--check-only", "training.seed=1"], cwd=tmp_path, env=trainkit.env(),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{path}: YAML alias *a on line 6: aliases are not allowed" in lines[0], done.stderr
+    with pytest.raises(ExperimentError, match=r"override 'model.stab=\[&x 1, \*x\]': YAML alias \*x on line 1"):
+        resolve_experiment("quickstart", ["model.stab=[&x 1, *x]"])
+
+
+def test_a_file_that_is_not_utf8_is_one_line_naming_it(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"name: caf\xe9\n")
+    with pytest.raises(ExperimentError) as error:
+        resolve_experiment(path)
+    assert str(error.value) == f"{path}: not UTF-8 text (invalid continuation byte at byte 9)"
 
 
 def test_overrides_and_paths(tmp_path, monkeypatch):
@@ -142,8 +228,9 @@ def test_distillation_loss_kinds(kind):
 # ---- run folders -----------------------------------------------------------------------------------------
 
 
-def _tiny_experiment(folder: Path, parent: str, llama_dir, teacher_dir, data_root) -> Path:
-    """An experiment file on tiny shapes extending a shipped one (the recipe or one of its ablations)."""
+def _tiny_experiment(folder: Path, parent: str, llama_dir, teacher_dir, data_root, deepspeed: bool = False) -> Path:
+    """An experiment file on tiny shapes extending a shipped one (the recipe or one of its ablations); without
+    DeepSpeed unless `deepspeed` (then it inherits the shipped ZeRO-2 config)."""
     shape = _write(folder / "tiny-shape.json", json.dumps({
         "num_frames": 4, "frames_per_chunk": 4, "image_size": 112, "teacher_image_size": 56,
         "stab": {"width": 32, "num_heads": 4, "padding_window": 8}}))
@@ -153,7 +240,7 @@ extends: {REPO / 'configs' / 'experiments' / parent}.yaml
 run_dir: {folder / 'runs' / '{name}'}
 model: {{base: {llama_dir}, init: llama, teacher: {teacher_dir}, shape: {shape}}}
 data: {{root: {data_root}}}
-training: {{deepspeed: null, gradient_checkpointing: false}}
+training: {{{'' if deepspeed else 'deepspeed: null, '}gradient_checkpointing: false}}
 save: {{steps: 100}}
 runtime: {{device: cpu, num_workers: 0, report_to: none}}
 stages: {{prealign: {stage}, pretrain: {stage}, finetune: {stage}}}
@@ -244,3 +331,57 @@ def test_an_unreadable_stage_record_is_one_line_naming_it(tmp_path, content, mes
         read_record(tmp_path)
     assert str(error.value).startswith(f"{path}: ") and message in str(error.value) and "\n" not in str(error.value)
     assert path.read_bytes() == content
+
+
+# ---- one process ---------------------------------------------------------------------------------------
+
+
+def _train_in_one_process(trainkit, *args: str) -> subprocess.CompletedProcess:
+    """`videopanda train ...` as one plain process: no torchrun, none of its variables."""
+    env = trainkit.env()
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    return subprocess.run([trainkit.python, "-m", "videopanda", "train", *args], cwd=trainkit.repo, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_a_shipped_experiment_trains_in_one_process_under_its_deepspeed_config(tmp_path, llama_dir, teacher_dir,
+                                                                              data_root, trainkit):
+    """The README's `videopanda train --experiment ... --stage ...` (ZeRO-2 inherited from the recipe) and the
+    LoRA finetune of docs/lora.md on top of its output, each a world of one."""
+    from videopanda.train.checkpointing import latest_complete_checkpoint
+
+    experiment = _tiny_experiment(tmp_path, "videopanda-7b/lora", llama_dir, teacher_dir, data_root, deepspeed=True)
+    assert resolve_experiment(experiment).experiment.training.deepspeed == str(REPO / "configs/deepspeed/zero2.json")
+    run = tmp_path / "runs" / "tiny-lora"
+    steps = ["stages.prealign.max_steps=2", "stages.finetune.max_steps=2", "save.steps=1", "lora.rank=4",
+             "lora.alpha=8"]
+    prealign = _train_in_one_process(trainkit, "--experiment", str(experiment), "--stage", "prealign", *steps)
+    assert prealign.returncode == 0, (prealign.stdout + prealign.stderr)[-6000:]
+    finetune = _train_in_one_process(trainkit, "--experiment", str(experiment), "--stage", "finetune", *steps,
+                                     f"stages.finetune.init={run / 'prealign'}")
+    assert finetune.returncode == 0, (finetune.stdout + finetune.stderr)[-6000:]
+    for stage in ("prealign", "finetune"):
+        finished = json.loads((run / stage / "training_complete.json").read_text())
+        assert finished["global_step"] == 2 and finished["world_size"] == 1
+        assert latest_complete_checkpoint(run / stage).name == "checkpoint-2"
+    assert (run / "finetune" / "adapter_model.safetensors").is_file()
+
+
+def test_a_stage_folder_holding_only_its_record_does_not_block_a_retry(tmp_path, llama_dir, teacher_dir, data_root,
+                                                                       trainkit):
+    """A run that stopped before its first checkpoint leaves its experiment.json alone: a retry with other settings
+    trains there; once that retry has outputs, a third setting is refused."""
+    from videopanda.train.experiment import write_record
+
+    experiment = _tiny_experiment(tmp_path, "videopanda-7b", llama_dir, teacher_dir, data_root)
+    folder = tmp_path / "runs" / "tiny-videopanda-7b" / "prealign"
+    write_record(resolve_experiment(experiment, ["training.seed=7"]), folder)
+    retry = _train_in_one_process(trainkit, "--experiment", str(experiment), "--stage", "prealign", "training.seed=8")
+    assert retry.returncode == 0, (retry.stdout + retry.stderr)[-6000:]
+    assert (folder / "training_complete.json").is_file()
+    assert read_record(folder)["experiment"]["training"]["seed"] == 8
+    other = _train_in_one_process(trainkit, "--experiment", str(experiment), "--stage", "prealign", "training.seed=9",
+                                  "--check-only")
+    assert other.returncode == 2 and "training.seed: 8 -> 9" in other.stderr, other.stderr

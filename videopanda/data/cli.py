@@ -4,7 +4,8 @@
                           [--output clean.json] [--workers N] [--num-frames 8]
 
 Exit status: 0 every sample is usable, 1 some are bad (listed on stdout and in the report),
-2 usage error (missing or malformed JSON, missing video folder, bad option).
+2 usage error (missing or malformed JSON, missing video folder, bad option, a `--report` or `--output`
+that is one of the input JSON files or both the same file).
 """
 from __future__ import annotations
 
@@ -59,6 +60,28 @@ def _usage_error(message: str) -> int:
     return 2
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    """The same path once resolved, or one file under two names (a hard link)."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.samefile(b)
+    except OSError:  # one of them does not exist (yet)
+        return False
+
+
+def _clashing_output(args: argparse.Namespace) -> str | None:
+    """Why `--report` / `--output` would overwrite an input or each other, else None."""
+    outputs = [(flag, Path(value)) for flag, value in (("--report", args.report), ("--output", args.output)) if value]
+    for flag, output in outputs:
+        for data in args.data_path:
+            if _same_file(output, Path(data)):
+                return f"{flag} {output} is the input JSON {data}; write it to another file"
+    if len(outputs) == 2 and _same_file(outputs[0][1], outputs[1][1]):
+        return f"--report and --output are the same file {outputs[1][1]}; pass two files"
+    return None
+
+
 def _check(args: argparse.Namespace) -> int:
     from videopanda.data.check import check_samples
     from videopanda.data.dataset import DataFormatError, load_samples
@@ -66,6 +89,9 @@ def _check(args: argparse.Namespace) -> int:
 
     if args.workers < 0:
         return _usage_error(f"--workers must be >= 0, got {args.workers}")
+    clash = _clashing_output(args)
+    if clash:
+        return _usage_error(clash)
     try:
         frame_config = FrameConfig(num_frames=args.num_frames)
     except ValueError as exc:

@@ -17,14 +17,16 @@ relative to the working directory, and stored absolute in the resolved experimen
 previous stage folder otherwise) and writes `stages.<stage>.output_dir` (default `run_dir/<stage>`).
 
 Each stage's output folder stores the resolved experiment (`experiment.json`); resuming or skipping a
-stage whose folder holds another experiment is refused with the list of differences
-(`check_stage_folder`). What is compared is the stage's view: every section but `runtime` and the
+stage whose folder holds a checkpoint or a finished stage of another experiment is refused with the list of
+differences (`check_stage_folder`); a folder holding only the record of a run that stopped before its first
+checkpoint is free for any experiment. What is compared is the stage's view: every section but `runtime` and the
 other stages' settings (so per-stage command-line overrides of one stage do not conflict with another),
 without the name and the folder locations (a renamed or moved run is the same run).
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import types
@@ -48,6 +50,47 @@ LAUNCHER_DIR_ENV = "VIDEOPANDA_LAUNCHER_DIR"
 
 class ExperimentError(ValueError):
     """A bad experiment file, override or run folder; the message names the file or folder and the key."""
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The values a numeric field may take: finite, at least `low` (above it when `low_open`), at most `high`
+    (below it when `high_open`), or one of the sentinels `also` (max_steps' -1)."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    also: tuple = ()
+
+    def admits(self, value: float) -> bool:
+        if value in self.also:
+            return True
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def describe(self, integer: bool) -> str:
+        """`an integer >= 1`, `a finite number in [0, 1]`, `-1 or an integer >= 1`, ..."""
+        kind = "an integer" if integer else "a finite number"
+        if self.low is not None and self.high is not None:
+            text = (f"{kind} in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}"
+                    f"{')' if self.high_open else ']'}")
+        elif self.low is not None:
+            text = f"{kind} {'>' if self.low_open else '>='} {self.low:g}"
+        else:
+            text = f"{kind} {'<' if self.high_open else '<='} {self.high:g}"
+        return " or ".join([*(f"{v:g}" for v in self.also), text])
+
+
+POSITIVE_INT = Bounds(low=1)
+NON_NEGATIVE = Bounds(low=0)
+FRACTION = Bounds(low=0, high=1)
+DROPOUT = Bounds(low=0, high=1, high_open=True)
+SEED = Bounds(low=0, high=2**32 - 1)
+"""numpy's seeds (`transformers.set_seed` seeds numpy too)."""
 
 
 def _doc(text: str, **extra) -> Any:
@@ -80,16 +123,17 @@ class DistillationSettings:
 class DataSettings:
     root: str | None = _doc("DATA_ROOT of SPEC 6 (null: $DATA_ROOT)")
     video_folder: str | None = _doc("folder the samples' `video` paths are relative to (null: DATA_ROOT/train)")
-    max_length: int = _doc("model_max_length of the tokenizer (text tokens, placeholders included)")
+    max_length: int = _doc("model_max_length of the tokenizer (text tokens, placeholders included)",
+                           bounds=POSITIVE_INT)
     random_flip: bool = _doc("random horizontal flip of training videos (the same for student and teacher)")
     group_by_modality_length: bool = _doc("batches of one modality and similar length")
 
 
 @dataclass
 class TrainingSettings:
-    seed: int = _doc("seed of initialisation, data order and dropout")
-    weight_decay: float = _doc("AdamW weight decay (never applied to biases and norms)")
-    max_grad_norm: float = _doc("gradient clipping")
+    seed: int = _doc("seed of initialisation, data order and dropout", bounds=SEED)
+    weight_decay: float = _doc("AdamW weight decay (never applied to biases and norms)", bounds=NON_NEGATIVE)
+    max_grad_norm: float = _doc("gradient clipping", bounds=NON_NEGATIVE)
     deepspeed: str | None = _doc("DeepSpeed JSON config (null: none)")
     gradient_checkpointing: bool = _doc("activation checkpointing in the LLM")
     precision: str = _doc("auto (bf16 + tf32 on GPU, fp32 on CPU), bf16, fp32", choices=("auto", "bf16", "fp32"))
@@ -97,8 +141,9 @@ class TrainingSettings:
 
 @dataclass
 class SaveSettings:
-    steps: int = _doc("checkpoint every N optimizer steps")
-    total_limit: int = _doc("complete checkpoints kept (older ones go once a newer one is complete)")
+    steps: int = _doc("checkpoint every N optimizer steps", bounds=POSITIVE_INT)
+    total_limit: int = _doc("complete checkpoints kept (older ones go once a newer one is complete)",
+                            bounds=POSITIVE_INT)
     teacher: bool = _doc("also store the teacher's weights in the output folders")
 
 
@@ -107,11 +152,11 @@ class RuntimeSettings:
     """How a run executes; not part of what makes two runs the same experiment."""
 
     device: str = _doc("auto, cuda or cpu", choices=("auto", "cuda", "cpu"))
-    num_workers: int = _doc("DataLoader worker processes per rank")
+    num_workers: int = _doc("DataLoader worker processes per rank", bounds=NON_NEGATIVE)
     attn_implementation: str = _doc("auto (flash_attention_2 when installed on GPU, else sdpa), sdpa, eager, "
                                     "flash_attention_2")
     report_to: str = _doc("logging integrations of the HF Trainer (tensorboard, none, ...)")
-    logging_steps: int = _doc("log every N optimizer steps")
+    logging_steps: int = _doc("log every N optimizer steps", bounds=POSITIVE_INT)
     frame_cache: str | None = _doc("folder of decoded training frames (videopanda.data.frame_cache), relative to "
                                    "the working directory: each clip is decoded once and its frames reused by every "
                                    "epoch, stage and run that reads it (the same frames bit for bit; uncompressed, "
@@ -122,14 +167,16 @@ class RuntimeSettings:
 class StageSettings:
     data_json: list[str] = _doc("training JSON files; a bare name is looked up in DATA_ROOT/train/train_json")
     first_half: bool = _doc("keep only the first half of each JSON")
-    learning_rate: float = _doc("base learning rate")
+    learning_rate: float = _doc("base learning rate", bounds=NON_NEGATIVE)
     visual_learning_rate: float | None = _doc("learning rate of STAB, projector and distillation head "
-                                              "(null: the base rate)")
-    warmup_ratio: float = _doc("linear warm-up fraction before the cosine decay")
-    global_batch_size: int = _doc("samples per optimizer step over all processes")
-    per_device_batch_size: int = _doc("largest per-device micro batch; the actual one divides the global batch")
-    epochs: float = _doc("epochs")
-    max_steps: int = _doc("stop after this many optimizer steps (-1: the epochs decide)")
+                                              "(null: the base rate)", bounds=NON_NEGATIVE)
+    warmup_ratio: float = _doc("linear warm-up fraction before the cosine decay", bounds=FRACTION)
+    global_batch_size: int = _doc("samples per optimizer step over all processes", bounds=POSITIVE_INT)
+    per_device_batch_size: int = _doc("largest per-device micro batch; the actual one divides the global batch",
+                                      bounds=POSITIVE_INT)
+    epochs: float = _doc("epochs", bounds=Bounds(low=0, low_open=True))
+    max_steps: int = _doc("stop after this many optimizer steps (-1: the epochs decide)",
+                          bounds=Bounds(low=1, also=(-1,)))
     init: str | None = _optional("starting folder (null: model.base for prealign, else the previous stage's "
                                  "folder in run_dir)")
     output_dir: str | None = _optional("output folder (null: run_dir/<stage>)")
@@ -154,9 +201,10 @@ class LoraSettings:
     """LoRA (and QLoRA) for the finetune stage; every field has a default, so `lora: {enabled: true}` is enough."""
 
     enabled: bool = field(default=False, metadata={"help": "finetune with LoRA adapters on the LLM (peft)"})
-    rank: int = field(default=128, metadata={"help": "adapter rank r"})
-    alpha: int = field(default=256, metadata={"help": "lora_alpha (the update is scaled by alpha / rank)"})
-    dropout: float = field(default=0.05, metadata={"help": "dropout on the adapters' input"})
+    rank: int = field(default=128, metadata={"help": "adapter rank r", "bounds": POSITIVE_INT})
+    alpha: int = field(default=256, metadata={"help": "lora_alpha (the update is scaled by alpha / rank)",
+                                              "bounds": POSITIVE_INT})
+    dropout: float = field(default=0.05, metadata={"help": "dropout on the adapters' input", "bounds": DROPOUT})
     target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS), metadata={
         "help": "projection names inside the LLM's decoder layers that get adapters"})
     visual: str = field(default="train", metadata={
@@ -211,9 +259,11 @@ class Experiment:
         except ValueError as err:
             raise ExperimentError(f"model.shape {err}") from None
         config = {k: shape[k] for k in FRAME_FIELDS if k in shape}
+        _check_mapping(config, FRAME_FIELDS, f"model.shape {self.model.shape}", "")
         config.update(self.model.config)
         if not isinstance(shape.get("stab") or {}, dict):
             raise ExperimentError(f"model.shape {self.model.shape}: its stab is not a JSON object")
+        _check_mapping(shape.get("stab") or {}, _stab_fields(), f"model.shape {self.model.shape}", "stab")
         stab = dict(shape.get("stab") or {})
         stab.update(self.model.stab)
         return config, stab
@@ -325,12 +375,30 @@ def _stab_fields() -> tuple[str, ...]:
     return tuple(f.name for f in fields(STABConfig))
 
 
+def _visual_bounds() -> dict[str, Bounds]:
+    """Bounds of the numeric STAB and frame fields: whole numbers >= 1 but the STAB's dropout."""
+    from videopanda.model.stab import STABConfig
+
+    hints = typing.get_type_hints(STABConfig)
+    integers = [name for name, hint in hints.items() if _unwrap_optional(hint)[0] is int]
+    return {**{name: POSITIVE_INT for name in (*integers, *FRAME_FIELDS)}, "dropout": DROPOUT}
+
+
 def _check_mapping(value: Any, known: tuple[str, ...], where: str, path: str) -> None:
+    """Keys of `model.stab` / `model.config` (or a shape file's): known, and numbers in their bounds."""
     if not isinstance(value, dict):
         raise ExperimentError(f"{where}: {path} must be a mapping, got {value!r}")
-    for key in value:
+    bounds = _visual_bounds()
+    prefix = f"{path}." if path else ""
+    for key, item in value.items():
         if key not in known:
-            raise ExperimentError(f"{where}: unknown key {path}.{key} (known here: {', '.join(known)})")
+            raise ExperimentError(f"{where}: unknown key {prefix}{key} (known here: {', '.join(known)})")
+        if key not in bounds or (item is None and key == "lste_hidden"):
+            continue
+        integer = bounds[key] is POSITIVE_INT
+        number = isinstance(item, int if integer else (int, float)) and not isinstance(item, bool)
+        if not number or not bounds[key].admits(item):
+            raise ExperimentError(f"{where}: {prefix}{key} must be {bounds[key].describe(integer)}, got {item!r}")
 
 
 def _merge(base: dict, top: dict) -> dict:
@@ -340,13 +408,38 @@ def _merge(base: dict, top: dict) -> dict:
     return out
 
 
+def _load_yaml(text: str) -> Any:
+    """`yaml.safe_load` refusing aliases (ExperimentError naming the line): nested aliases expand
+    exponentially (a few hundred bytes can stand for billions of values), and an experiment shares
+    settings through `extends` instead."""
+    import yaml
+
+    class NoAliases(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise ExperimentError(f"YAML alias *{event.anchor} on line {event.start_mark.line + 1}: aliases "
+                                      f"are not allowed in experiments (use extends)")
+            return super().compose_node(parent, index)
+
+    loader = NoAliases(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def _read_yaml(path: Path) -> dict:
     import yaml
 
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = _load_yaml(path.read_text(encoding="utf-8"))
     except OSError as err:
         raise ExperimentError(f"{path}: cannot read ({err.strerror or err})") from None
+    except UnicodeDecodeError as err:
+        raise ExperimentError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except ExperimentError as err:
+        raise ExperimentError(f"{path}: {err}") from None
     except yaml.YAMLError as err:
         raise ExperimentError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from None
     if not isinstance(data, dict):
@@ -386,7 +479,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key.strip():
         raise ExperimentError(f"override {text!r}: expected key.path=value")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = _load_yaml(raw) if raw.strip() else None
+    except ExperimentError as err:
+        raise ExperimentError(f"override {text!r}: {err}") from None
     except yaml.YAMLError:
         value = raw
     return key.strip().split("."), value
@@ -461,6 +556,10 @@ def _build(cls: type, data: dict, where: str, prefix: str = ""):
         choices = f.metadata.get("choices")
         if choices and value not in choices:
             raise ExperimentError(f"{where}: {path} must be one of {', '.join(choices)}, got {value!r}")
+        bounds = f.metadata.get("bounds")
+        if bounds is not None and value is not None and not bounds.admits(value):
+            integer = _unwrap_optional(schema[f.name])[0] is int
+            raise ExperimentError(f"{where}: {path} must be {bounds.describe(integer)}, got {data[f.name]!r}")
         values[f.name] = value
     return cls(**values)
 
@@ -568,14 +667,16 @@ def read_record(folder: str | os.PathLike) -> dict | None:
 
 def check_stage_folder(resolved: ResolvedExperiment, stage: str, folder: str | os.PathLike,
                        holds_outputs: bool) -> None:
-    """Refuse (ExperimentError with the differences) a stage folder whose stored experiment differs from
-    `resolved` in the stage's view, or one holding training outputs (`holds_outputs`) with no record."""
+    """Refuse (ExperimentError with the differences) a stage folder holding training outputs (`holds_outputs`:
+    a checkpoint or a finished stage) whose stored experiment differs from `resolved` in the stage's view, or
+    that has no record. A record alone (a run that stopped before its first checkpoint) binds nothing: the
+    next run writes its own."""
     record = read_record(folder)
-    if record is None:
-        if holds_outputs:
-            raise ExperimentError(f"{folder} holds training outputs but no {EXPERIMENT_RECORD}: it was made by an "
-                                  f"unknown experiment; use another output folder")
+    if not holds_outputs:
         return
+    if record is None:
+        raise ExperimentError(f"{folder} holds training outputs but no {EXPERIMENT_RECORD}: it was made by an "
+                              f"unknown experiment; use another output folder")
     stored, current = (stage_view(e, stage) for e in (record["experiment"], resolved.experiment.to_dict()))
     changed = differences(stored, current)
     if changed:
