@@ -5,9 +5,6 @@ yet) -> model, teacher, data -> HF TrainingArguments (this starts the process gr
 from the latest complete checkpoint -> final model folder, `data_report.json` and
 `training_complete.json` -> barrier and process-group teardown.
 
-DeepSpeed always runs in a process group: a run with a DeepSpeed config started as one plain process (no
-torchrun variables) becomes a world of one (`world_of_one`).
-
 Exit status: 0 finished (or already finished), 2 bad input (preflight), 1 an output could not be
 written (one line naming it, e.g. "...: no space left on device") or a crash, and
 `PREEMPTED_EXIT_CODE` (75) when SIGTERM / SIGUSR1 stopped the run after a complete checkpoint.
@@ -17,14 +14,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import socket
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from videopanda.io import OutputError, write_json_atomic
 from videopanda.log import get_logger, setup_logging
-from videopanda.train.args import TrainArgs, parse_train_args
+from videopanda.train.args import TrainArgs, parse_train_args, training_arguments
 from videopanda.train.experiment import ExperimentError, write_record
 from videopanda.train.checkpointing import (DATA_REPORT, FINAL_MARKER, PREEMPTED_EXIT_CODE, StopSignals,
                                             discard_incomplete, export_model_files, holds_last_step, is_finished,
@@ -51,42 +45,6 @@ def _attn_implementation(requested: str, device: str) -> str:
     if device == "cuda" and importlib.util.find_spec("flash_attn") is not None:
         return "flash_attention_2"
     return "sdpa"
-
-
-LAUNCHER_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
-"""What torchrun (or another launcher) sets in every process it starts."""
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def world_of_one(needed: bool) -> Iterator[None]:
-    """While inside, a process started without a launcher (none of `LAUNCHER_ENV` set) is rank 0 of a world of
-    one on 127.0.0.1 and a free port, when `needed`: DeepSpeed, and Accelerate's barriers under it, need a
-    process group, which the HF Trainer starts only from these variables. Variables already set are kept;
-    the ones added are removed on leaving."""
-    if not needed or any(name in os.environ for name in LAUNCHER_ENV):
-        yield
-        return
-    world = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
-    added = {name: value for name, value in world.items() if name not in os.environ}
-    if "MASTER_PORT" not in os.environ:
-        added["MASTER_PORT"] = str(_free_port())
-    os.environ.update(added)
-    logger.info("one process without torchrun: DeepSpeed runs as a world of one (port %s)", os.environ["MASTER_PORT"])
-    try:
-        yield
-    finally:
-        for name in added:
-            os.environ.pop(name, None)
-
-
-def _report_to(value: str) -> list[str]:
-    return [] if value in ("none", "") else [v.strip() for v in value.split(",") if v.strip()]
 
 
 def _final_record(args: TrainArgs, plan: Preflight, global_step: int, train_loss: float | None) -> dict:
@@ -137,7 +95,7 @@ def _preempted(trainer, cause: str, output_dir: str, step: int | None) -> int:
 def train(args: TrainArgs, plan: Preflight, signals: StopSignals | None = None) -> int:
     """Run the stage; `signals` (installed by the caller) turns SIGTERM / SIGUSR1 into a checkpointed stop."""
     import torch
-    from transformers import AutoTokenizer, TrainingArguments, set_seed
+    from transformers import AutoTokenizer, set_seed
 
     from videopanda.data.dataset import VideoInstructCollator, VideoInstructDataset, log_data_report
     from videopanda.data.processor import VideoPandaProcessor
@@ -196,37 +154,7 @@ def train(args: TrainArgs, plan: Preflight, signals: StopSignals | None = None) 
     logger.info("data: %d samples (%d with video) from %s", plan.num_samples, plan.num_video_samples,
                 ", ".join(str(p) for p in plan.data_json))
 
-    on_gpu = device == "cuda"
-    training_args = TrainingArguments(
-        output_dir=args.output_dir,
-        per_device_train_batch_size=batch.per_device_batch_size,
-        gradient_accumulation_steps=batch.gradient_accumulation_steps,
-        learning_rate=args.learning_rate,
-        weight_decay=args.weight_decay,
-        warmup_steps=args.warmup_ratio,
-        lr_scheduler_type="cosine",
-        num_train_epochs=args.num_train_epochs,
-        max_steps=args.max_steps,
-        max_grad_norm=args.max_grad_norm,
-        logging_steps=args.logging_steps,
-        save_strategy="steps",
-        save_steps=args.save_steps,
-        save_total_limit=None,  # pruning happens after a checkpoint is marked complete (trainer.py)
-        seed=args.seed,
-        data_seed=args.seed,
-        bf16=bf16,
-        tf32=True if on_gpu else None,
-        use_cpu=not on_gpu,
-        ddp_backend="gloo" if not on_gpu and batch.world_size > 1 else None,
-        ddp_find_unused_parameters=False,
-        deepspeed=deepspeed,
-        activation_checkpointing=args.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False},
-        dataloader_num_workers=args.num_workers,
-        remove_unused_columns=False,
-        report_to=_report_to(args.report_to),
-        disable_tqdm=False,
-    )  # from here on the process group exists
+    training_args = training_arguments(args, batch, device, bf16, deepspeed)  # from here on the process group exists
     stop = StopOnSignal(signals)
     trainer = VideoPandaTrainer(
         model=model, args=training_args, train_dataset=dataset,
@@ -296,8 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if plan.resume_from is not None and holds_last_step(plan.resume_from, args.max_steps):
             return finish_from_last_checkpoint(args, plan)
-        with world_of_one(args.deepspeed is not None):
-            status = train(args, plan, signals)
+        status = train(args, plan, signals)
         return status
     except PreflightError as err:
         logger.error("%s", err)

@@ -5,9 +5,14 @@
   never-decayed biases / norms / vectors; the parts are the model's declared module objects
   (`stages.parameter_parts`), logged one line each. Under a DeepSpeed config that offloads the
   optimizer, DeepSpeedCPUAdam takes the same groups.
-- Loss: the model is a `TrainingModel`; each micro-batch's loss is lm_loss + distill_loss (it adds them). `lm_loss` and
-  `distill_loss` are logged separately (tensorboard and the JSONL loss log), averaged over the
-  micro-batches and ranks of the logging interval; distill_loss only over micro-batches with video.
+- Loss: the model is a `TrainingModel`; a micro-batch's lm_loss is a mean over its supervised tokens and its
+  distill_loss a mean over its content frames. The micro-batches one device accumulates for an optimizer
+  step weigh them by their share of the step's tokens and frames (`accumulation_weights`, counted when
+  the step's batches are fetched), so the step's loss is the mean over all its tokens (frames) on that
+  device, as one micro-batch of the same samples would give: the per-device split never changes the
+  gradient. Devices are then averaged (DDP / DeepSpeed), as the original's per-GPU means were. `lm_loss`
+  and `distill_loss` are logged separately (tensorboard and the JSONL loss log) with the same weights,
+  averaged over the steps and ranks of the logging interval; distill_loss only where there was video.
 - Sampler: `ModalityLengthGroupedSampler` in its global order (accelerate shards it per rank); its
   epoch is set at every epoch's start, a resumed epoch included.
 - Saving: every saved folder (checkpoints and the final output) is a complete inference folder: the
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import json
 import signal
+from collections import deque
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -85,6 +91,21 @@ def parameter_groups(model: torch.nn.Module, learning_rate: float, visual_learni
     if not groups:
         raise ValueError("no trainable parameters")
     return groups
+
+
+def accumulation_weights(batches: list[dict]) -> list[tuple[float, float]]:
+    """The micro-batches one device accumulates for an optimizer step -> per micro-batch (lm weight, distill
+    weight): its share of the step's supervised tokens and of its content frames (`loss_counts`). Weighted so,
+    the micro-batches' mean losses add up to the mean over all tokens (frames) of the step, what one
+    micro-batch holding all of them gives. Without any token (frame) in the step, equal shares."""
+    from videopanda.train.training_model import loss_counts
+
+    counts = [loss_counts(batch) for batch in batches]
+    shares = []
+    for part in zip(*counts):
+        total = sum(part)
+        shares.append([n / total if total else 1.0 / len(part) for n in part])
+    return list(zip(*shares)) if counts else []
 
 
 def _millions(count: int) -> str:
@@ -207,10 +228,12 @@ class VideoPandaTrainer(Trainer):
         self.save_teacher = save_teacher
         self.keep_checkpoints = keep_checkpoints
         self.group_by_modality_length = group_by_modality_length
-        # Every micro-batch's loss is a per-token mean (lm) plus a per-frame mean (distill); the Trainer
-        # divides by the accumulation steps instead of passing num_items_in_batch to the model.
+        # compute_loss weighs each micro-batch by its share of the step's tokens / frames (module docstring):
+        # the Trainer neither counts items for the model nor divides by the accumulation steps.
         self.model_accepts_loss_kwargs = False
-        self._loss_parts = torch.zeros(4, dtype=torch.float64)  # lm sum, lm count, distill sum, distill count
+        self.loss_is_scaled_for_ga = True
+        self._step_weights: deque[tuple[float, float]] = deque()  # (lm, distill) of the step's micro-batches to come
+        self._loss_parts = torch.zeros(4, dtype=torch.float64)  # lm sum, lm weight, distill sum, distill weight
         self._used_bad: dict[int, dict] = {}  # bad samples in the batches this rank trained on
         self._used_replacements = 0
         self._report_before: dict | None = None  # from the checkpoint this run resumed from
@@ -300,7 +323,16 @@ class VideoPandaTrainer(Trainer):
 
     # ---- loss ------------------------------------------------------------------------------------
 
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """The micro-batches of one optimizer step; also queues their loss weights (`accumulation_weights`)."""
+        batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        self._step_weights = deque(accumulation_weights(batches))
+        return batches, num_items
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """lm_loss x the micro-batch's token weight + distill_loss x its frame weight (1 and 1 outside a training
+        step's queued micro-batches)."""
+        lm_weight, distill_weight = self._step_weights.popleft() if self._step_weights else (1.0, 1.0)
         replaced = inputs.pop("replaced", None)
         inputs.pop("ids", None)
         if replaced:
@@ -310,14 +342,16 @@ class VideoPandaTrainer(Trainer):
                 self._used_bad.setdefault(record["index"], bad_record(record))
         has_video = inputs.get("pixel_values_videos") is not None
         outputs = model(**inputs)
+        loss = outputs.lm_loss * lm_weight
+        if outputs.distill_loss is not None:
+            loss = loss + outputs.distill_loss * distill_weight
         parts = self._loss_parts
-        if outputs.lm_loss is not None:
-            parts[0] += float(outputs.lm_loss.detach())
-            parts[1] += 1
+        parts[0] += float(outputs.lm_loss.detach()) * lm_weight
+        parts[1] += lm_weight
         if has_video and outputs.distill_loss is not None:
-            parts[2] += float(outputs.distill_loss.detach())
-            parts[3] += 1
-        return (outputs.loss, outputs) if return_outputs else outputs.loss
+            parts[2] += float(outputs.distill_loss.detach()) * distill_weight
+            parts[3] += distill_weight
+        return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:  # a training log: every rank is here (the Trainer gathers the loss too)
@@ -401,5 +435,5 @@ class VideoPandaTrainer(Trainer):
         self.accelerator.wait_for_everyone()
 
 
-__all__ = ["LOSS_LOG", "LoraRun", "LossLogCallback", "StopOnSignal", "VideoPandaTrainer", "agreed_stop_signal", "max_over_ranks",
-           "no_decay", "parameter_groups"]
+__all__ = ["LOSS_LOG", "LoraRun", "LossLogCallback", "StopOnSignal", "VideoPandaTrainer", "accumulation_weights",
+           "agreed_stop_signal", "max_over_ranks", "no_decay", "parameter_groups"]
