@@ -126,6 +126,9 @@ def test_an_override_out_of_range_is_one_line_naming_the_key(tmp_path):
         with pytest.raises(ExperimentError) as error:
             resolve_experiment("quickstart", [override])
         assert "quickstart.yaml with overrides: " in str(error.value) and message in str(error.value)
+    edges = resolve_experiment("quickstart", ["model.stab.lste_hidden=null", "stages.prealign.warmup_ratio=1",
+                                              "stages.prealign.max_steps=-1", "training.max_grad_norm=0"])
+    assert edges.experiment.stage("prealign").warmup_ratio == 1.0 and edges.experiment.training.max_grad_norm == 0
 
 
 @pytest.mark.parametrize("stage_settings, check_only, message", [

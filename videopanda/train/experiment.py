@@ -375,25 +375,27 @@ def _stab_fields() -> tuple[str, ...]:
     return tuple(f.name for f in fields(STABConfig))
 
 
-def _visual_bounds() -> dict[str, Bounds]:
-    """Bounds of the numeric STAB and frame fields: whole numbers >= 1 but the STAB's dropout."""
+def _visual_bounds() -> tuple[dict[str, Bounds], set[str]]:
+    """Bounds of the numeric STAB and frame fields (whole numbers >= 1 but the STAB's dropout), and the
+    STAB fields that may be null."""
     from videopanda.model.stab import STABConfig
 
-    hints = typing.get_type_hints(STABConfig)
-    integers = [name for name, hint in hints.items() if _unwrap_optional(hint)[0] is int]
-    return {**{name: POSITIVE_INT for name in (*integers, *FRAME_FIELDS)}, "dropout": DROPOUT}
+    hints = {name: _unwrap_optional(hint) for name, hint in typing.get_type_hints(STABConfig).items()}
+    integers = [name for name, (hint, _) in hints.items() if hint is int]
+    nullable = {name for name, (_, optional) in hints.items() if optional}
+    return {**{name: POSITIVE_INT for name in (*integers, *FRAME_FIELDS)}, "dropout": DROPOUT}, nullable
 
 
 def _check_mapping(value: Any, known: tuple[str, ...], where: str, path: str) -> None:
     """Keys of `model.stab` / `model.config` (or a shape file's): known, and numbers in their bounds."""
     if not isinstance(value, dict):
         raise ExperimentError(f"{where}: {path} must be a mapping, got {value!r}")
-    bounds = _visual_bounds()
+    bounds, nullable = _visual_bounds()
     prefix = f"{path}." if path else ""
     for key, item in value.items():
         if key not in known:
             raise ExperimentError(f"{where}: unknown key {prefix}{key} (known here: {', '.join(known)})")
-        if key not in bounds or (item is None and key == "lste_hidden"):
+        if key not in bounds or (item is None and key in nullable):
             continue
         integer = bounds[key] is POSITIVE_INT
         number = isinstance(item, int if integer else (int, float)) and not isinstance(item, bool)
