@@ -5,6 +5,9 @@ yet) -> model, teacher, data -> HF TrainingArguments (this starts the process gr
 from the latest complete checkpoint -> final model folder, `data_report.json` and
 `training_complete.json` -> barrier and process-group teardown.
 
+DeepSpeed always runs in a process group: a run with a DeepSpeed config started as one plain process (no
+torchrun variables) becomes a world of one (`world_of_one`).
+
 Exit status: 0 finished (or already finished), 2 bad input (preflight), 1 an output could not be
 written (one line naming it, e.g. "...: no space left on device") or a crash, and
 `PREEMPTED_EXIT_CODE` (75) when SIGTERM / SIGUSR1 stopped the run after a complete checkpoint.
@@ -14,6 +17,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from videopanda.io import OutputError, write_json_atomic
@@ -45,6 +51,38 @@ def _attn_implementation(requested: str, device: str) -> str:
     if device == "cuda" and importlib.util.find_spec("flash_attn") is not None:
         return "flash_attention_2"
     return "sdpa"
+
+
+LAUNCHER_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
+"""What torchrun (or another launcher) sets in every process it starts."""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def world_of_one(needed: bool) -> Iterator[None]:
+    """While inside, a process started without a launcher (none of `LAUNCHER_ENV` set) is rank 0 of a world of
+    one on 127.0.0.1 and a free port, when `needed`: DeepSpeed, and Accelerate's barriers under it, need a
+    process group, which the HF Trainer starts only from these variables. Variables already set are kept;
+    the ones added are removed on leaving."""
+    if not needed or any(name in os.environ for name in LAUNCHER_ENV):
+        yield
+        return
+    world = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
+    added = {name: value for name, value in world.items() if name not in os.environ}
+    if "MASTER_PORT" not in os.environ:
+        added["MASTER_PORT"] = str(_free_port())
+    os.environ.update(added)
+    logger.info("one process without torchrun: DeepSpeed runs as a world of one (port %s)", os.environ["MASTER_PORT"])
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
 
 
 def _final_record(args: TrainArgs, plan: Preflight, global_step: int, train_loss: float | None) -> dict:
@@ -224,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if plan.resume_from is not None and holds_last_step(plan.resume_from, args.max_steps):
             return finish_from_last_checkpoint(args, plan)
-        status = train(args, plan, signals)
+        with world_of_one(args.deepspeed is not None):
+            status = train(args, plan, signals)
         return status
     except PreflightError as err:
         logger.error("%s", err)
