@@ -4,6 +4,9 @@ Transport faults (429 with Retry-After, 5xx, timeouts) are retried by the openai
 one call; replies without a valid verdict are asked again by the judge. Both count in `--max-retries`."""
 import json
 import logging
+import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -26,8 +29,8 @@ SCRIPT = {
     "item-1": ([verdict("yes", 5)], ("yes", 5), 1),
     "item-2": ([reply('The prediction is wrong. {"pred": "no", "score": 1} Hope this helps.')], ("no", 1), 1),
     "item-3": ([reply('```json\n{"pred": "Yes", "score": 4}\n```')], ("yes", 4), 1),
-    # a Python dict is not JSON: asked again
-    "item-4": ([reply("{'pred': 'no', 'score': 0}"), verdict("no", 0)], ("no", 0), 2),
+    # a key named twice is no verdict (not the last value winning): asked again
+    "item-4": ([reply('{"pred": "yes", "score": 4, "pred": "no"}'), verdict("no", 0)], ("no", 0), 2),
     "item-5": ([status(429, retry_after=0.3), verdict("yes", 3)], ("yes", 3), 2),
     "item-6": ([status(500), status(503), verdict("no", 2)], ("no", 2), 3),
     "item-7": ([slow(1.0, '{"pred": "yes", "score": 5}'), verdict("yes", 4)], ("yes", 4), 2),
@@ -213,3 +216,36 @@ def test_missing_key_is_a_clear_error(tmp_path, monkeypatch, caplog):
     write_predictions(pred_file)
     assert main(["judge", "--pred-file", str(pred_file), "--output-dir", str(tmp_path / "j")]) == 1
     assert "OPENAI_API_KEY" in caplog.text
+
+
+def python_dict(pred, score):
+    return reply(repr({"pred": pred, "score": score}))
+
+
+def test_python_dict_replies_through_eval_judge(tmp_path):
+    """A server that ignores JSON mode and answers in the Python-dict form the protocol's prompts show:
+    `videopanda eval judge` (a real process) reads every verdict; an object naming a key twice, in either
+    form, is asked again."""
+    expected = {f"item-{i}": ("yes" if i % 3 else "no", i % 6) for i in range(1, 21)}
+    script = {key: [python_dict(*value)] for key, value in expected.items()}
+    script["item-19"] = [reply("{'pred': 'yes', 'score': 5, 'score': 0}"), python_dict(*expected["item-19"])]
+    script["item-20"] = [reply('{"pred": "no", "score": 2, "Score": 5}'), python_dict(*expected["item-20"])]
+    pred_file, out = tmp_path / "merge.jsonl", tmp_path / "judge"
+    pred_file.write_text("".join(json.dumps({"id": key, "question": f"what happens in {key}?", "answer": "a dog runs",
+                                             "pred": f"pred of {key}"}) + "\n" for key in expected))
+    with JudgeServer(script) as server:
+        result = subprocess.run(
+            [sys.executable, "-m", "videopanda", "eval", "judge", "--pred-file", str(pred_file), "--output-dir", str(out),
+             "--api-base", server.url, "--model", "gpt-test", "--workers", "4", "--max-retries", "3", "--timeout", "5",
+             "--dataset", "msvd", "--no-progress"],
+            capture_output=True, text=True, timeout=120, env={**os.environ, "OPENAI_API_KEY": KEY})
+        assert result.returncode == 0, result.stderr
+        assert {key: len(server.calls(key)) for key in expected} == {key: 2 if key in ("item-19", "item-20") else 1
+                                                                    for key in expected}
+        assert all(r.json["response_format"] == {"type": "json_object"} for r in server.calls())
+    verdicts = [json.loads(line) for line in (out / "verdicts.jsonl").read_text().splitlines()]
+    assert {v["id"]: (v["verdict"], v["score"]) for v in verdicts} == expected
+    results = json.loads((out / "results.json").read_text())
+    assert (results["num_yes"], results["num_no"], results["num_items"], results["complete"]) == (14, 6, 20, True)
+    assert results["accuracy"] == pytest.approx(70.0)
+    assert results["score"] == pytest.approx(sum(score for _, score in expected.values()) / 20) == pytest.approx(2.4)

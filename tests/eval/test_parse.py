@@ -1,4 +1,5 @@
-"""The judge reply parser: a JSON decoder finds the verdict anywhere in the reply; strict about what it says."""
+"""The judge reply parser: a JSON decoder (else a Python dict literal) finds the verdict anywhere in the
+reply; strict about what it says, and a key named twice makes the reply invalid."""
 import pytest
 
 from videopanda.eval.judge import Verdict, VerdictError, normalize_answer, parse_verdict
@@ -21,11 +22,30 @@ VALID = [
     ('{"pred": "no", "score": 2}\n```json\n{"pred": "No", "score": "2"}\n```', Verdict("no", 2)),
     ('{"pred": "yes", "score": 3} trailing {broken', Verdict("yes", 3)),
     ('{"pred": "no", "note": "a } and a \\" inside", "score": 1}', Verdict("no", 1)),
+    # Python dict literals, the form the protocol's prompts show
+    ("{'pred': 'yes', 'score': 4}", Verdict("yes", 4)),
+    ("Here's my evaluation: {'pred': 'No', 'score': '2'} I hope it's useful.", Verdict("no", 2)),
+    ("```python\n{'pred': 'yes', 'score': 5.0}\n```", Verdict("yes", 5)),
+    ("{ 'pred' : 'no',\n  'reason': \"it's a } and a { inside\",\n  'score': 1,\n}", Verdict("no", 1)),
+    ("{'pred': 'yes', 'score': 3, 'sure': True, 'tags': ['a', ('b', None)]}", Verdict("yes", 3)),
+    ("{'pred': 'no', 'score': 1} and as JSON {\"pred\": \"no\", \"score\": 1}", Verdict("no", 1)),
 ]
 
 INVALID = [
     "",
-    "{'pred': 'yes', 'score': 4}",    # a Python dict, not JSON
+    # a key named twice: which value the judge meant is unknown (never the last one winning)
+    '{"pred": "yes", "score": 4, "score": 1}',
+    '{"pred": "yes", "Pred": "no", "score": 3}',
+    '{"pred": "yes", "score": 2, "detail": {"colour": 1, "colour": 2}}',
+    "{'pred': 'yes', 'score': 4, 'score': 1}",
+    "{'pred': 'no', 'score': 1, ' PRED': 'yes'}",
+    # Python literals are read with the same checks, and nothing in them runs
+    "{'pred': 'yes', 'score': 4.5}",
+    "{'pred': 'yes', 'score': True}",
+    "{'pred': b'yes', 'score': 4}",
+    "{'pred': 'yes', 'score': __import__('os').getpid()}",
+    "{'pred': 'yes', 'score': 4",
+    "{'pred': 'yes', 'score': 4} but on reflection {'pred': 'no', 'score': 4}",
     "yes, score 4",
     '{"pred": "yes"}',
     '{"score": 4}',

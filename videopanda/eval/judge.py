@@ -17,7 +17,10 @@ Dependability choices:
 - Parsing: JSON mode (`response_format={"type": "json_object"}`) where the server offers it
   (`json_mode="auto"` drops it for the rest of the run after a 400 that names `response_format`); the
   reply is read with `json.JSONDecoder.raw_decode` at each top-level `{`, so an object inside prose or a
-  code fence is found; then strict values: pred yes/no (any case), score an integer 0..5 ("4" and 4.0 are
+  code fence is found; where that is not JSON, a Python dict literal there (`{'pred': 'yes', 'score': 4}`,
+  the form the protocol's prompts show, which servers give even in JSON mode) is read with
+  `ast.literal_eval`. An object that names a key twice (case and spaces aside) makes the reply invalid,
+  in either form, never its last value winning. Then strict values: pred yes/no (any case), score an integer 0..5 ("4" and 4.0 are
   4; 4.5, 6, true are invalid - never truncated). A reply in which another object states a different
   valid verdict is invalid too (asked again), never read as its first one.
 - Temperature 0 and a fixed seed; the model name the server reports is recorded per verdict.
@@ -37,6 +40,7 @@ Dependability choices:
 """
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
@@ -78,37 +82,83 @@ class Verdict:
 
 # ---------------------------------------------------------------------------------------------- parsing
 
-_DECODER = json.JSONDecoder()
+class _RepeatedKey(Exception):
+    """An object in a reply that names one key twice (keys compared as the verdict reads them)."""
+
+
+def _key(name: Any) -> str:
+    """How a verdict compares keys: "Pred", " pred" and "pred" are one key."""
+    return str(name).strip().lower()
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json's object_pairs_hook: the object as a dict, or _RepeatedKey when a key comes twice."""
+    keys = [_key(name) for name, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise _RepeatedKey(f"key {next(k for k in keys if keys.count(k) > 1)!r} appears twice in one object")
+    return dict(pairs)
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_pairs)
+# A Python dict literal without a dict inside: quoted strings (which may hold braces) and anything but a
+# brace between `{` and `}`; one regular-expression match, so prose full of braces stays cheap to read.
+_FLAT_DICT = re.compile(r"""\{\s*(?=['"}])(?:[^{}'"]|'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*")*\}""")
+
+
+def _literal_dict(text: str, start: int) -> tuple[dict[Any, Any], int] | None:
+    """The Python dict literal (`{'pred': 'yes', 'score': 4}`) opening at `text[start]` and the index
+    after it, read with `ast.literal_eval` (no code runs); None when there is none. _RepeatedKey when it
+    names a key twice (in a literal the later value would silently win)."""
+    match = _FLAT_DICT.match(text, start)
+    if match is None:
+        return None
+    try:
+        tree = ast.parse(match.group(), mode="eval")
+        if not isinstance(tree.body, ast.Dict):
+            return None
+        _unique_pairs([(key.value, None) for key in tree.body.keys if isinstance(key, ast.Constant)])
+        return ast.literal_eval(tree), match.end()
+    except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError):
+        return None
 
 
 def _top_level_objects(text: str) -> list[Any]:
-    """Every JSON object at top level in `text`, left to right: what `json.JSONDecoder.raw_decode`
-    reads from each `{` that is not inside an object read before."""
+    """Every object at top level in `text`, left to right: what `json.JSONDecoder.raw_decode` reads from
+    each `{` that is not inside an object read before, else the Python dict literal there.
+    Raises _RepeatedKey for an object (or one inside it) that names a key twice."""
     found: list[Any] = []
     position = text.find("{")
     while position >= 0:
         try:
             value, end = _DECODER.raw_decode(text, position)
         except (json.JSONDecodeError, RecursionError):
-            position = text.find("{", position + 1)
-            continue
+            literal = _literal_dict(text, position)
+            if literal is None:
+                position = text.find("{", position + 1)
+                continue
+            value, end = literal
         found.append(value)
         position = text.find("{", end)
     return found
 
 
 def extract_objects(text: str, required: Sequence[str]) -> list[dict[str, Any]]:
-    """The JSON objects in `text` having all `required` keys (compared case-insensitively; returned with
-    lower-case keys), in order. Raises VerdictError when there is none."""
+    """The objects in `text` (JSON, else Python dict literals) having all `required` keys (compared
+    case-insensitively; returned with lower-case keys), in order. Raises VerdictError when there is
+    none, or when an object names a key twice (which of its values the judge meant is unknown)."""
     if not isinstance(text, str):
         raise VerdictError(f"reply content is {type(text).__name__}, not text")
+    try:
+        objects = _top_level_objects(text)
+    except _RepeatedKey as error:
+        raise VerdictError(f"{error} in reply {text[:200]!r}") from None
     found = []
-    for value in _top_level_objects(text):
-        lowered = {str(k).strip().lower(): v for k, v in value.items()}
+    for value in objects:
+        lowered = {_key(k): v for k, v in value.items()}
         if all(key in lowered for key in required):
             found.append(lowered)
     if not found:
-        raise VerdictError(f"no JSON object with keys {list(required)} in reply {text[:200]!r}")
+        raise VerdictError(f"no object with keys {list(required)} in reply {text[:200]!r}")
     return found
 
 
