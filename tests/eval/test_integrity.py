@@ -320,6 +320,23 @@ def test_report_lists_judge_runs_that_stopped(msvd_root, tmp_path):
     assert report["models"]["tiny"]["unfinished"] == [str(bench / "judge"), str(run / "msvd" / "judge")]
 
 
+def test_a_last_prediction_without_a_newline_is_judged(tmp_path):
+    """A file written with "\\n".join keeps its last row: only an unparsable last line is an interrupted write."""
+    rows = [{"id": f"item-{i}", "question": f"what happens in item-{i}?", "answer": "a dog runs",
+             "pred": "a cat sits" if i == 11 else "a dog runs"} for i in range(12)]
+    pred_file = tmp_path / "preds.jsonl"
+    pred_file.write_text("\n".join(json.dumps(r) for r in rows))
+    before = pred_file.read_bytes()
+    code, _, err = videopanda("eval", "judge", "--pred-file", pred_file, "--output-dir", tmp_path / "judge",
+                              "--judge", "exact", "--no-progress")
+    assert code == 0, err
+    results = json.loads((tmp_path / "judge" / "results.json").read_text())
+    assert (results["num_items"], round(results["accuracy"], 2)) == (12, 91.67)
+    verdicts = {r["id"]: r["verdict"] for r in read_jsonl(tmp_path / "judge" / "verdicts.jsonl")}
+    assert len(verdicts) == 12 and verdicts["item-11"] == "no"
+    assert pred_file.read_bytes() == before
+
+
 @pytest.mark.parametrize("results", [{"dataset": "msvd", "accuracy": "64.7", "score": 3.8},
                                      {"dataset": "videochatgpt", "average": 2.5}])
 def test_report_of_a_results_file_without_numbers(tmp_path, results):

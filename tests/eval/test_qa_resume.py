@@ -123,6 +123,28 @@ def test_interrupted_last_line_is_dropped_and_redone(msvd_root, tmp_path):
     assert calls == ["q000", "q001", "q002", "q003"]
 
 
+def test_a_complete_last_line_without_newline_is_kept_and_appended_after(msvd_root, tmp_path):
+    """A file whose valid last line lacks its newline (written by another tool, or edited) loses nothing:
+    that line is a record, not an interrupted write, and the next record starts on a line of its own."""
+    data_root, _ = msvd_root
+    items = load_questions(data_root, "msvd")[:4]
+    out = tmp_path / "preds.jsonl"
+    calls = []
+
+    def answer(batch):
+        calls.extend(item.id for item in batch)
+        return [f"answer {item.id}" for item in batch]
+
+    run_qa(items[:2], answer, out, progress=False)
+    out.write_bytes(out.read_bytes().rstrip(b"\n"))
+    assert [r["id"] for r in read_jsonl(out)] == ["q000", "q001"]
+    run_qa(items, answer, out, progress=False)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["q000", "q001", "q002", "q003"]
+    assert calls == ["q000", "q001", "q002", "q003"]
+    assert out.read_text().endswith("}\n")
+
+
 def test_retry_errors_reanswers_only_error_rows(msvd_root, tmp_path):
     data_root, _ = msvd_root
     items = load_questions(data_root, "msvd")[:6]

@@ -1,9 +1,12 @@
 """Append-only JSON-lines files that survive being killed at any instant.
 
 Every evaluation output (predictions, verdicts) is one JSON object per line, appended, flushed and
-fsynced as soon as it exists. A process killed mid-write leaves at most one incomplete final line;
-`JsonlAppender` cuts that line off when it reopens the file, so the next append starts on a clean
-line. A damaged line anywhere else is a loud error naming the file and line number. An append that
+fsynced as soon as it exists. A process killed mid-write leaves at most one incomplete final line: a
+last line that does not parse (a cut-off JSON object never does) is that interrupted write, and
+`JsonlAppender` cuts it off when it reopens the file, so the next append starts on a clean line. A
+last line that parses is a record whether or not a newline follows it (files written by other tools
+often end without one); the appender gives it its newline before appending. A damaged line anywhere
+else is a loud error naming the file and line number. An append that
 fails (a full disk) cuts the file back to its last complete line and raises `OutputError` naming the
 file, so the file stays readable and a later run resumes from it.
 """
@@ -26,7 +29,7 @@ class RecordsError(Exception):
 
 
 def _scan(path: Path) -> tuple[list[dict[str, Any]], int]:
-    """-> (records, byte offset just after the last complete, valid line)."""
+    """-> (records, byte offset just after the last valid line; its newline, when it has none, included)."""
     data = path.read_bytes()
     records: list[dict[str, Any]] = []
     offset = 0
@@ -41,8 +44,6 @@ def _scan(path: Path) -> tuple[list[dict[str, Any]], int]:
             if is_last:  # no newline after it: an interrupted write
                 break
             raise RecordsError(f"{path}: line {number} is not valid JSON ({error})") from None
-        if is_last:  # valid JSON but the newline never made it: still rewrite it cleanly
-            break
         if record is not None:
             if not isinstance(record, dict):
                 raise RecordsError(f"{path}: line {number} is not a JSON object")
@@ -52,7 +53,7 @@ def _scan(path: Path) -> tuple[list[dict[str, Any]], int]:
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """All complete records of a JSON-lines file (an interrupted last line is ignored)."""
+    """All records of a JSON-lines file (an unparsable last line, an interrupted write, is ignored)."""
     path = Path(path)
     if not path.exists():
         raise RecordsError(f"{path}: no such file")
@@ -69,6 +70,9 @@ class JsonlAppender:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.records: list[dict[str, Any]] = []
+        self._fd = -1
+        self._lock = threading.Lock()
+        good = 0
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if self.path.exists():
@@ -80,27 +84,34 @@ class JsonlAppender:
                     os.truncate(self.path, good)
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             self._size = os.fstat(self._fd).st_size
+            if self._size < good:  # a valid last line without its newline
+                self._write(b"\n")
         except OutputError:
+            self.close()
             raise
         except OSError as error:
+            self.close()
             raise describe_os_error(error, self.path) from error
-        self._lock = threading.Lock()
 
     def append(self, record: dict[str, Any]) -> None:
         data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
         with self._lock:
+            self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        """Append `data` and fsync; on failure cut the file back to its size before, then raise OutputError."""
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view):]
+            os.fsync(self._fd)
+        except OSError as error:
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(self._fd, view):]
-                os.fsync(self._fd)
-            except OSError as error:
-                try:
-                    os.ftruncate(self._fd, self._size)
-                except OSError:
-                    pass  # the reader drops an incomplete last line anyway
-                raise describe_os_error(error, self.path) from error
-            self._size += len(data)
+                os.ftruncate(self._fd, self._size)
+            except OSError:
+                pass  # the reader drops an incomplete last line anyway
+            raise describe_os_error(error, self.path) from error
+        self._size += len(data)
 
     def close(self) -> None:
         with self._lock:
