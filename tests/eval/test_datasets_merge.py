@@ -127,7 +127,8 @@ def test_merge_incomplete_fails_and_reports(msvd_root, tmp_path, capsys, problem
     _write_chunks(pred, items, 2, drop={"q003"} if problem == "missing" else (),
                   duplicate={"q007"} if problem == "duplicated" else ())
     if problem == "unexpected":
-        (pred / "extra.jsonl").write_text(json.dumps({"id": "zzz", "question": "?", "answer": "?", "pred": "x"}) + "\n")
+        (pred / "extra.jsonl").write_text(json.dumps({"id": "zzz", "question": "?", "answer": "?", "video": "clip0",
+                                                      "video_key": None, "pred": "x"}) + "\n")
     if problem == "stale":
         path = pred / "chunk-0-of-2.jsonl"
         lines = path.read_text().splitlines()

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 from helpers.judge_server import Action, JudgeServer, reply, status
+from helpers.media import make_frames, write_video
 
 from videopanda.eval.datasets import DatasetError, load_questions
 from videopanda.eval.merge import merge_predictions
-from videopanda.eval.qa import chunk_file, run_qa
+from videopanda.eval.qa import chunk_file, run_qa, video_key
 from videopanda.eval.records import read_jsonl
 
 from .conftest import write_qa_dataset
@@ -168,6 +169,90 @@ def test_a_question_file_without_questions_is_an_error(tmp_path):
         load_questions(tmp_path, "videochatgpt")
 
 
+# ------------------------------------------------------------------------------ which video
+
+def _ask_about(root, video):
+    """Four questions, all about the clip `video`."""
+    (root / "test_q.json").write_text(json.dumps(
+        [{"video_name": video, "question": f"what colour is shape {i}", "question_id": i} for i in range(4)]))
+    (root / "test_a.json").write_text(json.dumps([{"answer": "red", "question_id": i} for i in range(4)]))
+
+
+@pytest.fixture
+def two_clips(model_dir, tmp_path):
+    """-> (data root, `eval qa` arguments, `eval merge` arguments) over two real clips a.mp4 and b.mp4,
+    the questions about a."""
+    root = tmp_path / "data" / "eval" / "GPT_Zero_Shot_QA" / "MSVD_Zero_Shot_QA"
+    (root / "videos").mkdir(parents=True)
+    for name, seed in (("a", 1), ("b", 2)):
+        write_video(root / "videos" / f"{name}.mp4", make_frames(8, height=32, width=48, seed=seed))
+    _ask_about(root, "a")
+    data_root, pred = tmp_path / "data", tmp_path / "pred"
+    qa = ["eval", "qa", "--model", model_dir, "--dataset", "msvd", "--data-root", data_root, "--output-dir", pred,
+          "--device", "cpu", "--max-new-tokens", "2", "--no-progress"]
+    merge = ["eval", "merge", "--pred-dir", pred, "--dataset", "msvd", "--data-root", data_root,
+             "--output", tmp_path / "merge.jsonl"]
+    return data_root, qa, merge
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("change", ["other video_name", "clip rewritten in place"])
+def test_answers_are_reused_only_for_the_same_video(two_clips, tmp_path, change):
+    data_root, qa, merge = two_clips
+    root = data_root / "eval" / "GPT_Zero_Shot_QA" / "MSVD_Zero_Shot_QA"
+    code, _, err = videopanda(*qa)
+    assert code == 0, err
+    first = read_jsonl(chunk_file(tmp_path / "pred", 1, 0))
+
+    if change == "other video_name":
+        _ask_about(root, "b")
+    else:
+        write_video(root / "videos" / "a.mp4", make_frames(8, height=32, width=48, seed=3))
+    code, out, err = videopanda(*merge)
+    assert code == 1 and not (tmp_path / "merge.jsonl").exists()
+    assert "4 without an answer (0 missing, 0 error rows, 4 stale)" in out and "(stale?): 4: 0, 1, 2, 3" in out
+
+    code, _, err = videopanda(*qa)
+    assert code == 0, err
+    assert "4 question(s) have only lines made for another question, answer or video" in err
+    assert "done: 4 answered now, 0 from earlier runs" in err
+    code, out, err = videopanda(*merge)
+    assert code == 0 and "4 questions: 4 answered" in out and "INCOMPLETE" not in out, err
+    items = load_questions(data_root, "msvd")
+    merged = read_jsonl(tmp_path / "merge.jsonl")
+    assert [(r["video"], r["video_key"]) for r in merged] == [(item.video, video_key(item)) for item in items]
+    assert [r["video"] for r in first] == ["a"] * 4 and None not in {r["video_key"] for r in first}
+    assert not {r["video_key"] for r in merged} & {r["video_key"] for r in first}
+
+    code, _, err = videopanda(*qa)
+    assert code == 0 and "4 of 4 questions already answered, 0 to go" in err
+
+
+@pytest.mark.slow
+def test_a_prediction_folder_of_the_older_format_is_refused(two_clips, tmp_path):
+    data_root, qa, merge = two_clips
+    code, _, err = videopanda(*qa)
+    assert code == 0, err
+    # the folder as the previous format left it: lines without their video, format 1 in the sidecar
+    chunk, sidecar = chunk_file(tmp_path / "pred", 1, 0), tmp_path / "pred" / "chunk-0-of-1.run.json"
+    chunk.write_text("".join(json.dumps({k: v for k, v in row.items() if k not in ("video", "video_key")}) + "\n"
+                             for row in read_jsonl(chunk)))
+    sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "format": "videopanda-predictions/1"}))
+    before = chunk.read_bytes(), sidecar.read_bytes()
+    refusal = (f"{chunk}: written in the older videopanda-predictions/1 format, whose lines do not record which "
+               f"video they answer; re-run `videopanda eval qa` into a new --output-dir")
+    for command in (qa, merge):
+        code, _, err = videopanda(*command)
+        assert code == 2 and one_error_line(err).endswith(refusal)
+    assert (chunk.read_bytes(), sidecar.read_bytes()) == before and not (tmp_path / "merge.jsonl").exists()
+
+    sidecar.unlink()    # such lines from a tool that writes no sidecar
+    code, _, err = videopanda(*merge)
+    assert code == 1 and not (tmp_path / "merge.jsonl").exists()
+    assert one_error_line(err).endswith(f"{chunk}: a line without 'video_key' (written before prediction lines "
+                                        f"recorded their video); re-run `videopanda eval qa` into a new --output-dir")
+
+
 # ------------------------------------------------------------------------------ models
 
 @pytest.mark.slow
@@ -233,6 +318,23 @@ def test_a_reply_with_conflicting_verdicts_is_asked_again(tmp_path):
     assert [r["id"] for r in failed] == ["item-2"] and "conflicting verdicts" in failed[0]["error"]
     results = json.loads((out / "results.json").read_text())
     assert (results["num_yes"], results["num_no"], results["num_items"]) == (4, 1, 6)
+
+
+def test_a_last_prediction_without_a_newline_is_judged(tmp_path):
+    """A file written with "\\n".join keeps its last row: only an unparsable last line is an interrupted write."""
+    rows = [{"id": f"item-{i}", "question": f"what happens in item-{i}?", "answer": "a dog runs",
+             "pred": "a cat sits" if i == 11 else "a dog runs"} for i in range(12)]
+    pred_file = tmp_path / "preds.jsonl"
+    pred_file.write_text("\n".join(json.dumps(r) for r in rows))
+    before = pred_file.read_bytes()
+    code, _, err = videopanda("eval", "judge", "--pred-file", pred_file, "--output-dir", tmp_path / "judge",
+                              "--judge", "exact", "--no-progress")
+    assert code == 0, err
+    results = json.loads((tmp_path / "judge" / "results.json").read_text())
+    assert (results["num_items"], round(results["accuracy"], 2)) == (12, 91.67)
+    verdicts = {r["id"]: r["verdict"] for r in read_jsonl(tmp_path / "judge" / "verdicts.jsonl")}
+    assert len(verdicts) == 12 and verdicts["item-11"] == "no"
+    assert pred_file.read_bytes() == before
 
 
 def test_a_key_without_quota_stops_the_run(tmp_path):
@@ -318,23 +420,6 @@ def test_report_lists_judge_runs_that_stopped(msvd_root, tmp_path):
             f"{bench / 'judge'}, {run / 'msvd' / 'judge'}") in out
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert report["models"]["tiny"]["unfinished"] == [str(bench / "judge"), str(run / "msvd" / "judge")]
-
-
-def test_a_last_prediction_without_a_newline_is_judged(tmp_path):
-    """A file written with "\\n".join keeps its last row: only an unparsable last line is an interrupted write."""
-    rows = [{"id": f"item-{i}", "question": f"what happens in item-{i}?", "answer": "a dog runs",
-             "pred": "a cat sits" if i == 11 else "a dog runs"} for i in range(12)]
-    pred_file = tmp_path / "preds.jsonl"
-    pred_file.write_text("\n".join(json.dumps(r) for r in rows))
-    before = pred_file.read_bytes()
-    code, _, err = videopanda("eval", "judge", "--pred-file", pred_file, "--output-dir", tmp_path / "judge",
-                              "--judge", "exact", "--no-progress")
-    assert code == 0, err
-    results = json.loads((tmp_path / "judge" / "results.json").read_text())
-    assert (results["num_items"], round(results["accuracy"], 2)) == (12, 91.67)
-    verdicts = {r["id"]: r["verdict"] for r in read_jsonl(tmp_path / "judge" / "verdicts.jsonl")}
-    assert len(verdicts) == 12 and verdicts["item-11"] == "no"
-    assert pred_file.read_bytes() == before
 
 
 @pytest.mark.parametrize("results", [{"dataset": "msvd", "accuracy": "64.7", "score": 3.8},

@@ -58,6 +58,19 @@ def decoder_versions() -> str:
     return ", ".join(found)
 
 
+def video_identity(path: str | os.PathLike) -> dict[str, str | int] | None:
+    """Which file, in which state, `path` is: {"path" (resolved), "size", "mtime_ns", "inode"}; a file rewritten
+    or replaced in place gets another identity. None when `path` is not a non-empty regular file."""
+    resolved = Path(path).resolve()
+    try:
+        info = resolved.stat()
+    except OSError:
+        return None
+    if not stat.S_ISREG(info.st_mode) or info.st_size == 0:
+        return None
+    return {"path": str(resolved), "size": info.st_size, "mtime_ns": info.st_mtime_ns, "inode": info.st_ino}
+
+
 class FrameCache:
     """Frames of `read_video`, decoded once and kept as .npy files under `folder` (see the module docstring).
 
@@ -81,16 +94,11 @@ class FrameCache:
               end: float | None = None) -> Path | None:
         """The .npy file that holds (or would hold) these frames; None when `path` is not a non-empty regular
         file (such a video is never cached: `read_video` raises for it)."""
-        resolved = Path(path).resolve()
-        try:
-            info = resolved.stat()
-        except OSError:
-            return None
-        if not stat.S_ISREG(info.st_mode) or info.st_size == 0:
+        video = video_identity(path)
+        if video is None:
             return None
         identity = {
-            "path": str(resolved), "size": info.st_size, "mtime_ns": info.st_mtime_ns, "inode": info.st_ino,
-            "num_frames": int(num_frames), "start": None if start is None else float(start),
+            **video, "num_frames": int(num_frames), "start": None if start is None else float(start),
             "end": None if end is None else float(end), "sampling_version": SAMPLING_VERSION,
             "decoders": decoder_versions(),
         }
@@ -149,4 +157,4 @@ class FrameCache:
                 logger.warning("frame cache: cannot write %s; videos not yet cached are decoded on every read", exc)
 
 
-__all__ = ["FrameCache", "decoder_versions"]
+__all__ = ["FrameCache", "decoder_versions", "video_identity"]

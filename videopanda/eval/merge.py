@@ -1,16 +1,20 @@
 """Merge the per-chunk prediction files and check that every question is answered exactly once.
 
-A merge is complete when each question of the dataset has exactly one answered line across all
-chunk files (`*.jsonl`) of the prediction folder, and no line belongs to a question the dataset does
-not have or carries a question/answer text that differs from the dataset's (a stale file). Error rows
-(the video could not be read) make the merge incomplete too: they are questions without an answer,
-unless an answered line for the same question exists (a later `--retry-errors` run that succeeded).
-A merged file lying in the folder (its sidecar holds a SHA-256) is not a chunk and is left out.
+A merge is complete when each question of the dataset has exactly one current answered line across
+all chunk files (`*.jsonl`) of the prediction folder, and no line belongs to a question the dataset
+does not have. A line is current for a question when its question, answer, video name and video key
+(`qa.item_signature`: the video file's path and content identity) equal the dataset's now; a question
+whose lines are all outdated (the dataset's text or video changed since) is stale, and outdated lines
+beside a current one are ignored. Error rows (the video could not be read) make the merge incomplete
+too: they are questions without an answer, unless a current answered line for the same question exists
+(a later `--retry-errors` run that succeeded). A merged file lying in the folder (its sidecar holds a
+SHA-256) is not a chunk and is left out. A line without a `video_key` field (written before prediction
+lines recorded their video) is refused: re-run the inference into a new folder.
 
 All chunk files must come from one run setting: their sidecars (`provenance.py`) must hold the same
-fingerprint, made for the dataset being merged, else the merge is refused whatever the flags. Chunk
-files without any sidecar (written by other tools) merge with a warning, and the merged file then
-records no fingerprint.
+fingerprint, made for the dataset being merged, in the current format, else the merge is refused
+whatever the flags. Chunk files without any sidecar (written by other tools) merge with a warning, and
+the merged file then records no fingerprint.
 
 The merged file has one line per question of the dataset, in the dataset's order. With
 `--allow-incomplete`, a question without a usable answer (missing, error row, stale line) is still
@@ -27,8 +31,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from videopanda.eval.datasets import QAItem
-from videopanda.eval.provenance import (ProvenanceError, chunk_files, describe_difference, read_sidecar,
-                                        sidecar_path, write_merged_sidecar)
+from videopanda.eval.provenance import (ProvenanceError, check_current_format, chunk_files, describe_difference,
+                                        read_sidecar, sidecar_path, write_merged_sidecar)
+from videopanda.eval.qa import item_signature, prediction_record, row_signature
 from videopanda.eval.records import RecordsError, read_jsonl
 from videopanda.io import write_text_atomic
 from videopanda.log import get_logger
@@ -43,7 +48,7 @@ class MergeReport:
     missing: list[str] = field(default_factory=list)
     duplicated: dict[str, int] = field(default_factory=dict)       # id -> number of answered lines
     unexpected: list[str] = field(default_factory=list)            # ids the dataset does not have
-    mismatched: list[str] = field(default_factory=list)            # question/answer text differs from the dataset
+    mismatched: list[str] = field(default_factory=list)            # only outdated lines (question, answer or video)
     failed: list[str] = field(default_factory=list)                # error rows
     fingerprint: dict[str, Any] | None = None                      # shared by every chunk; None: unknown
     model_path: str | None = None                                  # as the first chunk's sidecar says
@@ -66,7 +71,7 @@ class MergeReport:
                  f"{len(self.mismatched)} stale)"]
         for label, ids in (("missing", self.missing), ("duplicated", list(self.duplicated)),
                            ("not in the dataset", self.unexpected),
-                           ("question/answer differs from the dataset (stale?)", self.mismatched),
+                           ("question, answer or video differs from the dataset (stale?)", self.mismatched),
                            ("failed (error rows)", self.failed)):
             if ids:
                 lines.append(f"  {label}: {len(ids)}: {show(ids)}")
@@ -78,6 +83,8 @@ def _chunk_sidecar(files: Sequence[Path]) -> dict[str, Any] | None:
     """The first chunk's sidecar after checking that every chunk has the same fingerprint; None when no
     chunk has one."""
     sidecars = {path: read_sidecar(path) for path in files}
+    for path, sidecar in sidecars.items():
+        check_current_format(path, sidecar)
     known = {path: s for path, s in sidecars.items() if s is not None and s["fingerprint"] is not None}
     if not known:
         logger.warning("%s: no chunk has a fingerprint (%s); the merged file records none",
@@ -97,11 +104,7 @@ def _chunk_sidecar(files: Sequence[Path]) -> dict[str, Any] | None:
 
 
 def _error_row(item: QAItem, error: str) -> dict[str, Any]:
-    row: dict[str, Any] = {"id": item.id, "question": item.question, "answer": item.answer, "pred": None,
-                           "error": error}
-    if item.type is not None:
-        row["type"] = item.type
-    return row
+    return {**prediction_record(item, ""), "pred": None, "error": error}
 
 
 def merge_predictions(pred_dir: str | os.PathLike, items: Sequence[QAItem],
@@ -127,6 +130,9 @@ def merge_predictions(pred_dir: str | os.PathLike, items: Sequence[QAItem],
         for record in read_jsonl(path):
             if "id" not in record or "pred" not in record:
                 raise RecordsError(f"{path}: a line without 'id' or 'pred': {str(record)[:200]}")
+            if "video_key" not in record:
+                raise RecordsError(f"{path}: a line without 'video_key' (written before prediction lines recorded "
+                                   f"their video); re-run `videopanda eval qa` into a new --output-dir")
             lines_by_id.setdefault(str(record["id"]), []).append(record)
 
     known = {item.key for item in items}
@@ -137,14 +143,18 @@ def merge_predictions(pred_dir: str | os.PathLike, items: Sequence[QAItem],
             report.missing.append(item.key)
             report.records.append(_error_row(item, f"missing: no line for this question in {pred_dir}"))
             continue
-        answered = [r for r in lines if r.get("pred") is not None]
+        signature = item_signature(item)
+        current = [r for r in lines if row_signature(r) == signature]
+        if not current:
+            report.mismatched.append(item.key)
+            report.records.append(_error_row(item, "stale: the prediction was made for another question, answer or "
+                                                   "video than the dataset's"))
+            continue
+        answered = [r for r in current if r.get("pred") is not None]
         if len(answered) > 1:
             report.duplicated[item.key] = len(answered)
-        record = answered[0] if answered else lines[0]
-        if record.get("question") != item.question or str(record.get("answer")) != item.answer:
-            report.mismatched.append(item.key)
-            record = _error_row(item, "stale: the prediction's question/answer text differs from the dataset's")
-        elif record.get("pred") is None:
+        record = answered[0] if answered else current[0]
+        if record.get("pred") is None:
             report.failed.append(item.key)
         report.records.append(record)
     return report

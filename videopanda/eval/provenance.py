@@ -3,7 +3,7 @@
 Every prediction file `X.jsonl` (a chunk of `eval qa`, or the output of `eval merge`) has a sidecar
 `X.run.json`:
 
-    {"format": "videopanda-predictions/1",
+    {"format": "videopanda-predictions/2",
      "fingerprint": {"model": {"id": ..., "experiment": ..., "switches": {...}}, "generation": {"max_new_tokens": ..., "greedy": true},
                      "system": <system text>, "frames": {num_frames, frames_per_chunk, image_size,
                      teacher_image_size, patch_size}, "dtype": ..., "code_version": ..., "dataset": ...},
@@ -16,6 +16,11 @@ sidecar of its output folder before answering anything (and writes its own befor
 SHA-256 of the merged file, which `eval judge` checks before recording the fingerprint in
 `results.json`. A prediction file with rows but no sidecar has no known origin: `eval qa` never
 resumes into one.
+
+Format 2 prediction lines record the video they answer (`qa.prediction_record`); format 1 lines did
+not, so nothing tells which clip a format-1 answer is about: `eval qa` and `eval merge` refuse a
+folder with a format-1 chunk (`check_current_format`; re-run into a new folder), while `eval judge`
+still scores a format-1 merged file, which was checked against the dataset when it was merged.
 
 The model's identity is a hash of its small files (config.json, generation_config.json, tokenizer
 files, the weight index) and, per weight file, its name, size and a checksum of its whole content,
@@ -41,7 +46,8 @@ from videopanda.log import get_logger
 
 logger = get_logger(__name__)
 
-FORMAT = "videopanda-predictions/1"
+FORMAT = "videopanda-predictions/2"
+_OLDER_FORMATS = ("videopanda-predictions/1",)   # lines without the video they answer
 SIDECAR_SUFFIX = ".run.json"
 _SMALL_FILES = ("config.json", "generation_config.json", "tokenizer.model", "tokenizer.json",
                 "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "chat_template.jinja")
@@ -185,10 +191,18 @@ def read_sidecar(predictions: str | os.PathLike) -> dict[str, Any] | None:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ProvenanceError(f"{path}: unreadable ({' '.join(str(error).split())})") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("fingerprint"),
-                                                                                      (dict, type(None))):
+    if not isinstance(data, dict) or data.get("format") not in (FORMAT, *_OLDER_FORMATS) or not isinstance(
+            data.get("fingerprint"), (dict, type(None))):
         raise ProvenanceError(f"{path}: not a prediction sidecar ({FORMAT})")
     return data
+
+
+def check_current_format(predictions: str | os.PathLike, sidecar: dict[str, Any] | None) -> None:
+    """Raise ProvenanceError when `sidecar` (of the chunk file `predictions`) is of an older format, whose
+    lines cannot be reused or merged (see the module docstring)."""
+    if sidecar is not None and sidecar["format"] != FORMAT:
+        raise ProvenanceError(f"{predictions}: written in the older {sidecar['format']} format, whose lines do not "
+                              f"record which video they answer; re-run `videopanda eval qa` into a new --output-dir")
 
 
 def is_merged_file(predictions: str | os.PathLike) -> bool:
@@ -222,6 +236,7 @@ def check_prediction_folder(out_file: str | os.PathLike, fingerprint: dict[str, 
         if not _has_rows(path):
             continue
         sidecar = read_sidecar(path)
+        check_current_format(path, sidecar)
         advice = f"pass another --output-dir (or delete {path} to answer its questions again)"
         if sidecar is None or sidecar["fingerprint"] is None:
             why = f"no {sidecar_path(path).name}" if sidecar is None else f"{sidecar_path(path).name} has no fingerprint"

@@ -7,8 +7,14 @@ as soon as the batch returns (flushed and fsynced), so a killed run restarted wi
 arguments answers only what is missing. The CLI passes `ModelAnswerer`, which runs a Video-Panda
 folder; tests and baselines can pass any callable with the same signature.
 
-Prediction lines: `{"id", "question", "answer", "pred"}` plus `"type"` when the dataset has one, and
-`"error"` with `"pred": null` when the item could not be answered (never a silent gap).
+Prediction lines: `{"id", "question", "answer", "video", "video_key", "pred"}` plus `"type"` when the
+dataset has one, and `"error"` with `"pred": null` when the item could not be answered (never a silent
+gap). `video` is the dataset's video name, `video_key` the identity of the clip the answer is about
+(`video_key`: the file's resolved path, size, mtime and inode, as the frame cache keys a video, and the
+item's start/end window; null when there is no file). A line is reused, by a resumed run or by `eval
+merge`, only for a question whose question, answer, video name and video key all equal the line's
+(`row_signature` == `item_signature`): after the dataset's text or videos change, the questions whose
+lines no longer match are answered again, and the outdated lines stay in the file, ignored.
 
 Given a `fingerprint` (what produced the answers: `ModelAnswerer.fingerprint` plus the dataset),
 `run_qa` first checks the output folder and writes `out_file`'s sidecar (`provenance.py`): answers of
@@ -19,6 +25,8 @@ have error rows), so no question is answered twice and `eval merge` still finds 
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +35,7 @@ from typing import Any, Callable, Sequence
 from tqdm import tqdm
 
 from videopanda.eval.datasets import QAItem
+from videopanda.data.frame_cache import video_identity
 from videopanda.eval.provenance import chunk_files, claim_prediction_file, model_experiment, model_identity
 from videopanda.eval.records import JsonlAppender, read_jsonl
 from videopanda.io import write_jsonl_atomic
@@ -49,8 +58,31 @@ def chunk_file(output_dir: str | os.PathLike, num_chunks: int, chunk_idx: int) -
     return Path(output_dir) / f"chunk-{chunk_idx}-of-{num_chunks}.jsonl"
 
 
+def video_key(item: QAItem) -> str | None:
+    """16 hex digits naming the clip `item` is about: its video file's `video_identity` (resolved path,
+    size, mtime_ns, inode) plus the start/end window of an item that has one (`mc.MCItem`); None when
+    the item has no (non-empty) video file."""
+    identity = None if item.video_path is None else video_identity(item.video_path)
+    if identity is None:
+        return None
+    clip = {**identity, "start": getattr(item, "start", None), "end": getattr(item, "end", None)}
+    return hashlib.sha256(json.dumps(clip, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def item_signature(item: QAItem) -> tuple[Any, ...]:
+    """What a prediction line must carry to answer `item`: (question, answer, video name, video key)."""
+    return item.question, item.answer, item.video, video_key(item)
+
+
+def row_signature(row: dict[str, Any]) -> tuple[Any, ...]:
+    """The `item_signature` a prediction line was written for (None where a field is absent)."""
+    answer = row.get("answer")
+    return row.get("question"), None if answer is None else str(answer), row.get("video"), row.get("video_key")
+
+
 def prediction_record(item: QAItem, result: "str | Exception") -> dict[str, Any]:
-    record: dict[str, Any] = {"id": item.id, "question": item.question, "answer": item.answer}
+    record: dict[str, Any] = {"id": item.id, "question": item.question, "answer": item.answer,
+                              "video": item.video, "video_key": video_key(item)}
     if isinstance(result, Exception):
         record["pred"] = None
         record["error"] = f"{type(result).__name__}: {result}"
@@ -70,15 +102,17 @@ class QARunSummary:
     earlier_errors: int = 0  # questions whose only rows, from earlier runs, are error rows
 
 
-def _rows_elsewhere(out_file: Path) -> dict[str, bool]:
-    """id -> whether it has an answered row, over the chunk files of `out_file`'s folder but itself."""
+def _rows_elsewhere(out_file: Path, wanted: dict[str, tuple[Any, ...]]) -> dict[str, bool]:
+    """id -> whether it has an answered row, over the rows that match `wanted` (id -> `item_signature`)
+    in the chunk files of `out_file`'s folder but itself."""
     found: dict[str, bool] = {}
     for path in chunk_files(out_file.parent):
         if path.resolve() == out_file.resolve():
             continue
         for record in read_jsonl(path):
             key = str(record.get("id"))
-            found[key] = found.get(key, False) or record.get("pred") is not None
+            if wanted.get(key) == row_signature(record):
+                found[key] = found.get(key, False) or record.get("pred") is not None
     return found
 
 
@@ -95,10 +129,11 @@ def run_qa(items: Sequence[QAItem], answer_fn: AnswerFn, out_file: str | os.Path
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     out_file = Path(out_file)
+    wanted = {item.key: item_signature(item) for item in items}
     elsewhere: dict[str, bool] = {}
     if fingerprint is not None:
         claim_prediction_file(out_file, fingerprint, run_info)
-        elsewhere = _rows_elsewhere(out_file)
+        elsewhere = _rows_elsewhere(out_file, wanted)
     if retry_errors and out_file.exists():
         with JsonlAppender(out_file) as existing:
             kept = [r for r in existing.records if r.get("error") is None]
@@ -108,11 +143,16 @@ def run_qa(items: Sequence[QAItem], answer_fn: AnswerFn, out_file: str | os.Path
             write_jsonl_atomic(out_file, kept)
 
     with JsonlAppender(out_file) as writer:
-        done = {str(r.get("id")) for r in writer.records}
-        answered = {str(r.get("id")) for r in writer.records if r.get("pred") is not None}
+        current = [r for r in writer.records if wanted.get(str(r.get("id"))) == row_signature(r)]
+        done = {str(r.get("id")) for r in current}
+        answered = {str(r.get("id")) for r in current if r.get("pred") is not None}
         answered |= {key for key, has_answer in elsewhere.items() if has_answer}
         other = {key for key, has_answer in elsewhere.items() if has_answer or not retry_errors} - done
         done |= other
+        outdated = {str(r.get("id")) for r in writer.records} & wanted.keys() - done
+        if outdated:
+            logger.info("%s: %d question(s) have only lines made for another question, answer or video than the "
+                        "dataset's now; answering them again", out_file, len(outdated))
         earlier_errors = sum(1 for item in items if item.key in done and item.key not in answered)
         todo = [item for item in items if item.key not in done]
         skipped = len(items) - len(todo)
