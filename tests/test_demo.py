@@ -1,5 +1,9 @@
 """`videopanda demo` served on 127.0.0.1 and used through headless Chromium (Selenium): upload a clip, see the
-frame strip, ask two questions, get a message for bad uploads while the server keeps serving.
+frame strip and the clip playing, ask two questions, get a message for bad uploads (not a video, too long, a
+raw stream too long for its lack of a duration, frames too large) while the server keeps serving.
+
+The clips are MPEG-4 Part 2, as the synthetic data's are, which browsers do not play: the player and the example
+thumbnails show the demo's H.264 copies.
 
 The browser is Debian's `chromium` with its `chromedriver` (scripts/setup.sh installs both as root). Without
 them the test is skipped, except in CI (CI=true), where it fails. Answers of the untrained tiny model are
@@ -19,7 +23,7 @@ import torch
 from helpers.media import make_frames, write_text_file, write_video
 
 from videopanda.data.conversation import SYSTEM_USER
-from videopanda.data.video import read_video
+from videopanda.data.video import probe_video, read_video
 from videopanda.infer import generation_settings, load_model
 
 NEW_TOKENS = 6
@@ -51,8 +55,11 @@ def folder(streaming_model_folder) -> Path:
 def media(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("uploads")
     return {
-        "clip": write_video(folder / "clip.mp4", make_frames(24, height=48, width=64), fps=8),        # 3 s
+        "clip": write_video(folder / "clip.mp4", make_frames(24, height=48, width=64), fps=8, codec="mpeg4"),  # 3 s
         "long": write_video(folder / "long.mp4", make_frames(80, height=48, width=64), fps=8),        # 10 s
+        "raw_long": write_video(folder / "long.h264", make_frames(80, height=48, width=64), fps=8),    # 10 s, no duration
+        "raw_short": write_video(folder / "short.h264", make_frames(24, height=48, width=64), fps=8),  # 3 s, no duration
+        "huge": write_video(folder / "huge.mp4", make_frames(1, height=4096, width=4096), fps=1),      # 16.8 megapixels
         "not_a_video": write_text_file(folder / "notes.mp4"),
     }
 
@@ -130,9 +137,19 @@ def wait_for(driver, condition, what: str, server, timeout: float = 120.0):
 
 
 def upload(driver, server, path: Path) -> None:
-    """Hand `path` to the video component's file input, once the page has rendered it."""
-    inputs = wait_for(driver, lambda d: d.find_elements("css selector", "#video input[type=file]"), "the page", server)
+    """Hand `path` to the upload component's file input, once the page has rendered it."""
+    inputs = wait_for(driver, lambda d: d.find_elements("css selector", "#upload input[type=file]"), "the page", server)
     inputs[0].send_keys(str(path))
+
+
+def player_state(driver) -> dict | None:
+    """The player's <video>: readyState (2+ = a frame decoded and shown), its MediaError code, its source."""
+    return driver.execute_script("const v = document.querySelector('#video video');"
+                                 "return v && {ready: v.readyState, error: v.error && v.error.code, src: v.currentSrc};")
+
+
+def error_toasts(driver) -> list[str]:
+    return [e.text for e in driver.find_elements("css selector", "[data-testid=toast-body]")]
 
 
 def status_text(driver) -> str:
@@ -182,6 +199,9 @@ def test_upload_see_the_frames_and_ask_two_questions(browser, server, media, fol
     captions = [e.text for e in browser.find_elements("css selector", "#frames .caption-label")]
     assert captions == [f"frame {i}" for i in range(1, 9)]
     assert "clip.mp4" in status_text(browser) and "8 frames sampled" in status_text(browser)
+    played = wait_for(browser, lambda d: (player_state(d) or {}).get("ready", 0) >= 2 and player_state(d),
+                      "the player to show the clip", server)
+    assert played["error"] is None and played["src"].endswith("/clip.mp4") and error_toasts(browser) == []
 
     first = ask(browser, server, QUESTIONS[0], rounds_before=0, press_enter=True)
     second = ask(browser, server, QUESTIONS[1], rounds_before=1, press_enter=False)
@@ -200,7 +220,7 @@ def test_upload_see_the_frames_and_ask_two_questions(browser, server, media, fol
 def test_bad_uploads_get_a_message_and_the_server_keeps_serving(browser, server, media, tmp_path):
     upload(browser, server, media["not_a_video"])
     wait_for(browser, lambda d: "cannot be used as a video" in status_text(d), "the message for a text file", server)
-    assert "notes.mp4" in status_text(browser)
+    assert "notes.mp4" in status_text(browser) and "/" not in status_text(browser)  # the file name, not the server's path
     assert browser.find_elements("css selector", "#frames img") == []
 
     browser.refresh()
@@ -208,11 +228,23 @@ def test_bad_uploads_get_a_message_and_the_server_keeps_serving(browser, server,
     wait_for(browser, lambda d: "long" in status_text(d) and f"up to {MAX_SECONDS} s" in status_text(d),
              "the message for a clip that is too long", server)
 
+    for key, message in (("raw_long", f"over {MAX_SECONDS} s long"), ("huge", "4096x4096 frames")):
+        browser.refresh()
+        upload(browser, server, media[key])
+        wait_for(browser, lambda d: message in status_text(d), f"the message for {media[key].name}", server)
+        assert media[key].name in status_text(browser) and "/" not in status_text(browser)
+        assert browser.find_elements("css selector", "#frames img") == []
+
     browser.refresh()
-    picks = wait_for(browser, lambda d: d.find_elements("css selector", "#examples button"), "the examples", server)
-    picks[0].click()
+    thumbnails = wait_for(browser, lambda d: [v for v in d.find_elements("css selector", "#examples video")
+                                              if d.execute_script("return arguments[0].readyState", v) >= 2],
+                          "the examples' thumbnails", server)
+    assert len(thumbnails) == 1 and "clip.mp4" in browser.find_element("css selector", "#examples").text
+    browser.find_element("css selector", "#examples tbody tr").click()
     wait_for(browser, lambda d: len(d.find_elements("css selector", "#frames img")) == 8, "the frame strip", server)
     assert "clip.mp4" in status_text(browser)
+    wait_for(browser, lambda d: (player_state(d) or {}).get("ready", 0) >= 2, "the player to show the example", server)
+    assert error_toasts(browser) == []
     assert ask(browser, server, QUESTIONS[0], rounds_before=0, press_enter=True)
     assert server[1].poll() is None
     browser.save_screenshot(str(tmp_path / "after_bad_uploads.png"))
@@ -266,7 +298,7 @@ def test_a_question_past_the_context_is_a_message_and_the_chat_goes_on(folder, m
     model, processor = load_model(small, "cpu", torch.float32)
     demo = Demo(VideoConversation(model, processor, max_new_tokens=NEW_TOKENS), max_seconds=MAX_SECONDS)
 
-    session, strip, status, history, _ = demo.load(str(media["clip"]))
+    _, _, session, strip, status, history, _ = demo.load(str(media["clip"]))
     assert session is not None and len(strip) == 8 and history == []
     *streaming, (_, history, session, status, timing) = demo.ask(QUESTIONS[0], session, history)
     assert streaming and "Round 1 done" in status and "cut at the model's context length" in timing
@@ -278,3 +310,30 @@ def test_a_question_past_the_context_is_a_message_and_the_chat_goes_on(folder, m
     assert history == [] and session.turns == [] and "cleared" in status
     *_, (_, history, session, status, _) = demo.ask(QUESTIONS[0], session, history)
     assert "Round 1 done" in status and len(history) == 2
+
+
+def test_limits_are_one_line_naming_the_upload_and_a_raw_stream_is_measured(folder, media):
+    """No browser: the page's upload handler on the clips that break a limit, and on a raw stream within them."""
+    from videopanda.chat import VideoConversation
+    from videopanda.demo import Demo
+
+    model, processor = load_model(folder, "cpu", torch.float32)
+    demo = Demo(VideoConversation(model, processor, max_new_tokens=NEW_TOKENS), max_seconds=MAX_SECONDS)
+    expected = {
+        "raw_long": f"⚠️ `long.h264` is over {MAX_SECONDS} s long; this demo takes clips up to {MAX_SECONDS} s.",
+        "huge": "⚠️ `huge.mp4` has 4096x4096 frames (16.8 megapixels); this demo takes frames up to 8.8 megapixels.",
+        "not_a_video": "⚠️ `notes.mp4` cannot be used as a video: Invalid data found when processing input.",
+    }
+    for key, message in expected.items():
+        upload, shown, session, strip, status, _, _ = demo.load(str(media[key]))
+        assert (upload, shown, session, strip, status) == (None, None, None, [], message)
+
+    upload, shown, session, strip, status, _, _ = demo.load(str(media["raw_short"]))
+    assert session is not None and len(strip) == 8 and status.startswith("**short.h264** (3.0 s, 64x48)")
+    assert Path(shown).suffix == ".mp4" and Path(shown) != media["raw_short"]  # a raw stream does not play as is
+    header = probe_video(shown)
+    assert (header.codec, header.pix_fmt, header.width, header.height) == ("h264", "yuv420p", 64, 48)
+    assert read_video(shown).shape == session.frames.shape
+
+    small = Demo(demo.base, max_seconds=MAX_SECONDS, max_pixels=64 * 48 - 1)
+    assert "64x48 frames" in small.load(str(media["raw_short"]))[4]
