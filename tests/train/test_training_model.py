@@ -188,6 +188,19 @@ def test_distillation_trains_head_stab_and_projector_and_lockstep_keeps_text_bat
     assert model.model.lm_head.weight.grad.abs().sum() > 0
 
 
+def test_a_text_only_lockstep_step_leaves_the_batchnorm_statistics_alone():
+    """Only videos update the STAB's BatchNorm running statistics (the original runs no STAB without video): the
+    dummy chunk of a text-only lockstep step changes none of them, and the step still reaches the BatchNorm."""
+    model = training_model(lockstep=True).train()
+    norm = model.model.model.video_tower.lste.norm
+    before = {k: v.clone() for k, v in norm.state_dict().items()}
+    text = torch.tensor([TEXT_ONLY])
+    model(input_ids=text, labels=text).loss.backward()
+    for name, value in norm.state_dict().items():
+        assert torch.equal(value, before[name]), name
+    assert norm.training and norm.weight.grad is not None and not norm.weight.grad.any()
+
+
 def test_without_lockstep_a_text_batch_runs_the_llm_only():
     model = training_model(lockstep=False).train()
     calls = []

@@ -27,7 +27,7 @@ optional (no teacher: LM loss only). Its `forward` takes the collator's batch (`
   rank), and with the LLM frozen (prealign) a text-only batch would otherwise have no gradient at all.
   A batch without video then still runs the STAB and projector on one dummy
   chunk (T frames of 2x2 patches) before the embedding, where videos run, adding 0 x their output to the
-  embeddings; with distillation the head (on the first position's states) and the teacher (on one
+  embeddings (the STAB's BatchNorm on its running statistics, which the dummy leaves alone); with distillation the head (on the first position's states) and the teacher (on one
   blank video) run after the LLM, where the real distillation runs, and the distillation loss is
   0 x the head's output. Only in training mode with gradients on.
 - `parts()` adds "distill_head" and "teacher" (always frozen) to the model's parts.
@@ -174,12 +174,23 @@ class TrainingModel(nn.Module):
         return distillation_loss(list(student), kept_grids, features[keep], valid[keep], kind=self.distill_loss)
 
     def _lockstep_visual(self) -> Tensor:
-        """STAB and projector on one dummy chunk (T frames of 2x2 patches) -> a 0-d zero connected to both."""
+        """STAB and projector on one dummy chunk (T frames of 2x2 patches) -> a 0-d zero connected to both.
+
+        The STAB's BatchNorm layers run on their running statistics for it (eval mode), so the dummy leaves
+        them as they were: only videos update them, once per video, as the original's per-video calls."""
         cfg = self.config.stab_config
         side = cfg.patch_size * cfg.window
         frames = torch.zeros((1, 1, cfg.frames_per_chunk, 4, side, side))
         frames[:, :, :, 3] = 1
-        tokens, _ = self.model.visual_tokens(frames)
+        norms = [m for m in self.model.model.video_tower.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                 and m.training]
+        for norm in norms:
+            norm.eval()
+        try:
+            tokens, _ = self.model.visual_tokens(frames)
+        finally:
+            for norm in norms:
+                norm.train()
         return tokens.sum() * 0.0
 
     def _lockstep_distillation(self, hidden_states: tuple[Tensor, ...]) -> Tensor:
