@@ -4,6 +4,7 @@ real tiny model that resumes without losing or repeating a question."""
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,6 +19,8 @@ from videopanda.eval.datasets import DatasetError
 from videopanda.eval.mc import INSTRUCTION, extract_letter, load_mc
 from videopanda.eval.qa import chunk_file, run_qa
 from videopanda.eval.records import read_jsonl
+
+from .test_faults import one_error_line, videopanda
 
 
 def touch(path: Path, content: bytes = b"clip") -> None:
@@ -122,16 +125,23 @@ def test_videomme_loader(tmp_path):
 
 # ------------------------------------------------------------------------------------------ EgoSchema
 
-def test_egoschema_loader_keeps_the_questions_with_public_answers(tmp_path):
-    root = tmp_path / "eval" / "EgoSchema"
+EGOSCHEMA_UIDS = ["0074f737-11cb-497d-8d07-77c3a8127391", "00b9a0de-c59e-49cb-a127-6081e2fb8c8e",
+                  "00f93e1e-cf4e-4835-88b4-4ad68216e86f"]
+
+
+def write_egoschema(data_root: Path) -> Path:
+    root = data_root / "eval" / "EgoSchema"
     root.mkdir(parents=True)
-    uids = ["0074f737-11cb-497d-8d07-77c3a8127391", "00b9a0de-c59e-49cb-a127-6081e2fb8c8e",
-            "00f93e1e-cf4e-4835-88b4-4ad68216e86f"]
     questions = [{"q_uid": uid, "google_drive_id": f"drive{i}", "question": f"What is c doing in video {i}?",
-                  **{f"option {k}": f"option text {i}.{k}" for k in range(5)}} for i, uid in enumerate(uids)]
+                  **{f"option {k}": f"option text {i}.{k}" for k in range(5)}} for i, uid in enumerate(EGOSCHEMA_UIDS)]
     (root / "questions.json").write_text(json.dumps(questions))
-    (root / "subset_answers.json").write_text(json.dumps({uids[0]: 3, uids[2]: 0}))
-    touch(root / "videos" / f"{uids[0]}.mp4")
+    (root / "subset_answers.json").write_text(json.dumps({EGOSCHEMA_UIDS[0]: 3, EGOSCHEMA_UIDS[2]: 0}))
+    touch(root / "videos" / f"{EGOSCHEMA_UIDS[0]}.mp4")
+    return root
+
+
+def test_egoschema_loader_keeps_the_questions_with_public_answers(tmp_path):
+    root, uids = write_egoschema(tmp_path), EGOSCHEMA_UIDS
     items = load_mc(tmp_path, "egoschema")
     assert [i.id for i in items] == [uids[0], uids[2]] and [i.answer for i in items] == ["D", "A"]
     assert items[0].video_path == root / "videos" / f"{uids[0]}.mp4" and items[1].video_path is None
@@ -173,8 +183,8 @@ def test_nextqa_loader(tmp_path):
 
 # ------------------------------------------------------------------------------------------ Perception Test
 
-def test_perceptiontest_loader(tmp_path):
-    root = tmp_path / "eval" / "PerceptionTest"
+def write_perceptiontest(data_root: Path) -> Path:
+    root = data_root / "eval" / "PerceptionTest"
     root.mkdir(parents=True)
     data = {
         "video_10909": {"metadata": {"video_id": "video_10909", "num_frames": 1044, "resolution": [1080, 1920]},
@@ -190,10 +200,77 @@ def test_perceptiontest_loader(tmp_path):
     }
     (root / "mc_question_valid.json").write_text(json.dumps(data))
     touch(root / "videos" / "video_10909.mp4")
+    return root
+
+
+def test_perceptiontest_loader(tmp_path):
+    root = write_perceptiontest(tmp_path)
     items = load_mc(tmp_path, "perceptiontest")
     assert [(i.id, i.answer) for i in items] == [("video_10909/0", "B"), ("video_10909/1", "C"), ("video_7720/0", "A")]
     assert dict(items[1].categories) == {"area": "memory", "reasoning": "counting"}
     assert items[0].video_path == root / "videos" / "video_10909.mp4" and items[2].video_path is None
+
+
+# ------------------------------------------------------------------------------------------ bad samples
+
+def edit_json(path: Path, change) -> None:
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+BAD_SAMPLES = {  # benchmark, file, change, the error's end after the file's path
+    "mvbench start not a number": (
+        write_mvbench, "json/action_sequence.json", lambda d: d[0].update(start="soon"),
+        ": entry 0: start 'soon' is not a time in seconds"),
+    "mvbench candidates as one string": (   # would be read as the options "1", "0", "5"
+        write_mvbench, "json/action_count.json", lambda d: d[1].update(candidates="105"),
+        ": entry 1: candidates '105' is not a list of option texts"),
+    "egoschema fractional answer": (        # would be read as option 2
+        write_egoschema, "subset_answers.json", lambda d: d.update({EGOSCHEMA_UIDS[2]: 2.9}),
+        f": {EGOSCHEMA_UIDS[2]}: answer 2.9 is not an option index"),
+    "perceptiontest answer_id not a number": (
+        write_perceptiontest, "mc_question_valid.json",
+        lambda d: d["video_10909"]["mc_question"][1].update(answer_id="x"),
+        ": video video_10909 question 1: answer_id 'x' is not an option index"),
+}
+
+
+@pytest.mark.parametrize("fault", list(BAD_SAMPLES))
+def test_a_bad_sample_is_one_line_naming_file_and_sample(tmp_path, fault):
+    """Through `videopanda eval mc` (a real process): a sample no reader can use for sure is refused in one
+    line naming the annotation file and the sample, before anything is written."""
+    write, name, change, message = BAD_SAMPLES[fault]
+    root = write(tmp_path / "data")
+    edit_json(root / name, change)
+    out = tmp_path / "out"
+    code, stderr = videopanda("eval", "mc", "--benchmark", fault.split()[0], "--data-root", tmp_path / "data",
+                              "--output-dir", out, "--stage", "score")
+    assert code == 1
+    assert one_error_line(stderr).endswith(f"ERROR videopanda.eval.cli: {root / name}{message}")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("write,name,change,message", [
+    (write_mvbench, "json/action_sequence.json", lambda d: d[0].update(start="nan"), "start 'nan' is not a time in seconds"),
+    (write_mvbench, "json/action_sequence.json", lambda d: d[0].update(start=True), "start True is not a time in seconds"),
+    (write_mvbench, "json/action_sequence.json", lambda d: d[0].update(end=1.0), "end 1 is not after start 1.5"),
+    (write_perceptiontest, "mc_question_valid.json", lambda d: d["video_7720"]["mc_question"][0].update(options="pour"),
+     "question 0: options 'pour' is not a list of option texts"),
+    (write_perceptiontest, "mc_question_valid.json", lambda d: d["video_7720"]["mc_question"][0].update(answer_id=True),
+     "question 0: answer_id True is not an option index"),
+    (write_egoschema, "subset_answers.json", lambda d: d.update({EGOSCHEMA_UIDS[0]: "3"}), None),
+    (write_egoschema, "subset_answers.json", lambda d: d.update({EGOSCHEMA_UIDS[0]: 3.0}), None),
+])
+def test_sample_values_are_read_strictly(tmp_path, write, name, change, message):
+    root = write(tmp_path)
+    edit_json(root / name, change)
+    benchmark = {"MVBench": "mvbench", "PerceptionTest": "perceptiontest", "EgoSchema": "egoschema"}[root.name]
+    if message is None:                     # the same index written another way
+        assert load_mc(tmp_path, benchmark)[0].answer == "D"
+        return
+    with pytest.raises(DatasetError, match=f"^{re.escape(str(root / name))}: .*{re.escape(message)}$"):
+        load_mc(tmp_path, benchmark)
 
 
 # ------------------------------------------------------------------------------------------ reading letters

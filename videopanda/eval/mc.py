@@ -15,6 +15,11 @@ videos as the benchmark's README lays them out (see docs/evaluation.md for the t
     PerceptionTest/<annotation>.json + PerceptionTest/videos/<video_id>.mp4
         ({video_id: {"metadata": ..., "mc_question": [{id, question, options, answer_id, area, reasoning}]}})
 
+Values are read strictly, and a sample no reader can use for sure is a `DatasetError` naming the file
+and the sample: options must be a list (a string would become one option per character), a right
+option an integer index (2, 2.0 or "2"; 2.9, true or "x" are refused, never truncated), clip bounds
+finite non-negative seconds (a number or its text) with the end after the start.
+
 Every item becomes an `MCItem`: a `QAItem` whose `question` is the full prompt (question, lettered
 options, "Answer with the option's letter from the given choices directly.") and whose `answer` is the
 right letter, plus its options and categories (task, duration, domain, question type, area, ...). So
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import re
 import string
@@ -130,6 +136,46 @@ def _need(entry: Any, names: Sequence[str], where: str) -> None:
         raise DatasetError(f"{where}: no {', '.join(repr(m) for m in missing)} field")
 
 
+def _option_texts(value: Any, where: str, name: str = "options") -> list[str]:
+    """A JSON list of option texts (strings or numbers) as strings; a string (whose characters would
+    become options) or anything else is a DatasetError naming `where`."""
+    if not isinstance(value, list) or not all(isinstance(o, (str, int, float)) and not isinstance(o, bool)
+                                              for o in value):
+        raise DatasetError(f"{where}: {name} {_shown(value)} is not a list of option texts")
+    return [str(option) for option in value]
+
+
+def _option_index(value: Any, where: str, name: str = "answer") -> int:
+    """An option index: an integer, an integral float (2.0) or its digits as text ("2"); 2.9, true or "x"
+    is a DatasetError naming `where` (never truncated to an option)."""
+    if isinstance(value, str) and re.fullmatch(r"[0-9]+", value.strip()):
+        return int(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise DatasetError(f"{where}: {name} {_shown(value)} is not an option index")
+
+
+def _seconds(value: Any, where: str, name: str) -> float | None:
+    """A clip bound in seconds (a number or its text, finite, not negative), None when absent."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value) if isinstance(value, (int, float, str)) and not isinstance(value, bool) else None
+    except ValueError:
+        seconds = None
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        raise DatasetError(f"{where}: {name} {_shown(value)} is not a time in seconds")
+    return seconds
+
+
+def _shown(value: Any) -> str:
+    """`value` for an error line: its repr, cut to 60 characters."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def load_mvbench(root: Path, tasks: Sequence[str] | None = None) -> list[MCItem]:
     """Every task whose JSON file exists under `root/json/` (all of `tasks` must exist when given).
     Ids `<json stem>/<index>`; the right letter is the position of `answer` among `candidates`."""
@@ -149,15 +195,16 @@ def load_mvbench(root: Path, tasks: Sequence[str] | None = None) -> list[MCItem]
         for index, entry in enumerate(entries):
             where = f"{path}: entry {index}"
             _need(entry, ("video", "question", "candidates", "answer"), where)
-            candidates = [str(c) for c in entry["candidates"]]
+            candidates = _option_texts(entry["candidates"], where, "candidates")
             if candidates.count(str(entry["answer"])) != 1:
                 raise DatasetError(f"{where}: answer {entry['answer']!r} is not exactly one of the candidates")
             video = str(entry["video"])
-            start, end = entry.get("start"), entry.get("end")
+            start, end = _seconds(entry.get("start"), where, "start"), _seconds(entry.get("end"), where, "end")
+            if start is not None and end is not None and end <= start:
+                raise DatasetError(f"{where}: end {end:g} is not after start {start:g}")
             items.append(make_item(f"{path.stem}/{index}", str(entry["question"]), candidates,
                                    candidates.index(str(entry["answer"])), video, find_video(videos, video),
-                                   [("task", task)], where, None if start is None else float(start),
-                                   None if end is None else float(end)))
+                                   [("task", task)], where, start, end))
     return items
 
 
@@ -186,7 +233,7 @@ def load_videomme(root: Path) -> list[MCItem]:
             _need(row, ("videoID", "question_id", "question", "options", "answer", "duration", "domain", "task_type"),
                   where)
             options = []
-            for position, option in enumerate(row["options"] or []):
+            for position, option in enumerate(_option_texts(row["options"], where)):
                 match = _OPTION_PREFIX.match(str(option))
                 if match is None or match.group(1) != LETTERS[position]:
                     raise DatasetError(f"{where}: option {position} {option!r} does not start with {LETTERS[position]}.")
@@ -223,10 +270,7 @@ def load_egoschema(root: Path) -> list[MCItem]:
         seen.add(uid)
         if uid not in answers:
             continue
-        try:
-            correct = int(answers[uid])
-        except (TypeError, ValueError):
-            raise DatasetError(f"{answers_path}: answer of {uid} is {answers[uid]!r}, not an option index") from None
+        correct = _option_index(answers[uid], f"{answers_path}: {uid}")
         items.append(make_item(uid, str(entry["question"]), [entry[f"option {i}"] for i in range(5)], correct,
                                uid, finder.find(uid), [], where))
     unknown = sorted(set(answers) - seen)
@@ -250,10 +294,7 @@ def load_nextqa(root: Path, split: str = "val") -> list[MCItem]:
         for index, row in enumerate(csv.DictReader(handle)):
             where = f"{path}: row {index + 2}"
             _need(row, ("video", "question", "answer", "qid", "type", *(f"a{i}" for i in range(5))), where)
-            try:
-                correct = int(row["answer"])
-            except ValueError:
-                raise DatasetError(f"{where}: answer {row['answer']!r} is not an option index") from None
+            correct = _option_index(row["answer"], where)
             video = str(mapping.get(row["video"], row["video"]))
             question_type = row["type"].strip()
             items.append(make_item(f"{row['video']}_{row['qid']}", row["question"], [row[f"a{i}"] for i in range(5)],
@@ -283,8 +324,10 @@ def load_perceptiontest(root: Path, annotation: str | None = None) -> list[MCIte
         for question in questions:
             where = f"{path}: video {video_id} question {question.get('id') if isinstance(question, dict) else '?'}"
             _need(question, ("id", "question", "options", "answer_id"), where)
-            items.append(make_item(f"{video_id}/{question['id']}", str(question["question"]), question["options"],
-                                   int(question["answer_id"]), str(video_id), finder.find(str(video_id)),
+            items.append(make_item(f"{video_id}/{question['id']}", str(question["question"]),
+                                   _option_texts(question["options"], where),
+                                   _option_index(question["answer_id"], where, "answer_id"), str(video_id),
+                                   finder.find(str(video_id)),
                                    [("area", question.get("area")), ("reasoning", question.get("reasoning"))], where))
     if not items:
         raise DatasetError(f"{path}: no multiple-choice questions")
@@ -430,11 +473,20 @@ class MCAnswerer(ModelAnswerer):
         frames = read_video(item.video_path, num_frames=self.num_frames, start=item.start, end=item.end)
         return video_prompt(self.processor, item.question, self.config.system), frames, len(item.options)
 
-    def generate(self, prepared: list[tuple[Any, ...]], max_new_tokens: int | None = None) -> list[str]:
-        """prepared: per item (prompt, uint8 frames (n, H, W, 3), number of options) -> replies or letters."""
+    def generate(self, prepared: list[tuple[Any, ...]], max_new_tokens: int | None = None) -> list["str | Exception"]:
+        """prepared: per item (prompt, uint8 frames (n, H, W, 3), number of options) -> replies or letters;
+        an item whose prompt does not fit in the model's context gets its ContextLengthError instead."""
         if self.method == "generate":
             return super().generate([(prompt, frames) for prompt, frames, _ in prepared], max_new_tokens)
-        return [self.best_letter(prompt, frames, count) for prompt, frames, count in prepared]
+        return [self._letter_or_error(prompt, frames, count) for prompt, frames, count in prepared]
+
+    def _letter_or_error(self, prompt: str, frames: Any, count: int) -> "str | Exception":
+        from videopanda.infer import ContextLengthError
+
+        try:
+            return self.best_letter(prompt, frames, count)
+        except ContextLengthError as error:
+            return error
 
     def option_logprobs(self, prompt: str, frames: Any, count: int) -> list[float]:
         """Sum of the log-probabilities of the tokens of " A", " B", ... (the first `count` letters)
