@@ -320,8 +320,10 @@ def test_limits_are_one_line_naming_the_upload_and_a_raw_stream_is_measured(fold
     model, processor = load_model(folder, "cpu", torch.float32)
     demo = Demo(VideoConversation(model, processor, max_new_tokens=NEW_TOKENS), max_seconds=MAX_SECONDS)
     expected = {
-        "raw_long": f"⚠️ `long.h264` is over {MAX_SECONDS} s long; this demo takes clips up to {MAX_SECONDS} s.",
-        "huge": "⚠️ `huge.mp4` has 4096x4096 frames (16.8 megapixels); this demo takes frames up to 8.8 megapixels.",
+        "raw_long": f"⚠️ `long.h264` is over {MAX_SECONDS} s long (found by decoding: the file records no duration); "
+                    f"this demo takes clips up to {MAX_SECONDS} s.",
+        "long": f"⚠️ `long.mp4` is 10.0 s long; this demo takes clips up to {MAX_SECONDS} s.",
+        "huge": "⚠️ `huge.mp4` has 4096x4096 frames (16.8 megapixels); this demo takes frames up to 8.85 megapixels.",
         "not_a_video": "⚠️ `notes.mp4` cannot be used as a video: Invalid data found when processing input.",
     }
     for key, message in expected.items():
@@ -337,3 +339,14 @@ def test_limits_are_one_line_naming_the_upload_and_a_raw_stream_is_measured(fold
 
     small = Demo(demo.base, max_seconds=MAX_SECONDS, max_pixels=64 * 48 - 1)
     assert "64x48 frames" in small.load(str(media["raw_short"]))[4]
+
+
+def test_an_example_the_demo_would_refuse_stops_it_at_start_with_one_line(folder, media):
+    done = subprocess.run([sys.executable, "-m", "videopanda", "demo", "--model", str(folder), "--device", "cpu",
+                           "--max-seconds", str(MAX_SECONDS), "--port", str(_free_port()),
+                           "--examples", str(media["clip"]), str(media["long"])],
+                          cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, GRADIO_ANALYTICS_ENABLED="False"))
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.splitlines() == [f"videopanda demo: error: example {media['long']}: `long.mp4` is 10.0 s long; "
+                                        f"this demo takes clips up to {MAX_SECONDS} s."]

@@ -181,15 +181,18 @@ class Demo:
         try:
             header = probe_video(path)
             if header.pixels > self.max_pixels:
-                raise BadVideo(f"`{name}` has {header.width}x{header.height} frames ({header.pixels / 1e6:.1f} "
-                               f"megapixels); this demo takes frames up to {self.max_pixels / 1e6:.1f} megapixels.")
+                raise BadVideo(f"`{name}` has {header.width}x{header.height} frames ({header.pixels / 1e6:.3g} "
+                               f"megapixels); this demo takes frames up to {self.max_pixels / 1e6:.3g} megapixels.")
             if header.seconds is None:
                 header = replace(header, seconds=decoded_seconds(path, limit=self.max_seconds))
+                if header.seconds > self.max_seconds:
+                    raise BadVideo(f"`{name}` is over {self.max_seconds:g} s long (found by decoding: the file records "
+                                   f"no duration); this demo takes clips up to {self.max_seconds:g} s.")
         except VideoReadError as err:
             raise BadVideo(f"`{name}` cannot be used as a video: {err.reason}.") from None
         if header.seconds > self.max_seconds:
-            raise BadVideo(f"`{name}` is {'over ' * (header.seconds - self.max_seconds < 1)}"
-                           f"{header.seconds:.0f} s long; this demo takes clips up to {self.max_seconds:.0f} s.")
+            raise BadVideo(f"`{name}` is {header.seconds:.1f} s long; this demo takes clips up to "
+                           f"{self.max_seconds:g} s.")
         return header
 
     def open_video(self, path: str | Path, name: str | None = None) -> tuple[Session, list, str, Path]:
