@@ -188,7 +188,7 @@ def test_a_conversation_that_outgrows_the_context_is_refused_before_it_runs(fold
     terminal.send(QUESTIONS[1])
     refused = terminal.read_until("you> ")
     assert "videopanda chat: error: this question makes the conversation" in refused
-    assert f"over the model's context of {first_prompt + 2}: reset the conversation" in refused
+    assert f"over the model's context of {first_prompt + 2} tokens: reset the conversation" in refused
     terminal.send("/reset")
     terminal.read_until("you> ")
     assert ask(terminal, QUESTIONS[0]).group(1) == first.group(1)  # the session goes on after the refusal

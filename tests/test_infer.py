@@ -1,6 +1,7 @@
 """`videopanda infer` end to end on an mp4 through a tiny folder in the released layout, and its error paths."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -143,3 +144,75 @@ def test_folder_that_is_not_a_video_panda_model(case, folder, clip, tmp_path, ca
 def test_bad_frame_count(folder, clip, capsys):
     assert main(["--model", str(folder), "--video", str(clip), "--question", QUESTION, "--num-frames", "6"]) == 1
     assert "multiple of frames_per_chunk" in one_error_line(capsys)
+
+
+def test_a_prompt_past_the_model_context_is_refused_in_one_line_by_infer_and_eval(folder, clip, tmp_path, capsys):
+    """One guard: `infer` refuses a prompt longer than max_position_embeddings before generating (exit 1, both
+    lengths named), caps the answer to the room left, and `eval qa` records the refusal as that question's error."""
+    from videopanda.data.processor import VideoPandaProcessor
+    from videopanda.eval.cli import main as eval_main
+    from videopanda.eval.records import read_jsonl
+    from videopanda.infer import video_prompt
+
+    processor = VideoPandaProcessor.from_pretrained(folder)
+    prompt = processor(text=video_prompt(processor, QUESTION), videos=read_video(clip, num_frames=8))
+    tokens = prompt["input_ids"].shape[1]
+    small = shutil.copytree(folder, tmp_path / "small")
+    config = json.loads((small / "config.json").read_text())
+    (small / "config.json").write_text(json.dumps({**config, "max_position_embeddings": tokens - 1}))
+
+    result = run_cli("--model", str(small), "--video", str(clip), "--question", QUESTION, "--device", "cpu")
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [
+        f"videopanda infer: error: the prompt is {tokens} tokens (the video's included), over the model's context "
+        f"of {tokens - 1} tokens"]
+
+    data = tmp_path / "data" / "eval" / "GPT_Zero_Shot_QA" / "MSVD_Zero_Shot_QA"
+    (data / "videos").mkdir(parents=True)
+    shutil.copy(clip, data / "videos" / "a.mp4")
+    (data / "test_q.json").write_text(json.dumps([{"video_name": "a", "question": QUESTION, "question_id": 0}]))
+    (data / "test_a.json").write_text(json.dumps([{"answer": "red", "question_id": 0}]))
+    out = tmp_path / "pred"
+    eval_main(["qa", "--model", str(small), "--dataset", "msvd", "--data-root", str(tmp_path / "data"), "--output-dir",
+               str(out), "--device", "cpu", "--max-new-tokens", "3", "--no-progress"])
+    [row] = read_jsonl(out / "chunk-0-of-1.jsonl")
+    assert row["pred"] is None and row["error"] == (f"ContextLengthError: the prompt is {tokens} tokens (the video's "
+                                                    f"included), over the model's context of {tokens - 1} tokens")
+
+    (small / "config.json").write_text(json.dumps({**config, "max_position_embeddings": tokens + 2}))
+    args = ["--video", str(clip), "--question", QUESTION, "--max-new-tokens", str(NEW_TOKENS), "--device", "cpu"]
+    assert main(["--model", str(small), *args]) == 0
+    capped = capsys.readouterr().out
+    assert main(["--model", str(folder), *args[:-4], "--max-new-tokens", "2", "--device", "cpu"]) == 0
+    assert capped == capsys.readouterr().out
+
+
+def test_generate_without_arguments_answers_like_infer_on_a_saved_folder(folder, clip, tmp_path):
+    """A folder saved by the project carries generation_config.json with the project's settings, so
+    `model.generate(**inputs)` needs no arguments (not transformers' default of 20 new tokens) and answers what
+    `videopanda infer` prints without --max-new-tokens: both take the limit from that one file (set to 30
+    here to keep the test short)."""
+    from videopanda.data.processor import VideoPandaProcessor
+    from videopanda.infer import video_prompt
+
+    saved = tmp_path / "saved"
+    AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).save_pretrained(saved)
+    for name in ("tokenizer.model", "tokenizer_config.json"):
+        shutil.copy(folder / name, saved / name)
+    settings = json.loads((saved / "generation_config.json").read_text())
+    config = json.loads((saved / "config.json").read_text())
+    assert {k: settings.get(k) for k in ("do_sample", "num_beams", "use_cache", "max_new_tokens", "eos_token_id",
+                                         "pad_token_id")} == {"do_sample": False, "num_beams": 1, "use_cache": True,
+                                                              "max_new_tokens": 1024, "eos_token_id": config["eos_token_id"],
+                                                              "pad_token_id": config["pad_token_id"]}
+    (saved / "generation_config.json").write_text(json.dumps({**settings, "max_new_tokens": 30}))
+
+    model = AutoModelForCausalLM.from_pretrained(saved).eval()
+    processor = VideoPandaProcessor.from_pretrained(saved)
+    inputs = processor(text=video_prompt(processor, QUESTION), videos=read_video(clip, num_frames=8))
+    with torch.inference_mode():
+        new = model.generate(**inputs)[0, inputs["input_ids"].shape[1]:]
+    assert len(new) == 30 and processor.tokenizer.eos_token_id not in new.tolist()
+    result = run_cli("--model", str(saved), "--video", str(clip), "--question", QUESTION, "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == processor.tokenizer.decode(new, skip_special_tokens=True).strip()

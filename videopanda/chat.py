@@ -1,6 +1,6 @@
 """`videopanda chat`: a conversation about one video in the terminal, answers streamed as they are generated.
 
-    videopanda chat --model FOLDER --video FILE [--max-new-tokens 1024] [--num-frames 8]
+    videopanda chat --model FOLDER --video FILE [--max-new-tokens N] [--num-frames 8]
                     [--device cpu|cuda] [--dtype auto|float32|bfloat16|float16] [--system user|human]
 
 At the `you>` prompt: a question, `/video PATH` (another clip; the conversation starts over), `/reset`
@@ -13,14 +13,15 @@ At the `you>` prompt: a question, `/video PATH` (another clip; the conversation 
   frame placeholders only in the first user message, each earlier answer followed by `</s>`.
 - Each round tokenises the whole conversation again and encodes the clip's frames again (the STAB runs
   every round; its time is small next to the LLM's), then generates with `infer.generation_settings`,
-  the greedy settings of `infer` and `eval qa`.
+  the greedy settings of `infer` and `eval qa` (the new-token limit: `--max-new-tokens`, else the folder's
+  generation_config.json).
 - The visual part is timed on its own: `model.embed_inputs` (STAB + projector, the frames' tokens
   scattered into the embedded prompt) runs first, and `model.generate` continues from those embeddings
   (prefill + decoding). That is the computation `generate(**processor_inputs)` does in one call, so the
   answer is the same token for token; the two times are wall-clock (CUDA synchronised).
-- Context guard: a round whose prompt (history + question + visual tokens) leaves no room under the
-  model's `max_position_embeddings` is refused with `ContextLengthError` before anything runs; otherwise
-  the answer is capped to the room left.
+- Context guard (`infer.fit_context`, the one `infer` and `eval` use): a round whose prompt (history +
+  question + visual tokens) leaves no room under the model's `max_position_embeddings` is refused with
+  `ContextLengthError` before anything runs; otherwise the answer is capped to the room left.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from videopanda.infer import add_model_options
+from videopanda.infer import ContextLengthError, add_model_options
 from videopanda.log import get_logger
 
 logger = get_logger(__name__)
@@ -40,10 +41,6 @@ logger = get_logger(__name__)
 COMMANDS_HELP = "/video PATH switches clips, /reset clears the conversation, /quit ends"
 PROMPT = "you> "
 ANSWER_PREFIX = "panda> "
-
-
-class ContextLengthError(Exception):
-    """The conversation with the next question would not fit in the model's context."""
 
 
 @dataclass(frozen=True)
@@ -69,12 +66,13 @@ class RoundTiming:
 class VideoConversation:
     """A multi-turn conversation about one clip with a loaded model and its `VideoPandaProcessor`.
 
-    `frames`: uint8 (n, H, W, 3) from `read_video`; `turns`: (question, answer) pairs so far."""
+    `frames`: uint8 (n, H, W, 3) from `read_video`; `turns`: (question, answer) pairs so far;
+    `max_new_tokens` None: the model's generation config."""
 
     model: object
     processor: object
     system: str = "user"
-    max_new_tokens: int = 1024
+    max_new_tokens: int | None = None
     frames: object = None
     video: Path | None = None
     turns: list[tuple[str, str]] = field(default_factory=list)
@@ -132,20 +130,21 @@ class VideoConversation:
         import torch
         from transformers import TextIteratorStreamer
 
-        from videopanda.infer import generation_settings
+        from videopanda.infer import fit_context, generation_settings
 
         question = question.strip()
         if not question:
             raise ValueError("an empty question")
         inputs = self.inputs(question)
         prompt_tokens = int(inputs["input_ids"].shape[1])
-        room = self.max_context - prompt_tokens
-        if room < 1:
-            raise ContextLengthError(
-                f"this question makes the conversation {prompt_tokens} tokens (the video's included), over the "
-                f"model's context of {self.max_context}: reset the conversation, or ask something shorter")
         tokenizer = self.processor.tokenizer
-        settings = generation_settings(tokenizer, min(self.max_new_tokens, room))
+        settings = generation_settings(tokenizer, self.max_new_tokens, self.model.generation_config)
+        wanted = settings["max_new_tokens"]
+        try:
+            settings["max_new_tokens"] = fit_context(prompt_tokens, self.max_context, wanted,
+                                                     subject="this question makes the conversation")
+        except ContextLengthError as err:
+            raise ContextLengthError(f"{err}: reset the conversation, or ask something shorter") from None
         start = time.perf_counter()
         with torch.inference_mode():
             embeds, _ = self.model.embed_inputs(inputs["input_ids"], inputs["pixel_values_videos"])
@@ -189,8 +188,9 @@ class VideoConversation:
         answer = tokenizer.decode(new_ids, skip_special_tokens=True).strip()
         new_tokens = int(new_ids.shape[0])
         self.turns.append((question, answer))
+        limit = settings["max_new_tokens"]
         self.last_timing = RoundTiming(visual_seconds, result["seconds"], prompt_tokens, new_tokens,
-                                       capped=room < self.max_new_tokens and new_tokens >= room)
+                                       capped=limit < wanted and new_tokens >= limit)
         logger.debug("round %d: %s", len(self.turns), self.last_timing.summary())
 
 
@@ -223,16 +223,18 @@ def load_conversation(args: argparse.Namespace) -> VideoConversation:
     Raises InferError (ModelFolderError, MemoryBudgetError) with a one-line message."""
     import torch
 
-    from videopanda.infer import InferError, frame_config_for, load_model, torch_dtype, with_num_frames
+    from videopanda.infer import (InferError, frame_config_for, generation_settings, load_model, torch_dtype,
+                                  with_num_frames)
 
-    if args.max_new_tokens < 1:
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise InferError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise InferError("--device cuda was asked for but no CUDA device is available")
     model, processor = load_model(args.model, device, torch_dtype(args.dtype))
     processor = with_num_frames(processor, frame_config_for(model.config, args.num_frames).num_frames)
-    return VideoConversation(model, processor, system=args.system, max_new_tokens=args.max_new_tokens)
+    limit = generation_settings(processor.tokenizer, args.max_new_tokens, model.generation_config)["max_new_tokens"]
+    return VideoConversation(model, processor, system=args.system, max_new_tokens=limit)
 
 
 def _parser() -> argparse.ArgumentParser:

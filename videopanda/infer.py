@@ -1,6 +1,6 @@
 """`videopanda infer`: answer one question about one video with a Video-Panda model folder.
 
-    videopanda infer --model FOLDER --video FILE --question TEXT [--max-new-tokens 1024]
+    videopanda infer --model FOLDER --video FILE --question TEXT [--max-new-tokens N]
                      [--num-frames 8] [--device cpu|cuda] [--dtype auto|float32|bfloat16|float16]
                      [--system user|human]
 
@@ -8,7 +8,18 @@ Pipeline: check the folder -> `read_video` -> load the model and its `VideoPanda
 template's prompt -> `processor(text=..., videos=frames)` -> greedy `generate` with the KV cache. Only the answer goes
 to stdout. Errors are one line on stderr: a folder that cannot be loaded as a Video-Panda model
 (`ModelFolderError`, naming the file) or a model that does not fit in memory (`MemoryBudgetError`) exits
-with code 2; a missing or unreadable video, or a bad option, with code 1.
+with code 2; a missing or unreadable video, a bad option, or a prompt longer than the model's context
+(`ContextLengthError`), with code 1.
+
+Generation settings have one source, the folder's `generation_config.json` (every folder this project
+saves has one: `videopanda.model.videopanda.project_generation_config`): its new-token limit unless
+`--max-new-tokens` is given, its EOS and pad ids; decoding is always greedy with one beam and the KV
+cache (SPEC 7). A folder without the file (the released layout) gets the project's defaults.
+
+Context guard (`fit_context`, shared by `infer`, `chat`, `demo`, `eval qa` and `eval mc`): a prompt
+(text and the video's placeholder tokens) that leaves no room under the model's `max_position_embeddings`
+is refused before anything is generated, naming both lengths; otherwise the answer is capped to the room
+left (positions past the context were never trained and give garbage).
 
 Checking a folder (`check_model_folder`, `validate_model_folder`) reads no weights: config.json must be a
 JSON object whose fields have the types the config class declares; every weight file must be there with
@@ -51,6 +62,7 @@ ACTIVATION_FLOOR = 256 * 2**20
 """Bytes reserved for activations (the video front end, logits) beyond the KV cache and 10% of the weights."""
 LLM_MODEL_TYPES = ("videopanda", "eve", "llama")
 """Model types whose config.json carries the Llama fields whose types are checked."""
+GENERATION_CONFIG = "generation_config.json"
 TOKENIZER_JSON_FILES = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "tokenizer.json")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 UNLIMITED = 2**60
@@ -69,6 +81,10 @@ class MemoryBudgetError(InferError):
     """The model would not fit in the memory available; the message says how much it needs and how much there is."""
 
 
+class ContextLengthError(InferError):
+    """A prompt that leaves no room in the model's context; the message gives its length and the context's."""
+
+
 def torch_dtype(name: str) -> torch.dtype | None:
     """The torch dtype named `name` (one of DTYPE_NAMES); None for "auto" (the checkpoint's own)."""
     import torch
@@ -79,7 +95,8 @@ def torch_dtype(name: str) -> torch.dtype | None:
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     """--model and the options that decide how it answers (shared by `infer`, `chat` and `demo`)."""
     parser.add_argument("--model", required=True, help="Video-Panda model folder (ours or the released layout)")
-    parser.add_argument("--max-new-tokens", type=int, default=1024, help="longest answer, in tokens")
+    parser.add_argument("--max-new-tokens", type=int, default=None,
+                        help="longest answer, in tokens (default: the folder's generation_config.json, else 1024)")
     parser.add_argument("--num-frames", type=int, default=None, help="frames to sample (default: the model's, 8)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
     parser.add_argument("--dtype", choices=("auto", *DTYPE_NAMES), default="auto",
@@ -424,9 +441,10 @@ def load_model(folder: str | Path, device: str = "cpu", dtype: torch.dtype | Non
                memory_budget: int | None = None, keep_peft: bool = False):
     """-> (model in eval mode on `device`, its `VideoPandaProcessor`).
 
-    A LoRA adapter folder (`videopanda.lora`) loads its base folder's model, then its own visual weights
-    and adapters on top (unmerged); the model returned is the `VideoPandaForCausalLM` holding them, or
-    with `keep_peft` the peft wrapper (for `merge_and_unload`).
+    A LoRA adapter folder (`videopanda.lora`) loads its base folder's model (after checking that the base is
+    the model the adapters were trained on: `lora.checked_base_folder`), then its own visual weights,
+    adapters and generation settings on top (unmerged); the model returned is the `VideoPandaForCausalLM`
+    holding them, or with `keep_peft` the peft wrapper (for `merge_and_unload`).
 
     dtype None: the checkpoint's own (`checkpoint_dtype`). Checks the folder (`validate_model_folder`), the
     tokenizer against the model's vocabulary and placeholder id, and that the model fits (`check_memory`; `memory_budget` in
@@ -434,7 +452,7 @@ def load_model(folder: str | Path, device: str = "cpu", dtype: torch.dtype | Non
     file, MemoryBudgetError.
     """
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, GenerationConfig
 
     from videopanda.data.processor import VideoPandaProcessor
     from videopanda.model.checkpoint import one_line_error
@@ -454,14 +472,19 @@ def load_model(folder: str | Path, device: str = "cpu", dtype: torch.dtype | Non
     if processor.image_token_id != config.image_token_id:
         raise ModelFolderError(f"{folder}: the tokenizer's <image> id {processor.image_token_id} is not config.json's "
                                f"image_token_id {config.image_token_id}")
-    from videopanda.lora import attach_adapter, base_folder, is_adapter_folder
+    from videopanda.lora import AdapterFolderError, attach_adapter, checked_base_folder, is_adapter_folder
 
     adapter = is_adapter_folder(folder)
-    weights = base_folder(folder) if adapter else folder
+    try:
+        weights = checked_base_folder(folder) if adapter else folder
+    except AdapterFolderError as err:
+        raise ModelFolderError(str(err)) from err
     check_memory(weights, config, dtype, device, stored, memory_budget)
     try:
         model = AutoModelForCausalLM.from_pretrained(weights, dtype=dtype)
         if adapter:
+            if (Path(folder) / GENERATION_CONFIG).is_file():  # the adapter folder's settings, not its base's
+                model.generation_config = GenerationConfig.from_pretrained(folder)
             peft_model = attach_adapter(model, folder)
             model = peft_model if keep_peft else model
     except Exception as err:  # headers were fine, the data was not: any reader error ends here
@@ -496,23 +519,52 @@ def video_prompt(processor, question: str, system: str = "user") -> str:
         add_generation_prompt=True, system=system)
 
 
-def generation_settings(tokenizer, max_new_tokens: int = 1024) -> dict:
+def generation_settings(tokenizer, max_new_tokens: int | None = None, saved=None) -> dict:
     """The arguments of `model.generate` for every answer this project gives (`infer`, `eval qa`, `chat`,
-    `demo`): greedy, one beam, the KV cache, stop at EOS (SPEC 7); padding with the pad id, else unk, else EOS."""
-    pad = next((t for t in (tokenizer.pad_token_id, tokenizer.unk_token_id) if t is not None), tokenizer.eos_token_id)
-    return {"max_new_tokens": max_new_tokens, "do_sample": False, "num_beams": 1, "use_cache": True,
-            "eos_token_id": tokenizer.eos_token_id, "pad_token_id": pad}
+    `demo`): greedy, one beam, the KV cache, stop at EOS (SPEC 7).
+
+    `saved`: the model's `generation_config` (its folder's generation_config.json). Its new-token limit
+    applies when `max_new_tokens` is None, its EOS and pad ids before the tokenizer's; without it, the
+    project's limit (`MAX_NEW_TOKENS`) and the tokenizer's ids (pad: the pad id, else unk, else EOS)."""
+    from videopanda.model.videopanda import MAX_NEW_TOKENS
+
+    saved_limit = getattr(saved, "max_new_tokens", None)
+    limit = max_new_tokens if max_new_tokens is not None else saved_limit or MAX_NEW_TOKENS
+    if limit < 1:
+        raise InferError(f"--max-new-tokens must be at least 1, got {limit}")
+    eos = next((t for t in (getattr(saved, "eos_token_id", None), tokenizer.eos_token_id) if t is not None), None)
+    pad = next((t for t in (getattr(saved, "pad_token_id", None), tokenizer.pad_token_id, tokenizer.unk_token_id)
+                if t is not None), eos)
+    return {"max_new_tokens": limit, "do_sample": False, "num_beams": 1, "use_cache": True,
+            "eos_token_id": eos, "pad_token_id": pad}
 
 
-def answer(model, processor, frames: torch.Tensor, question: str, max_new_tokens: int = 1024,
+def fit_context(prompt_tokens: int, max_context: int, max_new_tokens: int, subject: str = "the prompt is") -> int:
+    """The new-token limit a prompt of `prompt_tokens` leaves under a context of `max_context` positions:
+    min(max_new_tokens, room). Raises ContextLengthError, "<subject> N tokens (the video's included), over
+    the model's context of M tokens", when no token fits (`max_new_tokens` 0: when the prompt itself does
+    not fit, for scoring a text without generating)."""
+    room = max_context - prompt_tokens
+    if room < min(1, max_new_tokens):
+        over = "over" if room < 0 else "filling"
+        raise ContextLengthError(f"{subject} {prompt_tokens} tokens (the video's included), {over} the model's "
+                                 f"context of {max_context} tokens")
+    return min(max_new_tokens, room)
+
+
+def answer(model, processor, frames: torch.Tensor, question: str, max_new_tokens: int | None = None,
            num_frames: int | None = None, system: str = "user") -> str:
-    """Greedy answer to `question` about uint8 frames (n, H, W, 3) from `read_video`."""
+    """Greedy answer to `question` about uint8 frames (n, H, W, 3) from `read_video`, at most `max_new_tokens`
+    tokens (None: the model's generation config). Raises ContextLengthError when the prompt leaves no room."""
     processor = with_num_frames(processor, num_frames)
     tokenizer = processor.tokenizer
     inputs = processor(text=video_prompt(processor, question, system), videos=frames).to(model.device)
     inputs["pixel_values_videos"] = inputs["pixel_values_videos"].to(model.dtype)
     prompt_length = inputs["input_ids"].shape[1]
-    output = model.generate(**inputs, **generation_settings(tokenizer, max_new_tokens))
+    settings = generation_settings(tokenizer, max_new_tokens, model.generation_config)
+    settings["max_new_tokens"] = fit_context(prompt_length, model.config.max_position_embeddings,
+                                             settings["max_new_tokens"])
+    output = model.generate(**inputs, **settings)
     return tokenizer.decode(output[0, prompt_length:], skip_special_tokens=True).strip()
 
 

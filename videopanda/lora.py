@@ -10,18 +10,27 @@ Adapter folder (every checkpoint and the stage's output of a LoRA run):
 - `adapter_config.json`, `adapter_model.safetensors`: peft's own format (`PeftModel.save_pretrained`);
 - `visual.safetensors`: STAB and projector (and the distillation head while training) in the released
   key names; the base folder's own visual weights are replaced by these;
-- `config.json`, tokenizer and processor files: the model's, so folder checks and the processor work as
-  for a full folder;
-- `videopanda_adapter.json`: {"base": the absolute base folder, "visual": which visual parts trained}.
+- `config.json`, `generation_config.json`, tokenizer and processor files: the model's, so folder checks,
+  the processor and the answer settings work as for a full folder;
+- `videopanda_adapter.json`: {"base": the absolute base folder, "base_identity": the base's
+  `eval.provenance.model_identity` (a checksum of its config, tokenizer and every weight byte) when the
+  adapters were saved, "visual": which visual parts trained}.
 
-`videopanda infer`, `eval qa` and `chat` load such a folder through `infer.load_model` (`attach_adapter`:
-base folder first, visual weights on top, then `PeftModel.from_pretrained`), adapters unmerged;
-`merge-lora` writes the merged, self-contained model folder.
+Every path that answers with such a folder (`videopanda infer`, `chat`, `demo`, `eval qa/mc/benchmark`,
+the lmms-eval plugin, `merge-lora`) loads it through `infer.load_model`, which first checks the base
+(`checked_base_folder`: a base whose identity is not the recorded one is refused in one line; a folder
+written before identities were recorded loads with a warning naming it), then loads the base, the visual
+weights on top and `PeftModel.from_pretrained` (`attach_adapter`), adapters unmerged. `merge-lora` writes
+the merged, self-contained model folder, never into the adapter folder, its base, or a folder that holds
+anything.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -65,6 +74,38 @@ def read_adapter_record(folder: str | Path) -> dict:
 def base_folder(folder: str | Path) -> Path:
     """The base model folder an adapter folder was trained on."""
     return Path(read_adapter_record(folder)["base"])
+
+
+@functools.lru_cache(maxsize=4)
+def _identity_when_saved(base: str) -> str:
+    """The identity of a run's base folder, taken once per process: every checkpoint of a run records the
+    base as the run loaded it, without reading its weights again."""
+    from videopanda.eval.provenance import model_identity
+
+    return model_identity(base)
+
+
+def checked_base_folder(folder: str | Path) -> Path:
+    """The base folder of an adapter folder after checking that it is the model the adapters were trained
+    on (its `model_identity` equals the recorded `base_identity`). Raises AdapterFolderError in one line;
+    a record without `base_identity` (written before it was recorded) only warns, naming the folder."""
+    from videopanda.eval.provenance import model_identity
+
+    folder = Path(folder)
+    record = read_adapter_record(folder)
+    base = Path(record["base"])
+    recorded = record.get("base_identity")
+    if recorded is None:
+        logger.warning("%s: %s records no identity of its base %s (written by an older version): cannot tell "
+                       "whether the base is still the model the adapters were trained on", folder, ADAPTER_RECORD,
+                       base)
+        return base
+    actual = model_identity(base)
+    if actual != recorded:
+        raise AdapterFolderError(f"{folder}: its base {base} is not the model the adapters were trained on "
+                                 f"(identity {actual}, recorded {recorded} in {ADAPTER_RECORD}); restore that "
+                                 f"base or point `base` at a copy of it")
+    return base
 
 
 # ---- training --------------------------------------------------------------------------------------
@@ -127,14 +168,19 @@ def save_adapter_folder(training_model, peft_model, folder: str | Path, base: st
     from safetensors.torch import save_file
 
     from videopanda.io import write_json_atomic
+    from videopanda.model.videopanda import project_generation_config
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     peft_model.save_pretrained(folder)
     state = {k: v.detach().contiguous().cpu() for k, v in _visual_state(training_model).items()}
     save_file(state, str(folder / VISUAL_WEIGHTS), metadata={"format": "pt"})
-    training_model.model.config.save_pretrained(folder)
-    write_json_atomic(folder / ADAPTER_RECORD, {"base": str(Path(base).resolve()), "visual": visual})
+    config = training_model.model.config
+    config.save_pretrained(folder)
+    project_generation_config(config).save_pretrained(folder)
+    base = Path(base).resolve()
+    write_json_atomic(folder / ADAPTER_RECORD, {"base": str(base), "base_identity": _identity_when_saved(str(base)),
+                                                "visual": visual})
 
 
 def _read_visual(folder: Path, include_training: bool) -> dict:
@@ -197,15 +243,43 @@ def attach_adapter(model, folder: str | Path):
     return PeftModel.from_pretrained(model, folder, is_trainable=False)
 
 
+def _check_merge_output(adapter: Path, output: Path) -> None:
+    """AdapterFolderError unless `output` is a new (or empty) folder outside the adapter folder and its base
+    (symlinks resolved): writing there would overwrite the weights the merge reads."""
+    target = output.resolve()
+    for name, folder in (("the adapter folder", adapter), ("its base folder", base_folder(adapter))):
+        folder = folder.resolve()
+        if target == folder or folder in target.parents:
+            raise AdapterFolderError(f"{output}: the output is {name} {folder}"
+                                     f"{'' if target == folder else ' or inside it'}; pick a new folder")
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise AdapterFolderError(f"{output}: already exists and is not an empty folder; pick a new folder")
+
+
 def merge_folder(adapter: str | Path, output: str | Path, device: str = "cpu") -> Path:
-    """Adapter folder -> a full, self-contained model folder with the adapters merged into the LLM weights."""
+    """Adapter folder -> a full, self-contained model folder with the adapters merged into the LLM weights.
+
+    The output must be new or empty, outside the adapter folder and its base; it is written beside itself
+    and renamed into place when complete, so a failed merge leaves nothing. Raises AdapterFolderError for a
+    folder that is not an adapter folder or such an output, InferError (ModelFolderError) from loading."""
     from videopanda.infer import load_model
 
+    adapter, output = Path(adapter), Path(output)
+    if not is_adapter_folder(adapter):
+        raise AdapterFolderError(f"{adapter}: not an adapter folder (no {ADAPTER_RECORD}); merge-lora takes the "
+                                 "output (or a checkpoint) of a LoRA finetune")
+    _check_merge_output(adapter, output)
     model, processor = load_model(adapter, device, keep_peft=True)
     merged = model.merge_and_unload()
-    output = Path(output)
-    merged.save_pretrained(output)
-    processor.save_pretrained(output)
+    partial = output.with_name(f".{output.name}.partial-{os.getpid()}")
+    try:
+        merged.save_pretrained(partial)
+        processor.save_pretrained(partial)
+        if output.exists():
+            output.rmdir()
+        partial.rename(output)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
     return output
 
 
@@ -236,5 +310,5 @@ def main(argv: list[str]) -> int:
 
 
 __all__ = ["ADAPTER_RECORD", "AdapterFolderError", "add_adapters", "attach_adapter", "base_folder",
-           "freeze_for_lora", "is_adapter_folder", "load_adapter_state", "lora_config", "merge_folder",
+           "checked_base_folder", "freeze_for_lora", "is_adapter_folder", "load_adapter_state", "lora_config", "merge_folder",
            "read_adapter_record", "save_adapter_folder"]

@@ -1,6 +1,7 @@
 """LoRA finetuning on the tiny shapes: real runs of `videopanda train`, real adapter folders, merge and reload."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from videopanda.model.checkpoint import PROJECTOR_PREFIX, STAB_PREFIX
 
@@ -289,3 +290,174 @@ def test_activation_checkpointing_leaves_the_adapter_gradients_unchanged(base):
     assert len(plain) == 2 * 7 * 2 and all(g.abs().sum() > 0 for g in plain.values())
     for name, grad in plain.items():
         assert torch.allclose(checkpointed[name], grad, rtol=1e-5, atol=1e-7), name
+
+
+# ---- the base an adapter folder records, merge-lora's output, evaluation, generation settings --------
+
+
+def videopanda_command(trainkit, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([trainkit.python, "-m", "videopanda", *args], env=trainkit.env(), cwd=trainkit.repo,
+                          capture_output=True, text=True, timeout=300)
+
+
+def infer_with(trainkit, model: Path, video: Path) -> subprocess.CompletedProcess:
+    return videopanda_command(trainkit, "infer", "--model", str(model), "--video", str(video), "--question",
+                              "what moves left?", "--max-new-tokens", "6", "--device", "cpu")
+
+
+def copied_adapter(adapter: Path, base: Path, where: Path) -> tuple[Path, Path]:
+    """(adapter folder, base folder): copies of both, the adapter's record pointing at the copied base."""
+    base_copy = shutil.copytree(base, where / "base")
+    copy = shutil.copytree(adapter, where / "adapter", ignore=shutil.ignore_patterns("checkpoint-*"))
+    record = json.loads((copy / "videopanda_adapter.json").read_text())
+    (copy / "videopanda_adapter.json").write_text(json.dumps({**record, "base": str(base_copy)}))
+    return copy, base_copy
+
+
+def file_contents(*folders: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for folder in folders for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_an_adapter_refuses_a_base_whose_weights_changed_since_training(adapter, base, tmp_path, trainkit, video):
+    from videopanda.eval.provenance import model_identity
+
+    record = json.loads((adapter / "videopanda_adapter.json").read_text())
+    assert record["base_identity"] == model_identity(base)
+    copy, base_copy = copied_adapter(adapter, base, tmp_path)
+    same = infer_with(trainkit, copy, video)
+    assert same.returncode == 0 and same.stdout.strip(), same.stderr[-3000:]
+
+    state = load_file(base_copy / "model.safetensors")  # another model's weights under the base's name
+    key = next(k for k in state if llm_key(k) and "layers.1.mlp.down_proj" in k)
+    state[key] = state[key] + 0.01
+    save_file(state, str(base_copy / "model.safetensors"), metadata={"format": "pt"})
+    for command in (["infer", "--model", str(copy), "--video", str(video), "--question", "what moves left?",
+                     "--device", "cpu"], ["merge-lora", str(copy), str(tmp_path / "merged")]):
+        done = videopanda_command(trainkit, *command)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and done.stdout == "" and len(lines) == 1, done.stderr[-3000:]
+        assert str(copy) in lines[0] and f"its base {base_copy} is not the model the adapters were trained on" in lines[0]
+    assert not (tmp_path / "merged").exists()
+
+
+def test_an_adapter_folder_without_a_recorded_base_identity_loads_with_a_warning(adapter, base, tmp_path, trainkit,
+                                                                                  video):
+    copy, _ = copied_adapter(adapter, base, tmp_path)
+    record = json.loads((copy / "videopanda_adapter.json").read_text())
+    del record["base_identity"]
+    (copy / "videopanda_adapter.json").write_text(json.dumps(record))
+    done = infer_with(trainkit, copy, video)
+    assert done.returncode == 0 and done.stdout.strip() == infer_with(trainkit, adapter, video).stdout.strip()
+    warnings = [line for line in done.stderr.splitlines() if "WARNING" in line]
+    assert len(warnings) == 1 and str(copy) in warnings[0] and "records no identity of its base" in warnings[0]
+
+
+@pytest.mark.parametrize("output", ["adapter", "base", "inside_adapter", "inside_base", "link_to_base", "not_empty"])
+def test_merge_lora_refuses_an_output_that_would_overwrite_what_it_reads(adapter, base, tmp_path, output, capsys):
+    from videopanda.lora import main
+
+    copy, base_copy = copied_adapter(adapter, base, tmp_path)
+    (tmp_path / "link").symlink_to(base_copy, target_is_directory=True)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("keep me")
+    target = {"adapter": copy, "base": base_copy, "inside_adapter": copy / "merged", "inside_base": base_copy / "m",
+              "link_to_base": tmp_path / "link" / "merged", "not_empty": tmp_path / "full"}[output]
+    before = file_contents(copy, base_copy, tmp_path / "full")
+    assert main([str(copy), str(target)]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert captured.out == "" and len(lines) == 1 and lines[0].startswith("videopanda merge-lora: error:"), captured.err
+    assert str(target) in lines[0]
+    assert ("already exists" if output == "not_empty" else "pick a new folder") in lines[0]
+    assert file_contents(copy, base_copy, tmp_path / "full") == before
+
+
+def test_merge_lora_on_a_folder_that_is_not_an_adapter_is_one_line(base, tmp_path, trainkit):
+    done = videopanda_command(trainkit, "merge-lora", str(base), str(tmp_path / "merged"))
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert lines[0] == (f"videopanda merge-lora: error: {base}: not an adapter folder (no videopanda_adapter.json); "
+                        "merge-lora takes the output (or a checkpoint) of a LoRA finetune")
+    assert not (tmp_path / "merged").exists()
+
+
+@pytest.fixture
+def eval_data(tmp_path, video):
+    """DATA_ROOT with a 2-question MSVD set and a 2-question EgoSchema set on the test clip."""
+    data = tmp_path / "data"
+    msvd = data / "eval" / "GPT_Zero_Shot_QA" / "MSVD_Zero_Shot_QA"
+    (msvd / "videos").mkdir(parents=True)
+    shutil.copy(video, msvd / "videos" / "a.mp4")
+    (msvd / "test_q.json").write_text(json.dumps(
+        [{"video_name": "a", "question": q, "question_id": i} for i, q in enumerate(["what moves left?", "what colour?"])]))
+    (msvd / "test_a.json").write_text(json.dumps([{"answer": "red", "question_id": i} for i in range(2)]))
+    ego = data / "eval" / "EgoSchema"
+    (ego / "videos").mkdir(parents=True)
+    shutil.copy(video, ego / "videos" / "uid0.mp4")
+    (ego / "questions.json").write_text(json.dumps(
+        [{"q_uid": "uid0", "question": "what colour is the circle", **{f"option {k}": w for k, w in
+                                                                        enumerate(["red", "green", "blue", "up", "left"])}}]))
+    (ego / "subset_answers.json").write_text(json.dumps({"uid0": 1}))
+    return data
+
+
+def test_eval_takes_an_adapter_folder_and_never_mixes_it_with_its_base(adapter, base, tmp_path, eval_data):
+    from videopanda.eval.cli import main
+    from videopanda.eval.provenance import model_identity
+    from videopanda.eval.records import read_jsonl
+
+    qa = ["qa", "--dataset", "msvd", "--data-root", str(eval_data), "--device", "cpu", "--max-new-tokens", "3",
+          "--no-progress"]
+    out = tmp_path / "qa"
+    assert main([*qa, "--model", str(adapter), "--output-dir", str(out)]) == 0
+    rows = read_jsonl(out / "chunk-0-of-1.jsonl")
+    assert len(rows) == 2 and all(r["pred"] is not None for r in rows), rows
+    sidecar = json.loads((out / "chunk-0-of-1.run.json").read_text())
+    assert sidecar["fingerprint"]["model"]["id"] == model_identity(adapter) != model_identity(base)
+    assert main([*qa, "--model", str(base), "--output-dir", str(out)]) == 2  # its base: refused, never mixed
+    assert read_jsonl(out / "chunk-0-of-1.jsonl") == rows
+
+    mc = tmp_path / "mc"
+    assert main(["mc", "--benchmark", "egoschema", "--data-root", str(eval_data), "--output-dir", str(mc), "--model",
+                 str(adapter), "--device", "cpu", "--method", "loglikelihood", "--no-progress"]) == 0
+    results = json.loads((mc / "results.json").read_text())
+    assert results["num_items"] == 1 and results["prediction_fingerprint"]["model"]["id"] == model_identity(adapter)
+
+
+def test_adapter_identity_covers_its_adapters_and_its_base(adapter, base, tmp_path):
+    from videopanda.eval.provenance import model_identity
+
+    copy, base_copy = copied_adapter(adapter, base, tmp_path)
+    first = model_identity(copy)
+    state = load_file(copy / "adapter_model.safetensors")
+    key = sorted(state)[0]
+    state[key] = state[key] + 0.01
+    save_file(state, str(copy / "adapter_model.safetensors"), metadata={"format": "pt"})
+    second = model_identity(copy)
+    state = load_file(base_copy / "model.safetensors")
+    key = next(k for k in state if llm_key(k))
+    state[key] = state[key] + 0.01
+    save_file(state, str(base_copy / "model.safetensors"), metadata={"format": "pt"})
+    assert len({first, second, model_identity(copy), model_identity(base)}) == 4
+
+
+def test_every_folder_a_run_saves_carries_the_generation_settings(adapter, base, tmp_path, trainkit, video):
+    """Stage folders, adapter folders, their checkpoints and merged folders hold generation_config.json with
+    the project's settings (greedy, the new-token limit, EOS and pad ids), and the model loaded from any of
+    them (an adapter folder: its own file, not its base's) generates with them."""
+    from transformers import GenerationConfig
+
+    from videopanda.infer import generation_settings, load_model
+
+    merged = tmp_path / "merged"
+    assert videopanda_command(trainkit, "merge-lora", str(adapter), str(merged)).returncode == 0
+    for folder in (base, adapter, sorted(adapter.glob("checkpoint-*"))[0], merged):
+        saved = json.loads((folder / "generation_config.json").read_text())
+        assert (saved["do_sample"], saved["num_beams"], saved["max_new_tokens"]) == (False, 1, 1024), folder
+        config = json.loads((folder / "config.json").read_text())
+        assert saved["eos_token_id"] == config["eos_token_id"] is not None, folder
+        assert saved["pad_token_id"] == config["pad_token_id"] is not None, folder
+        model, processor = load_model(folder, "cpu")
+        assert model.generation_config.to_diff_dict() == GenerationConfig.from_pretrained(folder).to_diff_dict()
+        settings = generation_settings(processor.tokenizer, None, model.generation_config)
+        assert settings["max_new_tokens"] == 1024 and settings["eos_token_id"] == saved["eos_token_id"]

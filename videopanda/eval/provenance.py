@@ -27,7 +27,10 @@ files, the weight index) and, per weight file, its name, size and a checksum of 
 without loading the weights: a zip `.bin` (torch.save) contributes the CRC-32 of every entry from the
 archive's directory (computed over every byte when it was written), any other file (`.safetensors`) the
 CRC-32 of all its bytes, read in 16 MiB blocks (several GB/s). Two checkpoints of one training run
-(same names and sizes, other weights, even a single changed value) therefore differ. Beside the identity,
+(same names and sizes, other weights, even a single changed value) therefore differ. A LoRA adapter
+folder (`videopanda.lora`) has no model weights of its own: its identity hashes its small files, its
+adapter config, adapter and visual weights, and its base folder's identity, so predictions of an
+adapter, of its base and of another adapter on the same base never mix. Beside the identity,
 the fingerprint names the experiment that trained the model and its ablation switches (`model_experiment`:
 the folder's `experiment.json` and config), so `results.json` says which model variant it scores.
 """
@@ -80,21 +83,27 @@ def _weight_signature(path: Path, digest: "hashlib._Hash") -> None:
 
 
 def model_identity(folder: str | os.PathLike) -> str:
-    """A 16-hex-digit identity of a model folder's contents (see the module docstring); checksums every
-    weight byte (a zip's stored CRCs where it has them). Raises ModelFolderError naming the file it
-    cannot read."""
+    """A 16-hex-digit identity of a model folder's contents, or of an adapter folder's and its base's (see
+    the module docstring); checksums every weight byte (a zip's stored CRCs where it has them). Raises
+    ModelFolderError naming the file it cannot read."""
     from videopanda.infer import ModelFolderError
+    from videopanda.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, VISUAL_WEIGHTS, base_folder, is_adapter_folder
     from videopanda.model.checkpoint import checkpoint_files
 
     folder = Path(folder)
     digest = hashlib.sha256()
-    small = [folder / name for name in _SMALL_FILES] + sorted(folder.glob("*.index.json"))
-    for path in small:
+    adapter = is_adapter_folder(folder)
+    small = [folder / name for name in _SMALL_FILES + ((ADAPTER_CONFIG,) if adapter else ())]
+    for path in small + sorted(folder.glob("*.index.json")):
         if path.is_file():
             digest.update(f"{path.name}\0".encode())
             digest.update(hashlib.sha256(path.read_bytes()).digest())
     try:
-        weights, _ = checkpoint_files(folder)
+        if adapter:
+            digest.update(f"base\0{model_identity(base_folder(folder))}\n".encode())
+            weights = [folder / ADAPTER_WEIGHTS, folder / VISUAL_WEIGHTS]
+        else:
+            weights, _ = checkpoint_files(folder)
     except (OSError, ValueError) as error:
         raise ModelFolderError(" ".join(str(error).split())) from error
     for path in sorted(weights):

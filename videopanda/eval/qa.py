@@ -266,30 +266,52 @@ class ModelAnswerer:
         frames = read_video(item.video_path, num_frames=self.num_frames)
         return video_prompt(self.processor, item.question, self.config.system), frames
 
-    def generate(self, prepared: list[tuple[Any, Any]], max_new_tokens: int | None = None) -> list[str]:
+    def generate(self, prepared: list[tuple[Any, Any]], max_new_tokens: int | None = None) -> list["str | Exception"]:
         """prepared: per sample (prompt text, uint8 frames (n, H, W, 3)) -> greedy answers of at most
-        `max_new_tokens` tokens (default: the config's)."""
-        from videopanda.infer import generation_settings
+        `max_new_tokens` tokens (default: the config's), each capped to the room its own prompt leaves in
+        the model's context (`infer.fit_context`): a sample's answer does not depend on its batch. A sample
+        whose prompt leaves no room gets its `ContextLengthError` instead and is not run."""
+        from videopanda.infer import ContextLengthError, fit_context, generation_settings
 
         torch = self.torch
         inputs = self.processor(text=[p for p, _ in prepared], videos=[f for _, f in prepared]).to(self.config.device)
-        inputs["pixel_values_videos"] = inputs["pixel_values_videos"].to(self.dtype)
-        longest = inputs["input_ids"].shape[1]
+        settings = generation_settings(self.tokenizer, max_new_tokens or self.config.max_new_tokens,
+                                       self.model.generation_config)
+        limits: list[int | Exception] = []
+        for length in inputs["attention_mask"].sum(dim=1).tolist():
+            try:
+                limits.append(fit_context(length, self.model.config.max_position_embeddings,
+                                          settings["max_new_tokens"]))
+            except ContextLengthError as error:
+                limits.append(error)
+        rows = [row for row, limit in enumerate(limits) if isinstance(limit, int)]
+        if not rows:
+            return limits
+        # one video per prompt: keeping rows keeps their videos; the left padding of the rows kept is trimmed
+        width = int(inputs["attention_mask"][rows].sum(dim=1).max())
+        kept = {"input_ids": inputs["input_ids"][rows, -width:], "attention_mask": inputs["attention_mask"][rows, -width:],
+                "pixel_values_videos": inputs["pixel_values_videos"][rows].to(self.dtype)}
+        settings["max_new_tokens"] = max(limits[row] for row in rows)
         with torch.inference_mode():
-            output = self.model.generate(
-                **inputs, **generation_settings(self.tokenizer, max_new_tokens or self.config.max_new_tokens))
-        output = output[:, longest:].cpu()
-        return [text.strip() for text in self.tokenizer.batch_decode(output, skip_special_tokens=True)]
+            output = self.model.generate(**kept, **settings)
+        output = output[:, width:].cpu()
+        for index, row in enumerate(rows):
+            limits[row] = self.tokenizer.decode(output[index, :limits[row]], skip_special_tokens=True).strip()
+        return limits
 
     def continuation_logprobs(self, prompt: str, frames: Any, continuations: Sequence[str]) -> list[tuple[float, bool]]:
         """Per continuation (text appended to `prompt`, e.g. " B"): (sum of the log-probabilities of its
         tokens after the prompt, whether greedy decoding would produce exactly those tokens). The
         continuations are batched with left padding, one copy of the frames (n, H, W, 3) each.
-        ValueError when a continuation is empty or changes how the prompt itself is tokenized."""
+        ValueError when a continuation is empty or changes how the prompt itself is tokenized;
+        ContextLengthError (`infer.fit_context`) when the longest text does not fit in the model's context."""
+        from videopanda.infer import fit_context
+
         torch = self.torch
         texts = [prompt] + [prompt + continuation for continuation in continuations]
         inputs = self.processor(text=texts, videos=[frames] * len(texts)).to(self.config.device)
         lengths = inputs["attention_mask"].sum(dim=1).tolist()
+        fit_context(max(lengths), self.model.config.max_position_embeddings, 0, subject="the prompt and its answer are")
         ids, width = inputs["input_ids"], inputs["input_ids"].shape[1]
         prompt_ids = ids[0, width - lengths[0]:]
         rows = list(range(1, len(texts)))

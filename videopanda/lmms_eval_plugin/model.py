@@ -96,6 +96,8 @@ class VideoPandaLMMS(lmms):
                 max_new_tokens, until = settings
                 replies = self.answerer.generate([self._prepared(request) for request in batch], max_new_tokens)
                 for request, reply in zip(batch, replies):
+                    if isinstance(reply, Exception):  # a prompt past the model's context
+                        raise reply
                     reply = _cut(reply, until)
                     self.cache_hook.add_partial("generate_until", (request.args[0], request.args[1]), reply)
                     answers.append(reply)

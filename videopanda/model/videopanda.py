@@ -25,6 +25,10 @@ Choices where SPEC is silent (see also docs/DESIGN.md):
 - Checkpoints: `from_pretrained` reads the released layout through a registered key mapping
   (`checkpoint.register_released_key_mapping`), and `save_pretrained` writes the same layout (the
   STAB under the released names, safetensors).
+- Every folder `save_pretrained` writes carries `generation_config.json` with the project's answer
+  settings (`project_generation_config`: greedy, one beam, the KV cache, at most `MAX_NEW_TOKENS` new
+  tokens, the config's EOS and pad ids), so `model.generate(**inputs)` on a saved folder answers like
+  `videopanda infer` without arguments.
 """
 from __future__ import annotations
 
@@ -34,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from huggingface_hub.dataclasses import strict
 from torch import Tensor, nn
-from transformers import LlamaConfig, LlamaForCausalLM, LlamaModel
+from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, LlamaModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.models.llama.modeling_llama import LlamaPreTrainedModel
 from transformers.utils import can_return_tuple
@@ -51,6 +55,18 @@ from videopanda.model.checkpoint import IGNORED_ON_LOAD, MODEL_TYPE
 from videopanda.model.stab import SpatioTemporalAlignmentBlock, STABConfig
 
 logger = get_logger(__name__)
+
+MAX_NEW_TOKENS = 1024
+"""The longest answer, in tokens, unless a caller or a folder's generation_config.json says otherwise."""
+
+
+def project_generation_config(config, max_new_tokens: int = MAX_NEW_TOKENS) -> GenerationConfig:
+    """The answer settings of this project (SPEC 7) for a model `config` (any Llama-style config):
+    greedy, one beam, the KV cache, at most `max_new_tokens` new tokens, stop at the config's EOS; pad
+    with its pad id, else EOS (padding only fills rows that finished early, never decoded)."""
+    pad = config.pad_token_id if config.pad_token_id is not None else config.eos_token_id
+    return GenerationConfig(do_sample=False, num_beams=1, use_cache=True, max_new_tokens=max_new_tokens,
+                            bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=pad)
 
 
 @strict
@@ -177,6 +193,12 @@ class VideoPandaForCausalLM(VideoPandaPreTrainedModel, LlamaForCausalLM):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """transformers' `save_pretrained`, with the project's `generation_config.json` (module docstring)
+        whatever generation config the model was loaded with."""
+        self.generation_config = project_generation_config(self.config)
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
     def parts(self) -> dict[str, tuple[nn.Module, ...]]:
         """The model's parts as module objects, for freezing and learning-rate groups: "stab" (the STAB),
         "projector" and "llm" (embeddings, decoder layers, final norm, lm_head). Every parameter is in
@@ -282,4 +304,5 @@ class VideoPandaForCausalLM(VideoPandaPreTrainedModel, LlamaForCausalLM):
         return F.cross_entropy(logits.float(), targets[supervised])
 
 
-__all__ = ["VideoPandaConfig", "VideoPandaModel", "VideoPandaForCausalLM"]
+__all__ = ["MAX_NEW_TOKENS", "VideoPandaConfig", "VideoPandaModel", "VideoPandaForCausalLM",
+           "project_generation_config"]

@@ -121,6 +121,7 @@ def build_models(config: ModelsConfig, texts: list[str], seed: int) -> dict:
 
     from videopanda.data.tokenizer import train_llama_tokenizer
     from videopanda.model.teacher import LanguageBindVideoTower, TeacherConfig, init_teacher_weights
+    from videopanda.model.videopanda import project_generation_config
 
     base = Path(config.data) / "models" / "base"
     train_llama_tokenizer(texts, base, vocab_size=config.vocab_size)
@@ -132,6 +133,7 @@ def build_models(config: ModelsConfig, texts: list[str], seed: int) -> dict:
     model = LlamaForCausalLM(llama_config)
     if config.lm_steps > 0:
         _pretrain_lm(model, tokenizer, texts, config.lm_steps, seed)
+    model.generation_config = project_generation_config(llama_config)
     model.save_pretrained(base)
 
     teacher_config = TeacherConfig(hidden_size=config.teacher_width, intermediate_size=4 * config.teacher_width,
