@@ -335,6 +335,7 @@ def test_limits_are_one_line_naming_the_upload_and_a_raw_stream_is_measured(fold
     assert Path(shown).suffix == ".mp4" and Path(shown) != media["raw_short"]  # a raw stream does not play as is
     header = probe_video(shown)
     assert (header.codec, header.pix_fmt, header.width, header.height) == ("h264", "yuv420p", 64, 48)
+    assert header.seconds == pytest.approx(3.0, abs=0.01)  # played at the stream's 8 fps, not FFmpeg's 25 fps guess
     assert read_video(shown).shape == session.frames.shape
 
     small = Demo(demo.base, max_seconds=MAX_SECONDS, max_pixels=64 * 48 - 1)

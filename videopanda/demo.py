@@ -84,13 +84,13 @@ def browser_playable(path: str | Path, header: VideoHeader) -> bool:
     return header.codec in BROWSER_CODECS.get(Path(path).suffix.lower(), ()) and header.pix_fmt in BROWSER_PIX_FMTS
 
 
-def playable_copy(path: str | Path, folder: Path) -> Path:
+def playable_copy(path: str | Path, header: VideoHeader, folder: Path) -> Path:
     """Re-encode `path` for the page's player -> folder/<new subfolder>/<stem>.mp4, H.264 yuv420p (sides
     rounded down to even), the frames' own timestamps kept (at millisecond precision; frames without any
-    are spaced at the stream's rate). Raises VideoReadError when nothing can be decoded."""
+    are spaced at the header's rate). Raises VideoReadError when nothing can be decoded."""
     import av
 
-    from videopanda.data.video import UNKNOWN_RATE_FPS, VideoReadError
+    from videopanda.data.video import UNKNOWN_RATE_FPS, VideoReadError, decoder_reason
 
     target = Path(tempfile.mkdtemp(dir=folder)) / f"{Path(path).stem}.mp4"
     millisecond = Fraction(1, 1000)
@@ -99,9 +99,9 @@ def playable_copy(path: str | Path, folder: Path) -> Path:
         with av.open(str(path)) as source, av.open(str(target), mode="w",
                                                    options={"movflags": "+faststart"}) as sink:
             stream = source.streams.video[0]
-            rate = stream.average_rate or stream.codec_context.framerate or Fraction(UNKNOWN_RATE_FPS)
+            rate = Fraction(header.fps or UNKNOWN_RATE_FPS).limit_denominator(1000)
             width, height = stream.codec_context.width // 2 * 2, stream.codec_context.height // 2 * 2
-            out = sink.add_stream("libx264", rate=Fraction(rate).limit_denominator(1000))
+            out = sink.add_stream("libx264", rate=rate)
             out.width, out.height, out.pix_fmt = max(2, width), max(2, height), "yuv420p"
             out.codec_context.time_base = millisecond
             out.options = {"crf": "18", "preset": "veryfast"}
@@ -115,7 +115,7 @@ def playable_copy(path: str | Path, folder: Path) -> Path:
                 written += 1
             sink.mux(out.encode())
     except (av.FFmpegError, OSError, ValueError) as err:
-        raise VideoReadError(path, f"cannot re-encode it for the player: {err}") from None
+        raise VideoReadError(path, f"cannot re-encode it for the player: {decoder_reason(err, Path(path))}") from None
     if not written:
         raise VideoReadError(path, "no decodable frames")
     return target
@@ -208,7 +208,7 @@ class Demo:
             frames = conversation.set_video(path)
             visual = conversation.processor.video_processor(frames)["pixel_values_videos"][0]
             load_ms = 1000 * (time.perf_counter() - start)
-            shown = Path(path) if browser_playable(path, header) else playable_copy(path, self.player_folder)
+            shown = Path(path) if browser_playable(path, header) else playable_copy(path, header, self.player_folder)
         except VideoReadError as err:
             raise BadVideo(f"`{name}` cannot be used as a video: {err.reason}.") from None
         strip = frame_strip(visual, frames.shape[0])
@@ -238,7 +238,7 @@ class Demo:
 
         header = self.check_video(path, path.name)
         try:
-            shown = path if browser_playable(path, header) else playable_copy(path, self.player_folder)
+            shown = path if browser_playable(path, header) else playable_copy(path, header, self.player_folder)
         except VideoReadError as err:
             raise BadVideo(f"`{path.name}` cannot be used as a video: {err.reason}.") from None
         self.examples[path.name] = (path, shown)

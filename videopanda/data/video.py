@@ -158,7 +158,7 @@ def read_video(path: str | Path, num_frames: int = 8, start: float | None = None
         except _WindowError as exc:
             raise VideoReadError(path, str(exc)) from None
         except Exception as exc:  # noqa: BLE001 - any decoder failure means "try the next backend"
-            failures.append(f"{name}: {_short_reason(exc, path)}")
+            failures.append(f"{name}: {decoder_reason(exc, path)}")
             continue
         if failures:
             logger.debug("%s: read with PyAV after %s", path, failures[0])
@@ -187,7 +187,7 @@ def probe_video(path: str | Path) -> VideoHeader:
                                fps=_stream_rate(stream, seconds is not None), codec=context.name, container=container.format.name,
                                pix_fmt=context.pix_fmt)
     except (av.FFmpegError, OSError, ValueError) as exc:
-        raise VideoReadError(path, _short_reason(exc, path)) from None
+        raise VideoReadError(path, decoder_reason(exc, path)) from None
 
 
 def decoded_seconds(path: str | Path, limit: float | None = None) -> float:
@@ -213,7 +213,7 @@ def decoded_seconds(path: str | Path, limit: float | None = None) -> float:
                 if limit is not None and end > limit:
                     break
     except (av.FFmpegError, OSError, ValueError) as exc:
-        raise VideoReadError(path, _short_reason(exc, path)) from None
+        raise VideoReadError(path, decoder_reason(exc, path)) from None
     return end
 
 
@@ -270,7 +270,7 @@ def _read_decord(path: Path, num_frames: int, start, end) -> list[np.ndarray]:
             reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
     except Exception as exc:  # noqa: BLE001 - decord raises its own DECORDError (or a RuntimeError)
         said = [line for line in noise if "ERROR opening" in line]
-        raise RuntimeError(said[-1].split(f"{path},", 1)[-1].strip() if said else _short_reason(exc, path)) from None
+        raise RuntimeError(said[-1].split(f"{path},", 1)[-1].strip() if said else decoder_reason(exc, path)) from None
     if noise:
         logger.debug("%s: decord said %s", path, " | ".join(noise))
     opened = _Opened(len(reader), float(reader.get_avg_fps() or 0.0))
@@ -345,7 +345,7 @@ def _to_tensor(path: Path, frames: list[np.ndarray]) -> torch.Tensor:
 _NOISE = re.compile(r"^\[[\d:]+\]\s*\S+:\d+:\s*|\[Errno -?\d+\]\s*")
 
 
-def _short_reason(exc: Exception, path: Path) -> str:
+def decoder_reason(exc: Exception, path: Path) -> str:
     """First line of a decoder error, without decord's timestamp/source prefix, an errno tag, or the file's
     path (the error it goes into names the file already)."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
