@@ -265,14 +265,16 @@ def _read_decord(path: Path, num_frames: int, start, end) -> list[np.ndarray]:
     import decord
 
     decord.logging.set_level(decord.logging.QUIET)
+    noise: list[str] = []
     try:
         with _captured_stderr() as noise:
             reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
     except Exception as exc:  # noqa: BLE001 - decord raises its own DECORDError (or a RuntimeError)
         said = [line for line in noise if "ERROR opening" in line]
         raise RuntimeError(said[-1].split(f"{path},", 1)[-1].strip() if said else decoder_reason(exc, path)) from None
-    if noise:
-        logger.debug("%s: decord said %s", path, " | ".join(noise))
+    finally:
+        if noise:  # with decord's line, anything another thread wrote to fd 2 meanwhile
+            logger.debug("%s: stderr while decord opened it: %s", path, " | ".join(noise))
     opened = _Opened(len(reader), float(reader.get_avg_fps() or 0.0))
     indices = _indices(opened, num_frames, start, end)
     batch = reader.get_batch(indices).asnumpy()
