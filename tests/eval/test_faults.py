@@ -20,10 +20,10 @@ from videopanda.io import OutputError
 REPO = Path(__file__).resolve().parents[2]
 
 
-def videopanda(*args, env=None):
+def videopanda(*args, env=None, timeout=300):
     """`python -m videopanda ARGS` in a real process -> (exit code, stderr)."""
     result = subprocess.run([sys.executable, "-m", "videopanda", *map(str, args)], capture_output=True, text=True,
-                            cwd=REPO, timeout=300, env={**os.environ, **(env or {})})
+                            cwd=REPO, timeout=timeout, env={**os.environ, **(env or {})})
     return result.returncode, result.stderr
 
 
@@ -147,6 +147,60 @@ def test_report_has_every_dataset_and_plots_what_there_is(tmp_path, caplog):
     empty.mkdir()
     assert main(["report", "--results", str(empty), "--output-dir", str(tmp_path / "report2"), "--plot"]) == 1
     assert "nothing to plot" in caplog.text
+
+
+def test_report_over_links_to_its_parent_finishes(tmp_path):
+    """Two links to the parent folder (a cycle for a walk that follows links without a guard): `eval report`
+    ends, with every results file and stopped judge folder once."""
+    run = tmp_path / "runs" / "tiny"
+    write_results(run / "msvd" / "judge" / "results.json", dataset="msvd", accuracy=64.7, score=3.8)
+    (run / "tgif" / "judge").mkdir(parents=True)
+    (run / "tgif" / "judge" / "verdicts.jsonl").write_text("")
+    for name in ("up", "up_again"):
+        (run / name).symlink_to("..", target_is_directory=True)
+    code, stderr = videopanda("eval", "report", "--results", run, "--output-dir", tmp_path / "report", timeout=90)
+    assert code == 0, stderr
+    report = json.loads((tmp_path / "report" / "report.json").read_text())["models"]["tiny"]
+    assert list(report["qa"]) == ["msvd"] and report["qa"]["msvd"]["file"] == str(run / "msvd" / "judge" / "results.json")
+    assert report["unfinished"] == [str(run / "tgif" / "judge")] and report["unknown"] == []
+
+
+def test_report_counts_a_results_file_reached_twice_once(tmp_path):
+    """A linked folder and a linked results.json lead to a results file found through its own path too:
+    it is counted once, under that path (not "two results for msvd")."""
+    run = tmp_path / "runs" / "tiny"
+    write_results(run / "msvd" / "judge" / "results.json", dataset="msvd", accuracy=64.7, score=3.8)
+    (run / "a_link").symlink_to("msvd", target_is_directory=True)
+    (run / "b_copy").mkdir()
+    (run / "b_copy" / "results.json").symlink_to(run / "msvd" / "judge" / "results.json")
+    code, stderr = videopanda("eval", "report", "--results", run, "--output-dir", tmp_path / "report")
+    assert code == 0, stderr
+    report = json.loads((tmp_path / "report" / "report.json").read_text())["models"]["tiny"]
+    assert report["qa"]["msvd"]["file"] == str(run / "msvd" / "judge" / "results.json")
+    assert report["unknown"] == [] and report["unfinished"] == []
+    assert "| tiny | 64.7 / 3.8 | - | - | - | judge-0613 |" in (tmp_path / "report" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("fields,dataset,message", [
+    ('"accuracy": NaN, "score": 3.8', "msvd", "accuracy is nan"),
+    ('"accuracy": 64.7, "score": -1e999', "msvd", "score is -inf"),
+    ('"scores": {"correctness": 3.1, "temporal": Infinity}, "average": null', "videochatgpt", "scores.temporal is inf"),
+])
+def test_report_refuses_a_results_file_holding_nan_or_infinity(tmp_path, fields, dataset, message):
+    """json reads NaN, Infinity and 1e999 without complaint; the report refuses the file in one line naming
+    it and leaves the report it wrote before as it was."""
+    run = tmp_path / "runs" / "tiny"
+    write_results(run / "other" / "results.json", dataset="msrvtt", accuracy=50.0, score=3.0)
+    bad = run / dataset / "judge" / "results.json"
+    bad.parent.mkdir(parents=True)
+    bad.write_text(f'{{"dataset": "{dataset}", "judge": "gpt", "judge_model": "judge-0613", {fields}}}')
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "report.md").write_text("the earlier report\n")
+    code, stderr = videopanda("eval", "report", "--results", run, "--output-dir", out)
+    assert code == 1
+    assert one_error_line(stderr).endswith(f"ERROR videopanda.eval.cli: {bad}: {message}, not a finite number")
+    assert (out / "report.md").read_text() == "the earlier report\n" and not (out / "report.json").exists()
 
 
 def test_benchmark_launcher_without_benchmark_files(msvd_root, tmp_path):

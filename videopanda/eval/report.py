@@ -1,7 +1,10 @@
 """Results tables in the shape of the paper's Table 1 (SPEC section 8), plus the benchmark's five aspects.
 
 Each `--results DIR` is one model's evaluation folder; every `results.json` below it is read (the
-per-aspect files of the benchmark are folded into the benchmark's own `results.json`). A results file
+per-aspect files of the benchmark are folded into the benchmark's own `results.json`). Linked folders
+are followed, each real folder once (a link to a parent ends the walk there instead of looping) and
+each real results file counted once, under a path without links where it has one. A results file
+holding NaN or an infinity anywhere is refused in one line naming the file and the field. A results file
 belongs to the dataset named in its `dataset` field, else to the QA dataset named by one of its
 folders. Every dataset found gets a column: the paper's four first, then the others (the synthetic
 set, ...) by name; a results file whose dataset cannot be told is listed under the table, never
@@ -16,9 +19,10 @@ when there is nothing to plot.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from videopanda.eval.benchmark import ASPECTS
 from videopanda.eval.datasets import BENCHMARK, QA_DATASETS
@@ -45,6 +49,68 @@ def _dataset_of(path: Path, results: dict[str, Any], root: Path) -> str | None:
     return None
 
 
+def _non_finite(value: Any, where: str = "") -> tuple[str, float] | None:
+    """(place, value) of the first NaN or infinity in a JSON value ("scores.temporal", "accuracy"), else None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return where or "the value", value
+    children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, child in children:
+        found = _non_finite(child, f"{where}.{key}" if where else str(key))
+        if found is not None:
+            return found
+    return None
+
+
+def _read_results(path: Path) -> dict[str, Any]:
+    """A results.json as a dict; ReportError naming the file when it is unreadable, not an object, or holds
+    NaN or an infinity anywhere (json reads NaN, Infinity and 1e999; no table may show them)."""
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ReportError(f"{path}: unreadable results ({' '.join(str(error).split())})") from None
+    if not isinstance(results, dict):
+        raise ReportError(f"{path}: not a results object")
+    found = _non_finite(results)
+    if found is not None:
+        raise ReportError(f"{path}: {found[0]} is {found[1]}, not a finite number")
+    return results
+
+
+def _walk(root: Path) -> Iterator[tuple[Path, list[str]]]:
+    """(folder, file names) for every folder under `root`, linked folders followed, each real folder once:
+    reached by a path without links where there is one (links are followed after the folders' own tree),
+    so links to a parent end instead of looping and no folder is read twice."""
+    seen: set[str] = set()
+    starts = [root]
+    while starts:
+        start = starts.pop(0)
+        real = os.path.realpath(start)
+        if real in seen:
+            continue
+        seen.add(real)
+        for folder, subfolders, files in os.walk(start):
+            kept = []
+            for name in sorted(subfolders):
+                path = os.path.join(folder, name)
+                if os.path.islink(path):
+                    starts.append(Path(path))
+                elif os.path.realpath(path) not in seen:
+                    seen.add(os.path.realpath(path))
+                    kept.append(name)
+            subfolders[:] = kept
+            yield Path(folder), sorted(files)
+
+
+def _results_files(root: Path) -> list[Path]:
+    """Every results.json under `root` (`_walk`), each real file once (a linked file counts where its
+    target is not found itself), in path order."""
+    found = [folder / "results.json" for folder, files in _walk(root) if "results.json" in files]
+    first: dict[str, Path] = {}
+    for path in sorted(found, key=lambda p: (p.is_symlink(), str(p))):
+        first.setdefault(os.path.realpath(path), path)
+    return sorted(first.values())
+
+
 def _check_numbers(path: Path, results: dict[str, Any], benchmark: bool) -> None:
     """ReportError unless the numbers the tables show are numbers (or null)."""
     scores = results.get("scores") if benchmark else {key: results.get(key) for key in ("accuracy", "score")}
@@ -57,9 +123,8 @@ def _check_numbers(path: Path, results: dict[str, Any], benchmark: bool) -> None
 def _unfinished(root: Path) -> list[str]:
     """Judge folders under `root` whose run stopped before writing results.json."""
     stopped: set[str] = set()
-    for folder, _, files in os.walk(root, followlinks=True):
+    for path, files in _walk(root):
         if "verdicts.jsonl" in files or "results.json" in files:
-            path = Path(folder)
             # a benchmark aspect's run is finished only when the benchmark folder above it has its results
             judge_dir = path.parent if path.name in ASPECTS else path
             if not (judge_dir / "results.json").exists():
@@ -83,14 +148,8 @@ def collect(results_dirs: Sequence[str | os.PathLike], names: Sequence[str] | No
         for folder in entry["unfinished"]:
             logger.warning("%s: the judge stopped before writing results.json; listed under the table, not in it",
                            folder)
-        found = [Path(d) / "results.json" for d, _, files in os.walk(root, followlinks=True) if "results.json" in files]
-        for path in sorted(found):
-            try:
-                results = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-                raise ReportError(f"{path}: unreadable results ({' '.join(str(error).split())})") from None
-            if not isinstance(results, dict):
-                raise ReportError(f"{path}: not a results object")
+        for path in _results_files(root):
+            results = _read_results(path)
             if "aspect" in results:
                 continue
             dataset = _dataset_of(path, results, root)
