@@ -351,3 +351,10 @@ def test_an_example_the_demo_would_refuse_stops_it_at_start_with_one_line(folder
     assert done.returncode == 1, done.stderr
     assert done.stderr.splitlines() == [f"videopanda demo: error: example {media['long']}: `long.mp4` is 10.0 s long; "
                                         f"this demo takes clips up to {MAX_SECONDS} s."]
+
+
+@pytest.mark.parametrize("option", ["--max-pixels", "--max-seconds"])
+def test_a_limit_must_be_positive(folder, option):
+    done = subprocess.run([sys.executable, "-m", "videopanda", "demo", "--model", str(folder), option, "0"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.splitlines()[-1] == f"videopanda demo: error: {option} must be positive, got 0"

@@ -372,7 +372,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--max-seconds", type=float, default=600.0, help="longest clip accepted, seconds")
     parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
-                        help="largest frame accepted, width x height in pixels (8847360 = 4096x2160), "
+                        help="largest frame accepted, width x height in pixels (4096x2160 by default), "
                              "read from the stream header before decoding")
     parser.add_argument("--max-upload", default="200MB", help="largest upload accepted")
     return parser
