@@ -151,15 +151,18 @@ def test_report_has_every_dataset_and_plots_what_there_is(tmp_path, caplog):
 
 def test_report_over_links_to_its_parent_finishes(tmp_path):
     """Two links to the parent folder (a cycle for a walk that follows links without a guard): `eval report`
-    ends, with every results file and stopped judge folder once."""
+    ends, with every results file and stopped judge folder once; the links are not followed, so another
+    model's folder beside this one is not read as this model's."""
     run = tmp_path / "runs" / "tiny"
     write_results(run / "msvd" / "judge" / "results.json", dataset="msvd", accuracy=64.7, score=3.8)
+    write_results(tmp_path / "runs" / "other" / "msrvtt" / "results.json", dataset="msrvtt", accuracy=1.0, score=1.0)
     (run / "tgif" / "judge").mkdir(parents=True)
     (run / "tgif" / "judge" / "verdicts.jsonl").write_text("")
     for name in ("up", "up_again"):
         (run / name).symlink_to("..", target_is_directory=True)
     code, stderr = videopanda("eval", "report", "--results", run, "--output-dir", tmp_path / "report", timeout=90)
     assert code == 0, stderr
+    assert f"{run / 'up'}: not followed" in stderr and f"{run / 'up_again'}: not followed" in stderr
     report = json.loads((tmp_path / "report" / "report.json").read_text())["models"]["tiny"]
     assert list(report["qa"]) == ["msvd"] and report["qa"]["msvd"]["file"] == str(run / "msvd" / "judge" / "results.json")
     assert report["unfinished"] == [str(run / "tgif" / "judge")] and report["unknown"] == []

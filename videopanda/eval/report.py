@@ -2,8 +2,9 @@
 
 Each `--results DIR` is one model's evaluation folder; every `results.json` below it is read (the
 per-aspect files of the benchmark are folded into the benchmark's own `results.json`). Linked folders
-are followed, each real folder once (a link to a parent ends the walk there instead of looping) and
-each real results file counted once, under a path without links where it has one. A results file
+are followed, each real folder once, except a link to a folder holding DIR (a loop back to DIR or a
+way out to other models' folders; logged) and each real results file is counted once, under a path
+without links where it has one. A results file
 holding NaN or an infinity anywhere is refused in one line naming the file and the field. A results file
 belongs to the dataset named in its `dataset` field, else to the QA dataset named by one of its
 folders. Every dataset found gets a column: the paper's four first, then the others (the synthetic
@@ -78,14 +79,20 @@ def _read_results(path: Path) -> dict[str, Any]:
 
 def _walk(root: Path) -> Iterator[tuple[Path, list[str]]]:
     """(folder, file names) for every folder under `root`, linked folders followed, each real folder once:
-    reached by a path without links where there is one (links are followed after the folders' own tree),
-    so links to a parent end instead of looping and no folder is read twice."""
+    reached by a path without links where there is one (links are followed after the folders' own tree).
+    A link to a folder holding `root` is not followed (logged): it could only lead back to `root` or to
+    folders beside it, which are not this model's results."""
+    top = Path(os.path.realpath(root))
     seen: set[str] = set()
     starts = [root]
     while starts:
         start = starts.pop(0)
         real = os.path.realpath(start)
         if real in seen:
+            continue
+        if start != root and top.is_relative_to(real):
+            logger.warning("%s: not followed, the link leads to %s, which holds the results folder %s",
+                           start, real, root)
             continue
         seen.add(real)
         for folder, subfolders, files in os.walk(start):
