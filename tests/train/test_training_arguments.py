@@ -63,7 +63,7 @@ def test_the_scripts_experiment_trains_with_the_original_batches_and_no_clipping
         assert (used["ds_micro_batch"], used["ds_accumulation"]) == (per_device, 1), stage
         assert used["max_grad_norm"] == 0 and used["ds_clipping"] == 0.0 and used["deepspeed_reads"] == 0.0, stage
         assert used["log"] == f"per-device batch {per_device}, 1 accumulation step(s); gradient clipping off " \
-                              "(max_grad_norm 0, DeepSpeed's gradient_clipping)", stage
+                              "(max_grad_norm 0, applied by DeepSpeed)", stage
 
 
 def test_the_recipe_is_unclipped_and_the_quickstart_keeps_its_own_bound(probed):

@@ -329,7 +329,7 @@ def training_arguments(args: TrainArgs, batch: BatchPlan, device: str, bf16: boo
     logger.info("per-device batch %d, %d accumulation step(s); gradient clipping %s (max_grad_norm %g%s)",
                 training.per_device_train_batch_size, training.gradient_accumulation_steps,
                 f"at norm {clip:g}" if clip > 0 else "off", training.max_grad_norm,
-                ", DeepSpeed's gradient_clipping" if deepspeed is not None else "")
+                ", applied by DeepSpeed" if deepspeed is not None else "")
     return training
 
 
