@@ -389,7 +389,7 @@ def main(argv: list[str]) -> int:
         return 1
     for option in ("max_seconds", "max_pixels"):
         if not getattr(args, option) > 0:
-            _parser().error(f"--{option.replace('_', '-')} must be positive, got {getattr(args, option)}")
+            _parser().error(f"--{option.replace('_', '-')} must be positive, got {getattr(args, option):g}")
     try:
         examples = example_videos(args.examples)
         check_model_folder(args.model)
