@@ -121,6 +121,18 @@ def test_qa_on_a_full_disk(model_dir, tmp_path):
         assert no_temporary_files(full) == []
 
 
+def test_a_question_file_that_is_not_utf8_is_one_line(msvd_root, tmp_path):
+    data_root, _ = msvd_root
+    questions = data_root / "eval" / "GPT_Zero_Shot_QA" / "MSVD_Zero_Shot_QA" / "test_q.json"
+    questions.write_bytes(questions.read_bytes().replace(b"shape 1", b"shape \xe9"))
+    code, stderr = videopanda("eval", "merge", "--pred-dir", tmp_path / "pred", "--dataset", "msvd",
+                              "--data-root", data_root, "--output", tmp_path / "merge.jsonl")
+    assert code == 1
+    assert one_error_line(stderr).split(" ERROR videopanda.eval.cli: ")[1].startswith(
+        f"{questions}: cannot be read as JSON ('utf-8' codec can't decode byte 0xe9")
+    assert not (tmp_path / "merge.jsonl").exists()
+
+
 def write_results(path, **fields):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"judge": "gpt", "judge_model": "judge-0613", "complete": True, **fields}))

@@ -23,11 +23,12 @@ Benchmark items get stable ids from their position in the file: `generic/{i}`, `
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from videopanda.io import read_json
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".avi", ".webm", ".gif", ".mov")
 
@@ -76,12 +77,9 @@ def _load_list(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise DatasetError(f"{path}: file not found")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise DatasetError(f"{path}: not valid JSON ({error})") from None
-    if not isinstance(data, list):
-        raise DatasetError(f"{path}: expected a JSON list of objects, got {type(data).__name__}")
-    return data
+        return read_json(path, expected=list)
+    except ValueError as error:  # not UTF-8, not JSON, not a list: one line naming the file
+        raise DatasetError(str(error)) from None
 
 
 def _field(entry: Any, name: str, path: Path, index: int) -> Any:
