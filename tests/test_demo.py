@@ -354,7 +354,7 @@ def test_an_example_the_demo_would_refuse_stops_it_at_start_with_one_line(folder
 
 
 @pytest.mark.parametrize("option", ["--max-pixels", "--max-seconds"])
-def test_a_limit_must_be_positive(folder, option):
-    done = subprocess.run([sys.executable, "-m", "videopanda", "demo", "--model", str(folder), option, "0"],
+def test_a_limit_must_be_positive(tmp_path, option):
+    done = subprocess.run([sys.executable, "-m", "videopanda", "demo", "--model", str(tmp_path), option, "0"],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and done.stderr.splitlines()[-1] == f"videopanda demo: error: {option} must be positive, got 0"

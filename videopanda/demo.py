@@ -380,6 +380,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    for option in ("max_seconds", "max_pixels"):
+        if not getattr(args, option) > 0:
+            _parser().error(f"--{option.replace('_', '-')} must be positive, got {getattr(args, option):g}")
     from videopanda.infer import InferError, MemoryBudgetError, ModelFolderError, check_model_folder
 
     try:
@@ -387,9 +390,6 @@ def main(argv: list[str]) -> int:
     except ImportError:
         print("videopanda demo: error: Gradio is not installed: pip install 'videopanda[demo]'", file=sys.stderr)
         return 1
-    for option in ("max_seconds", "max_pixels"):
-        if not getattr(args, option) > 0:
-            _parser().error(f"--{option.replace('_', '-')} must be positive, got {getattr(args, option):g}")
     try:
         examples = example_videos(args.examples)
         check_model_folder(args.model)
