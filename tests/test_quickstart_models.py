@@ -35,6 +35,9 @@ def test_model_folders_load(data_dir):
     assert model.config.num_hidden_layers == tiny["num_hidden_layers"]
     assert (model.config.num_attention_heads, model.config.head_dim) == (tiny["num_attention_heads"], tiny["head_dim"])
     assert model.config.vocab_size == len(tokenizer)
+    settings = json.loads((base / "generation_config.json").read_text())  # the project's answer settings
+    assert (settings["do_sample"], settings["num_beams"], settings["max_new_tokens"], settings["eos_token_id"]) == (
+        False, 1, 1024, tokenizer.eos_token_id)
     test_q = data_dir / "eval" / "GPT_Zero_Shot_QA" / "Synth_Zero_Shot_QA" / "test_q.json"
     question = json.loads(test_q.read_text())[0]["question"]
     ids = tokenizer(question).input_ids
