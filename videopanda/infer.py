@@ -14,7 +14,7 @@ with code 2; a missing or unreadable video, a bad option, or a prompt longer tha
 Generation settings have one source, the folder's `generation_config.json` (every folder this project
 saves has one: `videopanda.model.videopanda.project_generation_config`): its new-token limit unless
 `--max-new-tokens` is given, its EOS and pad ids; decoding is always greedy with one beam and the KV
-cache (SPEC 7). A folder without the file (the released layout) gets the project's defaults.
+cache (the paper's decoding). A folder without the file (the released layout) gets the project's defaults.
 
 Context guard (`fit_context`, shared by `infer`, `chat`, `demo`, `eval qa` and `eval mc`): a prompt
 (text and the video's placeholder tokens) that leaves no room under the model's `max_position_embeddings`

@@ -336,7 +336,8 @@ def test_an_adapter_refuses_a_base_whose_weights_changed_since_training(adapter,
         done = videopanda_command(trainkit, *command)
         lines = done.stderr.strip().splitlines()
         assert done.returncode == 2 and done.stdout == "" and len(lines) == 1, done.stderr[-3000:]
-        assert str(copy) in lines[0] and f"its base {base_copy} is not the model the adapters were trained on" in lines[0]
+        assert str(copy) in lines[0]
+        assert f"its base {base_copy} is not the model the adapters were trained on" in lines[0]
     assert not (tmp_path / "merged").exists()
 
 
@@ -388,15 +389,15 @@ def eval_data(tmp_path, video):
     msvd = data / "eval" / "GPT_Zero_Shot_QA" / "MSVD_Zero_Shot_QA"
     (msvd / "videos").mkdir(parents=True)
     shutil.copy(video, msvd / "videos" / "a.mp4")
+    questions = ["what moves left?", "what colour?"]
     (msvd / "test_q.json").write_text(json.dumps(
-        [{"video_name": "a", "question": q, "question_id": i} for i, q in enumerate(["what moves left?", "what colour?"])]))
+        [{"video_name": "a", "question": q, "question_id": i} for i, q in enumerate(questions)]))
     (msvd / "test_a.json").write_text(json.dumps([{"answer": "red", "question_id": i} for i in range(2)]))
     ego = data / "eval" / "EgoSchema"
     (ego / "videos").mkdir(parents=True)
     shutil.copy(video, ego / "videos" / "uid0.mp4")
-    (ego / "questions.json").write_text(json.dumps(
-        [{"q_uid": "uid0", "question": "what colour is the circle", **{f"option {k}": w for k, w in
-                                                                        enumerate(["red", "green", "blue", "up", "left"])}}]))
+    options = {f"option {k}": w for k, w in enumerate(["red", "green", "blue", "up", "left"])}
+    (ego / "questions.json").write_text(json.dumps([{"q_uid": "uid0", "question": "what colour is the circle", **options}]))
     (ego / "subset_answers.json").write_text(json.dumps({"uid0": 1}))
     return data
 

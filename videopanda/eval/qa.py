@@ -289,7 +289,8 @@ class ModelAnswerer:
             return limits
         # one video per prompt: keeping rows keeps their videos; the left padding of the rows kept is trimmed
         width = int(inputs["attention_mask"][rows].sum(dim=1).max())
-        kept = {"input_ids": inputs["input_ids"][rows, -width:], "attention_mask": inputs["attention_mask"][rows, -width:],
+        kept = {"input_ids": inputs["input_ids"][rows, -width:],
+                "attention_mask": inputs["attention_mask"][rows, -width:],
                 "pixel_values_videos": inputs["pixel_values_videos"][rows].to(self.dtype)}
         settings["max_new_tokens"] = max(limits[row] for row in rows)
         with torch.inference_mode():

@@ -61,9 +61,9 @@ MAX_NEW_TOKENS = 1024
 
 
 def project_generation_config(config, max_new_tokens: int = MAX_NEW_TOKENS) -> GenerationConfig:
-    """The answer settings of this project (SPEC 7) for a model `config` (any Llama-style config):
-    greedy, one beam, the KV cache, at most `max_new_tokens` new tokens, stop at the config's EOS; pad
-    with its pad id, else EOS (padding only fills rows that finished early, never decoded)."""
+    """The answer settings of this project (the paper's greedy decoding) for a model `config` (any
+    Llama-style config): greedy, one beam, the KV cache, at most `max_new_tokens` new tokens, stop at the
+    config's EOS; pad with its pad id, else EOS (padding only fills rows that finished early, never decoded)."""
     pad = config.pad_token_id if config.pad_token_id is not None else config.eos_token_id
     return GenerationConfig(do_sample=False, num_beams=1, use_cache=True, max_new_tokens=max_new_tokens,
                             bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=pad)
