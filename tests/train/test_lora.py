@@ -384,7 +384,8 @@ def test_merge_lora_on_a_folder_that_is_not_an_adapter_is_one_line(base, tmp_pat
 
 @pytest.fixture
 def eval_data(tmp_path, video):
-    """DATA_ROOT with a 2-question MSVD set and a 2-question EgoSchema set on the test clip."""
+    """DATA_ROOT with a 2-question MSVD set, a 1-question EgoSchema set and a one-clip Video-ChatGPT benchmark,
+    all on the test clip."""
     data = tmp_path / "data"
     msvd = data / "eval" / "GPT_Zero_Shot_QA" / "MSVD_Zero_Shot_QA"
     (msvd / "videos").mkdir(parents=True)
@@ -399,10 +400,18 @@ def eval_data(tmp_path, video):
     options = {f"option {k}": w for k, w in enumerate(["red", "green", "blue", "up", "left"])}
     (ego / "questions.json").write_text(json.dumps([{"q_uid": "uid0", "question": "what colour is the circle", **options}]))
     (ego / "subset_answers.json").write_text(json.dumps({"uid0": 1}))
+    bench = data / "eval" / "Video_ChatGPT_Benchmark"
+    (bench / "videos").mkdir(parents=True)
+    shutil.copy(video, bench / "videos" / "v_a.mp4")
+    (bench / "generic_qa.json").write_text(json.dumps([{"video_name": "v_a", "Q": "What moves?", "A": "A circle."}]))
+    (bench / "temporal_qa.json").write_text(json.dumps([{"video_name": "v_a", "Q": "What first?", "A": "Red."}]))
+    (bench / "consistency_qa.json").write_text(json.dumps(
+        [{"video_name": "v_a", "Q1": "Which shape?", "Q2": "What shape is shown?", "A": "A circle."}]))
     return data
 
 
-def test_eval_takes_an_adapter_folder_and_never_mixes_it_with_its_base(adapter, base, tmp_path, eval_data):
+def test_eval_qa_mc_and_benchmark_take_an_adapter_folder_and_never_mix_it_with_its_base(adapter, base, tmp_path,
+                                                                                         eval_data):
     from videopanda.eval.cli import main
     from videopanda.eval.provenance import model_identity
     from videopanda.eval.records import read_jsonl
@@ -423,6 +432,14 @@ def test_eval_takes_an_adapter_folder_and_never_mixes_it_with_its_base(adapter, 
                  str(adapter), "--device", "cpu", "--method", "loglikelihood", "--no-progress"]) == 0
     results = json.loads((mc / "results.json").read_text())
     assert results["num_items"] == 1 and results["prediction_fingerprint"]["model"]["id"] == model_identity(adapter)
+
+    bench = tmp_path / "benchmark"
+    assert main(["benchmark", "--stage", "infer", "--data-root", str(eval_data), "--output-dir", str(bench), "--model",
+                 str(adapter), "--device", "cpu", "--max-new-tokens", "3", "--no-progress"]) == 0
+    rows = read_jsonl(bench / "predictions" / "chunk-0-of-1.jsonl")
+    assert rows and all(r["pred"] is not None for r in rows), rows
+    sidecar = json.loads((bench / "predictions" / "chunk-0-of-1.run.json").read_text())
+    assert sidecar["fingerprint"]["model"]["id"] == model_identity(adapter)
 
 
 def test_adapter_identity_covers_its_adapters_and_its_base(adapter, base, tmp_path):
