@@ -13,6 +13,8 @@ import sys
 import textwrap
 import time
 
+import pytest
+
 from videopanda.eval.datasets import load_questions
 from videopanda.eval.merge import merge_predictions
 from videopanda.eval.qa import chunk_file, run_qa, shard
@@ -104,28 +106,19 @@ def test_sharded_runs_then_merge(msvd_root, tmp_path):
     assert report.complete and [r["pred"] for r in report.records] == [f"a {x.id}" for x in items]
 
 
-def test_interrupted_last_line_is_dropped_and_redone(msvd_root, tmp_path):
-    data_root, _ = msvd_root
-    items = load_questions(data_root, "msvd")[:4]
-    out = tmp_path / "preds.jsonl"
-    calls = []
-
-    def answer(batch):
-        calls.extend(item.id for item in batch)
-        return [f"answer {item.id}" for item in batch]
-
-    run_qa(items[:2], answer, out, progress=False)
+def _cut_last_write(out):
     with open(out, "a") as f:
         f.write('{"id": "q002", "question": "what col')     # a write cut short by a kill
-    run_qa(items, answer, out, batch_size=3, progress=False)
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["id"] for r in rows] == ["q000", "q001", "q002", "q003"]
-    assert calls == ["q000", "q001", "q002", "q003"]
 
 
-def test_a_complete_last_line_without_newline_is_kept_and_appended_after(msvd_root, tmp_path):
-    """A file whose valid last line lacks its newline (written by another tool, or edited) loses nothing:
-    that line is a record, not an interrupted write, and the next record starts on a line of its own."""
+def _strip_final_newline(out):
+    out.write_bytes(out.read_bytes().rstrip(b"\n"))       # a file written by another tool, or edited
+
+
+@pytest.mark.parametrize("damage", [_cut_last_write, _strip_final_newline])
+def test_a_resume_after_a_damaged_last_line_asks_nothing_twice(msvd_root, tmp_path, damage):
+    """An unparsable last line is an interrupted write: dropped and redone. A valid last line without its
+    newline is a record: kept, and the next record starts on a line of its own."""
     data_root, _ = msvd_root
     items = load_questions(data_root, "msvd")[:4]
     out = tmp_path / "preds.jsonl"
@@ -136,9 +129,9 @@ def test_a_complete_last_line_without_newline_is_kept_and_appended_after(msvd_ro
         return [f"answer {item.id}" for item in batch]
 
     run_qa(items[:2], answer, out, progress=False)
-    out.write_bytes(out.read_bytes().rstrip(b"\n"))
+    damage(out)
     assert [r["id"] for r in read_jsonl(out)] == ["q000", "q001"]
-    run_qa(items, answer, out, progress=False)
+    run_qa(items, answer, out, batch_size=3, progress=False)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in rows] == ["q000", "q001", "q002", "q003"]
     assert calls == ["q000", "q001", "q002", "q003"]
