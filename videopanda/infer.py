@@ -521,7 +521,8 @@ def video_prompt(processor, question: str, system: str = "user") -> str:
 
 def generation_settings(tokenizer, max_new_tokens: int | None = None, saved=None) -> dict:
     """The arguments of `model.generate` for every answer this project gives (`infer`, `eval qa`, `chat`,
-    `demo`): greedy, one beam, the KV cache, stop at EOS (SPEC 7).
+    `demo`): greedy, one beam, the KV cache, stop at EOS (the paper's evaluation decoding; docs/DESIGN.md,
+    "Generation settings and the context guard").
 
     `saved`: the model's `generation_config` (its folder's generation_config.json). Its new-token limit
     applies when `max_new_tokens` is None, its EOS and pad ids before the tokenizer's; without it, the
