@@ -70,18 +70,16 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(folder, media, tmp_path_factory):
-    """The demo in its own process, offering the good clip as an example; -> (URL, process, log file)."""
-    _browser_or_skip()
+def _serve(folder: Path, examples: list[Path], log_path: Path, **env) -> tuple[str, subprocess.Popen]:
+    """Start `videopanda demo` on a free port and wait until it answers; -> (URL, process)."""
     port = _free_port()
-    log_path = tmp_path_factory.mktemp("server") / "demo.log"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", GRADIO_ANALYTICS_ENABLED="False")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", GRADIO_ANALYTICS_ENABLED="False",
+               **env)
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "videopanda", "demo", "--model", str(folder), "--host", "127.0.0.1",
              "--port", str(port), "--max-new-tokens", str(NEW_TOKENS), "--device", "cpu", "--dtype", "float32",
-             "--max-seconds", str(MAX_SECONDS), "--examples", str(media["clip"])],
+             "--max-seconds", str(MAX_SECONDS), "--examples", *map(str, examples)],
             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 180
@@ -91,20 +89,33 @@ def server(folder, media, tmp_path_factory):
         try:
             with urllib.request.urlopen(url, timeout=5) as response:
                 if response.status == 200:
-                    break
+                    return url, process
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             pass
         if time.monotonic() > deadline:
             process.terminate()
             pytest.fail(f"the demo did not answer on {url} within 180 s:\n{log_path.read_text()}")
         time.sleep(1)
-    yield url, process, log_path
+
+
+def _stop(process: subprocess.Popen) -> int:
+    """SIGTERM, as a service manager stops it; -> its exit code."""
     process.terminate()
     try:
-        process.wait(timeout=30)
+        return process.wait(timeout=30)
     except subprocess.TimeoutExpired:
         process.kill()
-        process.wait()
+        return process.wait()
+
+
+@pytest.fixture(scope="module")
+def server(folder, media, tmp_path_factory):
+    """The demo in its own process, offering the good clip as an example; -> (URL, process, log file)."""
+    _browser_or_skip()
+    log_path = tmp_path_factory.mktemp("server") / "demo.log"
+    url, process = _serve(folder, [media["clip"]], log_path)
+    yield url, process, log_path
+    _stop(process)
 
 
 @pytest.fixture
@@ -358,3 +369,13 @@ def test_a_limit_must_be_positive(tmp_path, option):
     done = subprocess.run([sys.executable, "-m", "videopanda", "demo", "--model", str(tmp_path), option, "0"],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and done.stderr.splitlines()[-1] == f"videopanda demo: error: {option} must be positive, got 0"
+
+
+def test_a_demo_stopped_with_sigterm_closes_and_leaves_no_temporary_files(folder, media, tmp_path):
+    pytest.importorskip("gradio", reason="the demo needs the `demo` extra (gradio)")
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    _, process = _serve(folder, [media["clip"]], tmp_path / "demo.log", TMPDIR=str(temporary))
+    assert [p.name for p in temporary.glob("videopanda-demo-*")], "the demo keeps its playable copies in TMPDIR"
+    assert _stop(process) == 0, (tmp_path / "demo.log").read_text()
+    assert not list(temporary.glob("videopanda-demo-*"))

@@ -30,6 +30,7 @@ Sessions keep their own clip and conversation; the model is shared and answers o
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import tempfile
 import threading
@@ -378,6 +379,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     for option in ("max_seconds", "max_pixels"):
@@ -406,6 +411,9 @@ def main(argv: list[str]) -> int:
                 print(f"videopanda demo: error: example {path}: {err}", file=sys.stderr)
                 return 1
         app = build_app(demo, args.model)
+        # A service manager stops the demo with SIGTERM: end it as Ctrl+C does, so Gradio closes its server
+        # and the folder of playable copies is removed on the way out.
+        signal.signal(signal.SIGTERM, _interrupt)
         system_fonts = ["ui-sans-serif", "system-ui", "sans-serif"]
         theme = gr.themes.Default(font=system_fonts, font_mono=["ui-monospace", "monospace"])
         app.queue().launch(server_name=args.host, server_port=args.port, max_file_size=args.max_upload,
