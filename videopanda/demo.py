@@ -411,12 +411,15 @@ def main(argv: list[str]) -> int:
                 print(f"videopanda demo: error: example {path}: {err}", file=sys.stderr)
                 return 1
         app = build_app(demo, args.model)
-        # A service manager stops the demo with SIGTERM: end it as Ctrl+C does, so Gradio closes its server
-        # and the folder of playable copies is removed on the way out.
-        signal.signal(signal.SIGTERM, _interrupt)
         system_fonts = ["ui-sans-serif", "system-ui", "sans-serif"]
         theme = gr.themes.Default(font=system_fonts, font_mono=["ui-monospace", "monospace"])
-        app.queue().launch(server_name=args.host, server_port=args.port, max_file_size=args.max_upload,
-                           theme=theme, ssr_mode=False, show_error=True, footer_links=[],
-                           allowed_paths=[player_folder, *{str(p.resolve().parent) for p in examples}])
+        # A service manager stops the demo with SIGTERM: end it as Ctrl+C does, at any point of the launch, so
+        # the server is closed and the folder of playable copies removed on the way out.
+        signal.signal(signal.SIGTERM, _interrupt)
+        try:
+            app.queue().launch(server_name=args.host, server_port=args.port, max_file_size=args.max_upload,
+                               theme=theme, ssr_mode=False, show_error=True, footer_links=[],
+                               allowed_paths=[player_folder, *{str(p.resolve().parent) for p in examples}])
+        except KeyboardInterrupt:
+            app.close()
     return 0
