@@ -55,7 +55,8 @@ def generate_answer(model, processor, prompt: str, frames) -> str:
 
 def reference_answers(model, processor, script: list[tuple[Path, str]]) -> list[str]:
     """Greedy answers to a script of (clip, question) rounds; a new clip starts a new conversation. Each
-    prompt is written out here in the Vicuna v1.1 form of SPEC 3, not taken from the chat template."""
+    prompt is written out here in the original's Vicuna v1.1 form (docs/DESIGN.md, "Choices where the paper
+    is silent": Data), not taken from the chat template."""
     from videopanda.data.video import read_video
 
     answers, history, current = [], "", None

@@ -190,7 +190,7 @@ def ask(driver, server, question: str, rounds_before: int, press_enter: bool) ->
 
 def reference_answers(folder: Path, clip: Path) -> list[str]:
     """Greedy answers to QUESTIONS about `clip`, one `generate` call per round on the processor's inputs, the
-    Vicuna v1.1 prompts written out here (SPEC 3)."""
+    Vicuna v1.1 prompts written out here (docs/DESIGN.md, "Choices where the paper is silent": Data)."""
     model, processor = load_model(folder, "cpu", torch.float32)
     frames = read_video(clip, num_frames=8)
     prompt, answers = f"{SYSTEM_USER} USER: {'<image>' * 8}\n{QUESTIONS[0]} ASSISTANT:", []

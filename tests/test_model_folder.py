@@ -278,8 +278,8 @@ def _write_sparse_safetensors(path: Path, shapes: dict[str, tuple[int, ...]], dt
 
 @pytest.fixture(scope="module")
 def seven_b(tmp_path_factory, tiny_tokenizer_dir) -> Path:
-    """Video-Panda-7B's LLM and projector shapes (SPEC 2) in two sharded safetensors files plus an index, with
-    a few kept STAB tensors and keys that loading ignores (aliases, teacher, lmhra2)."""
+    """Video-Panda-7B's LLM and projector shapes (docs/DESIGN.md, `checkpoint.py`) in two sharded safetensors
+    files plus an index, with a few kept STAB tensors and keys that loading ignores (aliases, teacher, lmhra2)."""
     folder = tmp_path_factory.mktemp("seven_b")
     config = released_config(32000, hidden=4096, layers=32, heads=32, stab_width=1024)
     config["intermediate_size"] = 11008

@@ -9,8 +9,9 @@ At the `you>` prompt: a question, `/video PATH` (another clip; the conversation 
 
 `VideoConversation` is the one path the chat and the web demo (`videopanda.demo`) share:
 
-- History is the Vicuna v1.1 text of SPEC 3, written by the processor's chat template: the video's
-  frame placeholders only in the first user message, each earlier answer followed by `</s>`.
+- History is the original's Vicuna v1.1 text (docs/DESIGN.md, "Choices where the paper is silent": Data),
+  written by the processor's chat template: the video's frame placeholders only in the first user message,
+  each earlier answer followed by `</s>`.
 - Each round tokenises the whole conversation again and encodes the clip's frames again (the STAB runs
   every round; its time is small next to the LLM's), then generates with `infer.generation_settings`,
   the greedy settings of `infer` and `eval qa` (the new-token limit: `--max-new-tokens`, else the folder's

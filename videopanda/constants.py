@@ -1,4 +1,5 @@
-"""Numbers fixed by the Video-Panda recipe (SPEC sections 3 and 4), shared by every module."""
+"""Numbers fixed by the Video-Panda recipe (the original's prompt and preprocessing: docs/DESIGN.md,
+"Choices where the paper is silent": Data), shared by every module."""
 
 IGNORE_INDEX = -100
 """Label value that the cross-entropy loss skips."""

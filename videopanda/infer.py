@@ -31,7 +31,7 @@ the files' headers, at the chosen dtype; plus the KV cache of a full context, 10
 the cgroup's limit less its usage), free device memory on cuda. The environment variable
 `VIDEOPANDA_MEMORY_BUDGET` (bytes, or a size such as `24GB` or `512MiB`) replaces that measurement.
 
-Choices where SPEC is silent: `--system` defaults to "user" (the training system text; "human" is
+Choices of this project: `--system` defaults to "user" (the training system text; "human" is
 the original inference template); `--device` defaults to cuda when available; `--dtype auto` (the default)
 is the checkpoint's own (`dtype` / `torch_dtype` in config.json, float32 when absent) on any device.
 """

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Video-Panda stage "prealign" (SPEC section 6) under torchrun; see launch_stage.sh for the settings
+# Video-Panda stage "prealign" (the paper's training recipe) under torchrun; see launch_stage.sh for the settings
 # (EXPERIMENT, NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT, GPUS_PER_NODE, DATA_ROOT, MODEL, TEACHER,
 # OUTPUT_DIR, DEEPSPEED_CONFIG, SHUTDOWN_TIMEOUT) and TRAIN_AND_VALIDATE.md. Extra arguments (key.path=value
 # overrides of the experiment, or shorthand flags) go to `videopanda train`.

@@ -21,7 +21,7 @@ ROW_KEYS = {"name", "input", "input_shape", "output_tokens", "params_m", "gflops
 
 def stab_flops(s=TINY_SHAPES, frames: int = 8) -> int:
     """Matmul/conv/attention FLOPs (multiply-add = 2) of STAB + projector on square frames, counted by hand
-    for the algorithm videopanda/model/stab.py documents: SPEC section 1 with single-query attention
+    for the algorithm videopanda/model/stab.py documents: the paper's STAB with single-query attention
     reassociated (the per-head query is mapped into token space, W_k^T q, and the value projection is
     applied to the attended mix, so keys and values are never projected) and LSTE's depthwise (3,1,1)
     convolution written as elementwise multiply-adds (which the counter, like any matmul-based count,

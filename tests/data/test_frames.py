@@ -18,7 +18,7 @@ def normalised(rgb) -> torch.Tensor:
 @pytest.mark.parametrize(
     "height, width, teacher",
     [
-        # (teacher height, width, top, left): worked out by hand from SPEC section 4.
+        # (teacher height, width, top, left): worked out by hand from the original's geometry (docs/DESIGN.md).
         (48, 64, (168, 224, 28, 0)),  # 224*48/64/14 = 12 patches; (16-12)//2 = 2 -> 28
         (64, 48, (224, 168, 0, 28)),
         (96, 64, (224, 154, 0, 28)),  # 10.67 -> 11 patches; (16-11)//2 = 2

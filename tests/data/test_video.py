@@ -15,7 +15,7 @@ def indices_of(frames: torch.Tensor) -> list[int]:
     return [frame_index(f) for f in frames.numpy()]
 
 
-# --- sampling rule (SPEC section 4), on numbers ---
+# --- the original's sampling rule (docs/DESIGN.md, "Choices where the paper is silent": Data), on numbers ---
 
 def test_dense_grid_picks_num_frames_grid_points_with_integer_linspace():
     # 100 frames at 5 fps: the 1 fps grid is 0, 5, ..., 95 (20 points); linspace over 20 positions.
@@ -28,7 +28,7 @@ def test_grid_with_exactly_num_frames_points_is_the_grid():
     assert sample_indices(80, 10.0, 8) == list(range(0, 80, 10))
 
 
-# (frames, fps) -> indices, worked out by hand from SPEC section 4. Sparse grid (fewer than 8 points):
+# (frames, fps) -> indices, worked out by hand from that rule. Sparse grid (fewer than 8 points):
 # k = min(8, n), s = max(1, (n - 1) // (k - 1)), frames 0, s, ..., (k - 1) * s.
 SAMPLING_TABLE = [
     # 45 at 30 fps: grid 0, 30 is sparse; s = 44 // 7 = 6 -> stops at 42, not at the last frame 44.

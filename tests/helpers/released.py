@@ -1,4 +1,4 @@
-"""Tiny model folders in the layouts of the released Video-Panda-7B (SPEC section 2) and of
+"""Tiny model folders in the layouts of the released Video-Panda-7B (docs/DESIGN.md, `checkpoint.py`) and of
 EVE-7B-Pretrain (the stage-1 starting point), built in-process.
 
 `build_released_folder(folder, tokenizer_dir)` writes:
@@ -11,7 +11,7 @@ EVE-7B-Pretrain (the stage-1 starting point), built in-process.
   STAB name (incl. `lmhra2.*` and BatchNorm `num_batches_tracked`), the projector
   `model.video_projector.0/2.*`, the same tensors again under `model.vision_tower.*` /
   `model.mm_projector.*`, and training-only `model.video_teacher.*` keys and the distillation head
-  `model.video_tower_compressor.*` (its 31 tensors under the SPEC section 5 names, plus a
+  `model.video_tower_compressor.*` (its 31 tensors under the checkpoint names, plus a
   `teacher_layer.` teacher copy) that inference ignores.
 
 `build_eve_folder(folder, tokenizer_dir)` writes an EVE-7B-Pretrain layout: config.json with
@@ -19,8 +19,8 @@ model_type "eve", the LLM, the non-temporal STAB parts under `model.vision_tower
 under `model.vision_tower.clip_vision_tower.`), `model.mm_projector.*`, and the head under
 `model.vision_tower_compressor.` (with a `clip_layer.` CLIP copy).
 
-The head's names and shapes are written out here from SPEC section 5, not taken from the model's
-head, so that a head whose names drift from the checkpoints' fails to load.
+The head's names and shapes are written out here from docs/DESIGN.md (`train/distillation.py`), not taken
+from the model's head, so that a head whose names drift from the checkpoints' fails to load.
 
 Tensor shapes come from the model class itself (LLM, projector) and from the STAB key map for every
 released STAB name, so a released name the STAB cannot hold fails here, loudly. Values are random
@@ -145,7 +145,7 @@ HEAD_LAYERS = 9
 
 
 def head_names_and_shapes(llm_width: int, teacher_width: int) -> dict[str, tuple[int, ...]]:
-    """The 31 distillation-head tensors of the EVE and released checkpoints (SPEC section 5), no prefix."""
+    """The 31 distillation-head tensors of the EVE and released checkpoints (docs/DESIGN.md), no prefix."""
     shapes: dict[str, tuple[int, ...]] = {}
     for j in range(HEAD_LAYERS):
         shapes[f"norm_layer.{j}.0.weight"] = (llm_width,)

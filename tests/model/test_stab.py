@@ -1,8 +1,8 @@
 """STAB tests: token counts, parameter counts, gradients, released-name loading, and parity of the batched
-forward with a literal per-frame implementation of SPEC section 1 written here (`reference_stab`).
+forward with a literal per-frame implementation of the paper's STAB written here (`reference_stab`).
 
-The reference reads its weights by their released names (SPEC section 2), so the parity tests also check
-that `load_released_state_dict` puts every tensor where the forward expects it.
+The reference reads its weights by their released names (docs/DESIGN.md, `checkpoint.py`), so the parity
+tests also check that `load_released_state_dict` puts every tensor where the forward expects it.
 """
 from __future__ import annotations
 
@@ -56,8 +56,8 @@ def make_frames(chunks: int, per_chunk: int, size: int, contents: list[tuple[int
 
 
 def released_shapes(cfg: STABConfig) -> dict[str, tuple[int, ...]]:
-    """The released STAB keys (SPEC section 2, no prefix) that `cfg` uses, with their shapes.
-    Written from SPEC, independent of the module's own name map."""
+    """The released STAB keys (docs/DESIGN.md, `checkpoint.py`; no prefix) that `cfg` uses, with their shapes.
+    Written out here, independent of the module's own name map."""
     D, hid, p = cfg.width, cfg.lste_width, cfg.patch_size
     shapes: dict[str, tuple[int, ...]] = {"patch_embedding.weight": (D, 3, p, p),
                                           "dpe.weight": (D, 1, 3, 3, 3), "dpe.bias": (D,)}
@@ -119,7 +119,8 @@ def loaded_block(cfg: STABConfig, seed: int = 0, dtype: torch.dtype = torch.floa
 
 
 # ---------------------------------------------------------------------------------------------------
-# The literal per-frame reference (SPEC section 1), from released-name weights
+# The literal per-frame reference (the paper's STAB, with the original's details in docs/DESIGN.md, `stab.py`),
+# from released-name weights
 
 
 def _ln(x: Tensor, sd: dict, name: str) -> Tensor:
@@ -140,7 +141,7 @@ def _query_attention(sd: dict, prefix: str, query: Tensor, tokens: Tensor, heads
 
 def reference_stab(sd: dict, frames: Tensor, cfg: STABConfig, bn_training: bool = False,
                    bn_buffers: tuple[Tensor, Tensor] | None = None) -> tuple[list[Tensor], list[tuple[int, int]]]:
-    """SPEC section 1, one frame at a time (dropout off). bn_training uses batch statistics and updates
+    """The STAB as described, one frame at a time (dropout off). bn_training uses batch statistics and updates
     bn_buffers (running mean, var) in place, as BatchNorm3d in train mode does."""
     D, p, s, heads = cfg.width, cfg.patch_size, cfg.window, cfg.num_heads
     C, T, _, H, W = frames.shape

@@ -1,5 +1,5 @@
 """Tiny real folders for training tests: a Llama folder with a tokenizer trained in the test, a LanguageBind
-teacher folder, and a DATA_ROOT in the SPEC layout with real mp4s and text-only samples."""
+teacher folder, and a DATA_ROOT in the original training layout with real mp4s and text-only samples."""
 import json
 import os
 import socket

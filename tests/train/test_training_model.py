@@ -86,8 +86,8 @@ def batch() -> dict:
 
 
 def hand_losses(model: TrainingModel, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """LM loss from the full logits; distillation loss (SPEC 5) from the LLM states at the grid positions written
-    out from LAYOUTS, the head, and the teacher run on each video alone: per content frame 1 - mean cosine
+    """LM loss from the full logits; distillation loss (the paper's) from the LLM states at the grid positions
+    written out from LAYOUTS, the head, and the teacher run on each video alone: per content frame 1 - mean cosine
     over valid teacher cells (teacher pooled to the student grid where they differ), averaged over frames."""
     lm = model.model
     with torch.no_grad():

@@ -1,4 +1,4 @@
-"""Prompt template, tokenisation with frame placeholders, and label masking (SPEC section 3).
+"""Prompt template, tokenisation with frame placeholders, and label masking (the original's Vicuna v1.1 format).
 
 Text of a conversation (Vicuna v1.1, separators " " and "</s>")::
 

@@ -1,5 +1,5 @@
-"""Training data: the Valley / Video-ChatGPT JSON layout (SPEC section 6), a modality- and
-length-grouped sampler, and the batch collator.
+"""Training data: the Valley / Video-ChatGPT JSON layout (docs/DESIGN.md, "Choices where the paper is
+silent": Data), a modality- and length-grouped sampler, and the batch collator.
 
 Items and batches are in the processor's layout, built by `VideoPandaProcessor` itself (its video
 processor for the frames and their grids, its `tokenize_conversation` for ids and labels): each frame

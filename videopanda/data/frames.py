@@ -1,4 +1,5 @@
-"""Any-resolution frames (SPEC section 4): resize, pad, mask and normalise for the student and the teacher.
+"""Any-resolution frames (as the original's; docs/DESIGN.md, "Choices where the paper is silent": Data):
+resize, pad, mask and normalise for the student and the teacher.
 
 Geometry is decided on the teacher grid (teacher_image_size / patch_size patches a side, 16 at 224/14)
 and the student frame is exactly `image_size / teacher_image_size` (2) times it:
@@ -15,7 +16,7 @@ Resizing is Pillow's, as in the original: each decoded frame becomes one PIL RGB
 student size and, separately, to the teacher size. The uint8 pixels are Pillow's exactly; other
 resamplers (torch's antialiased bicubic included) differ by a grey level on most downscales and by
 up to ~20 on thin upscaled frames. Pasting, normalising and the mask are done batched in torch.
-Choices where SPEC is silent:
+Choices of this project:
 
 - The horizontal flip (training only, `flip=True`) mirrors the decoded frames before resizing, so
   student and teacher get the same flip and the padding offsets stay those of the geometry above.

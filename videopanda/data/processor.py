@@ -8,7 +8,7 @@
 
 Shapes: V videos, C chunks, T frames per chunk, S prompt length.
 
-- Frames: `read_video` (a path) or uint8 frames (n, H, W, 3), then `preprocess_video` (SPEC 4):
+- Frames: `read_video` (a path) or uint8 frames (n, H, W, 3), then `preprocess_video` (`frames.py`):
   `pixel_values_videos` (V, C, T, 4, image_size, image_size); with `teacher=True` (training)
   also `teacher_pixel_values_videos` (V, C, T, 4, teacher_image_size, teacher_image_size).
 - Text: every `<image>` in the prompt stands for one frame; each run of `num_frames` of them takes the
@@ -58,9 +58,10 @@ SYSTEMS = {"user": SYSTEM_USER, "human": SYSTEM_HUMAN}
 
 
 def chat_template(num_frames: int) -> str:
-    """Vicuna v1.1 (SPEC 3) as a Jinja template. A leading system message sets the system text; otherwise
-    the `system` variable picks "user" (default, the training text) or "human" (the original inference
-    text). A video item in a user message becomes `<image>` * num_frames + newline in front of its text."""
+    """Vicuna v1.1 (the original's prompt, `conversation.py`) as a Jinja template. A leading system message
+    sets the system text; otherwise the `system` variable picks "user" (default, the training text) or
+    "human" (the original inference text). A video item in a user message becomes `<image>` * num_frames +
+    newline in front of its text."""
     user, human = json.dumps(SYSTEM_USER), json.dumps(SYSTEM_HUMAN)
     return (
         "{%- set texts = {'user': " + user + ", 'human': " + human + "} -%}"

@@ -4,8 +4,8 @@ A procedural dataset of real encoded mp4 clips (square, of varied sizes, lengths
 which large, high-contrast coloured shapes sit on a dark background; in every clip exactly one shape
 moves in a straight line, exactly one other shape changes from the first frame to the last (it grows,
 shrinks, lightens or darkens; a lone shape does both), and sometimes one more shape
-appears. Everything the questions ask about is visible in the 8 frames the recipe samples (SPEC section 4
-spreads them over the whole clip): the mover crosses the frame and the change runs from the first sampled
+appears. Everything the questions ask about is visible in the 8 frames the recipe samples (its rule,
+`video.py`, spreads them over the whole clip): the mover crosses the frame and the change runs from the first sampled
 frame to the last, so every two neighbouring sampled frames show both; a shape that appears does so within
 the first chunk (after the 1st, 2nd or 3rd sampled frame).
 
@@ -36,7 +36,7 @@ unlearned from the frames on some seeds. Every frame is the same 3 x 3 grid of 2
 frame in the quickstart's 84 px frames; the README lists the generators that were measured and what each
 changed.
 
-Written (SPEC sections 6 and 7 layouts):
+Written (the training and evaluation layouts of docs/DESIGN.md, "Choices where the paper is silent"):
 
 ```
 OUT/train/train_json/valley_.json              captions (stages 1 and 2)

@@ -1,4 +1,4 @@
-"""Video decoding and frame sampling (SPEC section 4): one reader for training, evaluation and inference.
+"""Video decoding and frame sampling (the original's rule, below): one reader for training, evaluation and inference.
 
 Decoding tries decord first and falls back to PyAV for anything decord refuses (decord cannot open
 GIFs; it also fails on some damaged or unusual files that FFmpeg through PyAV still reads). A file

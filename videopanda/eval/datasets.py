@@ -1,6 +1,6 @@
 """Question sets for evaluation: the four zero-shot QA sets and the Video-ChatGPT benchmark.
 
-Layout under `DATA_ROOT/eval/` (SPEC section 7):
+Layout under `DATA_ROOT/eval/` (docs/DESIGN.md, "Choices where the paper is silent": Evaluation):
 
     GPT_Zero_Shot_QA/{MSVD,MSRVTT,TGIF,Activitynet}_Zero_Shot_QA/   (and Synth_Zero_Shot_QA from `videopanda synth`)
         videos/        the clips

@@ -1,7 +1,8 @@
 """The LLM judge: the openai client's retries, JSON-decoder parsing, resumable verdicts.
 
-Protocol (SPEC section 7): an OpenAI-compatible chat model sees question, correct answer and
-prediction and replies with `{"pred": "yes"|"no", "score": 0..5}` (benchmark aspects: `{"score": ..}`).
+Protocol (the paper's evaluation with an LLM judge): an OpenAI-compatible chat model sees question,
+correct answer and prediction and replies with `{"pred": "yes"|"no", "score": 0..5}` (benchmark aspects:
+`{"score": ..}`).
 
 Dependability choices:
 - Transport: the openai client's own retries and backoff (`max_retries`; it retries 408, 409, 429,

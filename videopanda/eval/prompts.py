@@ -1,4 +1,4 @@
-"""Judge prompts (SPEC section 7), written for this project.
+"""Judge prompts (the paper's LLM-judged evaluation protocol), written for this project.
 
 Zero-shot QA: the judge sees the question, the correct answer and the prediction and replies with a
 JSON object `{"pred": "yes"|"no", "score": 0..5}`. Video-ChatGPT benchmark: one prompt per aspect,

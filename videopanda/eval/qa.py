@@ -229,7 +229,7 @@ def expected_fingerprint(config: ModelAnswererConfig) -> dict[str, Any]:
 
 
 class ModelAnswerer:
-    """Greedy answers from a Video-Panda model folder (SPEC section 7), batched with left padding.
+    """Greedy answers from a Video-Panda model folder (the paper's evaluation protocol), batched with left padding.
 
     The folder is loaded with `videopanda.infer.load_model` (dtype "auto": the checkpoint's own) and the
     frame geometry comes from the folder's `VideoPandaProcessor` (`--num-frames` may change the count).

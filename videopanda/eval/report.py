@@ -1,4 +1,4 @@
-"""Results tables in the shape of the paper's Table 1 (SPEC section 8), plus the benchmark's five aspects.
+"""Results tables in the shape of the paper's Table 1, plus the benchmark's five aspects.
 
 Each `--results DIR` is one model's evaluation folder; every `results.json` below it is read (the
 per-aspect files of the benchmark are folded into the benchmark's own `results.json`). Linked folders

@@ -6,7 +6,8 @@ package's `lmms_eval.models` entry point (`manifest`) registers the model with l
     lmms-eval --model videopanda --model_args pretrained=MODEL_FOLDER \\
         --tasks videopanda_msvd_qa --include_path "$(python -m videopanda.lmms_eval_plugin)"
 
-runs it; `VIDEOPANDA_DATA_ROOT` is the DATA_ROOT of SPEC section 7 (the folder holding `eval/`).
+runs it; `VIDEOPANDA_DATA_ROOT` is the evaluation DATA_ROOT (the folder holding `eval/`; docs/DESIGN.md,
+"Choices where the paper is silent": Evaluation).
 
 - `model.VideoPandaLMMS`: lmms-eval's `generate_until` and `loglikelihood` over the project's
   `ModelAnswerer` (load_model, the processor's chat template, greedy generation).

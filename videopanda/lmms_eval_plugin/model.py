@@ -9,8 +9,9 @@ lmms-eval's context string, put through the same preparation as `videopanda eval
 question and video the plugin's greedy answer is `eval qa`'s.
 
 - generate_until: greedy only (a task asking for sampling or beams is refused); `max_new_tokens` from
-  the request's generation kwargs, else the model argument (1024, SPEC section 7); the reply is cut at
-  the first of the request's `until` strings. Consecutive requests with the same settings are batched
+  the request's generation kwargs, else the model argument (1024, the original evaluation's limit:
+  docs/DESIGN.md, "Generation settings and the context guard"); the reply is cut at the first of the
+  request's `until` strings. Consecutive requests with the same settings are batched
   (`--batch_size`, left padded as in `eval qa`).
 - loglikelihood: (-log P(continuation | prompt), whether greedy decoding gives the continuation), from
   `ModelAnswerer.continuation_logprobs`; the continuations of one document and context share one
@@ -78,7 +79,7 @@ class VideoPandaLMMS(lmms):
         if gen_kwargs.get("do_sample") or int(gen_kwargs.get("num_beams") or 1) > 1:
             raise ValueError(f"videopanda: task {task} asks for do_sample={gen_kwargs.get('do_sample')}, "
                              f"num_beams={gen_kwargs.get('num_beams')}; the model is evaluated greedily "
-                             f"(SPEC section 7)")
+                             f"(the paper's evaluation protocol)")
         until = gen_kwargs.get("until") or ()
         until = (until,) if isinstance(until, str) else tuple(until)
         return int(gen_kwargs.get("max_new_tokens") or self.answerer.config.max_new_tokens), until

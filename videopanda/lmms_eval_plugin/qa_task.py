@@ -1,4 +1,5 @@
-"""The zero-shot QA sets as lmms-eval tasks, read from this project's layout (SPEC section 7).
+"""The zero-shot QA sets as lmms-eval tasks, read from this project's layout (docs/DESIGN.md,
+"Choices where the paper is silent": Evaluation).
 
 A task YAML in `tasks/` names `ZeroShotQATask` as its `class` and the set in `dataset_name` (`msvd`,
 `msrvtt`, `tgif`, `activitynet`, as `videopanda eval qa --dataset`). The questions are read from
@@ -27,7 +28,7 @@ def data_root() -> str:
     """$VIDEOPANDA_DATA_ROOT; DatasetError when unset."""
     root = os.environ.get(DATA_ROOT_ENV)
     if not root:
-        raise DatasetError(f"set {DATA_ROOT_ENV} to the data root that holds eval/GPT_Zero_Shot_QA/ (SPEC section 7)")
+        raise DatasetError(f"set {DATA_ROOT_ENV} to the data root that holds eval/GPT_Zero_Shot_QA/")
     return root
 
 

@@ -2,7 +2,7 @@
 
 Name maps (all take and return full state-dict keys):
 
-- `released_key_to_model_key`: a released Video-Panda-7B key (SPEC section 2) -> our
+- `released_key_to_model_key`: a released Video-Panda-7B key (docs/DESIGN.md, `checkpoint.py`) -> our
   `VideoPandaForCausalLM` key, or None for what inference ignores (the `vision_tower` /
   `mm_projector` aliases, the teacher, the compressor, `lmhra2`). The LLM and projector names are
   already ours; STAB names go through `stab.released_stab_key_to_module_key`.
@@ -76,7 +76,8 @@ BIN_INDEX, BIN_SINGLE = "pytorch_model.bin.index.json", "pytorch_model.bin"
 
 
 def released_stab_keys() -> list[str]:
-    """Every STAB key of the released checkpoint, without the `model.video_tower.` prefix (SPEC section 2)."""
+    """Every STAB key of the released checkpoint, without the `model.video_tower.` prefix
+    (docs/DESIGN.md, `checkpoint.py`)."""
     keys = ["class_embedding", "split_embedding", "temporal_cls_token", "balance", "patch_embedding.weight"]
     for lste in ("lmhra1", "lmhra2"):
         bn = f"{lste}.pos_embed.0."

@@ -1,4 +1,4 @@
-"""The Spatio-Temporal Alignment Block (STAB): raw frames -> per-frame tokens for the LLM (SPEC section 1).
+"""The Spatio-Temporal Alignment Block (STAB): raw frames -> per-frame tokens for the LLM (the paper's method section).
 
 Shapes: C = chunks, T = frames per chunk, N = C*T frames, D = width, H x W pixels, h x w patches
 (h = H / patch_size), h' x w' = LSD grid of a frame's crop (h' = rows / window).
@@ -35,15 +35,15 @@ How the fast path computes the same thing (tests compare it with a literal per-f
   updates its running statistics once per video in order, so the call equals one call per video (the
   original's loop over the batch) in training as in eval.
 
-Choices where SPEC is silent (also in docs/DESIGN.md):
+Choices of this project (also in docs/DESIGN.md, "Choices where the paper is silent"):
 
 - A crop with an odd number of patch rows or columns drops the last one (as 2x2 average pooling does);
   preprocessing aligned to 28 px never produces one.
 - LayerNorm eps 1e-5, BatchNorm eps 1e-5 and momentum 0.1, no attention dropout (PyTorch defaults).
 - Initialisation: `frame_query` (class_embedding), `split_embedding` and the GSTRA query ~ N(0, D^-1);
   GSTRA in-projection Xavier-uniform with zero bias (as nn.MultiheadAttention); other layers PyTorch's
-  defaults; zero starts as SPEC says (LSTE last conv, DPE bias, GSTRA out-projection and last MLP
-  layer, balance).
+  defaults; zero starts as in the original code (docs/DESIGN.md, `stab.py`): LSTE last conv, DPE bias,
+  GSTRA out-projection and last MLP layer, balance.
 - Ablations (paper Tables 4 and 9), what replaces the removed part:
   `use_lste=False`: X = E0 before DPE (no LSTE). `use_gstra=False`: no video token; the context token
   is F for videos as for images (no `balance`, no context projection). `use_fsra=False`: F is the mean
@@ -129,7 +129,7 @@ class STABConfig:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Released checkpoint names (SPEC section 2, `model.video_tower.` stripped) <-> module names.
+# Released checkpoint names (docs/DESIGN.md, `checkpoint.py`; `model.video_tower.` stripped) <-> module names.
 
 _RELEASED_TO_MODULE: tuple[tuple[str, str], ...] = (
     ("class_embedding", "frame_query"),

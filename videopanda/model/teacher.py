@@ -1,4 +1,4 @@
-"""The LanguageBind video tower: the frozen distillation teacher of training (SPEC section 5).
+"""The LanguageBind video tower: the frozen distillation teacher of training (the paper's distillation).
 
 A CLIP ViT-L/14 vision transformer with temporal attention in every layer. It takes whole videos:
 in each encoder layer the tokens are regrouped per position across a group of G consecutive frames of
@@ -8,7 +8,7 @@ spatial self-attention and MLP follow. G is the config's `num_frames` F (8 for L
 as in LanguageBind, whatever the chunking of the student (4-frame chunks): the 8 frames of a video
 attend to each other. Groups never straddle two videos of a batch (`forward(frames, num_videos)`).
 
-Choices where SPEC is silent (recorded here):
+Choices of this project (recorded here):
 - "Hidden states of the second-to-last layer" follows the Hugging Face CLIP convention that
   `hidden_states[0]` is the embedding output after `pre_layrnorm` and `hidden_states[k]` the output of
   encoder layer k (1-based); `hidden_states[-2]` is therefore the output of layer 23 of 24 (0-based

@@ -1,4 +1,4 @@
-"""Video-Panda: the STAB and an `mlp2x_gelu` projector in front of a Llama causal LM (SPEC sections 1-3).
+"""Video-Panda: the STAB and an `mlp2x_gelu` projector in front of a Llama causal LM (the paper's method section).
 
 Shapes: B = batch, S = sequence length, L = LLM width, D = STAB width, V = videos, C = chunks,
 T = frames per chunk.
@@ -14,7 +14,7 @@ This model holds no teacher and no distillation head: training wraps it (`videop
 and reads the visual tokens' grids through `embed_inputs`. `parts()` names its parts as module objects
 ("stab", "projector", "llm") for freezing and learning rates (`videopanda.train.stages`).
 
-Choices where SPEC is silent (see also docs/DESIGN.md):
+Choices of this project (see also docs/DESIGN.md):
 - The STAB is called (as a module, so hooks fire) with `packed=True`: one token tensor for all frames.
   Under ZeRO-3 it is a leaf module, and DeepSpeed needs a tensor at the top level of its output to
   gather it for backward and to reduce its gradients (see `stab.py`).

@@ -1,4 +1,4 @@
-"""Arguments of `videopanda train`: an experiment file, a stage, and overrides (SPEC section 6).
+"""Arguments of `videopanda train`: an experiment file, a stage, and overrides (the paper's three stages).
 
 `videopanda train --experiment FILE --stage STAGE [key.path=value ...]`: the experiment
 (`videopanda.train.experiment`) holds every setting; `key.path=value` overrides any of them. The

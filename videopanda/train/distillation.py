@@ -1,4 +1,4 @@
-"""Distillation head and loss (SPEC section 5; training only, driven by `training_model.TrainingModel`).
+"""Distillation head and loss (the paper's distillation; training only, driven by `training_model.TrainingModel`).
 
 The head maps the LLM hidden states at a frame's visual grid positions, taken from nine layers
 (hidden states 32, 28, ..., 4, 0 of a 32-layer LLM; 0 = input embeddings, 32 = final normed output),
@@ -15,7 +15,7 @@ hidden state 32 - 4j (j = 0 is the layer-32 query); `input_layer` Linear(L, D_t)
 `output_layer` Linear(D_t, D_t) on the fused mix. 9 * 3 + 4 = 31 tensors. The checkpoints' teacher copies
 inside the compressor (`clip_layer.*` in EVE, `teacher_layer.*` in Video-Panda) are not part of it.
 
-Loss choices where SPEC is silent: cosine similarity is computed in float32; when the student grid
+Loss choices of this project: cosine similarity is computed in float32; when the student grid
 differs from the teacher's valid box, the teacher box is average-pooled (`adaptive_avg_pool2d`) to the
 student grid and a position counts as valid when at least half of its pooled teacher cells are valid.
 """
@@ -85,7 +85,7 @@ def distillation_loss(student: list[Tensor], grids: list[tuple[int, int]],
     """student[i]: (rows_i*cols_i, D_t) for frame i (grid tokens only, row-major);
     teacher: (N, G*G, D_t); teacher_valid: (N, G, G) bool patch mask of the teacher frame (G = 16).
     Per frame, at valid positions (teacher average-pooled to the student grid where they differ):
-    kind "cosine" (SPEC 5): 1 - mean cosine; kind "mse" (paper Table 4): the mean over positions of the
+    kind "cosine" (the paper's loss): 1 - mean cosine; kind "mse" (paper Table 4): the mean over positions of the
     mean squared difference over the D_t features. Mean over frames with content (teacher mask not all
     False); padding frames contribute nothing.
     Returns a float32 scalar that stays connected to every student tensor (zero when no frame has content)."""

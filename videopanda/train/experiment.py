@@ -41,7 +41,7 @@ STAGES = ("prealign", "pretrain", "finetune")
 FRAME_FIELDS = ("num_frames", "frames_per_chunk", "image_size", "teacher_image_size")
 """VideoPandaConfig fields an experiment may set (`model.config`) for a fresh visual part."""
 DISTILL_LOSSES = ("cosine", "mse")
-"""How the distillation loss compares student and teacher: SPEC 5's cosine, or the paper's Table 4 MSE."""
+"""How the distillation loss compares student and teacher: the paper's cosine, or its Table 4 MSE."""
 FILE_RELATIVE = (("model", "shape"), ("training", "deepspeed"))
 """Keys whose relative paths, written in a file, are relative to that file."""
 CONFIG_DIR_ENV = "VIDEOPANDA_CONFIG_DIR"
@@ -115,13 +115,13 @@ class ModelSettings:
 
 @dataclass
 class DistillationSettings:
-    enabled: bool = _doc("train with the distillation loss (SPEC 5)")
-    loss: str = _doc("cosine (SPEC 5) or mse (paper Table 4)", choices=DISTILL_LOSSES)
+    enabled: bool = _doc("train with the distillation loss (the paper's LanguageBind teacher)")
+    loss: str = _doc("cosine (the paper's) or mse (paper Table 4)", choices=DISTILL_LOSSES)
 
 
 @dataclass
 class DataSettings:
-    root: str | None = _doc("DATA_ROOT of SPEC 6 (null: $DATA_ROOT)")
+    root: str | None = _doc("DATA_ROOT holding train/train_json/ and the videos (null: $DATA_ROOT)")
     video_folder: str | None = _doc("folder the samples' `video` paths are relative to (null: DATA_ROOT/train)")
     max_length: int = _doc("model_max_length of the tokenizer (text tokens, placeholders included)",
                            bounds=POSITIVE_INT)

@@ -1,4 +1,4 @@
-"""Stage initialisation and freezing (SPEC section 6).
+"""Stage initialisation and freezing (the paper's three-stage training recipe).
 
 Parts, as the models declare them (`parts()`, module objects): `stab`, `projector` and `llm`
 (`VideoPandaForCausalLM`: embeddings, decoder layers, final norm, lm_head), and, in training with

@@ -14,7 +14,7 @@ optional (no teacher: LM loss only). Its `forward` takes the collator's batch (`
   distilling), and its memory-saving LM loss is the model's own. All videos of the batch go through the
   STAB in one call that tells them apart, so in training its BatchNorm normalises each video alone and
   a step equals the original's loop of one STAB call per video.
-- Distillation (SPEC 5): the k-th visual token of the batch sits at the k-th placeholder position in
+- Distillation (the paper's): the k-th visual token of the batch sits at the k-th placeholder position in
   row-major order (that is how `masked_scatter` fills them), so frame f's tokens are the placeholder
   positions [offset_f, offset_f + n_f), n_f = `num_tokens(grid_f)`; its grid tokens are
   `grid_token_index(grid_f)` of those (context and row-split tokens dropped). Frames whose student mask
