@@ -23,7 +23,7 @@ right, and a growing shape shrinks, a lightening one darkens (`EVENTS`). Both ar
 temporal convolutions can see between neighbouring frames; neither needs to know which frames come first
 in the clip, which a temporal question asking "at the start" or "at the end" would (generators up to 11
 asked the colour of a shape that changed colour at the start or at the end, and the tiny model never
-learned that: the README's research section). Questions name shapes by what they do or by their colour,
+learned that: docs/quickstart-research.md). Questions name shapes by what they do or by their colour,
 never by their kind: telling a circle from a square at 28 px a token is shape recognition that the tiny
 model trained from scratch does not learn in the quickstart's budget (asked "What shape is the red one?",
 it stayed at chance), and it is not what the questions are meant to test. Every shape has its own colour
@@ -33,8 +33,8 @@ A training conversation asks every question of its clip, in a random order, and 
 questions on where the mover is at the start and at the end (generators up to 12) put the direction of
 motion into the text ("at the end: middle left" before "Which way ...?"), a shortcut that left the direction
 unlearned from the frames on some seeds. Every frame is the same 3 x 3 grid of 28 px cells, 13 tokens per
-frame in the quickstart's 84 px frames; the README lists the generators that were measured and what each
-changed.
+frame in the quickstart's 84 px frames; docs/quickstart-research.md lists the generators that were measured
+and what each changed.
 
 Written (the training and evaluation layouts of docs/DESIGN.md, "Choices where the paper is silent"):
 
