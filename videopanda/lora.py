@@ -27,7 +27,6 @@ anything.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import shutil
@@ -74,15 +73,6 @@ def read_adapter_record(folder: str | Path) -> dict:
 def base_folder(folder: str | Path) -> Path:
     """The base model folder an adapter folder was trained on."""
     return Path(read_adapter_record(folder)["base"])
-
-
-@functools.lru_cache(maxsize=4)
-def _identity_when_saved(base: str) -> str:
-    """The identity of a run's base folder, taken once per process: every checkpoint of a run records the
-    base as the run loaded it, without reading its weights again."""
-    from videopanda.eval.provenance import model_identity
-
-    return model_identity(base)
 
 
 def checked_base_folder(folder: str | Path) -> Path:
@@ -167,6 +157,7 @@ def save_adapter_folder(training_model, peft_model, folder: str | Path, base: st
     """Write the adapter folder (module docstring) but for the processor files, which the caller writes."""
     from safetensors.torch import save_file
 
+    from videopanda.eval.provenance import model_identity
     from videopanda.io import write_json_atomic
     from videopanda.model.videopanda import project_generation_config
 
@@ -179,7 +170,7 @@ def save_adapter_folder(training_model, peft_model, folder: str | Path, base: st
     config.save_pretrained(folder)
     project_generation_config(config).save_pretrained(folder)
     base = Path(base).resolve()
-    write_json_atomic(folder / ADAPTER_RECORD, {"base": str(base), "base_identity": _identity_when_saved(str(base)),
+    write_json_atomic(folder / ADAPTER_RECORD, {"base": str(base), "base_identity": model_identity(base),
                                                 "visual": visual})
 
 

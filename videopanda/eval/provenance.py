@@ -82,10 +82,39 @@ def _weight_signature(path: Path, digest: "hashlib._Hash") -> None:
     digest.update(f"crc32\0{crc:08x}\n".encode())
 
 
+_identities: dict[tuple, str] = {}
+
+
+def _folder_state(folder: Path) -> tuple | None:
+    """What tells a folder's files apart without reading them: its real path and (name, size, mtime_ns, inode)
+    of each file in it; None when it cannot be listed."""
+    try:
+        files = [(entry.name, entry.stat()) for entry in os.scandir(folder) if entry.is_file()]
+        return (str(folder.resolve()),
+                *sorted((name, stat.st_size, stat.st_mtime_ns, stat.st_ino) for name, stat in files))
+    except OSError:
+        return None
+
+
 def model_identity(folder: str | os.PathLike) -> str:
     """A 16-hex-digit identity of a model folder's contents, or of an adapter folder's and its base's (see
     the module docstring); checksums every weight byte (a zip's stored CRCs where it has them). Raises
-    ModelFolderError naming the file it cannot read."""
+    ModelFolderError naming the file it cannot read. Within a process a full model folder whose files keep
+    their sizes, times and inodes is checksummed once: evaluating an adapter folder needs its base's identity
+    for the fingerprint and again for the load's base check. An adapter folder (small) is always summed
+    anew, its base through this cache, so a changed base is always seen."""
+    from videopanda.lora import is_adapter_folder
+
+    folder = Path(folder)
+    state = None if is_adapter_folder(folder) else _folder_state(folder)
+    if state is None:
+        return _checksum_identity(folder)
+    if state not in _identities:
+        _identities[state] = _checksum_identity(folder)
+    return _identities[state]
+
+
+def _checksum_identity(folder: Path) -> str:
     from videopanda.infer import ModelFolderError
     from videopanda.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, VISUAL_WEIGHTS, base_folder, is_adapter_folder
     from videopanda.model.checkpoint import checkpoint_files
