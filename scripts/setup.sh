@@ -10,7 +10,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 PY=.venv/bin/python
-# The demo's browser test drives Debian's Chromium through its chromedriver (tests/test_demo.py).
+# The demo's browser test drives Debian's Chromium through its chromedriver (tests/serve/test_demo.py).
 if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
   if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
     echo "installing chromium and chromium-driver for the demo's browser test" >&2

@@ -14,7 +14,8 @@ from helpers.media import make_frames, write_video
 from helpers.released import build_released_folder
 
 import videopanda_command
-from videopanda.cli import COMMANDS, CommandParser, help_command_lines
+from videopanda.argparsing import CommandParser
+from videopanda.cli import COMMANDS, help_command_lines
 
 REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "transformers")

@@ -25,7 +25,7 @@ def test_model_folders_load(data_dir):
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    from videopanda.model.teacher import LanguageBindVideoTower
+    from videopanda.train.teacher import LanguageBindVideoTower
 
     base = data_dir / "models" / "base"
     tokenizer = AutoTokenizer.from_pretrained(base)

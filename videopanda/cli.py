@@ -1,7 +1,7 @@
 """The `videopanda` command. Each subcommand lives in its own module with `main(argv) -> int`,
 imported only when chosen, so `videopanda --help` stays fast and one broken tool cannot break the others.
 A module whose command has subcommands of its own lists them in `SUBCOMMANDS`. Every parser is a
-`CommandParser`: its help shows each option's default.
+`videopanda.argparsing.CommandParser`: its help shows each option's default.
 
 The console script enters through `videopanda_command`, which imports the package without registering the
 Auto classes; the command modules import torch, transformers and the model only inside the functions
@@ -9,17 +9,15 @@ that need them, so `--help` anywhere imports neither.
 """
 from __future__ import annotations
 
-import argparse
-import copy
 import importlib
 import sys
 
 from videopanda.log import setup_logging
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "infer": ("videopanda.infer", "answer a question about one video with a trained model"),
-    "chat": ("videopanda.chat", "talk about a video in the terminal, answers streamed"),
-    "demo": ("videopanda.demo", "web demo (Gradio): upload a clip, see its frames, chat about it"),
+    "infer": ("videopanda.serve.infer", "answer a question about one video with a trained model"),
+    "chat": ("videopanda.serve.chat", "talk about a video in the terminal, answers streamed"),
+    "demo": ("videopanda.serve.demo", "web demo (Gradio): upload a clip, see its frames, chat about it"),
     "data": ("videopanda.data.cli", "data tools: `data check` opens every video a training JSON references"),
     "synth": ("videopanda.data.synth", "generate the synthetic video-QA dataset"),
     "quickstart": ("videopanda.quickstart.run", "the recipe on the synthetic benchmark on CPU: data, models, three "
@@ -28,40 +26,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
                                                           "for a synthetic data folder"),
     "train": ("videopanda.train.cli", "run one training stage (prealign, pretrain, finetune)"),
     "eval": ("videopanda.eval.cli", "evaluation: qa, merge, judge, benchmark, report, judge-agreement, mc"),
-    "merge-lora": ("videopanda.lora", "merge a LoRA adapter folder into its base: a full model folder"),
+    "merge-lora": ("videopanda.train.lora", "merge a LoRA adapter folder into its base: a full model folder"),
     "bench": ("videopanda.bench.cli", "speed benchmarks: visual front ends, data path, time to first token"),
 }
-
-
-class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Adds "(default: X)" to an option's help, also to an option without help text, unless there is no
-    default to show: None, an empty list, or False for an on/off flag (`--flag` alone)."""
-
-    def add_argument(self, action: argparse.Action) -> None:
-        if not action.help and _shows_default(action):
-            action = copy.copy(action)  # the parser's own action keeps its help
-            action.help = "(default: %(default)s)"
-        super().add_argument(action)
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        return super()._get_help_string(action) if _shows_default(action) else action.help or ""
-
-
-def _shows_default(action: argparse.Action) -> bool:
-    default = action.default
-    if default is None or default is argparse.SUPPRESS or (isinstance(default, (list, tuple)) and not default):
-        return False
-    if default is False and not isinstance(action, argparse.BooleanOptionalAction):
-        return False
-    return bool(action.option_strings) or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE)
-
-
-class CommandParser(argparse.ArgumentParser):
-    """The parser of every `videopanda` command: `DefaultsHelpFormatter` unless told otherwise, and the same
-    for its subcommands' parsers (`add_subparsers` makes them of the parser's own class)."""
-
-    def __init__(self, *args, formatter_class: type[argparse.HelpFormatter] = DefaultsHelpFormatter, **kwargs):
-        super().__init__(*args, formatter_class=formatter_class, **kwargs)
 
 
 def _usage() -> str:

@@ -98,7 +98,7 @@ def test_generation_task_gives_eval_qa_answers_and_a_results_table(model_dir, tm
 def test_multiple_choice_task_ranks_by_the_plugins_log_likelihoods(model_dir, tmp_path):
     from videopanda.data.video import read_video
     from videopanda.eval.qa import ModelAnswerer, ModelAnswererConfig
-    from videopanda.infer import video_prompt
+    from videopanda.serve.infer import video_prompt
 
     data_root = tmp_path / "data"
     root = write_set(data_root, "TGIF_Zero_Shot_QA", ["red"] * len(QUESTIONS))

@@ -239,7 +239,7 @@ def vp_log():
 
 
 def _teacher_folder(folder: Path, image_size: int) -> Path:
-    from videopanda.model.teacher import LanguageBindVideoTower, TeacherConfig, init_teacher_weights
+    from videopanda.train.teacher import LanguageBindVideoTower, TeacherConfig, init_teacher_weights
 
     config = TeacherConfig(hidden_size=TEACHER_WIDTH, intermediate_size=2 * TEACHER_WIDTH, num_attention_heads=4,
                            num_hidden_layers=2, image_size=image_size, num_frames=8)

@@ -41,7 +41,7 @@ def llama_dir(tmp_path_factory, tiny_tokenizer_dir):
 
 @pytest.fixture(scope="session")
 def teacher_dir(tmp_path_factory):
-    from videopanda.model.teacher import LanguageBindVideoTower, TeacherConfig, init_teacher_weights
+    from videopanda.train.teacher import LanguageBindVideoTower, TeacherConfig, init_teacher_weights
 
     tower = init_teacher_weights(LanguageBindVideoTower(TeacherConfig(**TEACHER)), seed=1, std=0.2)
     return tower.save_pretrained(tmp_path_factory.mktemp("LanguageBind_Video_merge"))

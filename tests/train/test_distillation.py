@@ -6,7 +6,7 @@ import pytest
 import torch
 from helpers.released import head_names_and_shapes
 
-from videopanda.model.teacher import LanguageBindVideoTower, TeacherConfig, init_teacher_weights
+from videopanda.train.teacher import LanguageBindVideoTower, TeacherConfig, init_teacher_weights
 from videopanda.model.videopanda import VideoPandaConfig, VideoPandaForCausalLM
 from videopanda.train.distillation import DistillationHead, distill_layer_indices, distillation_loss
 from videopanda.train.training_model import TrainingModel

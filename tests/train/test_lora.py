@@ -82,7 +82,7 @@ def test_the_adapter_folder_is_small_and_records_its_base(adapter, base):
 
 
 def test_lora_lowers_the_loss_and_changes_only_adapters_and_visual_parts(adapter, base):
-    from videopanda.infer import load_model
+    from videopanda.serve.infer import load_model
 
     log = [json.loads(line) for line in (adapter / "loss_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == list(range(1, 7))
@@ -115,7 +115,7 @@ def test_frozen_visual_parts_stay_as_loaded(tmp_path, lora_args, trainkit, base)
 
 def test_merged_folder_answers_as_base_plus_adapter_and_loads_in_another_process(adapter, tmp_path, trainkit, video):
     from videopanda.data.video import read_video
-    from videopanda.infer import answer, load_model
+    from videopanda.serve.infer import answer, load_model
 
     merged = tmp_path / "merged"
     done = subprocess.run([trainkit.python, "-m", "videopanda", "merge-lora", str(adapter), str(merged)],
@@ -202,7 +202,7 @@ def test_lora_under_zero2_with_activation_checkpointing_on_two_processes(base, t
     """2 processes, DeepSpeed ZeRO-2 (gloo on CPU), activation checkpointing: the loss goes down, rank 0 alone
     writes the adapter folder, which `videopanda infer` loads; every base LLM weight stays bit-identical; a run
     killed after its first checkpoint resumes to the same loss curve and the same adapters."""
-    from videopanda.infer import load_model
+    from videopanda.serve.infer import load_model
 
     output = tmp_path / "zero2"
     done = trainkit.torchrun(lora_args(output, *ZERO2))
@@ -262,7 +262,7 @@ def test_lora_under_zero2_with_activation_checkpointing_on_two_processes(base, t
 def test_activation_checkpointing_leaves_the_adapter_gradients_unchanged(base):
     """The frozen embeddings give the checkpointed decoder layers inputs without grad: non-reentrant
     checkpointing (the trainer's setting) still gives the adapters exactly the gradients of a plain backward."""
-    from videopanda.lora import add_adapters, freeze_for_lora
+    from videopanda.train.lora import add_adapters, freeze_for_lora
     from videopanda.train.experiment import LoraSettings
     from videopanda.train.stages import build_model
 
@@ -355,7 +355,7 @@ def test_an_adapter_folder_without_a_recorded_base_identity_loads_with_a_warning
 
 @pytest.mark.parametrize("output", ["adapter", "base", "inside_adapter", "inside_base", "link_to_base", "not_empty"])
 def test_merge_lora_refuses_an_output_that_would_overwrite_what_it_reads(adapter, base, tmp_path, output, capsys):
-    from videopanda.lora import main
+    from videopanda.train.lora import main
 
     copy, base_copy = copied_adapter(adapter, base, tmp_path)
     (tmp_path / "link").symlink_to(base_copy, target_is_directory=True)
@@ -465,7 +465,7 @@ def test_every_folder_a_run_saves_carries_the_generation_settings(adapter, base,
     them (an adapter folder: its own file, not its base's) generates with them."""
     from transformers import GenerationConfig
 
-    from videopanda.infer import generation_settings, load_model
+    from videopanda.serve.infer import generation_settings, load_model
 
     merged = tmp_path / "merged"
     assert videopanda_command(trainkit, "merge-lora", str(adapter), str(merged)).returncode == 0

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 
 import videopanda  # noqa: F401  (registers the Auto classes)
 from videopanda.constants import IGNORE_INDEX
-from videopanda.model.teacher import LanguageBindVideoTower, TeacherConfig
+from videopanda.train.teacher import LanguageBindVideoTower, TeacherConfig
 from videopanda.model.videopanda import VideoPandaConfig, VideoPandaForCausalLM
 from videopanda.train.distillation import DistillationHead, distill_layer_indices
 from videopanda.train.stages import parameter_parts

@@ -22,7 +22,7 @@ SUBCOMMANDS = ("visual", "data", "ttft", "cli")
 
 
 def _parser() -> argparse.ArgumentParser:
-    from videopanda.cli import CommandParser
+    from videopanda.argparsing import CommandParser
 
     parser = CommandParser(prog="videopanda bench", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="bench", required=True)

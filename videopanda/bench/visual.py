@@ -9,7 +9,7 @@ Rows (random weights of the real shapes, eval mode, `torch.inference_mode`, batc
   16 heads, MLP 4096, patch 14, quick_gelu), built from an explicit `CLIPVisionConfig` (nothing is
   downloaded), 8 frames at 224 as a batch of 8 images, `attn_implementation="sdpa"` so that both
   sides use fused attention: the Video-ChatGPT front end.
-- `languagebind-video-vit-l14`: our LanguageBind teacher module (`videopanda.model.teacher`, default
+- `languagebind-video-vit-l14`: our LanguageBind teacher module (`videopanda.train.teacher`, default
   shape: ViT-L/14 with temporal attention in every layer), 8 frames at 224 as one chunk of 8 frames,
   as Video-LLaVA feeds its video tower. It runs the 23 layers that produce the second-to-last hidden
   state, as both Video-LLaVA and our distillation use it.
@@ -170,7 +170,7 @@ def _build_clip(shapes: VisualShapes, frames: int, generator: torch.Generator) -
 
 
 def _build_teacher(shapes: VisualShapes, frames: int, generator: torch.Generator) -> tuple[nn.Module, Tensor, str]:
-    from videopanda.model.teacher import LanguageBindVideoTower, TeacherConfig
+    from videopanda.train.teacher import LanguageBindVideoTower, TeacherConfig
 
     config = TeacherConfig(hidden_size=shapes.vit_width, intermediate_size=shapes.vit_mlp,
                            num_attention_heads=shapes.vit_heads, num_hidden_layers=shapes.vit_layers,

@@ -25,7 +25,7 @@ SUBCOMMANDS = ("check",)
 
 
 def _parser() -> argparse.ArgumentParser:
-    from videopanda.cli import CommandParser
+    from videopanda.argparsing import CommandParser
 
     parser = CommandParser(prog="videopanda data", description="Data tools.")
     sub = parser.add_subparsers(dest="tool", required=True)

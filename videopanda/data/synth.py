@@ -526,7 +526,7 @@ def generate(config: SynthConfig) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    from videopanda.cli import CommandParser
+    from videopanda.argparsing import CommandParser
 
     parser = CommandParser(prog="videopanda synth", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("data/synth"), help="output DATA_ROOT")

@@ -22,7 +22,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from videopanda.cli import CommandParser
+from videopanda.argparsing import CommandParser
 from videopanda.eval.datasets import DATASETS, QA_DATASETS, DatasetError, load_questions
 from videopanda.log import get_logger
 
@@ -105,7 +105,7 @@ def _answerer_config(args: argparse.Namespace):
     import torch
 
     from videopanda.eval.qa import ModelAnswererConfig
-    from videopanda.infer import InferError
+    from videopanda.serve.infer import InferError
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -407,7 +407,7 @@ def _exit_code(error: BaseException) -> int | None:
         return 1
     if isinstance(error, (OutputError, ProvenanceError)):
         return 2
-    if "videopanda.infer" in sys.modules and isinstance(error, sys.modules["videopanda.infer"].InferError):
+    if "videopanda.serve.infer" in sys.modules and isinstance(error, sys.modules["videopanda.serve.infer"].InferError):
         return 2
     if isinstance(error, OSError):
         return 2

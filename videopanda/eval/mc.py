@@ -466,7 +466,7 @@ class MCAnswerer(ModelAnswerer):
 
     def prepare(self, item: MCItem):
         from videopanda.data.video import read_video
-        from videopanda.infer import video_prompt
+        from videopanda.serve.infer import video_prompt
 
         if item.video_path is None:
             raise VideoNotFoundError(f"video {item.video!r} not found in the benchmark's video folder")
@@ -481,7 +481,7 @@ class MCAnswerer(ModelAnswerer):
         return [self._letter_or_error(prompt, frames, count) for prompt, frames, count in prepared]
 
     def _letter_or_error(self, prompt: str, frames: Any, count: int) -> "str | Exception":
-        from videopanda.infer import ContextLengthError
+        from videopanda.serve.infer import ContextLengthError
 
         try:
             return self.best_letter(prompt, frames, count)

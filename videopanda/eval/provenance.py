@@ -28,7 +28,7 @@ without loading the weights: a zip `.bin` (torch.save) contributes the CRC-32 of
 archive's directory (computed over every byte when it was written), any other file (`.safetensors`) the
 CRC-32 of all its bytes, read in 16 MiB blocks (several GB/s). Two checkpoints of one training run
 (same names and sizes, other weights, even a single changed value) therefore differ. A LoRA adapter
-folder (`videopanda.lora`) has no model weights of its own: its identity hashes its small files, its
+folder (`videopanda.train.lora`) has no model weights of its own: its identity hashes its small files, its
 adapter config, adapter and visual weights, and its base folder's identity, so predictions of an
 adapter, of its base and of another adapter on the same base never mix. Beside the identity,
 the fingerprint names the experiment that trained the model and its ablation switches (`model_experiment`:
@@ -103,7 +103,7 @@ def model_identity(folder: str | os.PathLike) -> str:
     their sizes, times and inodes is checksummed once: evaluating an adapter folder needs its base's identity
     for the fingerprint and again for the load's base check. An adapter folder (small) is always summed
     anew, its base through this cache, so a changed base is always seen."""
-    from videopanda.lora import is_adapter_folder
+    from videopanda.train.lora import is_adapter_folder
 
     folder = Path(folder)
     state = None if is_adapter_folder(folder) else _folder_state(folder)
@@ -115,8 +115,8 @@ def model_identity(folder: str | os.PathLike) -> str:
 
 
 def _checksum_identity(folder: Path) -> str:
-    from videopanda.infer import ModelFolderError
-    from videopanda.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, VISUAL_WEIGHTS, base_folder, is_adapter_folder
+    from videopanda.serve.infer import ModelFolderError
+    from videopanda.train.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, VISUAL_WEIGHTS, base_folder, is_adapter_folder
     from videopanda.model.checkpoint import checkpoint_files
 
     folder = Path(folder)

@@ -202,7 +202,7 @@ def answerer_fingerprint(config: ModelAnswererConfig, model_config: Any, dtype: 
 
     import videopanda
     from videopanda.data import conversation
-    from videopanda.infer import frame_config_for
+    from videopanda.serve.infer import frame_config_for
 
     frames = dataclasses.asdict(frame_config_for(model_config, config.num_frames))
     system = {"user": conversation.SYSTEM_USER, "human": conversation.SYSTEM_HUMAN}[config.system]
@@ -214,10 +214,10 @@ def answerer_fingerprint(config: ModelAnswererConfig, model_config: Any, dtype: 
 
 def expected_fingerprint(config: ModelAnswererConfig) -> dict[str, Any]:
     """The fingerprint `ModelAnswerer(config)` will have, read from the folder without loading weights
-    (dtype "auto": `videopanda.infer.checkpoint_dtype`). Raises ModelFolderError / InferError."""
+    (dtype "auto": `videopanda.serve.infer.checkpoint_dtype`). Raises ModelFolderError / InferError."""
     import json
 
-    from videopanda.infer import check_model_folder, checkpoint_dtype
+    from videopanda.serve.infer import check_model_folder, checkpoint_dtype
 
     model_config = check_model_folder(config.model)
     if config.dtype == "auto":
@@ -231,7 +231,7 @@ def expected_fingerprint(config: ModelAnswererConfig) -> dict[str, Any]:
 class ModelAnswerer:
     """Greedy answers from a Video-Panda model folder (the paper's evaluation protocol), batched with left padding.
 
-    The folder is loaded with `videopanda.infer.load_model` (dtype "auto": the checkpoint's own) and the
+    The folder is loaded with `videopanda.serve.infer.load_model` (dtype "auto": the checkpoint's own) and the
     frame geometry comes from the folder's `VideoPandaProcessor` (`--num-frames` may change the count).
     Per item: `read_video` -> uint8 frames; per batch: the chat template's prompt for each question and
     `processor(text=prompts, videos=frames)` (left padded) -> `model.generate(**inputs)`. A video
@@ -242,7 +242,7 @@ class ModelAnswerer:
     def __init__(self, config: ModelAnswererConfig):
         import torch
 
-        from videopanda.infer import frame_config_for, load_model, with_num_frames
+        from videopanda.serve.infer import frame_config_for, load_model, with_num_frames
 
         self.config = config
         self.torch = torch
@@ -258,7 +258,7 @@ class ModelAnswerer:
     def prepare(self, item: QAItem):
         """(the chat template's prompt for the question, uint8 frames (n, H, W, 3) read from the video)."""
         from videopanda.data.video import read_video
-        from videopanda.infer import video_prompt
+        from videopanda.serve.infer import video_prompt
 
         if item.video_path is None:
             raise VideoNotFoundError(f"video {item.video!r} not found in the dataset's videos/ folder "
@@ -271,7 +271,7 @@ class ModelAnswerer:
         `max_new_tokens` tokens (default: the config's), each capped to the room its own prompt leaves in
         the model's context (`infer.fit_context`): a sample's answer does not depend on its batch. A sample
         whose prompt leaves no room gets its `ContextLengthError` instead and is not run."""
-        from videopanda.infer import ContextLengthError, fit_context, generation_settings
+        from videopanda.serve.infer import ContextLengthError, fit_context, generation_settings
 
         torch = self.torch
         inputs = self.processor(text=[p for p, _ in prepared], videos=[f for _, f in prepared]).to(self.config.device)
@@ -306,7 +306,7 @@ class ModelAnswerer:
         continuations are batched with left padding, one copy of the frames (n, H, W, 3) each.
         ValueError when a continuation is empty or changes how the prompt itself is tokenized;
         ContextLengthError (`infer.fit_context`) when the longest text does not fit in the model's context."""
-        from videopanda.infer import fit_context
+        from videopanda.serve.infer import fit_context
 
         torch = self.torch
         texts = [prompt] + [prompt + continuation for continuation in continuations]

@@ -120,7 +120,7 @@ def build_models(config: ModelsConfig, texts: list[str], seed: int) -> dict:
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from videopanda.data.tokenizer import train_llama_tokenizer
-    from videopanda.model.teacher import LanguageBindVideoTower, TeacherConfig, init_teacher_weights
+    from videopanda.train.teacher import LanguageBindVideoTower, TeacherConfig, init_teacher_weights
     from videopanda.model.videopanda import project_generation_config
 
     base = Path(config.data) / "models" / "base"
@@ -201,7 +201,7 @@ def make_models(config: ModelsConfig) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    from videopanda.cli import CommandParser
+    from videopanda.argparsing import CommandParser
 
     parser = CommandParser(prog="videopanda quickstart-models", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=ModelsConfig.data,

@@ -31,7 +31,7 @@ the experiment file):
   weights (`ModelsConfig.teacher_position_std` 0.5, `teacher_patch_std` 0.1), so that, like a real
   LanguageBind teacher, its features say both where each patch is and what it shows, and its patch
   positions vary smoothly over the grid as a trained ViT's do (`teacher_position_frequencies` 2,
-  `videopanda.model.teacher.smooth_position_embedding`). The Llama sees
+  `videopanda.train.teacher.smooth_position_embedding`). The Llama sees
   its visual tokens only in order (RoPE), which tells rows apart (a row is several tokens) but hardly
   columns. Position alone (patch std 0.02) crowds colour out of the features and the colour questions
   fall to chance; position 1.0 with patch 0.1 does the same to a lesser degree (measured with earlier
@@ -492,7 +492,7 @@ def _parse_ablation(parser: argparse.ArgumentParser, text: str | None) -> str | 
 
 
 def main(argv: list[str]) -> int:
-    from videopanda.cli import CommandParser
+    from videopanda.argparsing import CommandParser
 
     parser = CommandParser(prog="videopanda quickstart", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=None, help="output folder (default outputs/quickstart-seed<SEED>, "

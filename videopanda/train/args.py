@@ -166,7 +166,7 @@ def stage_args(resolved: ResolvedExperiment, stage: str, resume: str = "auto", c
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from videopanda.cli import CommandParser
+    from videopanda.argparsing import CommandParser
 
     parser = CommandParser(
         prog="videopanda train",

@@ -168,7 +168,7 @@ def train(args: TrainArgs, plan: Preflight, signals: StopSignals | None = None) 
     apply_stage(model, args.stage)
     adapter = None
     if args.lora is not None:
-        from videopanda.lora import add_adapters, freeze_for_lora
+        from videopanda.train.lora import add_adapters, freeze_for_lora
 
         adapter = LoraRun(add_adapters(model.model, args.lora), base=args.model, visual=args.lora.visual)
         freeze_for_lora(model, args.lora.visual)

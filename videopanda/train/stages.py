@@ -229,7 +229,7 @@ def build_model(folder: str | Path, *, init: str, stab_overrides: dict, teacher_
     cosine or mse) when `teacher_folder` is given (see module docstring); lockstep off (the caller sets it).
     `quantize="nf4"` (QLoRA, a Video-Panda folder on CUDA) loads the LLM's linear layers in 4-bit NF4 with
     bf16 compute; the STAB, projector and lm_head stay in `dtype`."""
-    from videopanda.model.teacher import LanguageBindVideoTower
+    from videopanda.train.teacher import LanguageBindVideoTower
     from videopanda.model.videopanda import VideoPandaForCausalLM
     from videopanda.train.distillation import DistillationHead
     from videopanda.train.training_model import TrainingModel

@@ -398,7 +398,7 @@ class VideoPandaTrainer(Trainer):
         logger.info("saving the %s to %s", "adapters" if self.adapter else "model", output_dir)
         model = self.accelerator.unwrap_model(self.model)
         if self.adapter is not None:  # the live weights: whole on every rank below ZeRO-3
-            from videopanda.lora import save_adapter_folder
+            from videopanda.train.lora import save_adapter_folder
 
             save_adapter_folder(model, self.adapter.peft_model, output_dir, self.adapter.base, self.adapter.visual)
         else:
@@ -414,7 +414,7 @@ class VideoPandaTrainer(Trainer):
 
         target = self.accelerator.unwrap_model(model if model is not None else self.model)
         if self.adapter is not None:
-            from videopanda.lora import load_adapter_state
+            from videopanda.train.lora import load_adapter_state
 
             load_adapter_state(target, self.adapter.peft_model, resume_from_checkpoint)
         else:

@@ -9,7 +9,7 @@ any-resolution step: each frame resized and pasted on the mean-colour canvas; th
 and a clip with fewer frames than the model takes is padded with all-zero frames, shown fully hatched),
 ask questions in a multi-turn chat whose answers stream in, and read how long the STAB and the LLM took.
 
-Everything the model sees goes through `videopanda.chat.VideoConversation`, the chat command's path:
+Everything the model sees goes through `videopanda.serve.chat.VideoConversation`, the chat command's path:
 the processor, the Vicuna v1.1 history, `infer.generation_settings`. The times shown are those of
 `VideoConversation.stream` (`RoundTiming`): wall-clock of `model.embed_inputs` (STAB + projector,
 embedding the prompt) and of `model.generate` from those embeddings (prefill + decoding), per answer.
@@ -40,8 +40,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from videopanda.chat import ContextLengthError, VideoConversation, load_conversation
-from videopanda.infer import add_model_options
+from videopanda.serve.chat import ContextLengthError, VideoConversation, load_conversation
+from videopanda.serve.infer import add_model_options
 from videopanda.log import get_logger
 
 if TYPE_CHECKING:
@@ -362,7 +362,7 @@ def build_app(demo: Demo, model_name: str):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from videopanda.cli import CommandParser
+    from videopanda.argparsing import CommandParser
 
     parser = CommandParser(prog="videopanda demo",
                            description="Web demo: upload a video, see its frames, chat about it.")
@@ -388,7 +388,7 @@ def main(argv: list[str]) -> int:
     for option in ("max_seconds", "max_pixels"):
         if not getattr(args, option) > 0:
             _parser().error(f"--{option.replace('_', '-')} must be positive, got {getattr(args, option):g}")
-    from videopanda.infer import InferError, MemoryBudgetError, ModelFolderError, check_model_folder
+    from videopanda.serve.infer import InferError, MemoryBudgetError, ModelFolderError, check_model_folder
 
     try:
         import gradio as gr

@@ -24,12 +24,12 @@ from helpers.media import make_frames, write_text_file, write_video
 
 from videopanda.data.conversation import SYSTEM_USER
 from videopanda.data.video import probe_video, read_video
-from videopanda.infer import generation_settings, load_model
+from videopanda.serve.infer import generation_settings, load_model
 
 NEW_TOKENS = 6
 MAX_SECONDS = 4
 QUESTIONS = ("what colour is the circle?", "which way does the square move?")
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BROWSER, DRIVER = "chromium", "chromedriver"
 
 
@@ -267,7 +267,7 @@ def test_frame_strip_hatches_the_padding_and_the_padding_frames(tmp_path):
 
     from videopanda.constants import PAD_COLOR
     from videopanda.data.processor import VideoPandaVideoProcessor
-    from videopanda.demo import frame_strip
+    from videopanda.serve.demo import frame_strip
 
     clip = write_video(tmp_path / "short.mp4", make_frames(3, height=64, width=48, seed=2), fps=10)
     frames = read_video(clip, num_frames=8)
@@ -294,8 +294,8 @@ def test_a_question_past_the_context_is_a_message_and_the_chat_goes_on(folder, m
     """No browser: the page's handlers on a copy of the model whose context holds one short round only."""
     import json
 
-    from videopanda.chat import VideoConversation
-    from videopanda.demo import Demo
+    from videopanda.serve.chat import VideoConversation
+    from videopanda.serve.demo import Demo
 
     model, processor = load_model(folder, "cpu", torch.float32)
     probe = VideoConversation(model, processor)
@@ -325,8 +325,8 @@ def test_a_question_past_the_context_is_a_message_and_the_chat_goes_on(folder, m
 
 def test_limits_are_one_line_naming_the_upload_and_a_raw_stream_is_measured(folder, media):
     """No browser: the page's upload handler on the clips that break a limit, and on a raw stream within them."""
-    from videopanda.chat import VideoConversation
-    from videopanda.demo import Demo
+    from videopanda.serve.chat import VideoConversation
+    from videopanda.serve.demo import Demo
 
     model, processor = load_model(folder, "cpu", torch.float32)
     demo = Demo(VideoConversation(model, processor, max_new_tokens=NEW_TOKENS), max_seconds=MAX_SECONDS)

@@ -7,7 +7,7 @@ At the `you>` prompt: a question, `/video PATH` (another clip; the conversation 
 (forget the conversation, keep the clip), `/quit` (or Ctrl-D). Ctrl-C while an answer streams stops it
 (that round is forgotten); at the prompt it ends the chat.
 
-`VideoConversation` is the one path the chat and the web demo (`videopanda.demo`) share:
+`VideoConversation` is the one path the chat and the web demo (`videopanda.serve.demo`) share:
 
 - History is the original's Vicuna v1.1 text (docs/DESIGN.md, "Choices where the paper is silent": Data),
   written by the processor's chat template: the video's frame placeholders only in the first user message,
@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from videopanda.infer import ContextLengthError, add_model_options
+from videopanda.serve.infer import ContextLengthError, add_model_options
 from videopanda.log import get_logger
 
 logger = get_logger(__name__)
@@ -131,7 +131,7 @@ class VideoConversation:
         import torch
         from transformers import TextIteratorStreamer
 
-        from videopanda.infer import fit_context, generation_settings
+        from videopanda.serve.infer import fit_context, generation_settings
 
         question = question.strip()
         if not question:
@@ -224,7 +224,7 @@ def load_conversation(args: argparse.Namespace) -> VideoConversation:
     Raises InferError (ModelFolderError, MemoryBudgetError) with a one-line message."""
     import torch
 
-    from videopanda.infer import (InferError, frame_config_for, generation_settings, load_model, torch_dtype,
+    from videopanda.serve.infer import (InferError, frame_config_for, generation_settings, load_model, torch_dtype,
                                   with_num_frames)
 
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
@@ -239,7 +239,7 @@ def load_conversation(args: argparse.Namespace) -> VideoConversation:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from videopanda.cli import CommandParser
+    from videopanda.argparsing import CommandParser
 
     parser = CommandParser(prog="videopanda chat", description="Talk about a video in the terminal.",
                            epilog=f"In the chat: {COMMANDS_HELP}.")
@@ -315,7 +315,7 @@ def chat_loop(conversation: VideoConversation) -> None:
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     from videopanda.data.video import VideoReadError, read_video
-    from videopanda.infer import InferError, MemoryBudgetError, ModelFolderError, check_model_folder, frame_config_for
+    from videopanda.serve.infer import InferError, MemoryBudgetError, ModelFolderError, check_model_folder, frame_config_for
 
     try:
         config = check_model_folder(args.model)

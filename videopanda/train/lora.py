@@ -253,7 +253,7 @@ def merge_folder(adapter: str | Path, output: str | Path, device: str = "cpu") -
     The output must be new or empty, outside the adapter folder and its base; it is written beside itself
     and renamed into place when complete, so a failed merge leaves nothing. Raises AdapterFolderError for a
     folder that is not an adapter folder or such an output, InferError (ModelFolderError) from loading."""
-    from videopanda.infer import load_model
+    from videopanda.serve.infer import load_model
 
     adapter, output = Path(adapter), Path(output)
     if not is_adapter_folder(adapter):
@@ -275,7 +275,7 @@ def merge_folder(adapter: str | Path, output: str | Path, device: str = "cpu") -
 
 
 def _parser() -> argparse.ArgumentParser:
-    from videopanda.cli import CommandParser
+    from videopanda.argparsing import CommandParser
 
     parser = CommandParser(
         prog="videopanda merge-lora",
@@ -289,7 +289,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    from videopanda.infer import InferError
+    from videopanda.serve.infer import InferError
 
     try:
         output = merge_folder(args.adapter, args.output, args.device)

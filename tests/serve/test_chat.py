@@ -17,12 +17,12 @@ import pytest
 import torch
 from helpers.media import make_frames, write_text_file, write_video
 
-from videopanda.chat import VideoConversation
+from videopanda.serve.chat import VideoConversation
 from videopanda.data.conversation import SYSTEM_USER
-from videopanda.infer import generation_settings, load_model
+from videopanda.serve.infer import generation_settings, load_model
 
 NEW_TOKENS = 6
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ROUND = re.compile(r"panda> (.*?)\r\n\[STAB (\d+) ms \| LLM (\d+) ms \((\d+) prompt tokens, (\d+) new")
 
 
@@ -228,7 +228,7 @@ def test_closing_the_stream_early_stops_generation_and_forgets_the_round(loaded,
 
 
 def test_a_folder_that_is_not_a_model_or_a_bad_first_video_is_one_line(folder, clips, tmp_path, capsys):
-    from videopanda.chat import main
+    from videopanda.serve.chat import main
 
     assert main(["--model", str(tmp_path / "absent"), "--video", str(clips[0])]) == 2
     assert main(["--model", str(folder), "--video", str(tmp_path / "absent.mp4"), "--device", "cpu"]) == 1

@@ -106,7 +106,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from videopanda.cli import CommandParser
+    from videopanda.argparsing import CommandParser
 
     parser = CommandParser(prog="videopanda infer", description="Answer a question about one video.")
     add_model_options(parser)
@@ -211,7 +211,7 @@ def validate_model_folder(folder: str | Path, model_types: tuple[str, ...] | Non
     file (single, or each shard an index names) is there and its header reads; with `tokenizer`, the
     tokenizer files are there and parse. Raises ModelFolderError naming the file, in one line.
     """
-    from videopanda.lora import AdapterFolderError, base_folder, is_adapter_folder
+    from videopanda.train.lora import AdapterFolderError, base_folder, is_adapter_folder
     from videopanda.model.checkpoint import stored_tensors
 
     folder = Path(folder)
@@ -441,7 +441,7 @@ def load_model(folder: str | Path, device: str = "cpu", dtype: torch.dtype | Non
                memory_budget: int | None = None, keep_peft: bool = False):
     """-> (model in eval mode on `device`, its `VideoPandaProcessor`).
 
-    A LoRA adapter folder (`videopanda.lora`) loads its base folder's model (after checking that the base is
+    A LoRA adapter folder (`videopanda.train.lora`) loads its base folder's model (after checking that the base is
     the model the adapters were trained on: `lora.checked_base_folder`), then its own visual weights,
     adapters and generation settings on top (unmerged); the model returned is the `VideoPandaForCausalLM`
     holding them, or with `keep_peft` the peft wrapper (for `merge_and_unload`).
@@ -472,7 +472,7 @@ def load_model(folder: str | Path, device: str = "cpu", dtype: torch.dtype | Non
     if processor.image_token_id != config.image_token_id:
         raise ModelFolderError(f"{folder}: the tokenizer's <image> id {processor.image_token_id} is not config.json's "
                                f"image_token_id {config.image_token_id}")
-    from videopanda.lora import AdapterFolderError, attach_adapter, checked_base_folder, is_adapter_folder
+    from videopanda.train.lora import AdapterFolderError, attach_adapter, checked_base_folder, is_adapter_folder
 
     adapter = is_adapter_folder(folder)
     try:

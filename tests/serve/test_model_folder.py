@@ -1,5 +1,5 @@
 """Model folders that cannot be loaded fail in one line naming the file, and loading picks the checkpoint's
-dtype and checks that the model fits in memory first (`videopanda.infer`, `videopanda.model.checkpoint`).
+dtype and checks that the model fits in memory first (`videopanda.serve.infer`, `videopanda.model.checkpoint`).
 
 Folders are real: a tiny released-layout folder (sharded `.bin` + index, bf16), the same model saved by
 `save_pretrained` (one safetensors file), and a 7B-shaped folder whose safetensors files carry the real
@@ -20,7 +20,7 @@ from helpers.released import build_released_folder, released_config
 from transformers import AutoModelForCausalLM
 
 import videopanda  # noqa: F401  (registers the Auto classes)
-from videopanda.infer import (
+from videopanda.serve.infer import (
     MEMORY_BUDGET_ENV,
     MemoryBudgetError,
     ModelFolderError,

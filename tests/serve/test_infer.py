@@ -16,7 +16,7 @@ import videopanda  # noqa: F401  (registers the Auto classes)
 from videopanda.data.conversation import SYSTEM_USER, build_generation_prompt, tokenize_prompt
 from videopanda.data.frames import FrameConfig, preprocess_video
 from videopanda.data.video import read_video
-from videopanda.infer import main
+from videopanda.serve.infer import main
 
 NEW_TOKENS = 5
 QUESTION = "what colour is the circle?"
@@ -152,7 +152,7 @@ def test_a_prompt_past_the_model_context_is_refused_in_one_line_by_infer_and_eva
     from videopanda.data.processor import VideoPandaProcessor
     from videopanda.eval.cli import main as eval_main
     from videopanda.eval.records import read_jsonl
-    from videopanda.infer import video_prompt
+    from videopanda.serve.infer import video_prompt
 
     processor = VideoPandaProcessor.from_pretrained(folder)
     prompt = processor(text=video_prompt(processor, QUESTION), videos=read_video(clip, num_frames=8))
@@ -193,7 +193,7 @@ def test_generate_without_arguments_answers_like_infer_on_a_saved_folder(folder,
     `videopanda infer` prints without --max-new-tokens: both take the limit from that one file (set to 30
     here to keep the test short)."""
     from videopanda.data.processor import VideoPandaProcessor
-    from videopanda.infer import video_prompt
+    from videopanda.serve.infer import video_prompt
 
     saved = tmp_path / "saved"
     AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).save_pretrained(saved)

@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
-from videopanda.model.teacher import LanguageBindVideoTower, TeacherConfig, TeacherFolderError, init_teacher_weights
+from videopanda.train.teacher import LanguageBindVideoTower, TeacherConfig, TeacherFolderError, init_teacher_weights
 
 TINY = dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=3,
             image_size=56, patch_size=14, num_frames=8, hidden_act="quick_gelu")
