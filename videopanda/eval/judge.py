@@ -566,47 +566,13 @@ def run_judge(items: Sequence[JudgeItem], judge: Judge, output_dir: str | os.Pat
     for stale in ("results.json", "failed.jsonl"):
         (output_dir / stale).unlink(missing_ok=True)
 
-    failures: list[dict[str, Any]] = []
-    spent = {"prompt_tokens": 0, "completion_tokens": 0}
     with JsonlAppender(output_dir / "verdicts.jsonl") as writer:
-        current: dict[str, dict[str, Any]] = {}
-        for record in writer.records:
-            if prints.get(str(record.get("id"))) == record.get("fingerprint"):
-                current[str(record["id"])] = record
-        stale = sum(1 for r in writer.records if prints.get(str(r.get("id"))) != r.get("fingerprint"))
-        if stale:
-            logger.warning("%s: ignoring %d verdict line(s) for other predictions, prompts or judges",
-                           writer.path, stale)
+        current = _current_verdicts(writer, prints)
         todo = [item for item in items if item.id not in current]
         if current:
             logger.info("%d of %d items already judged, %d to go", len(items) - len(todo), len(items), len(todo))
-
-        pool = ThreadPoolExecutor(max_workers=max(1, workers))
-        try:
-            futures = {pool.submit(judge.judge, item): item for item in todo}
-            for future in tqdm(as_completed(futures), total=len(futures), desc="judge", unit="item",
-                               disable=not progress):
-                item = futures[future]
-                outcome = future.result()
-                for key in spent:
-                    spent[key] += outcome.usage[key]
-                if outcome.verdict is None:
-                    logger.warning("item %s: no valid verdict after %d attempt(s): %s",
-                                   item.id, outcome.attempts, outcome.error)
-                    failures.append({"id": item.id, "stage": "judge", "attempts": outcome.attempts,
-                                     "error": outcome.error, "reply": _redacted(outcome.reply),
-                                     "usage": outcome.usage, "type": item.type})
-                    continue
-                record = {"id": item.id, "verdict": outcome.verdict.pred, "score": outcome.verdict.score,
-                          "judge_model": outcome.judge_model, "attempts": outcome.attempts,
-                          "usage": outcome.usage, "reply": _redacted(outcome.reply), "fingerprint": prints[item.id],
-                          "content": content_hash(item)}
-                if item.type is not None:
-                    record["type"] = item.type
-                writer.append(record)
-                current[item.id] = record
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+        new, failures, spent = _judge_pending(todo, judge, prints, writer, workers, progress)
+        current.update(new)
 
     judged = [current[item.id] for item in items if item.id in current]
     failed_rows = [{"id": r["id"], "stage": "inference", "error": r.get("error"), "type": r.get("type")}
@@ -614,19 +580,80 @@ def run_judge(items: Sequence[JudgeItem], judge: Judge, output_dir: str | os.Pat
     order = {item_id: index for index, item_id in enumerate(ids)}
     failures.sort(key=lambda r: order[r["id"]])
     write_jsonl_atomic(output_dir / "failed.jsonl", failed_rows + failures)
+    results = dict(metadata or {})
+    results.update(_results(judged, failed_rows, failures, spent, judge, accuracy, unit))
+    write_json_atomic(output_dir / "results.json", results)
+    return results
 
+
+def _current_verdicts(writer: JsonlAppender, prints: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """The verdict lines already in `writer`'s file whose fingerprint is the item's current one, by id;
+    the others (other predictions, prompts or judges) are ignored with a warning."""
+    current = {str(r["id"]): r for r in writer.records if prints.get(str(r.get("id"))) == r.get("fingerprint")}
+    stale = sum(1 for r in writer.records if prints.get(str(r.get("id"))) != r.get("fingerprint"))
+    if stale:
+        logger.warning("%s: ignoring %d verdict line(s) for other predictions, prompts or judges", writer.path, stale)
+    return current
+
+
+def _judge_pending(todo: Sequence[JudgeItem], judge: Judge, prints: dict[str, str], writer: JsonlAppender,
+                   workers: int, progress: bool
+                   ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]], dict[str, int]]:
+    """Judge `todo` on `workers` threads, appending each verdict line to `writer` as it arrives.
+
+    -> (the new verdict lines by id, a failure row per item left without a valid verdict, the tokens
+    spent this run). A `JudgeFatalError` stops every waiting worker; the lines written stay."""
+    verdicts: dict[str, dict[str, Any]] = {}
+    failures: list[dict[str, Any]] = []
+    spent = {"prompt_tokens": 0, "completion_tokens": 0}
+    pool = ThreadPoolExecutor(max_workers=max(1, workers))
+    try:
+        futures = {pool.submit(judge.judge, item): item for item in todo}
+        for future in tqdm(as_completed(futures), total=len(futures), desc="judge", unit="item",
+                           disable=not progress):
+            item, outcome = futures[future], future.result()
+            for key in spent:
+                spent[key] += outcome.usage[key]
+            if outcome.verdict is None:
+                logger.warning("item %s: no valid verdict after %d attempt(s): %s",
+                               item.id, outcome.attempts, outcome.error)
+                failures.append({"id": item.id, "stage": "judge", "attempts": outcome.attempts,
+                                 "error": outcome.error, "reply": _redacted(outcome.reply),
+                                 "usage": outcome.usage, "type": item.type})
+                continue
+            verdicts[item.id] = _verdict_line(item, outcome, prints[item.id])
+            writer.append(verdicts[item.id])
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return verdicts, failures, spent
+
+
+def _verdict_line(item: JudgeItem, outcome: Outcome, item_fingerprint: str) -> dict[str, Any]:
+    """The verdicts.jsonl line of an item judged with a valid verdict."""
+    line = {"id": item.id, "verdict": outcome.verdict.pred, "score": outcome.verdict.score,
+            "judge_model": outcome.judge_model, "attempts": outcome.attempts, "usage": outcome.usage,
+            "reply": _redacted(outcome.reply), "fingerprint": item_fingerprint, "content": content_hash(item)}
+    if item.type is not None:
+        line["type"] = item.type
+    return line
+
+
+def _results(judged: list[dict[str, Any]], failed_inference: list[dict[str, Any]], failures: list[dict[str, Any]],
+             spent: dict[str, int], judge: Judge, accuracy: bool, unit: str) -> dict[str, Any]:
+    """results.json's fields after the metadata: the metrics over all items (overall and per type), the
+    coverage, the failed ids, the judge and the tokens spent."""
     # tokens behind the verdicts counted here plus those spent this run on items that failed
     usage = {key: sum(r.get("usage", {}).get(key, 0) for r in judged + failures) for key in spent}
     models = sorted({str(r.get("judge_model")) for r in judged if r.get("judge_model") is not None})
-    failed_all = failed_rows + failures
-    results: dict[str, Any] = dict(metadata or {})
-    results.update(compute_metrics(judged, num_failed=len(failed_all), accuracy=accuracy))
+    failed_all = failed_inference + failures
+    results = compute_metrics(judged, num_failed=len(failed_all), accuracy=accuracy)
     results.update({
         "num_failed": len(failures),
-        "num_failed_inference": len(failed_rows),
+        "num_failed_inference": len(failed_inference),
         "complete": not failed_all,
-        "coverage": coverage_text(len(judged) + len(failed_all), len(judged), len(failed_rows), len(failures), unit),
-        "failed_ids": {"inference": [r["id"] for r in failed_rows], "judge": [r["id"] for r in failures]},
+        "coverage": coverage_text(len(judged) + len(failed_all), len(judged), len(failed_inference), len(failures),
+                                  unit),
+        "failed_ids": {"inference": [r["id"] for r in failed_inference], "judge": [r["id"] for r in failures]},
         "metric_rule": METRIC_RULE,
         "judge": judge.label,
         "judge_model": models[0] if len(models) == 1 else models,
@@ -643,5 +670,4 @@ def run_judge(items: Sequence[JudgeItem], judge: Judge, output_dir: str | os.Pat
             for t in types}
     if len(models) > 1:
         logger.warning("verdicts come from several judge models: %s", ", ".join(models))
-    write_json_atomic(output_dir / "results.json", results)
     return results
