@@ -14,7 +14,7 @@
   and `distill_loss` are logged separately (tensorboard and the JSONL loss log) with the same weights,
   averaged over the steps and ranks of the logging interval; distill_loss only where there was video.
 - Sampler: `ModalityLengthGroupedSampler` in its global order (accelerate shards it per rank); its
-  epoch is set at every epoch's start, a resumed epoch included.
+  epoch is set at every epoch's start, a resumed epoch included (`SamplerEpoch`).
 - Saving: every saved folder (checkpoints and the final output) is a complete inference folder: the
   `TrainingModel`'s weights in the released key names (`TrainingModel.save_pretrained`; teacher tensors
   stay out unless `save_teacher`), config, tokenizer and processor files; every checkpoint gets its
@@ -29,10 +29,15 @@
 - Preemption: `StopOnSignal` stops every rank at the same optimizer step once SIGTERM / SIGUSR1
   reached any of them, with a complete checkpoint of that step (not logged unless a log is due). The
   last step is always logged, so `state.log_history` covers the whole run (`checkpointing.run_train_loss`).
+
+The Trainer's public surface does the rest; what has no public hook (the sampler, the step's micro-batches,
+the checkpoint's error line and marker, the model files, the loss since the last log) is reached through
+`hf_trainer_internals.TrainerInternals` only.
 """
 from __future__ import annotations
 
 import json
+import math
 import signal
 from collections import deque
 from dataclasses import dataclass
@@ -41,15 +46,15 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from transformers import Trainer, TrainerCallback
+from transformers import TrainerCallback
 from transformers.trainer import TRAINING_ARGS_NAME
 
 from videopanda.data.dataset import bad_record, data_report, merge_data_reports
 from videopanda.io import describe_os_error, write_json_atomic, write_text_atomic
 from videopanda.log import get_logger
 from videopanda.train.checkpointing import (DATA_REPORT, STOP_SIGNALS, UNLOGGED_LOSS, StopSignals, checkpoint_step,
-                                            mark_complete, prune_checkpoints, read_data_report, read_unlogged_loss,
-                                            writing)
+                                            mark_complete, prune_checkpoints, read_data_report, read_unlogged_loss)
+from videopanda.train.hf_trainer_internals import TrainerInternals
 from videopanda.train.stages import GROUPS, VISUAL_GROUPS, parameter_parts
 
 logger = get_logger(__name__)
@@ -206,7 +211,21 @@ class _CarryUnloggedLoss(TrainerCallback):
         self.trainer = trainer
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.trainer._restore_unlogged_loss()
+        self.trainer.restore_unlogged_loss()
+
+
+class SamplerEpoch(TrainerCallback):
+    """Sets the training sampler's epoch at every epoch's start. A resumed epoch's DataLoader comes from
+    accelerate's `skip_first_batches`, whose `set_epoch` does not reach a sampler under its batch sampler shard:
+    a run resumed in the middle of epoch >= 1 would otherwise draw epoch 0's order. `state.epoch` is the epoch
+    the loop starts (a whole number at an epoch's start, the resumed step's fraction within it on a resume)."""
+
+    def __init__(self, trainer: "VideoPandaTrainer"):
+        self.trainer = trainer
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        if self.trainer.sampler is not None:
+            self.trainer.sampler.set_epoch(math.floor(state.epoch or 0))
 
 
 @dataclass
@@ -219,7 +238,11 @@ class LoraRun:
     visual: str
 
 
-class VideoPandaTrainer(Trainer):
+class VideoPandaTrainer(TrainerInternals):
+    # compute_loss weighs each micro-batch by its share of the step's tokens / frames (module docstring): the
+    # Trainer divides by the accumulation steps no more.
+    loss_is_scaled_for_ga = True
+
     def __init__(self, *args, visual_learning_rate: float, save_teacher: bool = False, keep_checkpoints: int = 2,
                  group_by_modality_length: bool = True, adapter: LoraRun | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -228,19 +251,17 @@ class VideoPandaTrainer(Trainer):
         self.save_teacher = save_teacher
         self.keep_checkpoints = keep_checkpoints
         self.group_by_modality_length = group_by_modality_length
-        # compute_loss weighs each micro-batch by its share of the step's tokens / frames (module docstring):
-        # the Trainer neither counts items for the model nor divides by the accumulation steps.
-        self.model_accepts_loss_kwargs = False
-        self.loss_is_scaled_for_ga = True
+        self.model_accepts_loss_kwargs = False  # the Trainer counts no items for the model (see compute_loss)
         self._step_weights: deque[tuple[float, float]] = deque()  # (lm, distill) of the step's micro-batches to come
         self._loss_parts = torch.zeros(4, dtype=torch.float64)  # lm sum, lm weight, distill sum, distill weight
         self._used_bad: dict[int, dict] = {}  # bad samples in the batches this rank trained on
         self._used_replacements = 0
         self._report_before: dict | None = None  # from the checkpoint this run resumed from
         self._segment_start = 0
-        self._sampler = None  # the ModalityLengthGroupedSampler of the training DataLoader
+        self.sampler = None  # the ModalityLengthGroupedSampler of the training DataLoader
         self._unlogged_before: dict | None = None  # UNLOGGED_LOSS of the checkpoint this run resumed from
         self.add_callback(_CarryUnloggedLoss(self))
+        self.add_callback(SamplerEpoch(self))
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         if isinstance(resume_from_checkpoint, (str, Path)):
@@ -254,24 +275,16 @@ class VideoPandaTrainer(Trainer):
 
     # ---- data ------------------------------------------------------------------------------------
 
-    def _get_train_sampler(self, train_dataset=None):
+    def train_sampler(self, dataset):
+        """`ModalityLengthGroupedSampler` over `dataset` (None without grouping: the Trainer's random sampler)."""
         from videopanda.data.dataset import ModalityLengthGroupedSampler
 
-        dataset = train_dataset if train_dataset is not None else self.train_dataset
         if not self.group_by_modality_length:
-            return super()._get_train_sampler(train_dataset)
-        self._sampler = ModalityLengthGroupedSampler(dataset.lengths, dataset.is_video,
-                                                     self.args.per_device_train_batch_size,
-                                                     world_size=self.args.world_size, seed=self.args.seed)
-        return self._sampler
-
-    def _run_epoch(self, *args, epoch: int, **kwargs):
-        # A resumed epoch's DataLoader comes from accelerate's `skip_first_batches`, whose `set_epoch` does not
-        # reach the sampler under the batch sampler shard: a run resumed in the middle of epoch >= 1 would
-        # draw epoch 0's order. The sampler's epoch is set here for every epoch, resumed or not.
-        if self._sampler is not None:
-            self._sampler.set_epoch(epoch)
-        return super()._run_epoch(*args, epoch=epoch, **kwargs)
+            return None
+        self.sampler = ModalityLengthGroupedSampler(dataset.lengths, dataset.is_video,
+                                                    self.args.per_device_train_batch_size,
+                                                    world_size=self.args.world_size, seed=self.args.seed)
+        return self.sampler
 
     def get_train_dataloader(self):
         loader = super().get_train_dataloader()
@@ -323,11 +336,9 @@ class VideoPandaTrainer(Trainer):
 
     # ---- loss ------------------------------------------------------------------------------------
 
-    def get_batch_samples(self, epoch_iterator, num_batches, device):
-        """The micro-batches of one optimizer step; also queues their loss weights (`accumulation_weights`)."""
-        batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+    def step_batches_fetched(self, batches: list[dict]) -> None:
+        """Queues the loss weights of one optimizer step's micro-batches (`accumulation_weights`)."""
         self._step_weights = deque(accumulation_weights(batches))
-        return batches, num_items
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """lm_loss x the micro-batch's token weight + distill_loss x its frame weight (1 and 1 outside a training
@@ -369,31 +380,33 @@ class VideoPandaTrainer(Trainer):
     def unlogged_loss(self) -> dict:
         """What the next training log would add up (a collective): the loss sum of the steps after step
         `last_logged_step` and the lm / distill sums and counts, each summed over ranks."""
-        totals = torch.cat([self._tr_loss.detach().reshape(1).to("cpu", torch.float64), self._loss_parts])
+        loss_sum, last_logged_step = self.loss_since_last_log()
+        totals = torch.cat([loss_sum.detach().reshape(1).to("cpu", torch.float64), self._loss_parts])
         totals = totals.to(self.args.device)
         if self.args.world_size > 1:
             totals = self.accelerator.reduce(totals, reduction="sum")
         loss_sum, *parts = totals.tolist()
-        return {"global_step": self.state.global_step, "last_logged_step": self._globalstep_last_logged,
+        return {"global_step": self.state.global_step, "last_logged_step": last_logged_step,
                 "loss_sum": loss_sum, "loss_parts": parts}
 
-    def _restore_unlogged_loss(self) -> None:
+    def restore_unlogged_loss(self) -> None:
+        """At the start of a run resumed from a checkpoint holding `UNLOGGED_LOSS` of its step: its sums go into
+        the first log. A log sums the ranks' accumulators, so rank 0 carries all of it."""
         carried = self._unlogged_before
         if carried is None or carried.get("global_step") != self.state.global_step:
             return
-        self._globalstep_last_logged = int(carried["last_logged_step"])
-        if self.args.process_index == 0:  # a log sums the ranks' accumulators: rank 0 carries all of it
-            self._tr_loss += float(carried["loss_sum"])
+        mine = self.args.process_index == 0
+        self.carry_loss_since_last_log(float(carried["loss_sum"]) if mine else 0.0, int(carried["last_logged_step"]))
+        if mine:
             self._loss_parts += torch.tensor(carried["loss_parts"], dtype=torch.float64)
 
     # ---- saving ----------------------------------------------------------------------------------
 
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+    def write_model_folder(self, output_dir: str, state_dict: dict | None) -> None:
         """A complete inference folder (see the module docstring); `state_dict` is the `TrainingModel`'s
         (DeepSpeed ZeRO-3 hands over a consolidated one)."""
         if not self.args.should_save:
             return
-        output_dir = output_dir if output_dir is not None else self.args.output_dir
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         logger.info("saving the %s to %s", "adapters" if self.adapter else "model", output_dir)
         model = self.accelerator.unwrap_model(self.model)
@@ -407,7 +420,7 @@ class VideoPandaTrainer(Trainer):
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, Path(output_dir) / TRAINING_ARGS_NAME)
 
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+    def load_checkpoint_weights(self, folder: str, model: torch.nn.Module | None) -> None:
         """Resuming without DeepSpeed: the checkpoint's model files (released names) into the `TrainingModel`
         (DeepSpeed resumes from its own module states instead)."""
         from videopanda.model.checkpoint import read_state_dict
@@ -416,14 +429,13 @@ class VideoPandaTrainer(Trainer):
         if self.adapter is not None:
             from videopanda.train.lora import load_adapter_state
 
-            load_adapter_state(target, self.adapter.peft_model, resume_from_checkpoint)
+            load_adapter_state(target, self.adapter.peft_model, folder)
         else:
-            target.load_released_state_dict(read_state_dict(resume_from_checkpoint))
+            target.load_released_state_dict(read_state_dict(folder))
 
-    def _save_checkpoint(self, model, trial) -> None:
-        folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
-        with writing(folder):
-            super()._save_checkpoint(model, trial)
+    def checkpoint_saved(self, folder: Path) -> None:
+        """Adds the data report and the unlogged loss, then (after every rank) the completion marker, and prunes
+        old checkpoints."""
         report, unlogged = self.run_data_report(), self.unlogged_loss()
         if self.args.should_save:
             write_json_atomic(folder / DATA_REPORT, report)
@@ -435,5 +447,5 @@ class VideoPandaTrainer(Trainer):
         self.accelerator.wait_for_everyone()
 
 
-__all__ = ["LOSS_LOG", "LoraRun", "LossLogCallback", "StopOnSignal", "VideoPandaTrainer", "accumulation_weights",
+__all__ = ["LOSS_LOG", "LoraRun", "LossLogCallback", "SamplerEpoch", "StopOnSignal", "VideoPandaTrainer", "accumulation_weights",
            "agreed_stop_signal", "max_over_ranks", "no_decay", "parameter_groups"]
