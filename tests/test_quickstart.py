@@ -1,6 +1,6 @@
-"""The quickstart driver's pieces that run without training: the flags it hands to the stage launchers
-(parsed by the real `videopanda train` parser), ablations, the report built from loss logs, and when
-an existing synthetic data folder (dataset and base models) is reused."""
+"""The quickstart driver's pieces that run without training: the overrides it hands to the stage launchers
+(resolved as `videopanda train` resolves them), ablations, the report built from loss logs, and when an existing
+synthetic data folder (dataset and base models) is reused."""
 import json
 import re
 import subprocess
@@ -12,7 +12,7 @@ import pytest
 from videopanda.quickstart import models
 from videopanda.quickstart import run as quickstart
 from videopanda.model.stab import STABConfig
-from videopanda.train.args import parse_train_args
+from videopanda.train.experiment import resolve_experiment
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,34 +22,37 @@ def _config(tmp_path, ablation=None):
 
 
 @pytest.mark.parametrize("stage", quickstart.STAGES)
-def test_stage_flags_parse_as_training_arguments(tmp_path, stage):
+def test_stage_flags_resolve_to_the_experiment_with_the_quickstart_folders(tmp_path, stage):
     """The quickstart's stage settings are the experiment file's; it adds only its folders and seed."""
     cfg = _config(tmp_path)
-    args = parse_train_args(["--experiment", cfg.experiment, "--stage", stage, *quickstart.stage_flags(cfg, stage)])
-    assert args.device == "cpu" and not args.random_flip and args.seed == cfg.seed
-    assert args.frame_cache == str((cfg.data / quickstart.FRAME_CACHE).resolve())  # one decode for every stage
-    assert args.global_batch_size == 16 and args.per_device_batch_size * cfg.nproc == 16
-    assert (args.learning_rate, args.visual_learning_rate, args.warmup_ratio) == (2e-3, 1e-2, 0.03)
-    assert args.num_train_epochs == {"prealign": 0.1, "pretrain": 0.5, "finetune": 9.0}[stage]
-    assert args.output_dir == str((cfg.out / stage).resolve())
+    experiment = resolve_experiment(cfg.experiment, quickstart.stage_flags(cfg, stage)).experiment
+    settings = experiment.stage(stage)
+    assert experiment.runtime.device == "cpu" and not experiment.data.random_flip
+    assert experiment.training.seed == cfg.seed
+    assert experiment.runtime.frame_cache == str((cfg.data / quickstart.FRAME_CACHE).resolve())  # one decode
+    assert settings.global_batch_size == 16 and settings.per_device_batch_size * cfg.nproc == 16
+    assert (settings.learning_rate, experiment.visual_learning_rate(stage), settings.warmup_ratio) == (2e-3, 1e-2, 0.03)
+    assert settings.epochs == {"prealign": 0.1, "pretrain": 0.5, "finetune": 9.0}[stage]
+    assert experiment.stage_output(stage) == (cfg.out / stage).resolve()
     previous = {"prealign": cfg.data / "models" / "base", "pretrain": cfg.out / "prealign",
                 "finetune": cfg.out / "pretrain"}[stage]
-    assert args.model == str(previous.resolve())
-    assert args.init == ("llama" if stage == "prealign" else "auto")
+    assert experiment.stage_init(stage) == previous.resolve()
+    assert experiment.init_kind(stage) == ("llama" if stage == "prealign" else "auto")
     tiny = json.loads((REPO / "configs" / "model" / "tiny.json").read_text())
     assert cfg.model_config == REPO / "configs" / "model" / "tiny.json"
-    assert args.stab_overrides() == tiny["stab"] and args.config_overrides()["image_size"] == tiny["image_size"]
-    STABConfig(**args.stab_overrides())
+    frame_fields, stab = experiment.visual_overrides()
+    assert stab == tiny["stab"] and frame_fields["image_size"] == tiny["image_size"]
+    STABConfig(**stab)
 
 
 def test_ablations_are_experiment_files_with_real_stab_fields(tmp_path):
     assert {"no-lste", "no-gstra", "no-lste-no-gstra", "no-fsra", "no-row-tokens", "avgpool-lsd", "no-distill",
             "mse-distill"} <= set(quickstart.ablation_names())
     cfg = _config(tmp_path, ablation="no-lste-no-gstra")
-    args = parse_train_args(["--experiment", cfg.experiment, "--stage", "prealign", *quickstart.stage_flags(cfg, "prealign")])
-    stab = STABConfig(**args.stab_overrides())
+    experiment = resolve_experiment(cfg.experiment, quickstart.stage_flags(cfg, "prealign")).experiment
+    stab = STABConfig(**experiment.visual_overrides()[1])
     assert stab.use_lste is False and stab.use_gstra is False and stab.use_fsra is True
-    assert args.distill and args.global_batch_size == 16  # the rest is the quickstart's
+    assert experiment.distillation.enabled and experiment.stage("prealign").global_batch_size == 16  # the rest is the quickstart's
     no_distill = _config(tmp_path, ablation="no-distill").resolved()
     assert no_distill.experiment.distillation.enabled is False
     for name in quickstart.ablation_names():

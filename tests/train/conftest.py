@@ -86,15 +86,19 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def tiny_args(llama_dir, teacher_dir, data_root):
     """`videopanda train` arguments for the tiny setting (CPU, no workers, no DeepSpeed unless `extra` names a
-    config, global batch 8 = 2 x 2 ranks x 2 accumulation steps) on top of the default experiment, with the tiny visual part's configuration (the
-    fresh one of prealign; later stages check it against their starting folder)."""
+    config, global batch 8 = 2 x 2 ranks x 2 accumulation steps) on top of the default experiment, with the tiny
+    visual part's configuration (the fresh one of prealign; later stages check it against their starting
+    folder). `extra`: more `key.path=value` overrides; `{stage}` in them is the stage being run."""
 
     def make(stage: str, model: Path, output: Path, *extra: str) -> list[str]:
-        args = ["--stage", stage, "--model", str(model), "--output-dir", str(output), "--teacher", str(teacher_dir),
-                "--data-root", str(data_root), "--no-first-half", "--global-batch-size", "8",
-                "--per-device-batch-size", "2", "--num-workers", "0", "--device", "cpu", "--report-to", "none",
-                "--no-gradient-checkpointing", "--deepspeed", "null", "--model-config", *MODEL_CONFIG, "--stab", *STAB]
-        return args + list(extra)
+        own = {"init": model, "output_dir": output, "first_half": "false", "global_batch_size": 8,
+               "per_device_batch_size": 2}
+        args = ["--stage", stage, *(f"stages.{stage}.{key}={value}" for key, value in own.items()),
+                f"model.teacher={teacher_dir}", f"data.root={data_root}", "runtime.num_workers=0",
+                "runtime.device=cpu", "runtime.report_to=none", "training.gradient_checkpointing=false",
+                "training.deepspeed=null", *(f"model.config.{pair}" for pair in MODEL_CONFIG),
+                *(f"model.stab.{pair}" for pair in STAB)]
+        return args + [item.replace("{stage}", stage) for item in extra]
 
     return make
 

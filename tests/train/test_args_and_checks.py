@@ -1,4 +1,5 @@
-"""Arguments, batch derivation, preflight errors and checkpoint bookkeeping (in-process, no training)."""
+"""The command line and the recipe, batch derivation, preflight errors and checkpoint bookkeeping (in-process, no
+training)."""
 import json
 import logging
 import re
@@ -7,23 +8,35 @@ import pytest
 import torch.distributed as dist
 
 from helpers.full_disk import full_disk
-from videopanda.train.args import derive_batch, parse_train_args
+from videopanda.train.arguments import derive_batch
 from videopanda.train.checkpointing import (COMPLETE_MARKER, discard_incomplete, latest_complete_checkpoint,
                                             mark_complete, prune_checkpoints)
 from videopanda.train.cli import main
+from videopanda.train.experiment import resolve_experiment
 
 
 def test_the_recipe_experiment_fills_every_stage():
-    prealign = parse_train_args(["--stage", "prealign", "--model", "m", "--output-dir", "o"])
-    assert (prealign.learning_rate, prealign.visual_learning_rate, prealign.warmup_ratio) == (4e-5, 4e-4, 0.03)
+    recipe = resolve_experiment("videopanda-7b", ["stages.finetune.learning_rate=1e-5", "stages.finetune.init=m"])
+    experiment = recipe.experiment
+    prealign, finetune = experiment.stage("prealign"), experiment.stage("finetune")
+    assert (prealign.learning_rate, experiment.visual_learning_rate("prealign"), prealign.warmup_ratio) == \
+        (4e-5, 4e-4, 0.03)
     assert prealign.global_batch_size == 2048 and prealign.first_half and prealign.data_json == ["valley_.json"]
-    finetune = parse_train_args(["--stage", "finetune", "--model", "m", "--output-dir", "o", "--learning-rate", "1e-5"])
-    assert (finetune.learning_rate, finetune.visual_learning_rate, finetune.warmup_ratio) == (1e-5, 1e-5, 0.01)
+    assert (finetune.learning_rate, experiment.visual_learning_rate("finetune"), finetune.warmup_ratio) == \
+        (1e-5, 1e-5, 0.01)
     assert finetune.global_batch_size == 1024 and not finetune.first_half
     assert finetune.data_json == ["videochatgpt_tune_.json"]
-    assert finetune.experiment.overrides[0] == f"stages.finetune.init={'m'}"
-    assert parse_train_args(["--stage", "pretrain", "--model", "m", "--output-dir", "o", "--stab", "width=64",
-                             "use_lste=false"]).stab_overrides() == {"width": 64, "use_lste": False}
+    assert recipe.overrides[1] == "stages.finetune.init=m" and experiment.stage_init("finetune").name == "m"
+    assert experiment.init_kind("prealign") == "auto" and experiment.init_kind("finetune") == "auto"
+    stab = resolve_experiment("videopanda-7b", ["model.stab.width=64", "model.stab.use_lste=false"])
+    assert stab.experiment.model.stab == {"width": 64, "use_lste": False}
+
+
+def test_the_command_takes_only_the_experiment_its_stage_and_overrides(capsys):
+    """The former shorthand flags are gone: every setting is a `key.path=value` override."""
+    with pytest.raises(SystemExit) as exit_status:
+        main(["--stage", "prealign", "--global-batch-size", "8", "--check-only"])
+    assert exit_status.value.code == 2 and "unrecognized arguments: --global-batch-size" in capsys.readouterr().err
 
 
 def test_global_batch_is_split_exactly():
@@ -56,17 +69,18 @@ def vp_log():
 
 @pytest.fixture
 def base_args(llama_dir, teacher_dir, data_root, tmp_path):
-    return ["--stage", "prealign", "--model", str(llama_dir), "--teacher", str(teacher_dir), "--data-root",
-            str(data_root), "--output-dir", str(tmp_path / "out"), "--global-batch-size", "4", "--check-only"]
+    return ["--stage", "prealign", f"stages.prealign.init={llama_dir}", f"model.teacher={teacher_dir}",
+            f"data.root={data_root}", f"stages.prealign.output_dir={tmp_path / 'out'}",
+            "stages.prealign.global_batch_size=4", "--check-only"]
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda a, p: a + ["--data-root", str(p / "nowhere")], "DATA_ROOT .*nowhere does not exist"),
-    (lambda a, p: a + ["--data-json", "missing_.json"], "training JSON .*missing_.json does not exist"),
-    (lambda a, p: a + ["--video-folder", str(p)], "none of the first .* videos .* exists under"),
-    (lambda a, p: a + ["--teacher", str(p / "no_teacher")], "teacher folder .*no_teacher does not exist"),
-    (lambda a, p: a + ["--model", str(p)], "model folder .* has no config.json"),
-    (lambda a, p: a + ["--deepspeed", str(p / "ds.json")], "DeepSpeed config .*ds.json does not exist"),
+    (lambda a, p: a + [f"data.root={p / 'nowhere'}"], "DATA_ROOT .*nowhere does not exist"),
+    (lambda a, p: a + ["stages.prealign.data_json=missing_.json"], "training JSON .*missing_.json does not exist"),
+    (lambda a, p: a + [f"data.video_folder={p}"], "none of the first .* videos .* exists under"),
+    (lambda a, p: a + [f"model.teacher={p / 'no_teacher'}"], "teacher folder .*no_teacher does not exist"),
+    (lambda a, p: a + [f"stages.prealign.init={p}"], "model folder .* has no config.json"),
+    (lambda a, p: a + [f"training.deepspeed={p / 'ds.json'}"], "DeepSpeed config .*ds.json does not exist"),
 ])
 def test_bad_inputs_are_reported_before_any_process_group(base_args, tmp_path, vp_log, change, message):
     assert main(change(base_args, tmp_path)) == 2
@@ -76,7 +90,7 @@ def test_bad_inputs_are_reported_before_any_process_group(base_args, tmp_path, v
 
 def test_a_full_output_disk_is_reported_before_any_process_group(base_args, tmp_path, vp_log):
     with full_disk(tmp_path / "full", size_kb=64, fill=True) as full:
-        assert main(base_args + ["--output-dir", str(full / "out")]) == 2
+        assert main(base_args + [f"stages.prealign.output_dir={full / 'out'}"]) == 2
     assert vp_log[-1] == f"output folder {full / 'out'}: no space left on device", vp_log
 
 

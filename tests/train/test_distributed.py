@@ -24,7 +24,7 @@ def saved_part(key: str) -> str:
     return "llm"
 
 
-STEPS = ["--max-steps", "6", "--save-steps", "2", "--deepspeed", "configs/deepspeed/zero2.json"]
+STEPS = ["stages.{stage}.max_steps=6", "save.steps=2", "training.deepspeed=configs/deepspeed/zero2.json"]
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def prealign_run(tmp_path_factory, tiny_args, trainkit, llama_dir):
     """An uninterrupted ZeRO-2 prealign: 6 steps of global batch 8 (2 per device, 2 ranks, 2 accumulation steps),
     2 epochs over 24 samples, a checkpoint every 2 steps."""
     output = tmp_path_factory.mktemp("prealign") / "out"
-    trainkit.torchrun(tiny_args("prealign", llama_dir, output, *STEPS, "--save-total-limit", "10"))
+    trainkit.torchrun(tiny_args("prealign", llama_dir, output, *STEPS, "save.total_limit=10"))
     return output
 
 
@@ -71,7 +71,7 @@ def test_prealign_freezes_the_llm_and_trains_the_visual_parts(prealign_run, llam
 
 def test_kill_and_resume_reproduces_the_uninterrupted_run(prealign_run, tmp_path, tiny_args, trainkit, llama_dir):
     output = tmp_path / "out"
-    args = tiny_args("prealign", llama_dir, output, *STEPS, "--save-total-limit", "10")
+    args = tiny_args("prealign", llama_dir, output, *STEPS, "save.total_limit=10")
     process = subprocess.Popen(trainkit.command(args), env=trainkit.env(), cwd=trainkit.repo, start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     marker = output / "checkpoint-2" / "checkpoint_complete.json"
@@ -101,8 +101,8 @@ def test_pretrain_under_zero3_from_the_prealign_output(prealign_run, tmp_path, t
     runs = {}
     for zero in ("zero3", "zero2"):
         runs[zero] = tmp_path / zero
-        trainkit.torchrun(tiny_args("pretrain", prealign_run, runs[zero], "--max-steps", "3", "--save-steps", "2",
-                                    "--deepspeed", f"configs/deepspeed/{zero}.json"))
+        trainkit.torchrun(tiny_args("pretrain", prealign_run, runs[zero], "stages.{stage}.max_steps=3", "save.steps=2",
+                                    f"training.deepspeed=configs/deepspeed/{zero}.json"))
     log, reference = trainkit.read_loss_log(runs["zero3"]), trainkit.read_loss_log(runs["zero2"])
     assert [r["step"] for r in log] == [1, 2, 3]
     assert all(r["lm_loss"] > 0 for r in log) and any("distill_loss" in r for r in log)

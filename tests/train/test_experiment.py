@@ -193,7 +193,6 @@ def test_overrides_and_paths(tmp_path, monkeypatch):
 
 
 def test_the_frame_cache_is_a_runtime_path_that_does_not_make_another_experiment(tmp_path, monkeypatch):
-    from videopanda.train.args import parse_train_args
     from videopanda.train.experiment import check_stage_folder, write_record
 
     monkeypatch.chdir(tmp_path)
@@ -201,11 +200,10 @@ def test_the_frame_cache_is_a_runtime_path_that_does_not_make_another_experiment
     assert resolve_experiment("quickstart").experiment.runtime.frame_cache is None
     cached = resolve_experiment("quickstart", ["runtime.frame_cache=frames"])
     assert cached.experiment.runtime.frame_cache == str(tmp_path / "frames")
-    args = parse_train_args(["--experiment", "quickstart", "--stage", "finetune", "--frame-cache", "other/frames"])
-    assert args.frame_cache == str(tmp_path / "other" / "frames")
-    assert parse_train_args(["--experiment", "quickstart", "--stage", "finetune"]).frame_cache is None
+    elsewhere = resolve_experiment("quickstart", ["runtime.frame_cache=other/frames"])
+    assert elsewhere.experiment.runtime.frame_cache == str(tmp_path / "other" / "frames")
     write_record(cached, tmp_path / "finetune")
-    for other in (resolve_experiment("quickstart"), args.experiment):
+    for other in (resolve_experiment("quickstart"), elsewhere):
         check_stage_folder(other, "finetune", tmp_path / "finetune", holds_outputs=True)
     with pytest.raises(ExperimentError, match="data.max_length: 4096 -> 2048"):
         check_stage_folder(resolve_experiment("quickstart", ["data.max_length=2048"]), "finetune",
@@ -388,3 +386,46 @@ def test_a_stage_folder_holding_only_its_record_does_not_block_a_retry(tmp_path,
     other = _train_in_one_process(trainkit, "--experiment", str(experiment), "--stage", "prealign", "training.seed=9",
                                   "--check-only")
     assert other.returncode == 2 and "training.seed: 8 -> 9" in other.stderr, other.stderr
+
+
+# ---- each file read once ---------------------------------------------------------------------------------
+
+COUNT_OPENS = """
+import collections, json, os, sys
+watched = {os.path.realpath(p) for p in json.loads(sys.argv[1])}
+opened = collections.Counter()
+def count(event, args):
+    if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+        path = os.path.realpath(os.fsdecode(args[0]))
+        if path in watched:
+            opened[path] += 1
+sys.addaudithook(count)
+from videopanda.train.cli import main
+status = main(sys.argv[2:])
+sys.stdout.write(json.dumps({"status": status, "opened": opened}) + "\\n")
+sys.stdout.flush()
+os._exit(0)
+"""
+
+
+@pytest.mark.parametrize("check_only", [True, False])
+def test_a_stage_reads_each_file_of_its_experiment_once(tmp_path, llama_dir, teacher_dir, data_root, trainkit,
+                                                        check_only):
+    """`videopanda train` opens the experiment file and the file it extends, the model-shape JSON, the DeepSpeed
+    JSON and the starting folder's config.json once each (counted by an audit hook on `open`), for a check and
+    for a one-step run under the shipped ZeRO-2 config."""
+    experiment = _tiny_experiment(tmp_path, "videopanda-7b/no-lste", llama_dir, teacher_dir, data_root,
+                                  deepspeed=True)
+    files = [experiment, REPO / "configs/experiments/videopanda-7b/no-lste.yaml",
+             REPO / "configs/experiments/videopanda-7b.yaml", tmp_path / "tiny-shape.json",
+             REPO / "configs/deepspeed/zero2.json", llama_dir / "config.json"]
+    env = trainkit.env()
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    command = ["--experiment", str(experiment), "--stage", "prealign", *(["--check-only"] if check_only else [])]
+    done = subprocess.run([trainkit.python, "-c", COUNT_OPENS, json.dumps([str(f) for f in files]), *command],
+                          cwd=trainkit.repo, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-6000:]
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["status"] == 0, done.stderr[-6000:]
+    assert result["opened"] == {os.path.realpath(f): 1 for f in files}, result["opened"]

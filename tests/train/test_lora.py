@@ -16,8 +16,8 @@ from videopanda.model.checkpoint import PROJECTOR_PREFIX, STAB_PREFIX
 pytest.importorskip("peft")
 
 LORA = ["lora.enabled=true", "lora.rank=4", "lora.alpha=8", "lora.dropout=0.1"]
-STEPS = ["--max-steps", "6", "--save-steps", "2", "--logging-steps", "1", "--learning-rate", "3e-3",
-         "--visual-learning-rate", "1e-3", "--warmup-ratio", "0"]
+STEPS = ["stages.{stage}.max_steps=6", "save.steps=2", "runtime.logging_steps=1", "stages.{stage}.learning_rate=3e-3",
+         "stages.{stage}.visual_learning_rate=1e-3", "stages.{stage}.warmup_ratio=0"]
 
 
 def train_command(trainkit, args: list[str]) -> list[str]:
@@ -35,7 +35,7 @@ def train(trainkit, args: list[str], timeout: float = 600) -> subprocess.Complet
 def base(tmp_path_factory, tiny_args, trainkit, llama_dir):
     """A Video-Panda folder: two prealign steps from the tiny Llama, in one process."""
     output = tmp_path_factory.mktemp("base") / "prealign"
-    train(trainkit, tiny_args("prealign", llama_dir, output, "--max-steps", "2", "--save-steps", "100"))
+    train(trainkit, tiny_args("prealign", llama_dir, output, "stages.{stage}.max_steps=2", "save.steps=100"))
     return output
 
 
@@ -107,7 +107,7 @@ def test_lora_lowers_the_loss_and_changes_only_adapters_and_visual_parts(adapter
 
 def test_frozen_visual_parts_stay_as_loaded(tmp_path, lora_args, trainkit, base):
     output = tmp_path / "frozen"
-    train(trainkit, lora_args(output, "--max-steps", "2", "lora.visual=freeze"))
+    train(trainkit, lora_args(output, "stages.{stage}.max_steps=2", "lora.visual=freeze"))
     base_state, visual = load_file(base / "model.safetensors"), load_file(output / "visual.safetensors")
     shared = [k for k in visual if k in base_state]
     assert shared and all(torch.equal(visual[k], base_state[k]) for k in shared)
@@ -188,7 +188,7 @@ def test_qlora_without_cuda_stops_before_training_with_one_line(tmp_path, lora_a
     assert not output.exists() or not any(output.glob("checkpoint-*"))
 
 
-ZERO2 = ["--deepspeed", "configs/deepspeed/zero2.json", "--gradient-checkpointing", "--save-total-limit", "10"]
+ZERO2 = ["training.deepspeed=configs/deepspeed/zero2.json", "training.gradient_checkpointing=true", "save.total_limit=10"]
 
 
 def saved_by(log: str, folder: Path) -> list[str]:

@@ -19,8 +19,8 @@ from videopanda.train.checkpointing import COMPLETE_MARKER, FINAL_MARKER, PREEMP
 
 pytestmark = pytest.mark.slow
 
-STEPS = ["--max-steps", "6", "--save-steps", "2", "--save-total-limit", "10", "--deepspeed",
-         "configs/deepspeed/zero2.json"]
+STEPS = ["stages.{stage}.max_steps=6", "save.steps=2", "save.total_limit=10",
+         "training.deepspeed=configs/deepspeed/zero2.json"]
 BAD_KINDS = {"gone_1": "video_missing", "gone_2": "video_missing", "gone_3": "video_missing", "hollow": "video_empty",
              "noise": "video_unreadable", "mute": "conversation"}
 
@@ -28,7 +28,7 @@ BAD_KINDS = {"gone_1": "video_missing", "gone_2": "video_missing", "gone_3": "vi
 @pytest.fixture(scope="module")
 def bad_data(tmp_path_factory, data_root):
     """The tiny DATA_ROOT's 24 samples with 6 bad ones between them (missing, empty and corrupt videos, a
-    conversation without an answer): `--data-json` and `--video-folder` arguments."""
+    conversation without an answer): `stages.<stage>.data_json` and `data.video_folder` overrides."""
     root = tmp_path_factory.mktemp("bad_data")
     videos = root / "train" / "valley"
     videos.mkdir(parents=True)
@@ -51,7 +51,7 @@ def bad_data(tmp_path_factory, data_root):
             samples.append(bad[i // 4])
     path = root / "train" / "bad_.json"
     path.write_text(json.dumps(samples))
-    return ["--data-json", str(path), "--video-folder", str(root / "train")]
+    return [f"stages.{{stage}}.data_json={path}", f"data.video_folder={root / 'train'}"]
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +146,7 @@ def test_sigterm_to_the_launcher_saves_the_step_and_the_resumed_run_matches(refe
                                                                             llama_dir, bad_data):
     """SLURM's way: SIGTERM to every process of the launcher (bash, torchrun, workers, DataLoader workers)."""
     output = tmp_path / "out"
-    args = tiny_args("prealign", llama_dir, output, *STEPS, *bad_data, "--num-workers", "1")
+    args = tiny_args("prealign", llama_dir, output, *STEPS, *bad_data, "runtime.num_workers=1")
     launcher = ["bash", "scripts/videopanda/launch_stage.sh", "prealign", "--gpus-per-node", "2", "--master-port",
                 str(trainkit.free_port()), "--", *args]
     status, out = run_until_step(launcher, {**trainkit.env(), "PYTHON": trainkit.python}, tmp_path / "run.log", output,
@@ -198,7 +198,7 @@ def test_a_full_disk_stops_with_one_line_and_no_complete_checkpoint(tmp_path, ti
     optimizer state fails in C++, without an errno)."""
     with full_disk(tmp_path / "small", size_kb=1536) as small:
         output = small / "out"
-        args = tiny_args("prealign", llama_dir, output, "--max-steps", "3", "--save-steps", "1")
+        args = tiny_args("prealign", llama_dir, output, "stages.{stage}.max_steps=3", "save.steps=1")
         done = subprocess.run([trainkit.python, "-m", "videopanda.train", *args], env=trainkit.env(),
                               cwd=trainkit.repo, capture_output=True, text=True, timeout=300)
         log = done.stdout + done.stderr
@@ -213,8 +213,8 @@ def test_a_full_disk_stops_with_one_line_and_no_complete_checkpoint(tmp_path, ti
 def test_a_full_disk_under_torchrun_stops_every_rank(tmp_path, tiny_args, trainkit, llama_dir):
     with full_disk(tmp_path / "small", size_kb=1536) as small:
         output = small / "out"
-        args = tiny_args("prealign", llama_dir, output, "--max-steps", "3", "--save-steps", "1", "--deepspeed",
-                         "configs/deepspeed/zero2.json")
+        args = tiny_args("prealign", llama_dir, output, "stages.{stage}.max_steps=3", "save.steps=1",
+                         "training.deepspeed=configs/deepspeed/zero2.json")
         done = subprocess.run(trainkit.command(args), env=trainkit.env(), cwd=trainkit.repo, capture_output=True,
                               text=True, timeout=300)
         log = done.stdout + done.stderr
@@ -291,7 +291,7 @@ def test_a_signal_in_the_last_step_lets_the_launcher_finish_with_status_0(tmp_pa
     """SIGTERM to every process of the launcher during the last step: the run finishes, and so does the launcher
     (torchrun itself, signalled, reports a failure)."""
     output = tmp_path / "out"
-    args = tiny_args("prealign", llama_dir, output, "--max-steps", "2", "--save-steps", "100")
+    args = tiny_args("prealign", llama_dir, output, "stages.{stage}.max_steps=2", "save.steps=100")
     launcher = ["bash", "scripts/videopanda/launch_stage.sh", "prealign", "--gpus-per-node", "2", "--master-port",
                 str(trainkit.free_port()), "--", *args]
     status, out = run_until_step(launcher, {**trainkit.env(), "PYTHON": trainkit.python}, tmp_path / "run.log", output,
@@ -305,7 +305,7 @@ def test_with_a_log_every_two_steps_the_resumed_loss_curve_is_the_uninterrupted_
                                                                                       llama_dir):
     """One process, no DeepSpeed, a log every 2 steps: stopped after step 3 (SIGUSR1 during the save of step 2),
     the resumed run's log of step 4 still averages steps 3 and 4, and no extra log appears at step 3."""
-    extra = ["--max-steps", "4", "--save-steps", "2", "--logging-steps", "2"]
+    extra = ["stages.{stage}.max_steps=4", "save.steps=2", "runtime.logging_steps=2"]
     command = [trainkit.python, "-m", "videopanda.train"]
     ref = tmp_path / "ref"
     done = subprocess.run([*command, *tiny_args("prealign", llama_dir, ref, *extra)], env=trainkit.env(),
@@ -344,8 +344,8 @@ def test_a_disk_filling_up_during_training_stops_every_rank_with_one_line(tmp_pa
     whose next collective then fails, says the same in one line; both exit 1."""
     with full_disk(tmp_path / "small", size_kb=4096) as small:
         output = small / "out"
-        args = tiny_args("prealign", llama_dir, output, "--max-steps", "3", "--save-steps", "100", "--deepspeed",
-                         "configs/deepspeed/zero2.json")
+        args = tiny_args("prealign", llama_dir, output, "stages.{stage}.max_steps=3", "save.steps=100",
+                         "training.deepspeed=configs/deepspeed/zero2.json")
         log = tmp_path / "run.log"
         with open(log, "w") as handle:
             process = subprocess.Popen(trainkit.command(args), env=trainkit.env(), cwd=trainkit.repo,

@@ -13,7 +13,8 @@ PROBE = """
 import json, logging, sys
 from deepspeed.runtime.config import get_gradient_clipping
 from videopanda.log import setup_logging
-from videopanda.train.args import derive_batch, parse_train_args, training_arguments
+from videopanda.train.arguments import derive_batch, training_arguments
+from videopanda.train.experiment import resolve_experiment
 setup_logging()
 records = []
 logging.getLogger("videopanda").addHandler(type("H", (logging.Handler,), {"emit": lambda s, r: records.append(r.getMessage())})())
@@ -21,9 +22,9 @@ results = []
 for experiment, devices, overrides in json.loads(sys.argv[1]):
     out = {}
     for stage in ("prealign", "pretrain", "finetune"):
-        args = parse_train_args(["--experiment", experiment, "--stage", stage, *overrides])
-        plan = derive_batch(args.global_batch_size, devices, args.per_device_batch_size)
-        training = training_arguments(args, plan, "cpu", False, args.deepspeed)
+        settings = resolve_experiment(experiment, overrides).experiment
+        plan = derive_batch(settings.stage(stage).global_batch_size, devices, settings.stage(stage).per_device_batch_size)
+        training = training_arguments(settings, stage, plan, "cpu", False, settings.training.deepspeed)
         ds = training.hf_deepspeed_config.config
         out[stage] = {"max_grad_norm": training.max_grad_norm, "per_device": training.per_device_train_batch_size,
                       "accumulation": training.gradient_accumulation_steps, "ds_clipping": ds["gradient_clipping"],
@@ -90,8 +91,9 @@ def test_accumulated_micro_batches_weigh_every_token_and_frame_alike(tmp_path, t
     logs = {}
     for per_device in (4, 1):
         output = tmp_path / f"per-device-{per_device}"
-        args = tiny_args("prealign", llama_dir, output, "--global-batch-size", "4", "--per-device-batch-size",
-                         str(per_device), "--max-steps", "1", "--no-group-by-modality-length", "model.stab.dropout=0.0")
+        args = tiny_args("prealign", llama_dir, output, "stages.{stage}.global_batch_size=4",
+                         f"stages.prealign.per_device_batch_size={per_device}", "stages.{stage}.max_steps=1",
+                         "data.group_by_modality_length=false", "model.stab.dropout=0.0")
         done = subprocess.run([trainkit.python, "-m", "videopanda.train", *args], env=trainkit.env(),
                               cwd=trainkit.repo, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-3000:]

@@ -491,7 +491,7 @@ def _parse_ablation(parser: argparse.ArgumentParser, text: str | None) -> str | 
     return name
 
 
-def main(argv: list[str]) -> int:
+def build_parser() -> argparse.ArgumentParser:
     from videopanda.argparsing import CommandParser
 
     parser = CommandParser(prog="videopanda quickstart", description=__doc__.split("\n\n")[0])
@@ -526,6 +526,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--global-batch-size", type=int, default=None,
                         help="samples per optimiser step in every stage, a multiple of --nproc (default: the "
                              "experiment's)")
+    return parser
+
+
+def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str | None]]:
+    """The command line, checked, and the variants to run (the ablation or full model, then --compare's)."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.global_batch_size is not None and args.global_batch_size % args.nproc:
         parser.error(f"--global-batch-size {args.global_batch_size} is not a multiple of --nproc {args.nproc}")
@@ -536,6 +542,11 @@ def main(argv: list[str]) -> int:
     variants = [_parse_ablation(parser, args.ablation)]
     if args.compare is not None:
         variants.append(_parse_ablation(parser, args.compare))
+    return args, variants
+
+
+def main(argv: list[str]) -> int:
+    args, variants = _parse(argv)
 
     def config(seed: int, ablation: str | None, out: Path | None) -> QuickstartConfig:
         out = out or Path(f"outputs/quickstart-seed{seed}" + (f"_{ablation}" if ablation else ""))

@@ -1,5 +1,9 @@
 """`videopanda train`: one training stage, in one process or under torchrun (see TRAIN_AND_VALIDATE.md).
 
+`videopanda train --experiment FILE --stage STAGE [key.path=value ...] [--resume ...] [--check-only]`: the
+experiment (`videopanda.train.experiment`) holds every setting, `key.path=value` overrides any of them (recorded
+with the run), and the stage's HF `TrainingArguments` are built from it (`videopanda.train.arguments`).
+
 Order of work: parse arguments -> SIGTERM / SIGUSR1 handlers -> preflight checks (no process group
 yet) -> model, teacher, data -> HF TrainingArguments (this starts the process group) -> train, resuming
 from the latest complete checkpoint -> final model folder, `data_report.json` and
@@ -14,8 +18,8 @@ written (one line naming it, e.g. "...: no space left on device") or a crash, an
 """
 from __future__ import annotations
 
+import argparse
 import importlib.util
-import json
 import os
 import socket
 from collections.abc import Iterator
@@ -24,8 +28,9 @@ from pathlib import Path
 
 from videopanda.io import OutputError, write_json_atomic
 from videopanda.log import get_logger, setup_logging
-from videopanda.train.args import TrainArgs, parse_train_args, training_arguments
-from videopanda.train.experiment import ExperimentError, write_record
+from videopanda.train.arguments import training_arguments
+from videopanda.train.experiment import STAGES, Experiment, ExperimentError, ResolvedExperiment, resolve_experiment, \
+    write_record
 from videopanda.train.checkpointing import (DATA_REPORT, FINAL_MARKER, PREEMPTED_EXIT_CODE, StopSignals,
                                             discard_incomplete, export_model_files, holds_last_step, is_finished,
                                             latest_complete_checkpoint, read_data_report, run_train_loss,
@@ -34,15 +39,42 @@ from videopanda.train.preflight import Preflight, PreflightError, run_preflight
 
 logger = get_logger(__name__)
 
+DEFAULT_EXPERIMENT = "videopanda-7b"
 
-def _device(args: TrainArgs) -> str:
+
+def build_parser() -> argparse.ArgumentParser:
+    from videopanda.argparsing import CommandParser
+
+    parser = CommandParser(
+        prog="videopanda train",
+        usage="videopanda train --experiment FILE --stage {prealign,pretrain,finetune} [key.path=value ...]",
+        description="Run one Video-Panda training stage of an experiment (configs/experiments/*.yaml; "
+                    "docs/experiments.md). Launch it under torchrun for several processes "
+                    "(scripts/videopanda/{prealign,pretrain,finetune}.sh with EXPERIMENT=...).",
+        epilog="`key.path=value` sets any key of the experiment, e.g. stages.prealign.max_steps=10 or "
+               "model.stab.use_lste=false; what was overridden is recorded in the stage folder's experiment.json.")
+    parser.add_argument("--experiment", default=DEFAULT_EXPERIMENT,
+                        help="experiment file, or a name under configs/experiments such as videopanda-7b/no-lste "
+                             "(default: %(default)s)")
+    parser.add_argument("--stage", required=True, choices=STAGES, help="the stage to run")
+    parser.add_argument("overrides", nargs="*", metavar="key.path=value",
+                        help="experiment keys to override, e.g. stages.finetune.learning_rate=1e-5 model.stab.use_lste=false")
+    parser.add_argument("--resume", default="auto",
+                        help="auto (latest complete checkpoint in the output folder), never, or a checkpoint folder")
+    parser.add_argument("--check-only", action="store_true",
+                        help="validate folders and data, then exit (no process group, no training)")
+    return parser
+
+
+def _device(experiment: Experiment) -> str:
     import torch
 
-    if args.device == "auto":
+    device = experiment.runtime.device
+    if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise PreflightError("--device cuda but no CUDA device is visible")
-    return args.device
+    if device == "cuda" and not torch.cuda.is_available():
+        raise PreflightError("runtime.device cuda but no CUDA device is visible")
+    return device
 
 
 def _attn_implementation(requested: str, device: str) -> str:
@@ -85,22 +117,24 @@ def world_of_one(needed: bool) -> Iterator[None]:
             os.environ.pop(name, None)
 
 
-def _final_record(args: TrainArgs, plan: Preflight, global_step: int, train_loss: float | None) -> dict:
+def _final_record(resolved: ResolvedExperiment, stage: str, plan: Preflight, global_step: int,
+                  train_loss: float | None) -> dict:
     """What `training_complete.json` says."""
-    return {"stage": args.stage, "experiment": args.experiment.experiment.name if args.experiment else None,
-            "global_step": global_step, "train_loss": train_loss, "init": str(args.model),
-            "init_kind": plan.init_kind, "teacher": args.teacher if args.distill else None,
+    experiment = resolved.experiment
+    return {"stage": stage, "experiment": experiment.name, "global_step": global_step, "train_loss": train_loss,
+            "init": str(experiment.stage_init(stage)), "init_kind": plan.init_kind,
+            "teacher": experiment.model.teacher if experiment.distillation.enabled else None,
             "world_size": plan.batch.world_size, "global_batch_size": plan.batch.global_batch_size}
 
 
-def finish_from_last_checkpoint(args: TrainArgs, plan: Preflight) -> int:
+def finish_from_last_checkpoint(resolved: ResolvedExperiment, stage: str, plan: Preflight) -> int:
     """The run stopped after its last step's checkpoint but before its final outputs: write them from that
     checkpoint (model files, data report, training_complete.json) on rank 0, without training."""
     from videopanda.data.dataset import log_data_report
 
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
-    checkpoint, output = Path(plan.resume_from), Path(args.output_dir)
+    checkpoint, output = Path(plan.resume_from), resolved.experiment.stage_output(stage)
     logger.info("%s holds the last step: writing the final outputs from it", checkpoint)
     export_model_files(checkpoint, output)
     report = read_data_report(checkpoint)
@@ -108,9 +142,9 @@ def finish_from_last_checkpoint(args: TrainArgs, plan: Preflight) -> int:
         log_data_report(report)
         write_json_atomic(output / DATA_REPORT, report)
     state = trainer_state(checkpoint)
-    write_json_atomic(output / FINAL_MARKER, _final_record(args, plan, int(state["global_step"]),
+    write_json_atomic(output / FINAL_MARKER, _final_record(resolved, stage, plan, int(state["global_step"]),
                                                           run_train_loss(state.get("log_history", []))))
-    logger.info("stage %s finished: %s", args.stage, args.output_dir)
+    logger.info("stage %s finished: %s", stage, output)
     return 0
 
 
@@ -130,140 +164,188 @@ def _preempted(trainer, cause: str, output_dir: str, step: int | None) -> int:
     return PREEMPTED_EXIT_CODE
 
 
-def train(args: TrainArgs, plan: Preflight, signals: StopSignals | None = None) -> int:
-    """Run the stage; `signals` (installed by the caller) turns SIGTERM / SIGUSR1 into a checkpointed stop."""
-    import torch
-    from transformers import AutoTokenizer, set_seed
+def _hf_config(raw: dict):
+    """The transformers config that `AutoConfig.from_pretrained` makes of a config.json's content `raw` (a
+    generic `PreTrainedConfig` for a model type transformers does not know, such as EVE's)."""
+    from transformers import AutoConfig, PreTrainedConfig
 
-    from videopanda.data.dataset import VideoInstructCollator, VideoInstructDataset, log_data_report
-    from videopanda.data.processor import VideoPandaProcessor
+    try:
+        return AutoConfig.for_model(**raw)
+    except ValueError:
+        return PreTrainedConfig.from_dict(dict(raw))
+
+
+def _stage_model(experiment: Experiment, stage: str, plan: Preflight, dtype, attn: str):
+    """The stage's training model (parts frozen for `stage`, lockstep on), its LoRA adapters (`LoraRun`, or
+    None) and the DeepSpeed config it trains with (None without DeepSpeed)."""
     from videopanda.train.stages import apply_stage, build_model, prepare_zero3
-    from videopanda.train.trainer import (LOSS_LOG, LoraRun, LossLogCallback, StopOnSignal, VideoPandaTrainer,
-                                          agreed_stop_signal)
+    from videopanda.train.trainer import LoraRun
 
-    signals = signals or StopSignals()
-
-    device = _device(args)
-    bf16 = args.precision == "bf16" or (args.precision == "auto" and device == "cuda")
-    dtype = torch.bfloat16 if bf16 else torch.float32
-    attn = _attn_implementation(args.attn_implementation, device)
-    batch = plan.batch
-    logger.info("stage %s on %d process(es), %s, %s, attention %s: global batch %d = %d per device x %d processes x %d "
-                "accumulation steps", args.stage, batch.world_size, device, "bf16" if bf16 else "fp32", attn,
-                batch.global_batch_size, batch.per_device_batch_size, batch.world_size, batch.gradient_accumulation_steps)
-
-    set_seed(args.seed)  # identical fresh weights on every rank
-    tokenizer = AutoTokenizer.from_pretrained(args.model, model_max_length=args.max_length, padding_side="right")
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.unk_token
-    model = build_model(args.model, init=args.init, stab_overrides=args.stab_overrides(),
-                        config_overrides=args.config_overrides(),
-                        teacher_folder=args.teacher if args.distill else None, dtype=dtype, attn_implementation=attn,
-                        distill_loss=args.distill_loss, quantize=args.lora.quantize if args.lora else "none")
+    folder, lora = experiment.stage_init(stage), experiment.lora_for(stage)
+    frame_fields, stab = experiment.visual_overrides()
+    distill = experiment.distillation
+    model = build_model(folder, init=experiment.init_kind(stage), stab_overrides=stab, config_overrides=frame_fields,
+                        teacher_folder=experiment.model.teacher if distill.enabled else None, dtype=dtype,
+                        attn_implementation=attn, distill_loss=distill.loss,
+                        quantize=lora.quantize if lora else "none", folder_config=plan.init_config)
     model.config.use_cache = False
     # Text-only batches still run the visual parts (x 0): several processes must run the same modules every step
     # (ZeRO-3 gathers, DDP / ZeRO-1/2 reduce the same gradients), and with the LLM frozen (prealign) such a batch
     # would otherwise have no gradient at all. It also keeps AdamW's steps on the visual parts as they were.
     model.lockstep = True
-    apply_stage(model, args.stage)
+    apply_stage(model, stage)
     adapter = None
-    if args.lora is not None:
+    if lora is not None:
         from videopanda.train.lora import add_adapters, freeze_for_lora
 
-        adapter = LoraRun(add_adapters(model.model, args.lora), base=args.model, visual=args.lora.visual)
-        freeze_for_lora(model, args.lora.visual)
-    deepspeed = args.deepspeed
+        adapter = LoraRun(add_adapters(model.model, lora), base=str(folder), visual=lora.visual)
+        freeze_for_lora(model, lora.visual)
+    deepspeed = plan.deepspeed
     if plan.deepspeed_stage == 3:
-        deepspeed = prepare_zero3(model, json.loads(Path(args.deepspeed).read_text()))
+        deepspeed = prepare_zero3(model, deepspeed)
+    return model, adapter, deepspeed
+
+
+def _stage_data(experiment: Experiment, stage: str, plan: Preflight, model, tokenizer):
+    """The processor of `model` with `tokenizer`, and the stage's training dataset."""
+    from videopanda.data.dataset import VideoInstructDataset
+    from videopanda.data.processor import VideoPandaProcessor
 
     processor = VideoPandaProcessor.from_model_config(model.config, tokenizer)
     if processor.image_token_id != model.config.image_token_id:
-        raise PreflightError(f"{args.model}: the tokenizer's {processor.image_token_id} for the frame placeholder "
-                             f"differs from the config's image_token_id {model.config.image_token_id}")
+        raise PreflightError(f"{experiment.stage_init(stage)}: the tokenizer's {processor.image_token_id} for the "
+                             f"frame placeholder differs from the config's image_token_id {model.config.image_token_id}")
     frame_cache = None
-    if args.frame_cache:
+    if experiment.runtime.frame_cache:
         from videopanda.data.frame_cache import FrameCache
 
-        frame_cache = FrameCache(args.frame_cache)
+        frame_cache = FrameCache(experiment.runtime.frame_cache)
         logger.info("decoded frames are cached in %s", frame_cache.folder)
-    dataset = VideoInstructDataset(plan.data_json, plan.video_folder, processor, first_half=bool(args.first_half),
-                                   random_flip=args.random_flip, seed=args.seed, model_max_length=args.max_length,
-                                   frame_cache=frame_cache)
+    dataset = VideoInstructDataset(plan.data_json, plan.video_folder, processor,
+                                   first_half=bool(experiment.stage(stage).first_half),
+                                   random_flip=experiment.data.random_flip, seed=experiment.training.seed,
+                                   model_max_length=experiment.data.max_length, frame_cache=frame_cache)
     logger.info("data: %d samples (%d with video) from %s", plan.num_samples, plan.num_video_samples,
                 ", ".join(str(p) for p in plan.data_json))
+    return processor, dataset
 
-    training_args = training_arguments(args, batch, device, bf16, deepspeed)  # from here on the process group exists
-    stop = StopOnSignal(signals)
-    trainer = VideoPandaTrainer(
-        model=model, args=training_args, train_dataset=dataset,
-        data_collator=VideoInstructCollator(processor, args.max_length), processing_class=processor,
-        callbacks=[LossLogCallback(Path(args.output_dir) / LOSS_LOG), stop],
-        visual_learning_rate=args.visual_learning_rate, save_teacher=args.save_teacher,
-        keep_checkpoints=args.save_total_limit, group_by_modality_length=args.group_by_modality_length,
-        adapter=adapter,
-    )
-    if training_args.should_save:
-        discard_incomplete(args.output_dir)
-    trainer.accelerator.wait_for_everyone()
-    early = agreed_stop_signal(signals, training_args.device)
-    if early is not None:
-        return _preempted(trainer, early, args.output_dir, None)
+
+def _fit(trainer, resolved: ResolvedExperiment, stage: str, plan: Preflight, stop) -> int:
+    """Train (resuming from the plan's checkpoint), then write the model folder, the data report and
+    `training_complete.json`; PREEMPTED_EXIT_CODE when a signal stopped the run at a checkpoint."""
+    from videopanda.data.dataset import log_data_report
+
+    output = resolved.experiment.stage_output(stage)
     if plan.resume_from is not None:
         logger.info("resuming from %s", plan.resume_from)
-    output = Path(args.output_dir)
     # A write that fails on one rank (the loss log, a report) ends that process; the others then fail in their
     # next collective: on a full disk `writing` says so in one line on every rank.
     with writing(output, full_disk_only=True):
         trainer.train(resume_from_checkpoint=str(plan.resume_from) if plan.resume_from else None)
         if stop.stopped_at is not None:
-            return _preempted(trainer, stop.signal, args.output_dir, stop.stopped_at)
+            return _preempted(trainer, stop.signal, str(output), stop.stopped_at)
         with writing(output):
-            trainer.save_model(args.output_dir)
+            trainer.save_model(str(output))
         report = trainer.run_data_report()
         trainer.accelerator.wait_for_everyone()
-        if training_args.should_save:
+        if trainer.args.should_save:
             log_data_report(report)
             write_json_atomic(output / DATA_REPORT, report)
-            write_json_atomic(output / FINAL_MARKER, _final_record(args, plan, trainer.state.global_step,
+            write_json_atomic(output / FINAL_MARKER, _final_record(resolved, stage, plan, trainer.state.global_step,
                                                                   run_train_loss(trainer.state.log_history)))
-            logger.info("stage %s finished: %s", args.stage, args.output_dir)
+            logger.info("stage %s finished: %s", stage, output)
         trainer.accelerator.wait_for_everyone()
-    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
-        tell_launcher(f"finished ({args.output_dir})")
     return 0
+
+
+def train(resolved: ResolvedExperiment, stage: str, plan: Preflight, signals: StopSignals | None = None) -> int:
+    """Run the stage; `signals` (installed by the caller) turns SIGTERM / SIGUSR1 into a checkpointed stop."""
+    import torch
+    from transformers import AutoTokenizer, set_seed
+
+    from videopanda.data.dataset import VideoInstructCollator
+    from videopanda.train.trainer import LOSS_LOG, LossLogCallback, StopOnSignal, VideoPandaTrainer, agreed_stop_signal
+
+    signals, experiment = signals or StopSignals(), resolved.experiment
+    device = _device(experiment)
+    bf16 = experiment.training.precision == "bf16" or (experiment.training.precision == "auto" and device == "cuda")
+    attn, batch = _attn_implementation(experiment.runtime.attn_implementation, device), plan.batch
+    logger.info("stage %s on %d process(es), %s, %s, attention %s: global batch %d = %d per device x %d processes x %d "
+                "accumulation steps", stage, batch.world_size, device, "bf16" if bf16 else "fp32", attn,
+                batch.global_batch_size, batch.per_device_batch_size, batch.world_size, batch.gradient_accumulation_steps)
+    set_seed(experiment.training.seed)  # identical fresh weights on every rank
+    max_length, output = experiment.data.max_length, experiment.stage_output(stage)
+    tokenizer = AutoTokenizer.from_pretrained(experiment.stage_init(stage), config=_hf_config(plan.init_config),
+                                              model_max_length=max_length, padding_side="right")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token
+    model, adapter, deepspeed = _stage_model(experiment, stage, plan, torch.bfloat16 if bf16 else torch.float32, attn)
+    processor, dataset = _stage_data(experiment, stage, plan, model, tokenizer)
+    training_args = training_arguments(experiment, stage, batch, device, bf16, deepspeed)  # the process group exists now
+    stop = StopOnSignal(signals)
+    trainer = VideoPandaTrainer(
+        model=model, args=training_args, train_dataset=dataset,
+        data_collator=VideoInstructCollator(processor, max_length), processing_class=processor,
+        callbacks=[LossLogCallback(output / LOSS_LOG), stop],
+        visual_learning_rate=experiment.visual_learning_rate(stage), save_teacher=experiment.save.teacher,
+        keep_checkpoints=experiment.save.total_limit, group_by_modality_length=experiment.data.group_by_modality_length,
+        adapter=adapter,
+    )
+    if training_args.should_save:
+        discard_incomplete(output)
+    trainer.accelerator.wait_for_everyone()
+    early = agreed_stop_signal(signals, training_args.device)
+    if early is not None:
+        return _preempted(trainer, early, str(output), None)
+    status = _fit(trainer, resolved, stage, plan, stop)
+    if status == 0 and int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        tell_launcher(f"finished ({output})")
+    return status
+
+
+def _check_passed(plan: Preflight) -> int:
+    logger.info("check passed: %s init, %d samples (%d with video), global batch %d = %d x %d x %d, resume %s",
+                plan.init_kind, plan.num_samples, plan.num_video_samples, plan.batch.global_batch_size,
+                plan.batch.per_device_batch_size, plan.batch.world_size, plan.batch.gradient_accumulation_steps,
+                plan.resume_from or "none")
+    return 0
+
+
+def _run_stage(resolved: ResolvedExperiment, stage: str, command: argparse.Namespace, signals: StopSignals) -> int:
+    """Preflight, then (unless --check-only) the stage: skipped when finished, completed from its last
+    checkpoint when that holds the last step, else trained."""
+    experiment = resolved.experiment
+    plan = run_preflight(resolved, stage, command.resume)
+    if command.check_only:
+        return _check_passed(plan)
+    output = experiment.stage_output(stage)
+    if int(os.environ.get("RANK", "0")) == 0:
+        write_record(resolved, output)
+    if command.resume == "auto" and is_finished(output):
+        logger.info("%s already holds a finished %s stage (%s); nothing to do", output, stage, FINAL_MARKER)
+        return 0
+    if plan.resume_from is not None and holds_last_step(plan.resume_from, experiment.stage(stage).max_steps):
+        return finish_from_last_checkpoint(resolved, stage, plan)
+    with world_of_one(experiment.training.deepspeed is not None):
+        return train(resolved, stage, plan, signals)
 
 
 def main(argv: list[str] | None = None) -> int:
     setup_logging()
     import sys
 
+    command = build_parser().parse_intermixed_args(list(sys.argv[1:] if argv is None else argv))
     try:
-        args = parse_train_args(list(sys.argv[1:] if argv is None else argv))
+        resolved = resolve_experiment(command.experiment, command.overrides)
     except ExperimentError as err:
         logger.error("%s", err)
         return 2
     signals = StopSignals()
-    if not args.check_only:
+    if not command.check_only:
         signals.install()  # from here on a SIGTERM / SIGUSR1 stops the run at a checkpoint, not at once
     status = None
     try:
-        plan = run_preflight(args)
-        if args.check_only:
-            logger.info("check passed: %s init, %d samples (%d with video), global batch %d = %d x %d x %d, resume %s",
-                        plan.init_kind, plan.num_samples, plan.num_video_samples, plan.batch.global_batch_size,
-                        plan.batch.per_device_batch_size, plan.batch.world_size, plan.batch.gradient_accumulation_steps,
-                        plan.resume_from or "none")
-            return 0
-        if int(os.environ.get("RANK", "0")) == 0 and args.experiment is not None:
-            write_record(args.experiment, args.output_dir)
-        if args.resume == "auto" and is_finished(args.output_dir):
-            logger.info("%s already holds a finished %s stage (%s); nothing to do", args.output_dir, args.stage,
-                        FINAL_MARKER)
-            return 0
-        if plan.resume_from is not None and holds_last_step(plan.resume_from, args.max_steps):
-            return finish_from_last_checkpoint(args, plan)
-        with world_of_one(args.deepspeed is not None):
-            status = train(args, plan, signals)
+        status = _run_stage(resolved, command.stage, command, signals)
         return status
     except PreflightError as err:
         logger.error("%s", err)

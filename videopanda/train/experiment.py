@@ -5,8 +5,9 @@ shape, the STAB switches, distillation (on/off, cosine or MSE), data, per-stage 
 and epochs, DeepSpeed config and save policy. A file may start with `extends: <other file>` (a path
 relative to itself) and then holds only what changes; its own keys win, nested sections merge.
 
-Loading is strict: every key must be a field of `Experiment` (or of `STABConfig` under `model.stab`,
-or a frame field under `model.config`), and after merging every field must have a value; a problem is
+Loading is strict (pydantic models with `extra="forbid"`, docs/DESIGN.md "Experiment files"): every key
+must be a field of `Experiment` (or of `STABConfig` under `model.stab`, or a frame field under
+`model.config`), every number in its range, and after merging every field must have a value; a problem is
 one line naming the file and the key path. Command-line overrides `key.path=value` (values in YAML
 syntax) go on top and are recorded with the resolved experiment.
 
@@ -29,11 +30,13 @@ import json
 import math
 import os
 import sys
-import types
-import typing
-from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, Strict, \
+    ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 from videopanda.constants import EXPERIMENT_RECORD
 
@@ -84,6 +87,15 @@ class Bounds:
             text = f"{kind} {'<' if self.high_open else '<='} {self.high:g}"
         return " or ".join([*(f"{v:g}" for v in self.also), text])
 
+    def validator(self, integer: bool) -> AfterValidator:
+        """A pydantic check of a parsed value against these bounds."""
+        def check(value):
+            if not self.admits(value):
+                raise PydanticCustomError("bounds", "must be {expected}", {"expected": self.describe(integer)})
+            return value
+
+        return AfterValidator(check)
+
 
 POSITIVE_INT = Bounds(low=1)
 NON_NEGATIVE = Bounds(low=0)
@@ -93,97 +105,149 @@ SEED = Bounds(low=0, high=2**32 - 1)
 """numpy's seeds (`transformers.set_seed` seeds numpy too)."""
 
 
-def _doc(text: str, **extra) -> Any:
-    return field(metadata={"help": text, **extra})
+# ---- the value types of the settings: YAML scalars as the old loader took them, numbers in their bounds ----
 
 
-def _optional(text: str, **extra) -> Any:
-    return field(default=None, metadata={"help": text, **extra})
+def _wrong_type(kind: str) -> PydanticCustomError:
+    return PydanticCustomError("wrong_type", "must be {kind}", {"kind": kind})
 
 
-@dataclass
-class ModelSettings:
-    base: str = _doc("prealign's starting folder: EVE-7B-Pretrain-v1.0 or a plain Llama folder")
-    init: str = _doc("how to read the starting folder: auto (its config.json), videopanda, eve, llama",
-                     choices=("auto", "videopanda", "eve", "llama"))
-    teacher: str = _doc("LanguageBind_Video_merge folder (the distillation teacher)")
-    shape: str = _doc("VideoPandaConfig JSON (configs/model/*.json): its frame fields and `stab` shape a fresh "
-                      "visual part")
-    stab: dict = _doc("STABConfig fields on top of the shape's `stab`, e.g. the switches use_lste: false")
-    config: dict = _doc(f"VideoPandaConfig frame fields on top of the shape's ({', '.join(FRAME_FIELDS)})")
+def _as_float(value: Any) -> float:
+    """int or float; also a string that reads as a number (YAML 1.1 reads 4e-5, without a dot, as a string)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise _wrong_type("float")
+    try:
+        return float(value)
+    except ValueError:
+        raise _wrong_type("float") from None
 
 
-@dataclass
-class DistillationSettings:
-    enabled: bool = _doc("train with the distillation loss (the paper's LanguageBind teacher)")
-    loss: str = _doc("cosine (the paper's) or mse (paper Table 4)", choices=DISTILL_LOSSES)
+def _as_str(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise _wrong_type("str")
+    return str(value)
 
 
-@dataclass
-class DataSettings:
-    root: str | None = _doc("DATA_ROOT holding train/train_json/ and the videos (null: $DATA_ROOT)")
-    video_folder: str | None = _doc("folder the samples' `video` paths are relative to (null: DATA_ROOT/train)")
-    max_length: int = _doc("model_max_length of the tokenizer (text tokens, placeholders included)",
-                           bounds=POSITIVE_INT)
-    random_flip: bool = _doc("random horizontal flip of training videos (the same for student and teacher)")
-    group_by_modality_length: bool = _doc("batches of one modality and similar length")
+def _one_of(*choices: str) -> Any:
+    def check(value: str) -> str:
+        if value not in choices:
+            raise PydanticCustomError("one_of", "must be one of {choices}", {"choices": ", ".join(choices)})
+        return value
+
+    return Annotated[str, BeforeValidator(_as_str), AfterValidator(check)]
 
 
-@dataclass
-class TrainingSettings:
-    seed: int = _doc("seed of initialisation, data order and dropout", bounds=SEED)
-    weight_decay: float = _doc("AdamW weight decay (never applied to biases and norms)", bounds=NON_NEGATIVE)
-    max_grad_norm: float = _doc("gradient clipping", bounds=NON_NEGATIVE)
-    deepspeed: str | None = _doc("DeepSpeed JSON config (null: none)")
-    gradient_checkpointing: bool = _doc("activation checkpointing in the LLM")
-    precision: str = _doc("auto (bf16 + tf32 on GPU, fp32 on CPU), bf16, fp32", choices=("auto", "bf16", "fp32"))
+Text = Annotated[str, BeforeValidator(_as_str)]
+Flag = Annotated[bool, Strict()]
+Files = Annotated[list[Text], BeforeValidator(lambda value: value if isinstance(value, list) or value is None
+                                             else [value])]
+"""A list of paths; one path alone is a list of one."""
+PositiveInt = Annotated[int, Strict(), POSITIVE_INT.validator(integer=True)]
+NonNegativeInt = Annotated[int, Strict(), NON_NEGATIVE.validator(integer=True)]
+Seed = Annotated[int, Strict(), SEED.validator(integer=True)]
+StepLimit = Annotated[int, Strict(), Bounds(low=1, also=(-1,)).validator(integer=True)]
+NonNegative = Annotated[float, BeforeValidator(_as_float), NON_NEGATIVE.validator(integer=False)]
+Fraction = Annotated[float, BeforeValidator(_as_float), FRACTION.validator(integer=False)]
+Dropout = Annotated[float, BeforeValidator(_as_float), DROPOUT.validator(integer=False)]
+Positive = Annotated[float, BeforeValidator(_as_float), Bounds(low=0, low_open=True).validator(integer=False)]
 
 
-@dataclass
-class SaveSettings:
-    steps: int = _doc("checkpoint every N optimizer steps", bounds=POSITIVE_INT)
-    total_limit: int = _doc("complete checkpoints kept (older ones go once a newer one is complete)",
-                            bounds=POSITIVE_INT)
-    teacher: bool = _doc("also store the teacher's weights in the output folders")
+class Settings(BaseModel):
+    """A section of an experiment: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
-@dataclass
-class RuntimeSettings:
+def _doc(text: str) -> Any:
+    return Field(description=text)
+
+
+def _optional(text: str) -> Any:
+    return Field(default=None, description=text)
+
+
+class ModelSettings(Settings):
+    base: Text = _doc("prealign's starting folder: EVE-7B-Pretrain-v1.0 or a plain Llama folder")
+    init: _one_of("auto", "videopanda", "eve", "llama") = _doc(
+        "how to read the starting folder: auto (its config.json), videopanda, eve, llama")
+    teacher: Text = _doc("LanguageBind_Video_merge folder (the distillation teacher)")
+    shape: Text = _doc("VideoPandaConfig JSON (configs/model/*.json): its frame fields and `stab` shape a fresh "
+                       "visual part")
+    stab: dict[str, Any] = _doc("STABConfig fields on top of the shape's `stab`, e.g. the switches use_lste: false")
+    config: dict[str, Any] = _doc(f"VideoPandaConfig frame fields on top of the shape's ({', '.join(FRAME_FIELDS)})")
+
+    @field_validator("stab")
+    @classmethod
+    def _known_stab_fields(cls, value: dict) -> dict:
+        return _checked_visual_fields(value, _stab_fields(), "model.stab")
+
+    @field_validator("config")
+    @classmethod
+    def _known_frame_fields(cls, value: dict) -> dict:
+        return _checked_visual_fields(value, FRAME_FIELDS, "model.config")
+
+
+class DistillationSettings(Settings):
+    enabled: Flag = _doc("train with the distillation loss (the paper's LanguageBind teacher)")
+    loss: _one_of(*DISTILL_LOSSES) = _doc("cosine (the paper's) or mse (paper Table 4)")
+
+
+class DataSettings(Settings):
+    root: Text | None = _doc("DATA_ROOT holding train/train_json/ and the videos (null: $DATA_ROOT)")
+    video_folder: Text | None = _doc("folder the samples' `video` paths are relative to (null: DATA_ROOT/train)")
+    max_length: PositiveInt = _doc("model_max_length of the tokenizer (text tokens, placeholders included)")
+    random_flip: Flag = _doc("random horizontal flip of training videos (the same for student and teacher)")
+    group_by_modality_length: Flag = _doc("batches of one modality and similar length")
+
+
+class TrainingSettings(Settings):
+    seed: Seed = _doc("seed of initialisation, data order and dropout")
+    weight_decay: NonNegative = _doc("AdamW weight decay (never applied to biases and norms)")
+    max_grad_norm: NonNegative = _doc("gradient clipping (0: none)")
+    deepspeed: Text | None = _doc("DeepSpeed JSON config (null: none)")
+    gradient_checkpointing: Flag = _doc("activation checkpointing in the LLM")
+    precision: _one_of("auto", "bf16", "fp32") = _doc("auto (bf16 + tf32 on GPU, fp32 on CPU), bf16, fp32")
+
+
+class SaveSettings(Settings):
+    steps: PositiveInt = _doc("checkpoint every N optimizer steps")
+    total_limit: PositiveInt = _doc("complete checkpoints kept (older ones go once a newer one is complete)")
+    teacher: Flag = _doc("also store the teacher's weights in the output folders")
+
+
+class RuntimeSettings(Settings):
     """How a run executes; not part of what makes two runs the same experiment."""
 
-    device: str = _doc("auto, cuda or cpu", choices=("auto", "cuda", "cpu"))
-    num_workers: int = _doc("DataLoader worker processes per rank", bounds=NON_NEGATIVE)
-    attn_implementation: str = _doc("auto (flash_attention_2 when installed on GPU, else sdpa), sdpa, eager, "
-                                    "flash_attention_2")
-    report_to: str = _doc("logging integrations of the HF Trainer (tensorboard, none, ...)")
-    logging_steps: int = _doc("log every N optimizer steps", bounds=POSITIVE_INT)
-    frame_cache: str | None = _doc("folder of decoded training frames (videopanda.data.frame_cache), relative to "
-                                   "the working directory: each clip is decoded once and its frames reused by every "
-                                   "epoch, stage and run that reads it (the same frames bit for bit; uncompressed, "
-                                   "about num_frames x H x W x 3 bytes a clip); null: decode every time")
+    device: _one_of("auto", "cuda", "cpu") = _doc("auto, cuda or cpu")
+    num_workers: NonNegativeInt = _doc("DataLoader worker processes per rank")
+    attn_implementation: Text = _doc("auto (flash_attention_2 when installed on GPU, else sdpa), sdpa, eager, "
+                                     "flash_attention_2")
+    report_to: Text = _doc("logging integrations of the HF Trainer (tensorboard, none, ...)")
+    logging_steps: PositiveInt = _doc("log every N optimizer steps")
+    frame_cache: Text | None = _doc("folder of decoded training frames (videopanda.data.frame_cache), relative to "
+                                    "the working directory: each clip is decoded once and its frames reused by every "
+                                    "epoch, stage and run that reads it (the same frames bit for bit; uncompressed, "
+                                    "about num_frames x H x W x 3 bytes a clip); null: decode every time")
 
 
-@dataclass
-class StageSettings:
-    data_json: list[str] = _doc("training JSON files; a bare name is looked up in DATA_ROOT/train/train_json")
-    first_half: bool = _doc("keep only the first half of each JSON")
-    learning_rate: float = _doc("base learning rate", bounds=NON_NEGATIVE)
-    visual_learning_rate: float | None = _doc("learning rate of STAB, projector and distillation head "
-                                              "(null: the base rate)", bounds=NON_NEGATIVE)
-    warmup_ratio: float = _doc("linear warm-up fraction before the cosine decay", bounds=FRACTION)
-    global_batch_size: int = _doc("samples per optimizer step over all processes", bounds=POSITIVE_INT)
-    per_device_batch_size: int = _doc("largest per-device micro batch; the actual one divides the global batch",
-                                      bounds=POSITIVE_INT)
-    epochs: float = _doc("epochs", bounds=Bounds(low=0, low_open=True))
-    max_steps: int = _doc("stop after this many optimizer steps (-1: the epochs decide)",
-                          bounds=Bounds(low=1, also=(-1,)))
-    init: str | None = _optional("starting folder (null: model.base for prealign, else the previous stage's "
-                                 "folder in run_dir)")
-    output_dir: str | None = _optional("output folder (null: run_dir/<stage>)")
+class StageSettings(Settings):
+    data_json: Files = _doc("training JSON files; a bare name is looked up in DATA_ROOT/train/train_json")
+    first_half: Flag = _doc("keep only the first half of each JSON")
+    learning_rate: NonNegative = _doc("base learning rate")
+    visual_learning_rate: NonNegative | None = _doc("learning rate of STAB, projector and distillation head "
+                                                    "(null: the base rate)")
+    warmup_ratio: Fraction = _doc("linear warm-up fraction before the cosine decay")
+    global_batch_size: PositiveInt = _doc("samples per optimizer step over all processes")
+    per_device_batch_size: PositiveInt = _doc("largest per-device micro batch; the actual one divides the global "
+                                              "batch")
+    epochs: Positive = _doc("epochs")
+    max_steps: StepLimit = _doc("stop after this many optimizer steps (-1: the epochs decide)")
+    init: Text | None = _optional("starting folder (null: model.base for prealign, else the previous stage's "
+                                  "folder in run_dir)")
+    output_dir: Text | None = _optional("output folder (null: run_dir/<stage>)")
 
 
-@dataclass
-class StagesSettings:
+class StagesSettings(Settings):
     prealign: StageSettings = _doc("stage 1: STAB, projector and distillation head (LLM frozen)")
     pretrain: StageSettings = _doc("stage 2: everything but the teacher")
     finetune: StageSettings = _doc("stage 3: everything but the teacher")
@@ -196,29 +260,25 @@ LORA_STAGE = "finetune"
 """The stage LoRA applies to (its output, an adapter folder, is the run's last)."""
 
 
-@dataclass
-class LoraSettings:
+class LoraSettings(Settings):
     """LoRA (and QLoRA) for the finetune stage; every field has a default, so `lora: {enabled: true}` is enough."""
 
-    enabled: bool = field(default=False, metadata={"help": "finetune with LoRA adapters on the LLM (peft)"})
-    rank: int = field(default=128, metadata={"help": "adapter rank r", "bounds": POSITIVE_INT})
-    alpha: int = field(default=256, metadata={"help": "lora_alpha (the update is scaled by alpha / rank)",
-                                              "bounds": POSITIVE_INT})
-    dropout: float = field(default=0.05, metadata={"help": "dropout on the adapters' input", "bounds": DROPOUT})
-    target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS), metadata={
-        "help": "projection names inside the LLM's decoder layers that get adapters"})
-    visual: str = field(default="train", metadata={
-        "help": "train: STAB, projector and distillation head train fully (at visual_learning_rate); freeze: they "
-                "stay as loaded", "choices": ("train", "freeze")})
-    quantize: str = field(default="none", metadata={
-        "help": "none (LoRA) or nf4: QLoRA, the base LLM in 4-bit NF4 with bf16 compute (CUDA and the qlora extra)",
-        "choices": QUANTIZE})
+    enabled: Flag = Field(default=False, description="finetune with LoRA adapters on the LLM (peft)")
+    rank: PositiveInt = Field(default=128, description="adapter rank r")
+    alpha: PositiveInt = Field(default=256, description="lora_alpha (the update is scaled by alpha / rank)")
+    dropout: Dropout = Field(default=0.05, description="dropout on the adapters' input")
+    target_modules: Files = Field(default_factory=lambda: list(LORA_TARGETS), description=(
+        "projection names inside the LLM's decoder layers that get adapters"))
+    visual: _one_of("train", "freeze") = Field(default="train", description=(
+        "train: STAB, projector and distillation head train fully (at visual_learning_rate); freeze: they stay "
+        "as loaded"))
+    quantize: _one_of(*QUANTIZE) = Field(default="none", description=(
+        "none (LoRA) or nf4: QLoRA, the base LLM in 4-bit NF4 with bf16 compute (CUDA and the qlora extra)"))
 
 
-@dataclass
-class Experiment:
-    name: str = _doc("the experiment's name (default: its file's path under configs/experiments, '/' -> '-')")
-    run_dir: str = _doc("the run folder, one subfolder per stage; may use {name}")
+class Experiment(Settings):
+    name: Text = _doc("the experiment's name (default: its file's path under configs/experiments, '/' -> '-')")
+    run_dir: Text = _doc("the run folder, one subfolder per stage; may use {name}")
     model: ModelSettings = _doc("starting folders, shape and STAB switches")
     distillation: DistillationSettings = _doc("the distillation loss")
     data: DataSettings = _doc("training data")
@@ -226,8 +286,10 @@ class Experiment:
     save: SaveSettings = _doc("checkpoint policy")
     runtime: RuntimeSettings = _doc("execution settings (not compared between runs)")
     stages: StagesSettings = _doc("per-stage settings")
-    lora: LoraSettings = field(default_factory=LoraSettings, metadata={
-        "help": "LoRA / QLoRA adapters for the finetune stage (off by default)"})
+    lora: LoraSettings = Field(default_factory=LoraSettings, description=(
+        "LoRA / QLoRA adapters for the finetune stage (off by default)"))
+    _shape: dict | None = PrivateAttr(default=None)
+    """The model-shape file's content, read once."""
 
     def stage(self, stage: str) -> StageSettings:
         if stage not in STAGES:
@@ -235,7 +297,7 @@ class Experiment:
         return getattr(self.stages, stage)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return self.model_dump()
 
     def stage_init(self, stage: str) -> Path:
         own = self.stage(stage).init
@@ -249,22 +311,41 @@ class Experiment:
         own = self.stage(stage).output_dir
         return Path(own) if own is not None else Path(self.run_dir) / stage
 
+    def init_kind(self, stage: str) -> str:
+        """How to read the stage's starting folder: `model.init` for prealign from `model.base`, else auto."""
+        return self.model.init if stage == "prealign" and self.stage(stage).init is None else "auto"
+
+    def visual_learning_rate(self, stage: str) -> float:
+        settings = self.stage(stage)
+        return settings.learning_rate if settings.visual_learning_rate is None else settings.visual_learning_rate
+
+    def lora_for(self, stage: str) -> LoraSettings | None:
+        """The LoRA settings when `stage` trains adapters, else None."""
+        return self.lora if self.lora.enabled and stage == LORA_STAGE else None
+
+    def data_json_paths(self, stage: str) -> list[Path]:
+        """The stage's training JSONs: a bare file name is looked up in DATA_ROOT/train/train_json."""
+        paths = []
+        for name in self.stage(stage).data_json:
+            path = Path(name)
+            if not path.is_absolute() and path.parent == Path(".") and self.data.root:
+                path = Path(self.data.root) / "train" / "train_json" / name
+            paths.append(path)
+        return paths
+
+    def video_folder_path(self) -> Path | None:
+        if self.data.video_folder:
+            return Path(self.data.video_folder)
+        return Path(self.data.root) / "train" if self.data.root else None
+
     def visual_overrides(self) -> tuple[dict, dict]:
         """(VideoPandaConfig frame fields, STAB fields) of a fresh visual part: the shape file's, then the
-        experiment's `model.config` and `model.stab` on top."""
-        from videopanda.io import read_json
-
-        try:
-            shape = read_json(self.model.shape)
-        except ValueError as err:
-            raise ExperimentError(f"model.shape {err}") from None
-        config = {k: shape[k] for k in FRAME_FIELDS if k in shape}
-        _check_mapping(config, FRAME_FIELDS, f"model.shape {self.model.shape}", "")
+        experiment's `model.config` and `model.stab` on top. The shape file is read once."""
+        if self._shape is None:
+            self._shape = _read_shape(self.model.shape)
+        config = {k: self._shape[k] for k in FRAME_FIELDS if k in self._shape}
         config.update(self.model.config)
-        if not isinstance(shape.get("stab") or {}, dict):
-            raise ExperimentError(f"model.shape {self.model.shape}: its stab is not a JSON object")
-        _check_mapping(shape.get("stab") or {}, _stab_fields(), f"model.shape {self.model.shape}", "stab")
-        stab = dict(shape.get("stab") or {})
+        stab = dict(self._shape.get("stab") or {})
         stab.update(self.model.stab)
         return config, stab
 
@@ -275,6 +356,24 @@ class Experiment:
         stab = asdict(STABConfig(**self.visual_overrides()[1]))
         return {**{k: stab[k] for k in ABLATION_SWITCHES},
                 "distillation": self.distillation.loss if self.distillation.enabled else "off"}
+
+
+def _read_shape(path: str) -> dict:
+    """A model-shape file (VideoPandaConfig JSON): its frame fields and `stab`, checked."""
+    from videopanda.io import read_json
+
+    try:
+        shape = read_json(path)
+    except ValueError as err:
+        raise ExperimentError(f"model.shape {err}") from None
+    problem = _visual_problem({k: shape[k] for k in FRAME_FIELDS if k in shape}, FRAME_FIELDS, "")
+    if problem is None and not isinstance(shape.get("stab") or {}, dict):
+        problem = "its stab is not a JSON object"
+    if problem is None:
+        problem = _visual_problem(shape.get("stab") or {}, _stab_fields(), "stab")
+    if problem is not None:
+        raise ExperimentError(f"model.shape {path}: {problem}")
+    return shape
 
 
 # ---- where the shipped configs are ----------------------------------------------------------------
@@ -339,68 +438,93 @@ def default_name(path: Path) -> str:
 # ---- loading ----------------------------------------------------------------------------------------
 
 
-def _schema(cls: type) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in fields(cls)}
-
-
-def _unwrap_optional(hint) -> tuple[Any, bool]:
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        return args[0], True
-    return hint, False
-
-
-def _check_keys(cls: type, data: Any, where: str, prefix: str = "") -> None:
-    """Raise ExperimentError on any key of `data` (a partial section) that `cls` does not have."""
-    if not isinstance(data, dict):
-        raise ExperimentError(f"{where}: {prefix.rstrip('.') or 'the file'} must be a mapping, got {data!r}")
-    schema = _schema(cls)
-    for key, value in data.items():
-        path = f"{prefix}{key}"
-        if key not in schema:
-            raise ExperimentError(f"{where}: unknown key {path} (known here: {', '.join(schema)})")
-        hint, _ = _unwrap_optional(schema[key])
-        if is_dataclass(hint) and value is not None:
-            _check_keys(hint, value, where, path + ".")
-        elif path == "model.stab":
-            _check_mapping(value, _stab_fields(), where, path)
-        elif path == "model.config":
-            _check_mapping(value, FRAME_FIELDS, where, path)
-
-
 def _stab_fields() -> tuple[str, ...]:
     from videopanda.model.stab import STABConfig
 
     return tuple(f.name for f in fields(STABConfig))
 
 
-def _visual_bounds() -> tuple[dict[str, Bounds], set[str]]:
-    """Bounds of the numeric STAB and frame fields (whole numbers >= 1 but the STAB's dropout), and the
-    STAB fields that may be null."""
+def _visual_problem(value: dict, known: tuple[str, ...], path: str) -> str | None:
+    """What is wrong with the keys of `model.stab` / `model.config` (or a shape file's): an unknown key, or a
+    number out of its bounds (whole numbers >= 1 but the STAB's dropout; STAB fields typed optional may be
+    null); None when nothing is."""
+    import typing
+
     from videopanda.model.stab import STABConfig
 
-    hints = {name: _unwrap_optional(hint) for name, hint in typing.get_type_hints(STABConfig).items()}
-    integers = [name for name, (hint, _) in hints.items() if hint is int]
-    nullable = {name for name, (_, optional) in hints.items() if optional}
-    return {**{name: POSITIVE_INT for name in (*integers, *FRAME_FIELDS)}, "dropout": DROPOUT}, nullable
-
-
-def _check_mapping(value: Any, known: tuple[str, ...], where: str, path: str) -> None:
-    """Keys of `model.stab` / `model.config` (or a shape file's): known, and numbers in their bounds."""
-    if not isinstance(value, dict):
-        raise ExperimentError(f"{where}: {path} must be a mapping, got {value!r}")
-    bounds, nullable = _visual_bounds()
+    hints = typing.get_type_hints(STABConfig)
     prefix = f"{path}." if path else ""
     for key, item in value.items():
         if key not in known:
-            raise ExperimentError(f"{where}: unknown key {prefix}{key} (known here: {', '.join(known)})")
-        if key not in bounds or (item is None and key in nullable):
+            return f"unknown key {prefix}{key} (known here: {', '.join(known)})"
+        hint = hints.get(key, int)
+        if item is None and type(None) in typing.get_args(hint):
             continue
-        integer = bounds[key] is POSITIVE_INT
+        integer, bounds = key != "dropout", DROPOUT if key == "dropout" else POSITIVE_INT
+        if int not in (hint, *typing.get_args(hint)) and integer:
+            continue  # not a number (a switch or a mode)
         number = isinstance(item, int if integer else (int, float)) and not isinstance(item, bool)
-        if not number or not bounds[key].admits(item):
-            raise ExperimentError(f"{where}: {prefix}{key} must be {bounds[key].describe(integer)}, got {item!r}")
+        if not number or not bounds.admits(item):
+            return f"{prefix}{key} must be {bounds.describe(integer)}, got {item!r}"
+    return None
+
+
+def _checked_visual_fields(value: dict, known: tuple[str, ...], path: str) -> dict:
+    problem = _visual_problem(value, known, path)
+    if problem is not None:
+        raise PydanticCustomError("visual_field", "{problem}", {"problem": problem})
+    return value
+
+
+_TYPE_ERRORS = {"int_type": "int", "bool_type": "bool", "float_type": "float", "string_type": "str",
+                "list_type": "a list"}
+
+
+def _fields_at(loc: tuple) -> list[str]:
+    """The setting names of the section at `loc` (a pydantic error location) of `Experiment`."""
+    section: type[BaseModel] = Experiment
+    for key in loc:
+        section = section.model_fields[key].annotation
+    return list(section.model_fields)
+
+
+def _one_line(error: dict) -> str:
+    """One pydantic error as the loader states it: the dotted key path, what it must be, what it got."""
+    path = "".join(f"[{key}]" if isinstance(key, int) else f".{key}" for key in error["loc"]).lstrip(".")
+    kind, value = error["type"], error.get("input")
+    if kind == "missing":
+        return f"missing key {path}"
+    if kind == "extra_forbidden":
+        return f"unknown key {path} (known here: {', '.join(_fields_at(error['loc'][:-1]))})"
+    if kind == "visual_field":
+        return error["msg"]
+    if value is None:
+        return f"{path} must be set (null given)"
+    if kind in ("model_type", "dict_type"):
+        return f"{path} must be a mapping, got {value!r}"
+    if kind in _TYPE_ERRORS:
+        return f"{path} must be {_TYPE_ERRORS[kind]}, got {value!r}"
+    if kind in ("wrong_type", "bounds", "one_of"):
+        return f"{path} {error['msg']}, got {value!r}"
+    return f"{path}: {error['msg']}"
+
+
+def _validated(data: dict, where: str) -> Experiment:
+    try:
+        return Experiment.model_validate(data)
+    except ValidationError as err:
+        raise ExperimentError(f"{where}: {_one_line(err.errors()[0])}") from None
+
+
+def _check_keys(data: dict, where: str) -> None:
+    """ExperimentError naming `where` (one file of an `extends` chain, or one override) for a key of its partial
+    mapping that is no setting, or a STAB / frame field out of its bounds; the whole is validated after merging."""
+    try:
+        Experiment.model_validate(data)
+    except ValidationError as err:
+        for error in err.errors():
+            if error["type"] in ("extra_forbidden", "visual_field"):
+                raise ExperimentError(f"{where}: {_one_line(error)}") from None
 
 
 def _merge(base: dict, top: dict) -> dict:
@@ -457,7 +581,7 @@ def load_layers(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     data = _read_yaml(path)
     parent = data.pop("extends", None)
     own_name = data.pop("name", None)
-    _check_keys(Experiment, data, str(path))
+    _check_keys(data, str(path))
     for section, key in FILE_RELATIVE:
         value = data.get(section, {}).get(key) if isinstance(data.get(section), dict) else None
         if isinstance(value, str) and not Path(value).is_absolute():
@@ -497,7 +621,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         nested: Any = value
         for key in reversed(keys):
             nested = {key: nested}
-        _check_keys(Experiment, {k: v for k, v in nested.items() if k != "name"}, f"override {text!r}")
+        _check_keys(nested, f"override {text!r}")
         for section, key in FILE_RELATIVE:
             if keys == [section, key] and isinstance(value, str):
                 nested[section][key] = str(Path(value).resolve())
@@ -505,82 +629,16 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return out
 
 
-def _typed(hint, value: Any, where: str, path: str) -> Any:
-    hint, optional = _unwrap_optional(hint)
-    if value is None:
-        if optional:
-            return None
-        raise ExperimentError(f"{where}: {path} must be set (null given)")
-    if is_dataclass(hint):
-        return _build(hint, value, where, path + ".")
-    origin = typing.get_origin(hint)
-    if origin is list:
-        items = value if isinstance(value, list) else [value]
-        return [_typed(typing.get_args(hint)[0], v, where, f"{path}[{i}]") for i, v in enumerate(items)]
-    if hint is dict:
-        if not isinstance(value, dict):
-            raise ExperimentError(f"{where}: {path} must be a mapping, got {value!r}")
-        return dict(value)
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-    elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 4e-5 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif hint is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-    raise ExperimentError(f"{where}: {path} must be {getattr(hint, '__name__', hint)}, got {value!r}")
-
-
-def _build(cls: type, data: dict, where: str, prefix: str = ""):
-    schema = _schema(cls)
-    values = {}
-    for f in fields(cls):
-        path = f"{prefix}{f.name}"
-        if f.name not in data:
-            if f.default is not MISSING:
-                values[f.name] = f.default
-                continue
-            if f.default_factory is not MISSING:
-                values[f.name] = f.default_factory()
-                continue
-            raise ExperimentError(f"{where}: missing key {path}")
-        value = _typed(schema[f.name], data[f.name], where, path)
-        choices = f.metadata.get("choices")
-        if choices and value not in choices:
-            raise ExperimentError(f"{where}: {path} must be one of {', '.join(choices)}, got {value!r}")
-        bounds = f.metadata.get("bounds")
-        if bounds is not None and value is not None and not bounds.admits(value):
-            integer = _unwrap_optional(schema[f.name])[0] is int
-            raise ExperimentError(f"{where}: {path} must be {bounds.describe(integer)}, got {data[f.name]!r}")
-        values[f.name] = value
-    return cls(**values)
-
-
 def _absolute(value: str | None) -> str | None:
     return None if value is None else str(Path(os.path.expanduser(value)).absolute())
 
 
-def resolve_experiment(source: str | os.PathLike, overrides: list[str] = ()) -> "ResolvedExperiment":
-    """Experiment file (a path or a shipped name) + `key=value` overrides -> the typed, resolved experiment."""
-    path = find_experiment(source)
-    raw = apply_overrides(load_layers(path), list(overrides))
-    where = f"{path}" + (" with overrides" if overrides else "")
-    experiment = _build(Experiment, raw, where)
+def _make_paths_absolute(experiment: Experiment) -> None:
+    """Every folder and file setting as an absolute path (relative to the working directory); `{name}` in run_dir
+    filled in; DATA_ROOT from the environment when the experiment leaves `data.root` null."""
     experiment.run_dir = _absolute(experiment.run_dir.replace("{name}", experiment.name))
     model = experiment.model
     model.base, model.teacher, model.shape = _absolute(model.base), _absolute(model.teacher), _absolute(model.shape)
-    if not Path(model.shape).is_file():
-        raise ExperimentError(f"{where}: model.shape {model.shape} does not exist")
     if experiment.data.root is None and os.environ.get("DATA_ROOT"):
         experiment.data.root = os.environ["DATA_ROOT"]
     experiment.data.root = _absolute(experiment.data.root)
@@ -590,8 +648,18 @@ def resolve_experiment(source: str | os.PathLike, overrides: list[str] = ()) -> 
     for stage in STAGES:
         settings = experiment.stage(stage)
         settings.init, settings.output_dir = _absolute(settings.init), _absolute(settings.output_dir)
+
+
+def resolve_experiment(source: str | os.PathLike, overrides: list[str] = ()) -> "ResolvedExperiment":
+    """Experiment file (a path or a shipped name) + `key=value` overrides -> the typed, resolved experiment."""
     from videopanda.model.stab import STABConfig
 
+    path = find_experiment(source)
+    where = f"{path}" + (" with overrides" if overrides else "")
+    experiment = _validated(apply_overrides(load_layers(path), list(overrides)), where)
+    _make_paths_absolute(experiment)
+    if not Path(experiment.model.shape).is_file():
+        raise ExperimentError(f"{where}: model.shape {experiment.model.shape} does not exist")
     try:
         stab = experiment.visual_overrides()[1]
     except ExperimentError as err:

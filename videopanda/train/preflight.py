@@ -10,9 +10,9 @@ from pathlib import Path
 
 from videopanda.io import OutputError, describe_os_error, write_text_atomic
 from videopanda.log import get_logger
-from videopanda.train.args import BatchPlan, TrainArgs, derive_batch
+from videopanda.train.arguments import BatchPlan, derive_batch
 from videopanda.train.checkpointing import checkpoint_folders, is_finished, latest_complete_checkpoint
-from videopanda.train.experiment import ExperimentError, check_stage_folder
+from videopanda.train.experiment import Experiment, ExperimentError, ResolvedExperiment, check_stage_folder
 
 logger = get_logger(__name__)
 
@@ -26,6 +26,10 @@ class PreflightError(Exception):
 
 @dataclass
 class Preflight:
+    """What the checks found, for the run to use: the starting folder's config.json (read once, here) and the
+    DeepSpeed config (read once, here; None without DeepSpeed)."""
+
+    init_config: dict
     init_kind: str
     data_json: list[Path]
     video_folder: Path
@@ -33,7 +37,11 @@ class Preflight:
     num_video_samples: int
     batch: BatchPlan
     resume_from: Path | None
-    deepspeed_stage: int | None
+    deepspeed: dict | None
+
+    @property
+    def deepspeed_stage(self) -> int | None:
+        return None if self.deepspeed is None else int(self.deepspeed.get("zero_optimization", {}).get("stage", 0))
 
 
 def _model_folder(folder: Path, what: str) -> None:
@@ -52,7 +60,7 @@ def _model_folder(folder: Path, what: str) -> None:
         raise PreflightError(f"{what} {folder}: weight files named by its index are missing: {', '.join(missing)}")
 
 
-def _deepspeed_stage(path: str | None) -> int | None:
+def _deepspeed(path: str | None) -> dict | None:
     if path is None:
         return None
     config_path = Path(path)
@@ -62,53 +70,56 @@ def _deepspeed_stage(path: str | None) -> int | None:
         config = json.loads(config_path.read_text())
     except json.JSONDecodeError as err:
         raise PreflightError(f"DeepSpeed config {config_path} is not valid JSON: {err}") from None
-    return int(config.get("zero_optimization", {}).get("stage", 0))
+    if not isinstance(config, dict):
+        raise PreflightError(f"DeepSpeed config {config_path} is not a JSON object")
+    return config
 
 
-def _data(args: TrainArgs) -> tuple[list[Path], Path, int, int]:
+def _data(experiment: Experiment, stage: str) -> tuple[list[Path], Path, int, int]:
     from videopanda.data.dataset import DataFormatError, load_samples, video_of
 
-    if args.data_root is not None and not Path(args.data_root).is_dir():
-        raise PreflightError(f"DATA_ROOT {args.data_root} does not exist")
-    paths = args.data_json_paths()
+    root = experiment.data.root
+    if root is not None and not Path(root).is_dir():
+        raise PreflightError(f"DATA_ROOT {root} does not exist")
+    paths = experiment.data_json_paths(stage)
     if not paths:
-        raise PreflightError("no training JSON given (--data-json)")
+        raise PreflightError(f"no training JSON given (stages.{stage}.data_json)")
     for path in paths:
-        if not path.is_absolute() and path.parent == Path(".") and not args.data_root:
-            raise PreflightError(f"training JSON {path.name}: set DATA_ROOT (or --data-root) or give a path")
+        if not path.is_absolute() and path.parent == Path(".") and not root:
+            raise PreflightError(f"training JSON {path.name}: set DATA_ROOT (or data.root) or give a path")
         if not path.is_file():
             raise PreflightError(f"training JSON {path} does not exist "
                                  f"(expected layout: DATA_ROOT/train/train_json/<name>.json)")
     try:
-        samples = load_samples(paths, first_half=bool(args.first_half))
+        samples = load_samples(paths, first_half=bool(experiment.stage(stage).first_half))
     except DataFormatError as err:
         raise PreflightError(str(err)) from None
     if not samples:
         raise PreflightError(f"training JSON {', '.join(map(str, paths))}: no samples")
     videos = [video_of(s) for s in samples if video_of(s) is not None]
-    folder = args.video_folder_path()
+    folder = experiment.video_folder_path()
     if videos:
         if folder is None:
-            raise PreflightError("the data has videos: set DATA_ROOT (or --data-root / --video-folder)")
+            raise PreflightError("the data has videos: set DATA_ROOT (or data.root / data.video_folder)")
         if not folder.is_dir():
             raise PreflightError(f"video folder {folder} does not exist")
         probe = videos[:VIDEO_PROBE]
         if not any((folder / v).is_file() for v in probe if isinstance(v, str)):
             raise PreflightError(f"none of the first {len(probe)} videos of the training JSON exists under {folder} "
-                                 f"(e.g. {folder / str(probe[0])}): wrong DATA_ROOT or --video-folder?")
+                                 f"(e.g. {folder / str(probe[0])}): wrong DATA_ROOT or data.video_folder?")
     return paths, folder or Path("."), len(samples), len(videos)
 
 
-def _resume(args: TrainArgs) -> Path | None:
-    if args.resume == "never":
-        existing = checkpoint_folders(args.output_dir)
+def _resume(resume: str, output: Path) -> Path | None:
+    if resume == "never":
+        existing = checkpoint_folders(output)
         if existing:
-            raise PreflightError(f"{args.output_dir} already holds checkpoints ({existing[-1][1].name}); "
-                                 f"use --resume auto, or a fresh --output-dir")
+            raise PreflightError(f"{output} already holds checkpoints ({existing[-1][1].name}); "
+                                 f"use --resume auto, or a fresh output folder (stages.<stage>.output_dir)")
         return None
-    if args.resume == "auto":
-        return latest_complete_checkpoint(args.output_dir)
-    path = Path(args.resume)
+    if resume == "auto":
+        return latest_complete_checkpoint(output)
+    path = Path(resume)
     from videopanda.train.checkpointing import is_complete
 
     if not is_complete(path):
@@ -116,49 +127,58 @@ def _resume(args: TrainArgs) -> Path | None:
     return path
 
 
-def run_preflight(args: TrainArgs, world_size: int | None = None) -> Preflight:
-    """Validate everything `args` points at; raises PreflightError with a message naming the culprit."""
-    from videopanda.train.stages import detect_init_kind
+def _starting_folder(experiment: Experiment, stage: str, model: Path) -> tuple[dict, str]:
+    """The stage's starting folder checked: its config.json (read here, once for the run) and its kind."""
+    from videopanda.train.stages import detect_init_kind, read_config
 
-    world_size = world_size or int(os.environ.get("WORLD_SIZE", "1"))
-    model = Path(args.model)
     _model_folder(model, "model folder")
     try:
-        kind = detect_init_kind(model, args.init)
+        config = read_config(model)
+        kind = detect_init_kind(model, experiment.init_kind(stage), config)
     except (ValueError, FileNotFoundError) as err:
         raise PreflightError(str(err)) from None
-    if args.stage != "prealign" and kind != "videopanda":
+    if stage != "prealign" and kind != "videopanda":
         logger.warning("stage %s normally starts from the previous stage's output, but %s is a %s folder",
-                       args.stage, model, kind)
+                       stage, model, kind)
     if kind == "videopanda":
-        _same_visual_part(args, model)
+        _same_visual_part(experiment, model, config)
     if checkpoint_folders(model) and not is_finished(model):
         raise PreflightError(f"model folder {model} is a training output that never finished "
                              f"(no training_complete.json): finish or resume that stage first")
-    if args.distill:
-        if args.teacher is None:
-            raise PreflightError("distillation needs --teacher (a LanguageBind_Video_merge folder), or pass --no-distill")
-        _model_folder(Path(args.teacher), "teacher folder")
+    return config, kind
+
+
+def run_preflight(resolved: ResolvedExperiment, stage: str, resume: str = "auto",
+                  world_size: int | None = None) -> Preflight:
+    """Validate everything the stage points at; raises PreflightError with a message naming the culprit."""
+    experiment = resolved.experiment
+    world_size = world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    config, kind = _starting_folder(experiment, stage, experiment.stage_init(stage))
+    if experiment.distillation.enabled:
+        if experiment.model.teacher is None:
+            raise PreflightError("distillation needs model.teacher (a LanguageBind_Video_merge folder), or set "
+                                 "distillation.enabled=false")
+        _model_folder(Path(experiment.model.teacher), "teacher folder")
+    settings = experiment.stage(stage)
     try:
-        batch = derive_batch(args.global_batch_size, world_size, args.per_device_batch_size)
+        batch = derive_batch(settings.global_batch_size, world_size, settings.per_device_batch_size)
     except ValueError as err:
         raise PreflightError(str(err)) from None
-    stage = _deepspeed_stage(args.deepspeed)
-    if args.lora is not None:
-        _lora_ready(args, kind, stage)
-    paths, folder, n, n_video = _data(args)
-    _output_folder(Path(args.output_dir))
-    if args.experiment is not None:
-        output = Path(args.output_dir)
-        try:
-            check_stage_folder(args.experiment, args.stage, output,
-                               holds_outputs=bool(checkpoint_folders(output)) or is_finished(output))
-        except ExperimentError as err:
-            raise PreflightError(str(err)) from None
-    return Preflight(kind, paths, folder, n, n_video, batch, _resume(args), stage)
+    deepspeed = _deepspeed(experiment.training.deepspeed)
+    if experiment.lora_for(stage) is not None:
+        _lora_ready(experiment, stage, kind, deepspeed)
+    paths, folder, n, n_video = _data(experiment, stage)
+    output = experiment.stage_output(stage)
+    _output_folder(output)
+    try:
+        check_stage_folder(resolved, stage, output, holds_outputs=bool(checkpoint_folders(output)) or
+                           is_finished(output))
+    except ExperimentError as err:
+        raise PreflightError(str(err)) from None
+    return Preflight(config, kind, paths, folder, n, n_video, batch, _resume(resume, output), deepspeed)
 
 
-def _lora_ready(args: TrainArgs, kind: str, deepspeed_stage: int | None) -> None:
+def _lora_ready(experiment: Experiment, stage: str, kind: str, deepspeed: dict | None) -> None:
     """LoRA needs peft; adapters are saved from each rank's full parameters, so not under ZeRO-3; QLoRA
     needs CUDA, bitsandbytes and a Video-Panda starting folder (its visual parts stay unquantized)."""
     import importlib.util
@@ -167,41 +187,43 @@ def _lora_ready(args: TrainArgs, kind: str, deepspeed_stage: int | None) -> None
 
     if importlib.util.find_spec("peft") is None:
         raise PreflightError("lora.enabled needs peft: pip install 'videopanda[lora]'")
-    if deepspeed_stage == 3:
-        raise PreflightError(f"LoRA runs under DeepSpeed ZeRO-2 or without DeepSpeed, not ZeRO-3 ({args.deepspeed})")
-    if args.lora.quantize == "nf4":
-        if args.device == "cpu" or not torch.cuda.is_available():
+    if deepspeed is not None and int(deepspeed.get("zero_optimization", {}).get("stage", 0)) == 3:
+        raise PreflightError(f"LoRA runs under DeepSpeed ZeRO-2 or without DeepSpeed, not ZeRO-3 "
+                             f"({experiment.training.deepspeed})")
+    if experiment.lora.quantize == "nf4":
+        device = experiment.runtime.device
+        if device == "cpu" or not torch.cuda.is_available():
             raise PreflightError("QLoRA (lora.quantize: nf4) needs a CUDA device, and this run has none "
-                                 f"(device {args.device}); use lora.quantize=none for LoRA")
+                                 f"(device {device}); use lora.quantize=none for LoRA")
         if importlib.util.find_spec("bitsandbytes") is None:
             raise PreflightError("QLoRA (lora.quantize: nf4) needs bitsandbytes: pip install 'videopanda[qlora]'")
         if kind != "videopanda":
-            raise PreflightError(f"QLoRA starts from a Video-Panda folder; {args.model} is a {kind} folder")
+            raise PreflightError(f"QLoRA starts from a Video-Panda folder; {experiment.stage_init(stage)} is a "
+                                 f"{kind} folder")
 
 
-def _same_visual_part(args: TrainArgs, model: Path) -> None:
-    """A Video-Panda starting folder brings its own STAB and frame settings: they must be the experiment's
-    (an ablation must not continue from another experiment's weights)."""
+def _same_visual_part(experiment: Experiment, model: Path, folder_config: dict) -> None:
+    """A Video-Panda starting folder brings its own STAB and frame settings (`folder_config`, its config.json):
+    they must be the experiment's (an ablation must not continue from another experiment's weights)."""
     from dataclasses import asdict
 
     from videopanda.model.stab import STABConfig
     from videopanda.model.videopanda import VideoPandaConfig
 
+    frame_fields, stab = experiment.visual_overrides()
     try:
-        have = VideoPandaConfig.from_pretrained(model)
-        stab = dict(args.stab_overrides())
+        have = VideoPandaConfig.from_dict(dict(folder_config))
         stab.setdefault("width", have.stab["width"])
-        stab.setdefault("frames_per_chunk", args.config_overrides().get("frames_per_chunk", have.frames_per_chunk))
+        stab.setdefault("frames_per_chunk", frame_fields.get("frames_per_chunk", have.frames_per_chunk))
         want_stab = asdict(STABConfig(**stab))
     except (OSError, TypeError, ValueError) as err:
         raise PreflightError(f"model folder {model}: {err}") from None
     changed = [f"stab.{k}: {have.stab.get(k)!r} (folder) != {v!r} (experiment)" for k, v in want_stab.items()
                if have.stab.get(k) != v]
     changed += [f"{k}: {getattr(have, k)!r} (folder) != {v!r} (experiment)"
-                for k, v in args.config_overrides().items() if getattr(have, k) != v]
+                for k, v in frame_fields.items() if getattr(have, k) != v]
     if changed:
-        name = args.experiment.experiment.name if args.experiment is not None else "the arguments"
-        raise PreflightError(f"model folder {model} was made with other model settings than {name}: "
+        raise PreflightError(f"model folder {model} was made with other model settings than {experiment.name}: "
                              f"{'; '.join(changed)}")
 
 

@@ -8,7 +8,8 @@ exactly one part; one that belongs to none is an error naming it (`parameter_par
 - prealign trains stab + projector + distill_head; the LLM is frozen.
 - pretrain and finetune train everything but the teacher.
 
-Initialisation (`build_model`), from `--model`:
+Initialisation (`build_model`), from the stage's starting folder (`stages.<stage>.init`, default `model.base`
+for prealign and the previous stage's folder after it):
 - a Video-Panda folder (model_type "videopanda": the previous stage's output, or a tiny model made for
   the quickstart): `from_pretrained`, plus the distillation head from its `model.video_tower_compressor.*`
   tensors (which `from_pretrained` ignores; the released names, so the released folders load too); a
@@ -19,8 +20,10 @@ Initialisation (`build_model`), from `--model`:
   parts (LSTE, DPE, GSTRA with its query, context projection and balance) start fresh. What was loaded and
   what was not is logged. With distillation on, the head must come complete (its 31 tensors, nothing
   extra): anything else is an error naming the tensors.
-- a plain Llama folder: the LLM only; every visual part starts fresh (`--stab KEY=VALUE` sets the STAB).
-The teacher always comes from the LanguageBind folder (`--teacher`).
+- a plain Llama folder: the LLM only; every visual part starts fresh (the experiment's `model.shape` and
+  `model.stab` set the STAB).
+The teacher always comes from the LanguageBind folder (`model.teacher`). The starting folder's config.json is
+read once per run (preflight) and handed to these functions.
 """
 from __future__ import annotations
 
@@ -120,32 +123,37 @@ def read_config(folder: str | Path) -> dict:
         raise ValueError(f"{path}: not valid JSON ({err})") from None
 
 
-def detect_init_kind(folder: str | Path, init: str = "auto") -> str:
-    """videopanda / eve / llama, from the folder's config.json model_type unless given."""
+def detect_init_kind(folder: str | Path, init: str = "auto", config: dict | None = None) -> str:
+    """videopanda / eve / llama, from the folder's config.json model_type (`config`: its content, read
+    here when not given) unless given."""
     if init != "auto":
         if init not in INIT_KINDS:
-            raise ValueError(f"--init must be auto or one of {INIT_KINDS}, got {init!r}")
+            raise ValueError(f"model.init must be auto or one of {INIT_KINDS}, got {init!r}")
         return init
-    model_type = read_config(folder).get("model_type")
+    config = read_config(folder) if config is None else config
+    model_type = config.get("model_type")
     if model_type == "videopanda":
         return "videopanda"
-    if model_type == "eve" or any(k in read_config(folder) for k in ("mm_vision_tower", "mm_projector_type")):
+    if model_type == "eve" or any(k in config for k in ("mm_vision_tower", "mm_projector_type")):
         return "eve"
     if model_type == "llama":
         return "llama"
-    raise ValueError(f"{folder}: model_type {model_type!r} is none of videopanda, eve, llama; pass --init")
+    raise ValueError(f"{folder}: model_type {model_type!r} is none of videopanda, eve, llama; set model.init")
 
 
 _CONFIG_DROP = ("model_type", "architectures", "auto_map", "transformers_version", "_name_or_path", "torch_dtype",
                 "dtype", "stab")
 
 
-def videopanda_config_from_llm(folder: str | Path, stab_overrides: dict, config_overrides: dict | None = None):
-    """A VideoPandaConfig carrying an EVE / Llama folder's LLM fields, `config_overrides` (frame sizes,
-    number of frames, ...) and a fresh STAB (`stab_overrides`)."""
+def videopanda_config_from_llm(folder: str | Path, stab_overrides: dict, config_overrides: dict | None = None,
+                               folder_config: dict | None = None):
+    """A VideoPandaConfig carrying an EVE / Llama folder's LLM fields (`folder_config`: its config.json, read
+    here when not given), `config_overrides` (frame sizes, number of frames, ...) and a fresh STAB
+    (`stab_overrides`)."""
     from videopanda.model.videopanda import VideoPandaConfig
 
-    raw = {k: v for k, v in read_config(folder).items() if k not in _CONFIG_DROP}
+    folder_config = read_config(folder) if folder_config is None else folder_config
+    raw = {k: v for k, v in folder_config.items() if k not in _CONFIG_DROP}
     raw.update(config_overrides or {})
     stab = dict(stab_overrides)
     width = stab.get("width", raw.get("video_hidden_size", 1024))
@@ -222,30 +230,43 @@ def load_head_from_folder(head: nn.Module, folder: str | Path) -> int:
     return len(report.placed)
 
 
+def _videopanda_model(folder: str | Path, kind: str, folder_config: dict, stab_overrides: dict,
+                      config_overrides: dict | None, dtype: torch.dtype, attn_implementation: str, quantize: str):
+    """The `VideoPandaForCausalLM` of the starting folder (its config.json as `folder_config`): a Video-Panda
+    folder as it is, an EVE / Llama folder's LLM with a fresh visual part."""
+    from videopanda.model.videopanda import VideoPandaConfig, VideoPandaForCausalLM
+
+    if kind == "videopanda":
+        quantized = {} if quantize == "none" else {"quantization_config": _nf4_config(), "device_map": {"": "cuda"}}
+        # what `from_pretrained` would make of the folder's config.json, from the content already read
+        config = VideoPandaConfig.from_dict(dict(folder_config), dtype=dtype, attn_implementation=attn_implementation)
+        return VideoPandaForCausalLM.from_pretrained(folder, config=config, dtype=dtype,
+                                                     attn_implementation=attn_implementation, **quantized)
+    config = videopanda_config_from_llm(folder, stab_overrides, config_overrides, folder_config)
+    model = VideoPandaForCausalLM.from_pretrained(folder, config=config, dtype=dtype,
+                                                  attn_implementation=attn_implementation)
+    if kind == "llama":
+        logger.info("Llama init: LLM loaded; STAB, projector and distillation head start fresh")
+    return model
+
+
 def build_model(folder: str | Path, *, init: str, stab_overrides: dict, teacher_folder: str | Path | None,
                 dtype: torch.dtype, attn_implementation: str, config_overrides: dict | None = None,
-                distill_loss: str = "cosine", quantize: str = "none"):
+                distill_loss: str = "cosine", quantize: str = "none", folder_config: dict | None = None):
     """The `TrainingModel` for one stage, with teacher and distillation head (comparing by `distill_loss`,
     cosine or mse) when `teacher_folder` is given (see module docstring); lockstep off (the caller sets it).
     `quantize="nf4"` (QLoRA, a Video-Panda folder on CUDA) loads the LLM's linear layers in 4-bit NF4 with
-    bf16 compute; the STAB, projector and lm_head stay in `dtype`."""
+    bf16 compute; the STAB, projector and lm_head stay in `dtype`. `folder_config`: the folder's config.json
+    content (read here when not given)."""
     from videopanda.train.teacher import LanguageBindVideoTower
-    from videopanda.model.videopanda import VideoPandaForCausalLM
     from videopanda.train.distillation import DistillationHead
     from videopanda.train.training_model import TrainingModel
 
-    kind = detect_init_kind(folder, init)
+    folder_config = read_config(folder) if folder_config is None else folder_config
+    kind = detect_init_kind(folder, init, folder_config)
     logger.info("initialising from %s (%s folder)", folder, kind)
-    if kind == "videopanda":
-        quantized = {} if quantize == "none" else {"quantization_config": _nf4_config(), "device_map": {"": "cuda"}}
-        model = VideoPandaForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation=attn_implementation,
-                                                      **quantized)
-    else:
-        config = videopanda_config_from_llm(folder, stab_overrides, config_overrides)
-        model = VideoPandaForCausalLM.from_pretrained(folder, config=config, dtype=dtype,
-                                                      attn_implementation=attn_implementation)
-        if kind == "llama":
-            logger.info("Llama init: LLM loaded; STAB, projector and distillation head start fresh")
+    model = _videopanda_model(folder, kind, folder_config, stab_overrides, config_overrides, dtype,
+                              attn_implementation, quantize)
     teacher = head = None
     if teacher_folder is not None:
         teacher = LanguageBindVideoTower.from_pretrained(teacher_folder, dtype=dtype)
