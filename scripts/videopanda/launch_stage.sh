@@ -9,8 +9,10 @@
 # The run: EXPERIMENT (an experiment file or a name under configs/experiments, default videopanda-7b) holds
 # every setting; the stage starts from the run's previous stage folder and writes run_dir/STAGE (run_dir:
 # checkpoints/<experiment name> unless the experiment says otherwise). Optional environment overrides:
-# DATA_ROOT, MODEL (starting folder), TEACHER, OUTPUT_DIR, DEEPSPEED_CONFIG. Every other argument goes to
-# `videopanda train`: `key.path=value` overrides or its shorthand flags. Inputs are checked in one process first.
+# DATA_ROOT (data.root), MODEL (the stage's starting folder, stages.STAGE.init), TEACHER (model.teacher), OUTPUT_DIR
+# (stages.STAGE.output_dir), DEEPSPEED_CONFIG (training.deepspeed), each passed on as that `key=value` override.
+# Every other argument goes to `videopanda train`: `key.path=value` overrides, --resume, --check-only. Inputs are
+# checked in one process first.
 # The run happens in the current working directory: relative data, model and run folders are taken from there.
 # PYTHON: the interpreter (default: the checkout's .venv/bin/python when there is one, else python3 on PATH).
 #
@@ -57,11 +59,11 @@ fi
 WORLD_SIZE=$((NNODES * GPUS_PER_NODE))
 
 args=(--stage "$STAGE" --experiment "${EXPERIMENT:-videopanda-7b}")
-[ -z "${MODEL:-}" ] || args+=(--model "$MODEL")
-[ -z "${OUTPUT_DIR:-}" ] || args+=(--output-dir "$OUTPUT_DIR")
-[ -z "${TEACHER:-}" ] || args+=(--teacher "$TEACHER")
-[ -z "${DEEPSPEED_CONFIG:-}" ] || args+=(--deepspeed "$DEEPSPEED_CONFIG")
-[ -z "${DATA_ROOT:-}" ] || args+=(--data-root "$DATA_ROOT")
+[ -z "${MODEL:-}" ] || args+=("stages.$STAGE.init=$MODEL")
+[ -z "${OUTPUT_DIR:-}" ] || args+=("stages.$STAGE.output_dir=$OUTPUT_DIR")
+[ -z "${TEACHER:-}" ] || args+=("model.teacher=$TEACHER")
+[ -z "${DEEPSPEED_CONFIG:-}" ] || args+=("training.deepspeed=$DEEPSPEED_CONFIG")
+[ -z "${DATA_ROOT:-}" ] || args+=("data.root=$DATA_ROOT")
 args+=("${passthrough[@]}")
 
 # Wrong folders or data fail here, in one process, before any process group exists.

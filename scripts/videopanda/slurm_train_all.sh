@@ -24,7 +24,7 @@
 # longer on your file system.
 #
 #   EXPERIMENT=videopanda-7b/no-lste DATA_ROOT=/data/videopanda sbatch scripts/videopanda/slurm_train_all.sh \
-#       [key.path=value overrides or videopanda train options, for every stage]
+#       [key.path=value overrides (or --resume), for every stage]
 #
 # Settings (environment): DATA_ROOT (required), EXPERIMENT (videopanda-7b; a file or a name under
 # configs/experiments), RUN_DIR (the experiment's run_dir), EVE_MODEL (the experiment's model.base), TEACHER
