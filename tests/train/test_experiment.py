@@ -408,24 +408,32 @@ os._exit(0)
 """
 
 
-@pytest.mark.parametrize("check_only", [True, False])
-def test_a_stage_reads_each_file_of_its_experiment_once(tmp_path, llama_dir, teacher_dir, data_root, trainkit,
-                                                        check_only):
-    """`videopanda train` opens the experiment file and the file it extends, the model-shape JSON, the DeepSpeed
-    JSON and the starting folder's config.json once each (counted by an audit hook on `open`), for a check and
-    for a one-step run under the shipped ZeRO-2 config."""
-    experiment = _tiny_experiment(tmp_path, "videopanda-7b/no-lste", llama_dir, teacher_dir, data_root,
-                                  deepspeed=True)
-    files = [experiment, REPO / "configs/experiments/videopanda-7b/no-lste.yaml",
-             REPO / "configs/experiments/videopanda-7b.yaml", tmp_path / "tiny-shape.json",
-             REPO / "configs/deepspeed/zero2.json", llama_dir / "config.json"]
+def _count_opens(trainkit, files: list[Path], *command: str) -> dict[str, int]:
+    """How often `videopanda train COMMAND` (one plain process) opens each of `files` (any that it opens)."""
     env = trainkit.env()
     for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
-    command = ["--experiment", str(experiment), "--stage", "prealign", *(["--check-only"] if check_only else [])]
     done = subprocess.run([trainkit.python, "-c", COUNT_OPENS, json.dumps([str(f) for f in files]), *command],
                           cwd=trainkit.repo, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-6000:]
     result = json.loads(done.stdout.splitlines()[-1])
     assert result["status"] == 0, done.stderr[-6000:]
-    assert result["opened"] == {os.path.realpath(f): 1 for f in files}, result["opened"]
+    return result["opened"]
+
+
+def test_a_stage_reads_each_file_of_its_experiment_once(tmp_path, llama_dir, teacher_dir, data_root, trainkit):
+    """`videopanda train` opens the experiment file and the files it extends, the model-shape JSON, the DeepSpeed
+    JSON and the starting folder's config.json once each (counted by an audit hook on `open`): a check, a
+    one-step prealign from a Llama folder and a one-step pretrain from its output, under the shipped ZeRO-2."""
+    experiment = _tiny_experiment(tmp_path, "videopanda-7b/no-lste", llama_dir, teacher_dir, data_root,
+                                  deepspeed=True)
+    settings = [experiment, REPO / "configs/experiments/videopanda-7b/no-lste.yaml",
+                REPO / "configs/experiments/videopanda-7b.yaml", tmp_path / "tiny-shape.json",
+                REPO / "configs/deepspeed/zero2.json"]
+    prealign = tmp_path / "runs" / "tiny-no-lste" / "prealign"
+    for stage, starting_folder, extra in (("prealign", llama_dir, ["--check-only"]), ("prealign", llama_dir, []),
+                                          ("pretrain", prealign, [])):
+        files = [*settings, starting_folder / "config.json"]
+        opened = _count_opens(trainkit, files, "--experiment", str(experiment), "--stage", stage, *extra)
+        assert opened == {os.path.realpath(f): 1 for f in files}, (stage, extra, opened)
+    assert (tmp_path / "runs" / "tiny-no-lste" / "pretrain" / "training_complete.json").is_file()
