@@ -1,4 +1,7 @@
 """VideoPandaProcessor: token counts equal to the STAB's, chat template, ids/labels, save/load (tiny, CPU)."""
+import itertools
+import json
+
 import pytest
 import torch
 from helpers.released import build_released_folder
@@ -14,13 +17,21 @@ from videopanda.data.conversation import (
     tokenize_conversation,
 )
 from videopanda.data.processor import VideoPandaProcessor, VideoPandaVideoProcessor
-from videopanda.model.stab import SpatioTemporalAlignmentBlock, STABConfig
+from videopanda.model.stab import ABLATION_SWITCHES, LSD_MODES, SpatioTemporalAlignmentBlock, STABConfig
 from videopanda.model.videopanda import VideoPandaConfig
 
-SWITCHES = [{}, {"use_row_tokens": False}, {"lsd_mode": "avgpool"}, {"use_fsra": False}, {"use_gstra": False},
-            {"use_lste": False}, {"padding_window": 3}, {"padding_window": 5, "use_row_tokens": False}]
+
+def every_switch_combination() -> list[dict]:
+    choices = [LSD_MODES if name == "lsd_mode" else (True, False) for name in ABLATION_SWITCHES]
+    return [dict(zip(ABLATION_SWITCHES, values)) for values in itertools.product(*choices)]
+
+
 # (image_size, teacher_image_size): the scale 3 gives odd patch counts on the longer side.
 GEOMETRIES = [(112, 56), (126, 42)]
+# every ablation switch combination at one geometry; the padding window and the defaults at each
+CASES = ([(switches, GEOMETRIES[1]) for switches in every_switch_combination()]
+         + [(switches, geometry) for geometry in GEOMETRIES
+            for switches in ({}, {"padding_window": 3}, {"padding_window": 5, "use_row_tokens": False})])
 FRAME_SIZES = [(30, 50), (50, 30), (17, 61), (40, 40), (7, 90)]
 
 
@@ -39,27 +50,29 @@ def tokenizer(tiny_tokenizer_dir):
     return AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
 
 
-@pytest.mark.parametrize("switches", SWITCHES, ids=[str(s) for s in SWITCHES])
-@pytest.mark.parametrize("geometry", GEOMETRIES, ids=str)
+@pytest.mark.parametrize(("switches", "geometry"), CASES,
+                         ids=[f"{g[0]}-" + ",".join(f"{k}={v}" for k, v in s.items()) for s, g in CASES])
 def test_token_counts_equal_the_stabs_output(switches, geometry, tokenizer):
     config = tiny_config(len(tokenizer), *geometry, **switches)
     processor = VideoPandaProcessor.from_model_config(config, AutoTokenizer.from_pretrained(tokenizer.name_or_path))
     torch.manual_seed(0)
     stab = SpatioTemporalAlignmentBlock(config.stab_config).eval()
-    for k, (height, width) in enumerate(FRAME_SIZES):
-        n = 1 + k % config.num_frames  # 1..5 real frames, the rest padding frames
-        prompt = build_generation_prompt("what?", config.num_frames)
-        inputs = processor(text=prompt, videos=frames(n, height, width, seed=k), return_frame_grids=True)
-        with torch.no_grad():
-            tokens, grids = stab(inputs["pixel_values_videos"][0])
-        assert inputs["frame_grids"][0] == grids
-        counts = processor.video_processor.token_counts(grids)
-        assert counts == [t.shape[0] for t in tokens] == [stab.num_tokens(g) for g in grids]
-        assert int((inputs["input_ids"] == processor.image_token_id).sum()) == sum(counts)
+    # 1..5 real frames, the rest padding frames
+    videos = [frames(1 + k % config.num_frames, height, width, seed=k) for k, (height, width) in enumerate(FRAME_SIZES)]
+    prompt = build_generation_prompt("what?", config.num_frames)
+    inputs = processor(text=[prompt] * len(videos), videos=videos, return_frame_grids=True)
+    pixels = inputs["pixel_values_videos"]
+    with torch.no_grad():
+        tokens, grids = stab(pixels.flatten(0, 1), num_videos=pixels.shape[0])
+    assert [grid for video in inputs["frame_grids"] for grid in video] == grids
+    counts = [processor.video_processor.token_counts(video) for video in inputs["frame_grids"]]
+    assert sum(counts, []) == [t.shape[0] for t in tokens] == [stab.num_tokens(g) for g in grids]
+    assert (inputs["input_ids"] == processor.image_token_id).sum(1).tolist() == [sum(c) for c in counts]
 
 
 def test_odd_boxes_and_padding_frames_are_counted():
-    video_processor = VideoPandaVideoProcessor(image_size=126, teacher_image_size=42, padding_window=5)
+    video_processor = VideoPandaVideoProcessor(image_size=126, teacher_image_size=42,
+                                               stab_config=STABConfig(padding_window=5))
     # 30x50 -> 9 patches wide (odd: the last column dropped), 6 high; padding frames 5x5 -> 2x2.
     assert video_processor.frame_grids(30, 50, 2) == [(3, 4)] * 2 + [(2, 2)] * 6
 
@@ -134,3 +147,32 @@ def test_save_and_load_round_trip_and_released_folder(tmp_path, tiny_tokenizer_d
     first, second = processor(text=prompt, videos=video), again(text=prompt, videos=video)
     assert torch.equal(first["input_ids"], second["input_ids"])
     assert torch.equal(first["pixel_values_videos"], second["pixel_values_videos"])
+
+
+def test_saved_processors_keep_the_stab_config_and_earlier_flat_configs_load(tmp_path, tokenizer):
+    config = tiny_config(len(tokenizer), 126, 42, padding_window=5, use_row_tokens=False, lsd_mode="avgpool")
+    processor = VideoPandaProcessor.from_model_config(config, tokenizer)
+    processor.save_pretrained(tmp_path / "saved")
+    saved = json.loads((tmp_path / "saved" / "processor_config.json").read_text())["video_processor"]
+    assert saved["stab_config"] == config.stab
+    again = AutoProcessor.from_pretrained(tmp_path / "saved")
+    assert again.video_processor.stab_config == config.stab_config
+
+    # processor_config.json as earlier versions wrote it: the STAB fields that set token counts at the top level
+    processor.save_pretrained(tmp_path / "flat")
+    (tmp_path / "flat" / "processor_config.json").write_text(json.dumps({
+        "processor_class": "VideoPandaProcessor",
+        "video_processor": {"frames_per_chunk": 4, "image_size": 126, "num_frames": 8, "padding_window": 5,
+                            "patch_size": 14, "teacher_image_size": 42, "use_row_tokens": False,
+                            "video_processor_type": "VideoPandaVideoProcessor", "window": 2}}))
+    flat = AutoProcessor.from_pretrained(tmp_path / "flat")
+    assert flat.video_processor.stab_config == STABConfig(padding_window=5, use_row_tokens=False)
+    prompt = build_generation_prompt("What?", 8)
+    videos = [frames(3, 30, 50), frames(8, 61, 17)]
+    expected = processor(text=[prompt] * 2, videos=videos, return_frame_grids=True)
+    for loaded in (again, flat):
+        inputs = loaded(text=[prompt] * 2, videos=videos, return_frame_grids=True)
+        assert torch.equal(inputs["input_ids"], expected["input_ids"])
+        assert inputs["frame_grids"] == expected["frame_grids"]
+    with pytest.raises(ValueError, match="stab_config"):
+        VideoPandaVideoProcessor(stab_config=STABConfig(), window=2)

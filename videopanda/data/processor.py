@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import TypedDict
 
@@ -42,9 +43,7 @@ from transformers.video_processing_utils import VideoProcessorMixin
 
 from videopanda.constants import (
     FRAME_PLACEHOLDER,
-    FRAMES_PER_CHUNK,
     NUM_FRAMES,
-    PATCH_SIZE,
     STUDENT_IMAGE_SIZE,
     TEACHER_IMAGE_SIZE,
 )
@@ -89,55 +88,65 @@ def chat_template(num_frames: int) -> str:
 
 class VideoPandaVideosKwargs(TypedDict, total=False):
     num_frames: int
-    frames_per_chunk: int
     image_size: int
     teacher_image_size: int
-    patch_size: int
-    window: int
-    padding_window: int
-    use_row_tokens: bool
+    stab_config: dict
     return_tensors: str
+
+
+FLAT_STAB_FIELDS = ("frames_per_chunk", "patch_size", "window", "padding_window", "use_row_tokens")
+"""The STAB fields that processor configs of earlier versions saved next to the others, not in `stab_config`."""
 
 
 class VideoPandaVideoProcessor(VideoProcessorMixin):
     """Videos (paths or uint8 frames) -> student (and teacher) tensors and each frame's LSD grid.
 
-    Its fields are the frame geometry (`FrameConfig`) and the STAB fields that decide a frame's token
-    count (`window`, `padding_window`, `use_row_tokens`)."""
+    Its fields are the number of frames, the two image sizes and the model's `STABConfig` (`stab_config`,
+    saved in processor_config.json as a dict). The frame layout (`frames_per_chunk`, `patch_size`) and
+    every frame's token count come from the STAB config, through its own functions, so a STAB switch that
+    changes the token count needs no change here. A processor config saved by an earlier version holds
+    the `FLAT_STAB_FIELDS` at the top level instead; they are read into the STAB config (its other fields
+    at their defaults, which no token count depends on)."""
 
     valid_kwargs = VideoPandaVideosKwargs
     model_input_names = ["pixel_values_videos"]
 
-    def __init__(self, num_frames: int = NUM_FRAMES, frames_per_chunk: int = FRAMES_PER_CHUNK,
-                 image_size: int = STUDENT_IMAGE_SIZE, teacher_image_size: int = TEACHER_IMAGE_SIZE,
-                 patch_size: int = PATCH_SIZE, window: int = 2, padding_window: int = 16,
-                 use_row_tokens: bool = True, **kwargs):
+    def __init__(self, num_frames: int = NUM_FRAMES, image_size: int = STUDENT_IMAGE_SIZE,
+                 teacher_image_size: int = TEACHER_IMAGE_SIZE, stab_config: STABConfig | Mapping | None = None,
+                 **kwargs):
         kwargs.pop("video_processor_type", None)
+        flat = {name: kwargs.pop(name) for name in FLAT_STAB_FIELDS if name in kwargs}
         super().__init__(**kwargs)
-        self.num_frames, self.frames_per_chunk = num_frames, frames_per_chunk
-        self.image_size, self.teacher_image_size, self.patch_size = image_size, teacher_image_size, patch_size
-        self.window, self.padding_window, self.use_row_tokens = window, padding_window, use_row_tokens
+        if flat and stab_config is not None:
+            raise ValueError(f"video processor: {sorted(flat)} belong in stab_config, not next to it")
+        if not isinstance(stab_config, STABConfig):
+            stab_config = STABConfig(**(dict(stab_config) if stab_config is not None else flat))
+        self.num_frames, self.image_size, self.teacher_image_size = num_frames, image_size, teacher_image_size
+        self.stab_config = stab_config
         self.frame_config  # validates the geometry
 
     @classmethod
     def from_model_config(cls, config) -> "VideoPandaVideoProcessor":
         """From a `VideoPandaConfig` (ours or a released one)."""
-        stab = config.stab_config
-        return cls(num_frames=config.num_frames, frames_per_chunk=config.frames_per_chunk,
-                   image_size=config.image_size, teacher_image_size=config.teacher_image_size,
-                   patch_size=stab.patch_size, window=stab.window, padding_window=stab.padding_window,
-                   use_row_tokens=stab.use_row_tokens)
+        return cls(num_frames=config.num_frames, image_size=config.image_size,
+                   teacher_image_size=config.teacher_image_size, stab_config=config.stab_config)
+
+    def to_dict(self) -> dict:
+        """transformers' serialisation (processor_config.json's "video_processor"), the STAB config as a dict."""
+        return {**super().to_dict(), "stab_config": asdict(self.stab_config)}
+
+    @property
+    def frames_per_chunk(self) -> int:
+        return self.stab_config.frames_per_chunk
+
+    @property
+    def patch_size(self) -> int:
+        return self.stab_config.patch_size
 
     @property
     def frame_config(self) -> FrameConfig:
         return FrameConfig(self.num_frames, self.frames_per_chunk, self.image_size, self.teacher_image_size,
                            self.patch_size)
-
-    @property
-    def stab_config(self) -> STABConfig:
-        """The token-count fields as an `STABConfig` (other fields at their defaults, unused here)."""
-        return STABConfig(patch_size=self.patch_size, window=self.window, padding_window=self.padding_window,
-                          use_row_tokens=self.use_row_tokens, frames_per_chunk=self.frames_per_chunk)
 
     def frame_grids(self, height: int, width: int, num_real: int) -> list[tuple[int, int]]:
         """LSD grids of the num_frames frames of a video whose decoded frames are height x width and of which
@@ -152,8 +161,7 @@ class VideoPandaVideoProcessor(VideoProcessorMixin):
 
     def token_counts(self, grids: Sequence[tuple[int, int]]) -> list[int]:
         """Per frame, the number of STAB tokens (and placeholder ids) of each grid."""
-        stab = self.stab_config
-        return [stab.num_tokens(g) for g in grids]
+        return [self.stab_config.num_tokens(g) for g in grids]
 
     def load(self, video) -> np.ndarray:
         """A path (decoded with `read_video`) or uint8 frames (n, H, W, 3) -> uint8 (n, H, W, 3)."""
