@@ -30,13 +30,14 @@ Choices of this project (see also docs/DESIGN.md):
   tokens, the config's EOS and pad ids), so `model.generate(**inputs)` on a saved folder answers like
   `videopanda infer` without arguments.
 """
-from __future__ import annotations
 
+import typing
 from dataclasses import asdict, fields
 
 import torch
 import torch.nn.functional as F
-from huggingface_hub.dataclasses import strict
+from huggingface_hub.dataclasses import strict, validate_typed_dict
+from huggingface_hub.errors import StrictDataclassFieldValidationError
 from torch import Tensor, nn
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, LlamaModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
@@ -58,6 +59,8 @@ logger = get_logger(__name__)
 
 MAX_NEW_TOKENS = 1024
 """The longest answer, in tokens, unless a caller or a folder's generation_config.json says otherwise."""
+STAB_FIELDS = typing.TypedDict("STAB_FIELDS", typing.get_type_hints(STABConfig), total=False)
+"""The `stab` block's field types (STABConfig's), checked with huggingface_hub's strict validation."""
 
 
 def project_generation_config(config, max_new_tokens: int = MAX_NEW_TOKENS) -> GenerationConfig:
@@ -108,6 +111,10 @@ class VideoPandaConfig(LlamaConfig):
         unknown = sorted(set(given) - known)
         if unknown:
             raise ValueError(f"VideoPandaConfig.stab has unknown fields {unknown} (STABConfig has {sorted(known)})")
+        try:
+            validate_typed_dict(STAB_FIELDS, given)
+        except StrictDataclassFieldValidationError as err:
+            raise TypeError(f"stab: {err.__cause__}") from None
         given.setdefault("width", self.video_hidden_size)
         given.setdefault("frames_per_chunk", self.frames_per_chunk)
         self.stab = asdict(STABConfig(**given))
