@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
                                                           "for a synthetic data folder"),
     "train": ("videopanda.train.cli", "run one training stage (prealign, pretrain, finetune)"),
     "eval": ("videopanda.eval.cli", "evaluation: qa, merge, judge, benchmark, report, judge-agreement, mc"),
-    "merge-lora": ("videopanda.train.lora", "merge a LoRA adapter folder into its base: a full model folder"),
+    "merge-lora": ("videopanda.serve.merge_lora", "merge a LoRA adapter folder into its base: a full model folder"),
     "bench": ("videopanda.bench.cli", "speed benchmarks: visual front ends, data path, time to first token"),
 }
 

@@ -19,7 +19,8 @@ from helpers.media import make_frames, write_text_file, write_video
 
 from videopanda.serve.chat import VideoConversation
 from videopanda.data.conversation import SYSTEM_USER
-from videopanda.serve.infer import generation_settings, load_model
+from videopanda.serve.infer import generation_settings
+from videopanda.serve.model_folder import load_model
 
 NEW_TOKENS = 6
 REPO = Path(__file__).resolve().parents[2]

@@ -24,7 +24,8 @@ from helpers.media import make_frames, write_text_file, write_video
 
 from videopanda.data.conversation import SYSTEM_USER
 from videopanda.data.video import probe_video, read_video
-from videopanda.serve.infer import generation_settings, load_model
+from videopanda.serve.infer import generation_settings
+from videopanda.serve.model_folder import load_model
 
 NEW_TOKENS = 6
 MAX_SECONDS = 4

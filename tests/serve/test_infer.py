@@ -216,3 +216,77 @@ def test_generate_without_arguments_answers_like_infer_on_a_saved_folder(folder,
     result = run_cli("--model", str(saved), "--video", str(clip), "--question", QUESTION, "--device", "cpu")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == processor.tokenizer.decode(new, skip_special_tokens=True).strip()
+
+
+COUNTING_RUN = '''
+import collections, json, os, sys
+from pathlib import Path
+
+import safetensors
+
+folder = Path(sys.argv[1]).resolve()
+opened = collections.Counter()
+
+
+def count_open(event, args):
+    if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+        path = Path(os.fsdecode(args[0]))
+        if path.parent.resolve() == folder:
+            opened[path.name] += 1
+
+
+sys.addaudithook(count_open)
+safe_open = safetensors.safe_open
+
+
+def counted_safe_open(filename, *args, **kwargs):
+    opened["safe_open " + Path(filename).name] += 1
+    return safe_open(filename, *args, **kwargs)
+
+
+safetensors.safe_open = counted_safe_open  # before anything imports it
+modules = set()
+
+
+def record_module(frame, event, arg):
+    if (event == "call" and frame.f_code.co_name != "<module>"
+            and frame.f_globals.get("__name__", "").startswith("videopanda")):
+        modules.add(frame.f_globals["__name__"])
+
+
+from videopanda.cli import main
+
+sys.setprofile(record_module)
+code = main(["infer", "--model", str(folder), *sys.argv[2:]])
+sys.setprofile(None)
+print(json.dumps({"code": code, "opened": opened, "modules": sorted(modules)}), file=sys.stderr)
+'''
+
+
+def test_infer_reads_the_config_and_the_weight_headers_once_through_few_modules(folder, clip, tmp_path):
+    """`videopanda infer` on a saved folder (config.json, generation_config.json, one model.safetensors), run in
+    its own process: every Python `open` of a file in the folder is counted by an audit hook, and every
+    `safetensors.safe_open` of a weight file by a pass-through wrapper installed before anything imports
+    safetensors (the library opens files in Rust, where no audit event fires). config.json is opened once
+    (the folder's reader; the model and generation settings are built from what it read), model.safetensors
+    twice: its header read once by the reader, and the load itself. The package modules whose functions run
+    between the command and the answer are recorded with `sys.setprofile`: the command's own (cli, infer, the
+    folder reader, the command parser) and the data path's (`videopanda.data`), nothing else outside
+    `videopanda.model` (module bodies run by imports are not counted)."""
+    saved = tmp_path / "saved"
+    AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).save_pretrained(saved)
+    for name in ("tokenizer.model", "tokenizer_config.json"):
+        shutil.copy(folder / name, saved / name)
+    script = tmp_path / "counting_run.py"
+    script.write_text(COUNTING_RUN)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    result = subprocess.run([sys.executable, str(script), str(saved), "--video", str(clip), "--question", QUESTION,
+                             "--max-new-tokens", str(NEW_TOKENS), "--device", "cpu"], capture_output=True,
+                            text=True, env=env, timeout=300)
+    report = json.loads(result.stderr.strip().splitlines()[-1])
+    assert report["code"] == 0 and result.stdout.strip(), result.stderr
+    assert report["opened"]["config.json"] == 1, report["opened"]
+    assert report["opened"]["safe_open model.safetensors"] == 2, report["opened"]
+    command = [m for m in report["modules"] if not m.startswith(("videopanda.model.", "videopanda.data."))]
+    assert command == ["videopanda.argparsing", "videopanda.cli", "videopanda.log", "videopanda.serve.infer",
+                       "videopanda.serve.model_folder"], report["modules"]

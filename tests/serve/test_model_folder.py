@@ -1,5 +1,5 @@
 """Model folders that cannot be loaded fail in one line naming the file, and loading picks the checkpoint's
-dtype and checks that the model fits in memory first (`videopanda.serve.infer`, `videopanda.model.checkpoint`).
+dtype and checks that the model fits in memory first (`videopanda.serve.model_folder`, `videopanda.serve.infer`).
 
 Folders are real: a tiny released-layout folder (sharded `.bin` + index, bf16), the same model saved by
 `save_pretrained` (one safetensors file), and a 7B-shaped folder whose safetensors files carry the real
@@ -20,21 +20,18 @@ from helpers.released import build_released_folder, released_config
 from transformers import AutoModelForCausalLM
 
 import videopanda  # noqa: F401  (registers the Auto classes)
-from videopanda.serve.infer import (
+from videopanda.model.checkpoint import file_tensors, stored_tensors
+from videopanda.serve.infer import main
+from videopanda.serve.model_folder import (
     MEMORY_BUDGET_ENV,
     MemoryBudgetError,
     ModelFolderError,
     available_memory,
-    cgroup_headroom,
     check_memory,
-    check_model_folder,
     estimate_memory,
     load_model,
-    main,
-    parse_size,
-    validate_model_folder,
+    read_model_folder,
 )
-from videopanda.model.checkpoint import file_tensors, stored_tensors
 
 BIN_SHARD = "pytorch_model-00002-of-00003.bin"
 
@@ -91,19 +88,20 @@ CASES = {
     "config_binary": ("released", lambda f: (f / "config.json").write_bytes(bytes(range(256)) * 8), "config.json",
                       "not JSON"),
     "config_int_as_text": ("released", lambda f: _edit_config(f, hidden_size="64"), "config.json",
-                           "'hidden_size' must be an integer"),
+                           "Field 'hidden_size' expected int, got str"),
     "config_frames_as_text": ("released", lambda f: _edit_config(f, num_frames="8"), "config.json",
-                              "'num_frames' must be an integer"),
+                              "Field 'num_frames' expected int, got str"),
     "config_eps_as_text": ("released", lambda f: _edit_config(f, rms_norm_eps="small"), "config.json",
-                           "'rms_norm_eps' must be a number"),
+                           "Field 'rms_norm_eps' expected float, got str"),
     "config_bool_as_int": ("released", lambda f: _edit_config(f, num_hidden_layers=True), "config.json",
-                           "'num_hidden_layers' must be an integer"),
-    "config_stab_not_object": ("ours", lambda f: _edit_config(f, stab=5), "config.json", "'stab' must be an object"),
+                           "Field 'num_hidden_layers' expected int, got bool"),
+    "config_stab_not_object": ("ours", lambda f: _edit_config(f, stab=5), "config.json",
+                               "Field 'stab' with value 5 doesn't match any type"),
     "config_stab_field": ("ours", lambda f: _edit_config(f, stab={"width": "wide"}), "config.json",
-                          "'stab.width' must be an integer"),
+                          "stab: Field 'width' expected int, got str"),
     "config_dtype_unknown": ("released", lambda f: _edit_config(f, torch_dtype="int8"), "config.json", "int8"),
     "config_dtype_not_text": ("released", lambda f: _edit_config(f, torch_dtype=16), "config.json",
-                              "'torch_dtype' must be a string"),
+                              "dtype 16 is none of"),
     "index_names_missing_shard": ("released", lambda f: (f / BIN_SHARD).unlink(), BIN_SHARD, "is missing"),
     "index_truncated": ("released", lambda f: _truncate(f / "pytorch_model.bin.index.json"),
                         "pytorch_model.bin.index.json", "not a checkpoint index"),
@@ -178,27 +176,6 @@ def test_load_model_raises_model_folder_error(case, released, ours, tmp_path):
     assert str(folder / named) in str(caught.value) and "\n" not in str(caught.value)
 
 
-def test_training_folders_validate_without_a_video_panda_type(released, tmp_path):
-    """`validate_model_folder` with other model types (an EVE/Llama init) and without a tokenizer (a teacher)."""
-    llama = tmp_path / "llama"
-    shutil.copytree(released, llama)
-    _edit_config(llama, model_type="llama")
-    assert validate_model_folder(llama, ("videopanda", "eve", "llama"))["model_type"] == "llama"
-    with pytest.raises(ModelFolderError, match="model_type is 'llama'"):
-        validate_model_folder(llama)
-    teacher = tmp_path / "teacher"
-    teacher.mkdir()
-    (teacher / "config.json").write_text(json.dumps({"model_type": "LanguageBindVideo", "hidden_size": "n/a"}))
-    torch.save({"vision_model.post_layernorm.weight": torch.ones(4)}, teacher / "pytorch_model.bin")
-    assert validate_model_folder(teacher, None, tokenizer=False)["model_type"] == "LanguageBindVideo"
-    _truncate(teacher / "pytorch_model.bin")
-    with pytest.raises(ModelFolderError, match="pytorch_model.bin cannot be read"):
-        validate_model_folder(teacher, None, tokenizer=False)
-    _truncate(llama / BIN_SHARD)
-    with pytest.raises(ModelFolderError, match=BIN_SHARD):
-        validate_model_folder(llama, ("llama",))
-
-
 # ---------------------------------------------------------------- dtype
 
 
@@ -235,9 +212,9 @@ def test_tiny_folder_does_not_fit_in_1mb_in_a_real_process(released, clip):
 
 
 def test_a_smaller_dtype_is_suggested_when_it_fits_and_used_by_default(released):
-    config = check_model_folder(released)
-    full = estimate_memory(released, config, torch.float32).total
-    half = estimate_memory(released, config, torch.bfloat16).total
+    folder = read_model_folder(released)
+    full = estimate_memory(folder, torch.float32).total
+    half = estimate_memory(folder, torch.bfloat16).total
     assert half < full
     with pytest.raises(MemoryBudgetError, match="--dtype bfloat16 would fit") as caught:
         load_model(released, "cpu", torch.float32, memory_budget=half)
@@ -248,10 +225,9 @@ def test_a_smaller_dtype_is_suggested_when_it_fits_and_used_by_default(released)
 
 def test_estimate_counts_what_the_model_keeps(released):
     """The released folder also holds aliases, a teacher and a compressor that loading ignores."""
-    config = check_model_folder(released)
     model = AutoModelForCausalLM.from_pretrained(released, dtype=torch.float32)
     loaded = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    estimate = estimate_memory(released, config, torch.float32)
+    estimate = estimate_memory(read_model_folder(released), torch.float32)
     # the model's state also holds the STAB's int64 BatchNorm counter, stored and counted as int64
     assert estimate.weights == loaded
     everything = sum(t.numel for t in stored_tensors(released)[0].values()) * 4
@@ -318,7 +294,7 @@ def seven_b(tmp_path_factory, tiny_tokenizer_dir) -> Path:
 
 
 def test_7b_shaped_folder_needs_the_hand_computed_memory(seven_b):
-    config = check_model_folder(seven_b)
+    folder = read_model_folder(seven_b)
     llm = 2 * 32000 * 4096 + 32 * (4 * 4096 * 4096 + 3 * 11008 * 4096 + 2 * 4096) + 4096
     assert llm == 6_738_415_616
     projector = 4096 * 1024 + 4096 + 4096 * 4096 + 4096
@@ -327,64 +303,60 @@ def test_7b_shaped_folder_needs_the_hand_computed_memory(seven_b):
     kv_positions = 2 * 32 * 4096 * 4096  # K and V, 32 layers, 32 heads x 128, 4096 positions
     for dtype, width in ((torch.bfloat16, 2), (torch.float32, 4)):
         weights = floating * width + counter
-        estimate = estimate_memory(seven_b, config, dtype)
+        estimate = estimate_memory(folder, dtype)
         assert (estimate.weights, estimate.kv_cache) == (weights, kv_positions * width)
         assert estimate.total == weights + kv_positions * width + weights // 10 + 256 * 2**20
-    assert estimate_memory(seven_b, config, torch.bfloat16).total == 17_286_591_087
-    assert estimate_memory(seven_b, config, torch.float32).total == 34_304_746_709
+    assert estimate_memory(folder, torch.bfloat16).total == 17_286_591_087
+    assert estimate_memory(folder, torch.float32).total == 34_304_746_709
 
 
 def test_7b_in_float32_does_not_fit_24gb_and_bfloat16_is_suggested(seven_b, monkeypatch):
-    config = check_model_folder(seven_b)
+    folder = read_model_folder(seven_b)
     monkeypatch.setenv(MEMORY_BUDGET_ENV, "24GB")
     with pytest.raises(MemoryBudgetError) as caught:
-        check_memory(seven_b, config, torch.float32)
+        check_memory(folder, torch.float32)
     message = str(caught.value)
     assert "needs about 34.3 GB" in message and "24.0 GB is available (VIDEOPANDA_MEMORY_BUDGET)" in message
     assert "--dtype bfloat16 would fit (about 17.3 GB)" in message
-    assert check_memory(seven_b, config, torch.bfloat16).total == 17_286_591_087
+    assert check_memory(folder, torch.bfloat16).total == 17_286_591_087
     monkeypatch.setenv(MEMORY_BUDGET_ENV, "16GB")
     with pytest.raises(MemoryBudgetError, match="no smaller dtype would fit either"):
-        check_memory(seven_b, config, torch.float32)
+        check_memory(folder, torch.float32)
 
 
-def test_legacy_bin_is_counted_by_its_file_size(tmp_path):
+def test_legacy_bin_is_counted_by_its_file_size(tmp_path, tiny_tokenizer_dir):
     folder = tmp_path / "legacy"
     folder.mkdir()
     torch.save({"w": torch.zeros(1000)}, folder / "pytorch_model.bin", _use_new_zipfile_serialization=False)
     assert file_tensors(folder / "pytorch_model.bin") is None
     config = released_config(512, hidden=64, layers=2, heads=4)
-    from videopanda.model.videopanda import VideoPandaConfig
-
-    config = VideoPandaConfig(**{k: v for k, v in config.items() if k not in ("architectures", "model_type")})
+    (folder / "config.json").write_text(json.dumps({**config, "torch_dtype": "float32"}))
+    for name in ("tokenizer.model", "tokenizer_config.json"):
+        shutil.copy(tiny_tokenizer_dir / name, folder / name)
     size = (folder / "pytorch_model.bin").stat().st_size
-    assert estimate_memory(folder, config, torch.bfloat16, torch.float32).weights == size * 2 // 4
+    assert estimate_memory(read_model_folder(folder), torch.bfloat16).weights == size * 2 // 4
 
 
-def test_parse_size():
-    assert parse_size("1MB") == 10**6 and parse_size("24GB") == 24 * 10**9 and parse_size("512MiB") == 512 * 2**20
-    assert parse_size("1000") == 1000 and parse_size("1.5g") == 1_500_000_000
-    with pytest.raises(ValueError, match="not a size"):
-        parse_size("lots")
+@pytest.mark.parametrize("budget, code, words", [
+    ("lots", 1, "VIDEOPANDA_MEMORY_BUDGET: 'lots' is not a size"),
+    ("999", 2, "999 B is available (VIDEOPANDA_MEMORY_BUDGET)"),
+    ("512KiB", 2, "524.3 KB is available (VIDEOPANDA_MEMORY_BUDGET)"),
+    ("1.5MB", 2, "1.5 MB is available (VIDEOPANDA_MEMORY_BUDGET)"),
+])
+def test_memory_budget_sizes_through_the_command(budget, code, words, released, clip, monkeypatch, capsys):
+    """The budget is bytes or a size with a unit; one that is not a size is a bad request (exit 1), one
+    smaller than the model is refused before any weight is read (exit 2), naming the budget as read."""
+    monkeypatch.setenv(MEMORY_BUDGET_ENV, budget)
+    assert main(["--model", str(released), "--video", str(clip), "--question", "what", "--device", "cpu"]) == code
+    assert words in _one_line(capsys)
 
 
-def test_cgroup_headroom_reads_v2_and_v1_layouts(tmp_path):
-    v2 = tmp_path / "v2"
-    v2.mkdir()
-    (v2 / "memory.max").write_text("1073741824\n")
-    (v2 / "memory.current").write_text("536870912\n")
-    (v2 / "memory.stat").write_text("anon 400000000\ninactive_file 134217728\nactive_file 1\n")
-    assert cgroup_headroom(v2) == 2**30 - (2**29 - 2**27)
-    (v2 / "memory.max").write_text("max\n")
-    assert cgroup_headroom(v2) is None
-    v1 = tmp_path / "v1" / "memory"
-    v1.mkdir(parents=True)
-    (v1 / "memory.limit_in_bytes").write_text("2000000000\n")
-    (v1 / "memory.usage_in_bytes").write_text("500000000\n")
-    (v1 / "memory.stat").write_text("cache 1\ntotal_inactive_file 100000000\n")
-    assert cgroup_headroom(tmp_path / "v1") == 2_000_000_000 - 400_000_000
-    (v1 / "memory.limit_in_bytes").write_text("9223372036854771712\n")
-    assert cgroup_headroom(tmp_path / "v1") is None
+def test_a_budget_of_512mib_loads_the_tiny_folder_and_answers(released, clip, monkeypatch, capsys):
+    monkeypatch.setenv(MEMORY_BUDGET_ENV, "512MiB")
+    assert main(["--model", str(released), "--video", str(clip), "--question", "what", "--device", "cpu",
+                 "--max-new-tokens", "2"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() and captured.err == ""
 
 
 def test_available_memory_on_this_machine(monkeypatch):
@@ -392,6 +364,6 @@ def test_available_memory_on_this_machine(monkeypatch):
     available, source = available_memory("cpu")
     meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
     assert 0 < available <= int(meminfo["MemAvailable"].split()[0]) * 1024 * 1.05  # it moves a little meanwhile
-    assert source in ("MemAvailable", "the cgroup's memory limit less its usage")
+    assert source == "available RAM"
     monkeypatch.setenv(MEMORY_BUDGET_ENV, "3GiB")
     assert available_memory("cpu") == (3 * 2**30, MEMORY_BUDGET_ENV)

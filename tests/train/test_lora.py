@@ -82,7 +82,7 @@ def test_the_adapter_folder_is_small_and_records_its_base(adapter, base):
 
 
 def test_lora_lowers_the_loss_and_changes_only_adapters_and_visual_parts(adapter, base):
-    from videopanda.serve.infer import load_model
+    from videopanda.serve.model_folder import load_model
 
     log = [json.loads(line) for line in (adapter / "loss_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == list(range(1, 7))
@@ -115,7 +115,8 @@ def test_frozen_visual_parts_stay_as_loaded(tmp_path, lora_args, trainkit, base)
 
 def test_merged_folder_answers_as_base_plus_adapter_and_loads_in_another_process(adapter, tmp_path, trainkit, video):
     from videopanda.data.video import read_video
-    from videopanda.serve.infer import answer, load_model
+    from videopanda.serve.infer import answer
+    from videopanda.serve.model_folder import load_model
 
     merged = tmp_path / "merged"
     done = subprocess.run([trainkit.python, "-m", "videopanda", "merge-lora", str(adapter), str(merged)],
@@ -202,7 +203,7 @@ def test_lora_under_zero2_with_activation_checkpointing_on_two_processes(base, t
     """2 processes, DeepSpeed ZeRO-2 (gloo on CPU), activation checkpointing: the loss goes down, rank 0 alone
     writes the adapter folder, which `videopanda infer` loads; every base LLM weight stays bit-identical; a run
     killed after its first checkpoint resumes to the same loss curve and the same adapters."""
-    from videopanda.serve.infer import load_model
+    from videopanda.serve.model_folder import load_model
 
     output = tmp_path / "zero2"
     done = trainkit.torchrun(lora_args(output, *ZERO2))
@@ -319,7 +320,7 @@ def file_contents(*folders: Path) -> dict[Path, bytes]:
 
 
 def test_an_adapter_refuses_a_base_whose_weights_changed_since_training(adapter, base, tmp_path, trainkit, video):
-    from videopanda.eval.provenance import model_identity
+    from videopanda.serve.model_folder import model_identity
 
     record = json.loads((adapter / "videopanda_adapter.json").read_text())
     assert record["base_identity"] == model_identity(base)
@@ -355,7 +356,7 @@ def test_an_adapter_folder_without_a_recorded_base_identity_loads_with_a_warning
 
 @pytest.mark.parametrize("output", ["adapter", "base", "inside_adapter", "inside_base", "link_to_base", "not_empty"])
 def test_merge_lora_refuses_an_output_that_would_overwrite_what_it_reads(adapter, base, tmp_path, output, capsys):
-    from videopanda.train.lora import main
+    from videopanda.serve.merge_lora import main
 
     copy, base_copy = copied_adapter(adapter, base, tmp_path)
     (tmp_path / "link").symlink_to(base_copy, target_is_directory=True)
@@ -413,7 +414,7 @@ def eval_data(tmp_path, video):
 def test_eval_qa_mc_and_benchmark_take_an_adapter_folder_and_never_mix_it_with_its_base(adapter, base, tmp_path,
                                                                                          eval_data):
     from videopanda.eval.cli import main
-    from videopanda.eval.provenance import model_identity
+    from videopanda.serve.model_folder import model_identity
     from videopanda.eval.records import read_jsonl
 
     qa = ["qa", "--dataset", "msvd", "--data-root", str(eval_data), "--device", "cpu", "--max-new-tokens", "3",
@@ -443,7 +444,7 @@ def test_eval_qa_mc_and_benchmark_take_an_adapter_folder_and_never_mix_it_with_i
 
 
 def test_adapter_identity_covers_its_adapters_and_its_base(adapter, base, tmp_path):
-    from videopanda.eval.provenance import model_identity
+    from videopanda.serve.model_folder import model_identity
 
     copy, base_copy = copied_adapter(adapter, base, tmp_path)
     first = model_identity(copy)
@@ -465,7 +466,8 @@ def test_every_folder_a_run_saves_carries_the_generation_settings(adapter, base,
     them (an adapter folder: its own file, not its base's) generates with them."""
     from transformers import GenerationConfig
 
-    from videopanda.serve.infer import generation_settings, load_model
+    from videopanda.serve.infer import generation_settings
+    from videopanda.serve.model_folder import load_model
 
     merged = tmp_path / "merged"
     assert videopanda_command(trainkit, "merge-lora", str(adapter), str(merged)).returncode == 0

@@ -105,7 +105,7 @@ def _answerer_config(args: argparse.Namespace):
     import torch
 
     from videopanda.eval.qa import ModelAnswererConfig
-    from videopanda.serve.infer import InferError
+    from videopanda.serve.model_folder import InferError
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -407,7 +407,8 @@ def _exit_code(error: BaseException) -> int | None:
         return 1
     if isinstance(error, (OutputError, ProvenanceError)):
         return 2
-    if "videopanda.serve.infer" in sys.modules and isinstance(error, sys.modules["videopanda.serve.infer"].InferError):
+    if ("videopanda.serve.model_folder" in sys.modules
+            and isinstance(error, sys.modules["videopanda.serve.model_folder"].InferError)):
         return 2
     if isinstance(error, OSError):
         return 2

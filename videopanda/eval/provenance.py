@@ -22,15 +22,10 @@ not, so nothing tells which clip a format-1 answer is about: `eval qa` and `eval
 folder with a format-1 chunk (`check_current_format`; re-run into a new folder), while `eval judge`
 still scores a format-1 merged file, which was checked against the dataset when it was merged.
 
-The model's identity is a hash of its small files (config.json, generation_config.json, tokenizer
-files, the weight index) and, per weight file, its name, size and a checksum of its whole content,
-without loading the weights: a zip `.bin` (torch.save) contributes the CRC-32 of every entry from the
-archive's directory (computed over every byte when it was written), any other file (`.safetensors`) the
-CRC-32 of all its bytes, read in 16 MiB blocks (several GB/s). Two checkpoints of one training run
-(same names and sizes, other weights, even a single changed value) therefore differ. A LoRA adapter
-folder (`videopanda.train.lora`) has no model weights of its own: its identity hashes its small files, its
-adapter config, adapter and visual weights, and its base folder's identity, so predictions of an
-adapter, of its base and of another adapter on the same base never mix. Beside the identity,
+The model's identity (`model_identity`, `videopanda.serve.model_folder`) is a hash of its small files and a
+checksum of every weight byte, read without loading the weights: two checkpoints of one training run (same
+names and sizes, other weights, even a single changed value) differ, and predictions of an adapter, of its
+base and of another adapter on the same base never mix. Beside the identity,
 the fingerprint names the experiment that trained the model and its ablation switches (`model_experiment`:
 the folder's `experiment.json` and config), so `results.json` says which model variant it scores.
 """
@@ -39,110 +34,25 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import zipfile
-import zlib
 from pathlib import Path
 from typing import Any
 
 from videopanda.io import write_json_atomic
 from videopanda.log import get_logger
+from videopanda.serve.model_folder import model_identity
 
 logger = get_logger(__name__)
 
 FORMAT = "videopanda-predictions/2"
 _OLDER_FORMATS = ("videopanda-predictions/1",)   # lines without the video they answer
 SIDECAR_SUFFIX = ".run.json"
-_SMALL_FILES = ("config.json", "generation_config.json", "tokenizer.model", "tokenizer.json",
-                "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "chat_template.jinja")
-_BLOCK = 16 * 1024 * 1024
 
 
 class ProvenanceError(Exception):
     """Predictions whose origin does not match (or cannot be known); the message names the file."""
 
 
-# ------------------------------------------------------------------------------------ model identity
-
-
-def _weight_signature(path: Path, digest: "hashlib._Hash") -> None:
-    size = path.stat().st_size
-    digest.update(f"{path.name}\0{size}\0".encode())
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            entries = archive.infolist()
-        for info in entries:
-            digest.update(f"{info.filename}\0{info.CRC}\0{info.file_size}\n".encode())
-        if any(info.CRC for info in entries):
-            return
-        # written without CRCs (torch.save can skip them): checksum the bytes like any other file
-    crc = 0
-    with open(path, "rb") as handle:
-        while block := handle.read(_BLOCK):
-            crc = zlib.crc32(block, crc)
-    digest.update(f"crc32\0{crc:08x}\n".encode())
-
-
-_identities: dict[tuple, str] = {}
-
-
-def _folder_state(folder: Path) -> tuple | None:
-    """What tells a folder's files apart without reading them: its real path and (name, size, mtime_ns, inode)
-    of each file in it; None when it cannot be listed."""
-    try:
-        files = [(entry.name, entry.stat()) for entry in os.scandir(folder) if entry.is_file()]
-        return (str(folder.resolve()),
-                *sorted((name, stat.st_size, stat.st_mtime_ns, stat.st_ino) for name, stat in files))
-    except OSError:
-        return None
-
-
-def model_identity(folder: str | os.PathLike) -> str:
-    """A 16-hex-digit identity of a model folder's contents, or of an adapter folder's and its base's (see
-    the module docstring); checksums every weight byte (a zip's stored CRCs where it has them). Raises
-    ModelFolderError naming the file it cannot read. Within a process a full model folder whose files keep
-    their sizes, times and inodes is checksummed once: evaluating an adapter folder needs its base's identity
-    for the fingerprint and again for the load's base check. An adapter folder (small) is always summed
-    anew, its base through this cache, so a changed base is always seen."""
-    from videopanda.train.lora import is_adapter_folder
-
-    folder = Path(folder)
-    state = None if is_adapter_folder(folder) else _folder_state(folder)
-    if state is None:
-        return _checksum_identity(folder)
-    if state not in _identities:
-        _identities[state] = _checksum_identity(folder)
-    return _identities[state]
-
-
-def _checksum_identity(folder: Path) -> str:
-    from videopanda.serve.infer import ModelFolderError
-    from videopanda.train.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, VISUAL_WEIGHTS, base_folder, is_adapter_folder
-    from videopanda.model.checkpoint import checkpoint_files
-
-    folder = Path(folder)
-    digest = hashlib.sha256()
-    adapter = is_adapter_folder(folder)
-    small = [folder / name for name in _SMALL_FILES + ((ADAPTER_CONFIG,) if adapter else ())]
-    for path in small + sorted(folder.glob("*.index.json")):
-        if path.is_file():
-            digest.update(f"{path.name}\0".encode())
-            digest.update(hashlib.sha256(path.read_bytes()).digest())
-    try:
-        if adapter:
-            digest.update(f"base\0{model_identity(base_folder(folder))}\n".encode())
-            weights = [folder / ADAPTER_WEIGHTS, folder / VISUAL_WEIGHTS]
-        else:
-            weights, _ = checkpoint_files(folder)
-    except (OSError, ValueError) as error:
-        raise ModelFolderError(" ".join(str(error).split())) from error
-    for path in sorted(weights):
-        if not path.is_file():
-            raise ModelFolderError(f"{path}: weight file named by the checkpoint index is missing")
-        try:
-            _weight_signature(path, digest)
-        except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as error:
-            raise ModelFolderError(f"{path}: unreadable weight file ({' '.join(str(error).split())})") from error
-    return digest.hexdigest()[:16]
+# ------------------------------------------------------------------------------------ the model
 
 
 def model_experiment(folder: str | os.PathLike, model_config: Any) -> dict[str, Any]:

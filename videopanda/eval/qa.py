@@ -36,7 +36,8 @@ from tqdm import tqdm
 
 from videopanda.eval.datasets import QAItem
 from videopanda.data.frame_cache import video_identity
-from videopanda.eval.provenance import chunk_files, claim_prediction_file, model_experiment, model_identity
+from videopanda.eval.provenance import chunk_files, claim_prediction_file, model_experiment
+from videopanda.serve.model_folder import model_identity
 from videopanda.eval.records import JsonlAppender, read_jsonl
 from videopanda.io import write_jsonl_atomic
 from videopanda.log import get_logger
@@ -202,7 +203,7 @@ def answerer_fingerprint(config: ModelAnswererConfig, model_config: Any, dtype: 
 
     import videopanda
     from videopanda.data import conversation
-    from videopanda.serve.infer import frame_config_for
+    from videopanda.serve.model_folder import frame_config_for
 
     frames = dataclasses.asdict(frame_config_for(model_config, config.num_frames))
     system = {"user": conversation.SYSTEM_USER, "human": conversation.SYSTEM_HUMAN}[config.system]
@@ -214,24 +215,17 @@ def answerer_fingerprint(config: ModelAnswererConfig, model_config: Any, dtype: 
 
 def expected_fingerprint(config: ModelAnswererConfig) -> dict[str, Any]:
     """The fingerprint `ModelAnswerer(config)` will have, read from the folder without loading weights
-    (dtype "auto": `videopanda.serve.infer.checkpoint_dtype`). Raises ModelFolderError / InferError."""
-    import json
+    (dtype "auto": the checkpoint's own). Raises ModelFolderError / InferError."""
+    from videopanda.serve.model_folder import read_model_folder
 
-    from videopanda.serve.infer import check_model_folder, checkpoint_dtype
-
-    model_config = check_model_folder(config.model)
-    if config.dtype == "auto":
-        config_path = Path(config.model) / "config.json"
-        dtype = checkpoint_dtype(json.loads(config_path.read_text(encoding="utf-8")), config_path)
-    else:
-        dtype = config.dtype
-    return answerer_fingerprint(config, model_config, dtype)
+    folder = read_model_folder(config.model)
+    return answerer_fingerprint(config, folder.config, folder.dtype if config.dtype == "auto" else config.dtype)
 
 
 class ModelAnswerer:
     """Greedy answers from a Video-Panda model folder (the paper's evaluation protocol), batched with left padding.
 
-    The folder is loaded with `videopanda.serve.infer.load_model` (dtype "auto": the checkpoint's own) and the
+    The folder is loaded with `videopanda.serve.model_folder.load_model` (dtype "auto": the checkpoint's own) and the
     frame geometry comes from the folder's `VideoPandaProcessor` (`--num-frames` may change the count).
     Per item: `read_video` -> uint8 frames; per batch: the chat template's prompt for each question and
     `processor(text=prompts, videos=frames)` (left padded) -> `model.generate(**inputs)`. A video
@@ -242,7 +236,8 @@ class ModelAnswerer:
     def __init__(self, config: ModelAnswererConfig):
         import torch
 
-        from videopanda.serve.infer import frame_config_for, load_model, with_num_frames
+        from videopanda.serve.infer import with_num_frames
+        from videopanda.serve.model_folder import frame_config_for, load_model
 
         self.config = config
         self.torch = torch

@@ -34,8 +34,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from videopanda.serve.infer import ContextLengthError, add_model_options
 from videopanda.log import get_logger
+from videopanda.serve.infer import ContextLengthError, add_model_options, fit_context, generation_settings, with_num_frames
+from videopanda.serve.model_folder import (
+    InferError,
+    MemoryBudgetError,
+    ModelFolder,
+    ModelFolderError,
+    frame_config_for,
+    load_model,
+    read_model_folder,
+    torch_dtype,
+)
 
 logger = get_logger(__name__)
 
@@ -124,6 +134,45 @@ class VideoConversation:
         inputs["pixel_values_videos"] = inputs["pixel_values_videos"].to(self.model.dtype)
         return inputs
 
+    def _round(self, question: str) -> tuple[dict, dict, int]:
+        """(the processor's inputs, the `generate` settings, the new-token limit asked for) of the next round;
+        the settings' limit is capped to the room left in the context (ContextLengthError when none is)."""
+        inputs = self.inputs(question)
+        settings = generation_settings(self.processor.tokenizer, self.max_new_tokens, self.model.generation_config)
+        wanted = settings["max_new_tokens"]
+        try:
+            settings["max_new_tokens"] = fit_context(int(inputs["input_ids"].shape[1]), self.max_context, wanted,
+                                                     subject="this question makes the conversation")
+        except ContextLengthError as err:
+            raise ContextLengthError(f"{err}: reset the conversation, or ask something shorter") from None
+        return inputs, settings, wanted
+
+    def _generate_in_background(self, embeds, attention_mask, settings: dict, streamer,
+                                stop: threading.Event) -> tuple[threading.Thread, dict]:
+        """Start `generate` from `embeds` on a thread feeding `streamer` until `stop` is set -> (the thread,
+        the dict it fills with "output" and "seconds", or "error")."""
+        import torch
+        from transformers import StoppingCriteriaList
+
+        result: dict = {}
+
+        def run() -> None:
+            try:
+                begin = time.perf_counter()
+                with torch.inference_mode():
+                    result["output"] = self.model.generate(
+                        inputs_embeds=embeds, attention_mask=attention_mask, streamer=streamer,
+                        stopping_criteria=StoppingCriteriaList([_stop_when_set(stop)]), **settings)
+                _synchronize(self.model.device)
+                result["seconds"] = time.perf_counter() - begin
+            except BaseException as err:  # noqa: BLE001 - handed to the consuming thread
+                result["error"] = err
+                streamer.end()
+
+        worker = threading.Thread(target=run, name="videopanda-generate", daemon=True)
+        worker.start()
+        return worker, result
+
     def stream(self, question: str) -> Iterator[str]:
         """Generate the answer to `question`, yielding text as it comes. When the generator runs to its end the
         round joins the history and `last_timing` is set; closed early, the generation stops and the round is
@@ -131,48 +180,19 @@ class VideoConversation:
         import torch
         from transformers import TextIteratorStreamer
 
-        from videopanda.serve.infer import fit_context, generation_settings
-
         question = question.strip()
         if not question:
             raise ValueError("an empty question")
-        inputs = self.inputs(question)
-        prompt_tokens = int(inputs["input_ids"].shape[1])
-        tokenizer = self.processor.tokenizer
-        settings = generation_settings(tokenizer, self.max_new_tokens, self.model.generation_config)
-        wanted = settings["max_new_tokens"]
-        try:
-            settings["max_new_tokens"] = fit_context(prompt_tokens, self.max_context, wanted,
-                                                     subject="this question makes the conversation")
-        except ContextLengthError as err:
-            raise ContextLengthError(f"{err}: reset the conversation, or ask something shorter") from None
+        inputs, settings, wanted = self._round(question)
         start = time.perf_counter()
         with torch.inference_mode():
             embeds, _ = self.model.embed_inputs(inputs["input_ids"], inputs["pixel_values_videos"])
         _synchronize(self.model.device)
         visual_seconds = time.perf_counter() - start
-
+        tokenizer = self.processor.tokenizer
         streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
         stop = threading.Event()
-        result: dict = {}
-
-        def run() -> None:
-            from transformers import StoppingCriteriaList
-
-            try:
-                begin = time.perf_counter()
-                with torch.inference_mode():
-                    result["output"] = self.model.generate(
-                        inputs_embeds=embeds, attention_mask=inputs["attention_mask"], streamer=streamer,
-                        stopping_criteria=StoppingCriteriaList([_stop_when_set(stop)]), **settings)
-                _synchronize(self.model.device)
-                result["seconds"] = time.perf_counter() - begin
-            except BaseException as err:  # noqa: BLE001 - handed to the consuming thread below
-                result["error"] = err
-                streamer.end()
-
-        worker = threading.Thread(target=run, name="videopanda-generate", daemon=True)
-        worker.start()
+        worker, result = self._generate_in_background(embeds, inputs["attention_mask"], settings, streamer, stop)
         finished = False
         try:
             for piece in streamer:
@@ -186,12 +206,10 @@ class VideoConversation:
         if "error" in result:
             raise result["error"]
         new_ids = result["output"][0]
-        answer = tokenizer.decode(new_ids, skip_special_tokens=True).strip()
-        new_tokens = int(new_ids.shape[0])
-        self.turns.append((question, answer))
-        limit = settings["max_new_tokens"]
-        self.last_timing = RoundTiming(visual_seconds, result["seconds"], prompt_tokens, new_tokens,
-                                       capped=limit < wanted and new_tokens >= limit)
+        self.turns.append((question, tokenizer.decode(new_ids, skip_special_tokens=True).strip()))
+        limit, new_tokens = settings["max_new_tokens"], int(new_ids.shape[0])
+        self.last_timing = RoundTiming(visual_seconds, result["seconds"], int(inputs["input_ids"].shape[1]),
+                                       new_tokens, capped=limit < wanted and new_tokens >= limit)
         logger.debug("round %d: %s", len(self.turns), self.last_timing.summary())
 
 
@@ -219,20 +237,18 @@ def _stop_when_set(event: threading.Event):
     return StopWhenSet()
 
 
-def load_conversation(args: argparse.Namespace) -> VideoConversation:
-    """The model of `args` (see `add_model_options`) loaded, in an empty `VideoConversation`.
+def load_conversation(args: argparse.Namespace, folder: ModelFolder | None = None) -> VideoConversation:
+    """The model of `args` (see `add_model_options`; `folder`: its folder as `read_model_folder` described it,
+    None to read it here) loaded, in an empty `VideoConversation`.
     Raises InferError (ModelFolderError, MemoryBudgetError) with a one-line message."""
     import torch
-
-    from videopanda.serve.infer import (InferError, frame_config_for, generation_settings, load_model, torch_dtype,
-                                  with_num_frames)
 
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise InferError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise InferError("--device cuda was asked for but no CUDA device is available")
-    model, processor = load_model(args.model, device, torch_dtype(args.dtype))
+    model, processor = load_model(folder or args.model, device, torch_dtype(args.dtype))
     processor = with_num_frames(processor, frame_config_for(model.config, args.num_frames).num_frames)
     limit = generation_settings(processor.tokenizer, args.max_new_tokens, model.generation_config)["max_new_tokens"]
     return VideoConversation(model, processor, system=args.system, max_new_tokens=limit)
@@ -315,12 +331,11 @@ def chat_loop(conversation: VideoConversation) -> None:
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     from videopanda.data.video import VideoReadError, read_video
-    from videopanda.serve.infer import InferError, MemoryBudgetError, ModelFolderError, check_model_folder, frame_config_for
 
     try:
-        config = check_model_folder(args.model)
-        frames = read_video(args.video, num_frames=frame_config_for(config, args.num_frames).num_frames)
-        conversation = load_conversation(args)
+        folder = read_model_folder(args.model)
+        frames = read_video(args.video, num_frames=frame_config_for(folder.config, args.num_frames).num_frames)
+        conversation = load_conversation(args, folder)
         conversation.set_video(args.video, frames)
     except (InferError, VideoReadError) as err:
         _error(err)

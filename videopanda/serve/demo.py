@@ -388,7 +388,7 @@ def main(argv: list[str]) -> int:
     for option in ("max_seconds", "max_pixels"):
         if not getattr(args, option) > 0:
             _parser().error(f"--{option.replace('_', '-')} must be positive, got {getattr(args, option):g}")
-    from videopanda.serve.infer import InferError, MemoryBudgetError, ModelFolderError, check_model_folder
+    from videopanda.serve.model_folder import InferError, MemoryBudgetError, ModelFolderError, read_model_folder
 
     try:
         import gradio as gr
@@ -397,8 +397,7 @@ def main(argv: list[str]) -> int:
         return 1
     try:
         examples = example_videos(args.examples)
-        check_model_folder(args.model)
-        conversation = load_conversation(args)
+        conversation = load_conversation(args, read_model_folder(args.model))
     except (InferError, FileNotFoundError) as err:
         print(f"videopanda demo: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2 if isinstance(err, (ModelFolderError, MemoryBudgetError)) else 1
