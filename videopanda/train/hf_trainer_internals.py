@@ -47,12 +47,12 @@ RELIED_ON = {
 }
 """Trainer methods overridden or called here -> the parameters this module passes or receives."""
 LOSS_ATTRIBUTES = ("_tr_loss", "_globalstep_last_logged")
-"""Attributes of the Trainer's training loop read and set here (created by `_inner_training_loop`)."""
+"""Attributes of the Trainer's training loop read and set here (created when `train` starts)."""
 
 
 def trainer_internals_problems() -> list[str]:
     """One line per internal this module relies on that the installed `Trainer` lacks or changed (empty: all
-    present). Attributes are looked for in the training loop's source."""
+    present). The attributes are looked for in the Trainer's source."""
     version = transformers.__version__
     problems = []
     for name, parameters in RELIED_ON.items():
@@ -63,9 +63,12 @@ def trainer_internals_problems() -> list[str]:
         missing = [p for p in parameters if p not in inspect.signature(method).parameters]
         if missing:
             problems.append(f"transformers {version}: Trainer.{name} no longer takes {', '.join(missing)}")
-    loop = inspect.getsource(Trainer._inner_training_loop) if hasattr(Trainer, "_inner_training_loop") else ""
-    problems += [f"transformers {version}: Trainer._inner_training_loop no longer sets self.{name}"
-                 for name in LOSS_ATTRIBUTES if f"self.{name} =" not in loop]
+    try:
+        source = inspect.getsource(Trainer)
+    except OSError:  # installed without sources: the attributes are not looked for
+        source = None
+    problems += [f"transformers {version}: Trainer no longer sets self.{name}" for name in LOSS_ATTRIBUTES
+                 if source is not None and f"self.{name} =" not in source]
     if not hasattr(Trainer, "loss_is_scaled_for_ga"):  # the accumulation weights need it (see trainer.py)
         problems.append(f"transformers {version}: Trainer.loss_is_scaled_for_ga is gone")
     return problems

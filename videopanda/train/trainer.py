@@ -239,8 +239,8 @@ class LoraRun:
 
 
 class VideoPandaTrainer(TrainerInternals):
-    # compute_loss weighs each micro-batch by its share of the step's tokens / frames (module docstring): the
-    # Trainer divides by the accumulation steps no more.
+    # compute_loss weighs each micro-batch by its share of the step's tokens / frames (module docstring), so the
+    # Trainer must not divide the loss by the number of accumulation steps.
     loss_is_scaled_for_ga = True
 
     def __init__(self, *args, visual_learning_rate: float, save_teacher: bool = False, keep_checkpoints: int = 2,
