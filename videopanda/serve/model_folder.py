@@ -10,7 +10,7 @@ What the reader reads, each once, and keeps in the `ModelFolder` it returns:
 - every weight file's header (`checkpoint.stored_tensors`: the index, each shard there and readable, each
   tensor's dtype and shape) without reading weights;
 - `generation_config.json` when there is one (the project's answer settings, `project_generation_config`);
-  a folder without it (the released layout) gets the settings transformers derives from its config;
+  a folder without it (the released layout) gets the settings `from_pretrained` takes from config.json;
 - the tokenizer files: there, and parsing;
 - for a LoRA adapter folder (`videopanda_adapter.json` beside peft's `adapter_config.json`,
   `adapter_model.safetensors` and `visual.safetensors`, written by `videopanda.train.lora`): the record
@@ -55,9 +55,11 @@ from videopanda.log import get_logger
 
 if TYPE_CHECKING:
     import torch
+    from transformers import GenerationConfig
 
     from videopanda.data.frames import FrameConfig
     from videopanda.model.checkpoint import StoredTensor
+    from videopanda.model.videopanda import VideoPandaConfig
 
 logger = get_logger(__name__)
 
@@ -113,11 +115,11 @@ class ModelFolder:
     `base`: for an adapter folder, its base as this reader describes it (`adapter` holds its record)."""
 
     path: Path
-    config: Any
+    config: VideoPandaConfig
     dtype: torch.dtype
     tensors: Mapping[str, StoredTensor]
     unlisted: tuple[Path, ...]
-    generation_config: Any
+    generation_config: GenerationConfig
     adapter: AdapterRecord | None = None
     base: ModelFolder | None = None
 
@@ -162,7 +164,7 @@ def _one_line(err: BaseException) -> str:
     return one_line_error(err.__cause__ if err.__cause__ is not None and "Validation error" in str(err) else err)
 
 
-def _model_config(config_path: Path, raw: dict):
+def _model_config(config_path: Path, raw: dict) -> VideoPandaConfig:
     """config.json's object as a `VideoPandaConfig`: the class's `@strict` field types and its own checks
     of the multimodal fields (`model/videopanda.py`), then the frame layout they give."""
     from huggingface_hub.errors import StrictDataclassError
@@ -184,12 +186,13 @@ def _model_config(config_path: Path, raw: dict):
     return config
 
 
-def _generation_config(folder: Path, config):
-    """The folder's generation_config.json, or (without one) the settings transformers derives from `config`."""
+def _generation_config(folder: Path, raw: dict) -> GenerationConfig:
+    """The folder's generation_config.json, or (without one) the settings `from_pretrained` would take from
+    config.json (`raw`, its object)."""
     from transformers import GenerationConfig
 
     if not (folder / GENERATION_CONFIG).is_file():
-        return GenerationConfig.from_model_config(config)
+        return GenerationConfig.from_dict(dict(raw), _from_model_config=True)
     try:
         return GenerationConfig.from_pretrained(folder)
     except (OSError, ValueError, TypeError) as err:
@@ -261,7 +264,7 @@ def read_model_folder(path: str | Path, tokenizer: bool = True) -> ModelFolder:
             raise ModelFolderError(str(err)) from err
     if tokenizer:
         _check_tokenizer_files(folder)
-    return ModelFolder(folder, config, dtype, tensors, tuple(unlisted), _generation_config(folder, config),
+    return ModelFolder(folder, config, dtype, tensors, tuple(unlisted), _generation_config(folder, raw),
                        adapter, base)
 
 
