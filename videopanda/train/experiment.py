@@ -5,7 +5,7 @@ shape, the STAB switches, distillation (on/off, cosine or MSE), data, per-stage 
 and epochs, DeepSpeed config and save policy. A file may start with `extends: <other file>` (a path
 relative to itself) and then holds only what changes; its own keys win, nested sections merge.
 
-Loading is strict (pydantic models with `extra="forbid"`, docs/DESIGN.md "Experiment files"): every key
+Loading is strict (pydantic models with `extra="forbid"`, docs/DESIGN.md "Experiments"): every key
 must be a field of `Experiment` (or of `STABConfig` under `model.stab`, or a frame field under
 `model.config`), every number in its range, and after merging every field must have a value; a problem is
 one line naming the file and the key path. Command-line overrides `key.path=value` (values in YAML
