@@ -33,7 +33,7 @@ def test_the_recipe_experiment_fills_every_stage():
 
 
 def test_the_command_takes_only_the_experiment_its_stage_and_overrides(capsys):
-    """The former shorthand flags are gone: every setting is a `key.path=value` override."""
+    """Settings have no flags of their own: every setting is a `key.path=value` override."""
     with pytest.raises(SystemExit) as exit_status:
         main(["--stage", "prealign", "--global-batch-size", "8", "--check-only"])
     assert exit_status.value.code == 2 and "unrecognized arguments: --global-batch-size" in capsys.readouterr().err
