@@ -18,14 +18,19 @@ def test_metric_arithmetic():
     m = compute_metrics(verdicts)
     assert (m["num_yes"], m["num_no"], m["num_judged"]) == (2, 3, 5)
     assert m["accuracy"] == pytest.approx(40.0) and m["score"] == pytest.approx(12 / 5)
-    assert compute_metrics([]) == {"accuracy": None, "score": None, "num_yes": 0, "num_no": 0, "num_judged": 0,
-                                   "num_items": 0}
+    # Wilson interval of 2/5 by hand (z = 1.95996): centre 0.4 + ... -> [11.76, 76.93] percent
+    assert m["accuracy_ci95"] == pytest.approx([11.762, 76.928], abs=0.01)
+    assert 0 <= m["score_ci95"][0] < 12 / 5 < m["score_ci95"][1] <= 5
+    assert compute_metrics([]) == {"accuracy": None, "accuracy_ci95": None, "score": None, "score_ci95": None,
+                                   "num_yes": 0, "num_no": 0, "num_judged": 0, "num_items": 0}
     assert compute_metrics([{"verdict": None, "score": 3}, {"verdict": None, "score": 4}], accuracy=False)["score"] == 3.5
     # items without a verdict stay in the denominator, as wrong with score 0
     m = compute_metrics(verdicts, num_failed=3)
     assert m["num_items"] == 8 and m["accuracy"] == pytest.approx(100 * 2 / 8) and m["score"] == pytest.approx(12 / 8)
     m = compute_metrics([], num_failed=4)
     assert m["accuracy"] == 0.0 and m["score"] == 0.0 and m["num_items"] == 4
+    # 0/4: [0, z^2 / (4 + z^2)] = [0, 48.99]; every score 0, so every resample's mean is 0
+    assert m["accuracy_ci95"] == pytest.approx([0.0, 48.99], abs=0.01) and m["score_ci95"] == [0.0, 0.0]
 
 
 def test_exact_judge_end_to_end(msvd_root, tmp_path, capsys):
@@ -64,6 +69,16 @@ def test_exact_judge_end_to_end(msvd_root, tmp_path, capsys):
     assert colour["accuracy"] == pytest.approx(75.0)
     printed = capsys.readouterr().out
     assert "not comparable" in printed and "accuracy 83.33" in printed and "12 questions: 11 judged, 1 failed" in printed
+    # Wilson 95% intervals by hand (z = 1.95996): 10/12 -> [55.20, 95.30]; 4/4 -> [1 / (1 + z^2 / 4), 1] = [51.01, 100]
+    assert results["accuracy_ci95"] == pytest.approx([55.196, 95.302], abs=0.01)
+    assert results["per_type"]["count"]["accuracy_ci95"] == pytest.approx([51.011, 100.0], abs=0.01)
+    assert results["per_type"]["count"]["score_ci95"] == [5.0, 5.0]
+    report_dir = tmp_path / "report"
+    (tmp_path / "model" / "msvd").mkdir(parents=True)
+    (tmp_path / "judge").rename(tmp_path / "model" / "msvd" / "judge")
+    assert main(["report", "--results", str(tmp_path / "model"), "--output-dir", str(report_dir)]) == 0
+    lo, hi = results["score_ci95"]
+    assert f"| model | 83.3 [55.2, 95.3] / 4.17 [{lo:.2f}, {hi:.2f}] (n=12)* |" in (report_dir / "report.md").read_text()
 
 
 def write_benchmark(data_root):
@@ -121,6 +136,8 @@ def test_benchmark_judge_stage_five_aspects(tmp_path, monkeypatch, capsys):
     assert results["num_failed_inference"]["correctness"] == 1 and results["judge_model"] == "judge-test-0613"
     assert results["complete"] is False and results["num_items"]["correctness"] == 3
     assert results["coverage"]["consistency"] == "1 pairs: 1 judged"
+    assert results["scores_ci95"] == {"correctness": [0.0, 4.0], "detail": [0.0, 3.0], "context": [0.0, 5.0],
+                                      "temporal": [2.0, 2.0], "consistency": [1.0, 1.0]}
     printed = capsys.readouterr().out
     assert "Average" in printed and "2.20" in printed and "3 questions: 2 judged, 1 failed" in printed
     for path in out.rglob("*"):
@@ -135,7 +152,10 @@ def test_benchmark_judge_stage_five_aspects(tmp_path, monkeypatch, capsys):
     assert main(["report", "--results", str(model_dir), "--output-dir", str(report_dir), "--plot"]) == 0
     markdown = (report_dir / "report.md").read_text()
     assert "| tiny-panda | 64.7 / 3.8 | - | - | - |" in markdown
-    assert "| tiny-panda | 2.67 | 2.00 | 3.33 | 2.00 | 1.00 | 2.20* |" in markdown
+    # bootstrap intervals over the items: correctness scores (4, 4, 0) -> a resample of three 0s (p = 1/27 >
+    # 2.5%) and of three 4s are both in the 95% range; one item -> its score
+    assert ("| tiny-panda | 2.67 [0.00, 4.00] (n=3) | 2.00 [0.00, 3.00] (n=3) | 3.33 [0.00, 5.00] (n=3) | "
+            "2.00 [2.00, 2.00] (n=1) | 1.00 [1.00, 1.00] (n=1) | 2.20* |") in markdown
     assert "tiny-panda benchmark: Correctness of information: 3 questions: 2 judged, 1 failed" in markdown
     assert "gpt-3.5-turbo-0125" in markdown and "judge-test-0613" in markdown
     assert (report_dir / "benchmark.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -319,14 +319,22 @@ def test_eval_mc_accuracy_is_exact(tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     assert (results["num_items"], results["num_correct"]) == (9, 5)
     assert results["accuracy"] == pytest.approx(100 * 5 / 9)
+    # Wilson 95% intervals, by hand with z = 1.95996: 5/9 -> [26.67, 81.12]; 3/4 -> [30.06, 95.44];
+    # 0/1 -> [0, z^2 / (1 + z^2)] = [0, 79.35]; 2/4 -> 50 -+ 35.00
+    assert results["accuracy_ci95"] == pytest.approx([26.665, 81.121], abs=0.01)
     assert results["per_category"]["task"] == {
-        "Action Count": {"num_items": 4, "num_correct": 3, "accuracy": pytest.approx(75.0)},
-        "Action Sequence": {"num_items": 1, "num_correct": 0, "accuracy": 0.0},
-        "Moving Direction": {"num_items": 4, "num_correct": 2, "accuracy": pytest.approx(50.0)}}
+        "Action Count": {"num_items": 4, "num_correct": 3, "accuracy": pytest.approx(75.0),
+                         "accuracy_ci95": pytest.approx([30.064, 95.441], abs=0.01)},
+        "Action Sequence": {"num_items": 1, "num_correct": 0, "accuracy": 0.0,
+                            "accuracy_ci95": pytest.approx([0.0, 79.345], abs=0.01)},
+        "Moving Direction": {"num_items": 4, "num_correct": 2, "accuracy": pytest.approx(50.0),
+                             "accuracy_ci95": pytest.approx([15.004, 84.996], abs=0.01)}}
     assert results["unparsable"] == [{"id": "moving_direction/1", "pred": "E"},
                                      {"id": "action_count/2", "pred": "A dog runs"}]
     assert [r["id"] for r in results["failed"]] == ["moving_direction/2"]
-    assert "accuracy 55.56 (5 of 9; 2 unparsable, 1 without a prediction)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "accuracy 55.56 [26.67, 81.12] (5 of 9; 2 unparsable, 1 without a prediction)" in printed
+    assert "task Action Sequence: 0.00 [0.00, 79.35] (0/1)" in printed
 
 
 @pytest.mark.slow

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 from videopanda.eval.records import RecordsError, read_jsonl
 
 
-def _natural(key: str) -> list[Any]:
+def natural_key(key: str) -> list[Any]:
     """Sort key that puts item-2 before item-10."""
     return [int(part) if index % 2 else part for index, part in enumerate(re.split(r"(\d+)", key))]
 
@@ -101,7 +101,7 @@ def compare_judges(dir_a: str | os.PathLike, dir_b: str | os.PathLike) -> dict[s
     if fp_a and fp_b and fp_a != fp_b:
         raise AgreementError(f"{dir_a} and {dir_b} judged predictions of different runs "
                              f"(prediction fingerprints {fp_a} and {fp_b})")
-    shared = sorted((key for key in a if key in b), key=_natural)
+    shared = sorted((key for key in a if key in b), key=natural_key)
     for key in shared:
         content_a, content_b = a[key].get("content"), b[key].get("content")
         if content_a and content_b and content_a != content_b:
@@ -131,8 +131,8 @@ def compare_judges(dir_a: str | os.PathLike, dir_b: str | os.PathLike) -> dict[s
         "a": info_a, "b": info_b,
         "num_paired": n,
         "num_with_verdicts": len(with_verdicts),
-        "only_in_a": sorted(set(a) - set(b), key=_natural),
-        "only_in_b": sorted(set(b) - set(a), key=_natural),
+        "only_in_a": sorted(set(a) - set(b), key=natural_key),
+        "only_in_b": sorted(set(b) - set(a), key=natural_key),
         "same_verdict_pct": (100.0 * sum(p == q for p, q in zip(labels_a, labels_b)) / len(labels_a)
                              if labels_a else None),
         "cohens_kappa": cohens_kappa(labels_a, labels_b),

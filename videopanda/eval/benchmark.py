@@ -11,7 +11,9 @@ Each aspect is judged into its own folder (`verdicts.jsonl`, `failed.jsonl`, `re
 the same resumable machinery as the QA judge; `results.json` at the top holds the five scores and
 their average (the average is only given when all five exist). As for QA, every score is over all
 items of its aspect (a question or pair without a verdict counts 0), `coverage` says per aspect how
-many items were judged, and `complete` is false when any item of any aspect failed.
+many items were judged, and `complete` is false when any item of any aspect failed. Each aspect's score
+has its 95% bootstrap interval over its items (`scores_ci95`); the average, over aspects that share
+items, has none.
 """
 from __future__ import annotations
 
@@ -91,6 +93,7 @@ def judge_benchmark(records: Sequence[dict[str, Any]], judge: Judge, output_dir:
     results.update({
         "dataset": "videochatgpt",
         "scores": scores,
+        "scores_ci95": {aspect: per_aspect[aspect]["score_ci95"] for aspect in ASPECTS},
         "average": sum(scores.values()) / len(scores) if all(v is not None for v in scores.values()) else None,
         "num_judged": {a: per_aspect[a]["num_judged"] for a in ASPECTS},
         "num_failed": {a: per_aspect[a]["num_failed"] for a in ASPECTS},
@@ -99,6 +102,7 @@ def judge_benchmark(records: Sequence[dict[str, Any]], judge: Judge, output_dir:
         "coverage": {a: per_aspect[a]["coverage"] for a in ASPECTS},
         "complete": all(per_aspect[a]["complete"] for a in ASPECTS),
         "metric_rule": per_aspect[ASPECTS[0]]["metric_rule"],
+        "interval_rule": per_aspect[ASPECTS[0]]["interval_rule"],
         "judge": next(iter(per_aspect.values()))["judge"],
         "judge_model": models[0] if len(models) == 1 else models,
         "usage": {key: sum(r["usage"][key] for r in per_aspect.values())
@@ -111,7 +115,9 @@ def judge_benchmark(records: Sequence[dict[str, Any]], judge: Judge, output_dir:
 def format_benchmark(results: dict[str, Any]) -> str:
     """The five scores and their average as a small text table."""
     width = max(len(label) for label in ASPECT_LABELS.values())
-    lines = [f"{ASPECT_LABELS[a]:<{width}}  {_fmt(results['scores'][a])}" for a in ASPECTS]
+    intervals = results.get("scores_ci95") or {}
+    lines = [f"{ASPECT_LABELS[a]:<{width}}  {_fmt(results['scores'][a])}{_fmt_interval(intervals.get(a))}"
+             for a in ASPECTS]
     lines.append(f"{'Average':<{width}}  {_fmt(results['average'])}")
     lines += [f"{ASPECT_LABELS[a]}: {results['coverage'][a]}" for a in ASPECTS if a in results.get("coverage", {})]
     lines.append(f"judge: {results['judge']}, model {results['judge_model']}")
@@ -120,3 +126,7 @@ def format_benchmark(results: dict[str, Any]) -> str:
 
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
+
+
+def _fmt_interval(interval: list[float] | None) -> str:
+    return "" if interval is None else f" [{interval[0]:.2f}, {interval[1]:.2f}]"

@@ -9,11 +9,14 @@
                correlation, the items they disagree on
     mc         multiple-choice benchmarks (MVBench, Video-MME, EgoSchema, NExT-QA, Perception Test):
                exact accuracy, per category
+    compare    two result folders over the same items: both numbers with 95% intervals, the exact
+               McNemar test (paired bootstrap for scores), the items where they differ
 
 Exit codes: 0 when every number covers every question; 1 when the results are incomplete (questions
 without an answer or a verdict; `--allow-incomplete` accepts them, counted as wrong) or the judge
 stopped (unreachable, key rejected), or a question file is unusable; 2 for a bad model folder, an
-output that cannot be written (a full disk) or an output folder holding predictions made otherwise.
+output that cannot be written (a full disk), an output folder holding predictions made otherwise, or
+two result folders `compare` cannot pair.
 Every error is one line naming the file.
 """
 from __future__ import annotations
@@ -28,7 +31,7 @@ from videopanda.log import get_logger
 
 logger = get_logger(__name__)
 
-SUBCOMMANDS = ("qa", "merge", "judge", "benchmark", "report", "judge-agreement", "mc")
+SUBCOMMANDS = ("qa", "merge", "judge", "benchmark", "report", "judge-agreement", "mc", "compare")
 
 
 def _at_least(minimum: float, kind: type = int):
@@ -175,7 +178,8 @@ def _merge(pred_dir: Path, dataset: str, data_root: str, output: Path, allow_inc
 
 
 def _read_predictions(pred_file: Path) -> tuple[list[dict], dict]:
-    """-> (merged prediction rows, metadata for results.json: the predictions' fingerprint and dataset)."""
+    """-> (merged prediction rows, metadata for results.json: the predictions' and the items' fingerprints
+    and the dataset)."""
     from videopanda.eval.provenance import read_merged_sidecar, sidecar_path
     from videopanda.eval.records import RecordsError, read_jsonl
 
@@ -194,7 +198,10 @@ def _read_predictions(pred_file: Path) -> tuple[list[dict], dict]:
         logger.warning("%s: no %s, so what produced these predictions is unknown; results.json records none",
                        pred_file, sidecar_path(pred_file).name)
         sidecar = {}
-    return records, {"pred_file": str(pred_file), "prediction_fingerprint": sidecar.get("fingerprint"),
+    from videopanda.eval.compare import items_fingerprint
+
+    return records, {"pred_file": str(pred_file), "items_fingerprint": items_fingerprint(records),
+                     "prediction_fingerprint": sidecar.get("fingerprint"),
                      "prediction_fingerprint_id": sidecar.get("fingerprint_id"),
                      "model_path": sidecar.get("model_path"), "predictions_dataset": sidecar.get("dataset")}
 
@@ -346,10 +353,11 @@ def _cmd_judge_agreement(argv: list[str]) -> int:
 
 
 def _cmd_mc(argv: list[str]) -> int:
-    from videopanda.eval.mc import BENCHMARKS, METHODS, format_mc, load_mc, score_mc
+    from videopanda.eval.compare import MC_OUTCOMES, items_fingerprint
+    from videopanda.eval.mc import BENCHMARKS, METHODS, format_mc, item_outcomes, load_mc, score_mc
     from videopanda.eval.provenance import read_merged_sidecar
     from videopanda.eval.records import read_jsonl
-    from videopanda.io import write_json_atomic
+    from videopanda.io import write_json_atomic, write_jsonl_atomic
 
     p = CommandParser(prog="videopanda eval mc",
                                 description="A multiple-choice video benchmark, scored by exact accuracy.")
@@ -381,11 +389,15 @@ def _cmd_mc(argv: list[str]) -> int:
     if code:
         return code
     sidecar = read_merged_sidecar(merged) or {}
+    records = read_jsonl(merged)
+    write_jsonl_atomic(args.output_dir / MC_OUTCOMES, item_outcomes(records, items))
     results = {"benchmark": args.benchmark, "pred_file": str(merged),
+               "items_fingerprint": items_fingerprint({"id": i.key, "question": i.question, "answer": i.answer}
+                                                      for i in items),
                "prediction_fingerprint": sidecar.get("fingerprint"),
                "prediction_fingerprint_id": sidecar.get("fingerprint_id"), "model_path": sidecar.get("model_path"),
                "method": ((sidecar.get("fingerprint") or {}).get("mc") or {}).get("method"),
-               **score_mc(read_jsonl(merged), items)}
+               **score_mc(records, items)}
     write_json_atomic(results_path, results)
     print(format_mc(results))
     if results["num_unparsable"]:
@@ -394,9 +406,30 @@ def _cmd_mc(argv: list[str]) -> int:
     return _finish(results, args.allow_incomplete, str(results_path))
 
 
+def _cmd_compare(argv: list[str]) -> int:
+    from videopanda.eval.compare import compare_runs, format_comparison
+    from videopanda.io import write_json_atomic
+
+    p = CommandParser(prog="videopanda eval compare",
+                      description="Paired comparison of two result folders over the same items: both numbers "
+                                  "with 95% intervals, the exact McNemar test (paired bootstrap for scores), "
+                                  "overall and per question type or category, and the items where they differ.")
+    p.add_argument("a", type=Path, help="output folder of `eval judge`, `eval mc` or `eval benchmark`")
+    p.add_argument("b", type=Path, help="a folder of the same kind over the same items")
+    p.add_argument("--output", type=Path, default=None, help="write the full comparison (every differing item) as JSON")
+    p.add_argument("--show", type=_at_least(0), default=20, help="differing item ids to print per part")
+    args = p.parse_args(argv)
+    report = compare_runs(args.a, args.b)
+    print(format_comparison(report, show=args.show))
+    if args.output:
+        write_json_atomic(args.output, report)
+    return 0
+
+
 def _exit_code(error: BaseException) -> int | None:
     """1 or 2 for the errors the eval commands report in one line; None for anything else (a bug)."""
     from videopanda.eval.agreement import AgreementError
+    from videopanda.eval.compare import CompareError
     from videopanda.eval.judge import JudgeFatalError
     from videopanda.eval.provenance import ProvenanceError
     from videopanda.eval.records import RecordsError
@@ -405,7 +438,7 @@ def _exit_code(error: BaseException) -> int | None:
 
     if isinstance(error, (DatasetError, RecordsError, JudgeFatalError, ReportError, AgreementError)):
         return 1
-    if isinstance(error, (OutputError, ProvenanceError)):
+    if isinstance(error, (OutputError, ProvenanceError, CompareError)):
         return 2
     if ("videopanda.serve.model_folder" in sys.modules
             and isinstance(error, sys.modules["videopanda.serve.model_folder"].InferError)):
@@ -417,7 +450,8 @@ def _exit_code(error: BaseException) -> int | None:
 
 def main(argv: list[str]) -> int:
     commands = {"qa": _cmd_qa, "merge": _cmd_merge, "judge": _cmd_judge, "benchmark": _cmd_benchmark,
-                "report": _cmd_report, "judge-agreement": _cmd_judge_agreement, "mc": _cmd_mc}
+                "report": _cmd_report, "judge-agreement": _cmd_judge_agreement, "mc": _cmd_mc,
+                "compare": _cmd_compare}
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
         return 0

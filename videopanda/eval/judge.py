@@ -35,6 +35,7 @@ Dependability choices:
   item without a verdict (judge failure or inference error) counts as wrong with score 0. `results.json`
   says how many items that is (`coverage`, `complete`, `failed_ids`); the CLI exits non-zero when
   anything failed unless `--allow-incomplete` is given. With nothing failed, accuracy is yes / (yes + no).
+  Each number has its 95% interval beside it (`accuracy_ci95`, `score_ci95`; see `intervals`).
   `results.json` is removed when a run starts and written when it ends, so it never outlives a stopped run.
 - The API key is read from `OPENAI_API_KEY`, handed only to the client, and scrubbed from any
   message this module writes or logs.
@@ -55,6 +56,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from tqdm import tqdm
 
+from videopanda.eval.intervals import INTERVAL_RULE, bootstrap_interval, percent_interval
 from videopanda.eval.prompts import PROMPT_VERSION, Messages, qa_messages
 from videopanda.eval.records import JsonlAppender
 from videopanda.io import make_dirs, write_json_atomic, write_jsonl_atomic
@@ -524,14 +526,18 @@ def compute_metrics(verdicts: Sequence[dict[str, Any]], num_failed: int = 0, acc
     """verdicts: records with "verdict" (yes/no or None) and "score"; `num_failed` more items have none.
 
     Accuracy in percent = yes / all items (None for score-only judging), score = sum / all items;
-    both None when there are no items at all."""
+    both None when there are no items at all. Their 95% intervals (`intervals`): `accuracy_ci95`
+    [low, high] in percent (Wilson), `score_ci95` (bootstrap over the `num_items` items, a failed one
+    scoring 0); None with the number they belong to."""
     yes = sum(1 for v in verdicts if v.get("verdict") == "yes")
     no = sum(1 for v in verdicts if v.get("verdict") == "no")
     scores = [v["score"] for v in verdicts]
     total = len(verdicts) + num_failed
     return {
         "accuracy": 100.0 * yes / total if accuracy and total else None,
+        "accuracy_ci95": percent_interval(yes, total) if accuracy else None,
         "score": sum(scores) / total if total else None,
+        "score_ci95": bootstrap_interval([*scores, *[0] * num_failed]),
         "num_yes": yes,
         "num_no": no,
         "num_judged": len(scores),
@@ -655,6 +661,7 @@ def _results(judged: list[dict[str, Any]], failed_inference: list[dict[str, Any]
                                   unit),
         "failed_ids": {"inference": [r["id"] for r in failed_inference], "judge": [r["id"] for r in failures]},
         "metric_rule": METRIC_RULE,
+        "interval_rule": INTERVAL_RULE,
         "judge": judge.label,
         "judge_model": models[0] if len(models) == 1 else models,
         "usage": usage,

@@ -26,7 +26,8 @@ right letter, plus its options and categories (task, duration, domain, question 
 `eval mc` answers them with the `eval qa` machinery (sharded, resumable, fingerprinted chunk files,
 then `merge_predictions`), and scores the merged rows: `extract_letter` reads a reply strictly (see
 there); a reply it cannot read counts as wrong and is listed. Accuracy is over every item (a missing
-or failed prediction counts as wrong), overall and per value of each category.
+or failed prediction counts as wrong), overall and per value of each category, each with its 95% Wilson
+interval and its number of items; `outcomes.jsonl` beside `results.json` holds each item's outcome.
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from videopanda.eval.datasets import VIDEO_EXTENSIONS, DatasetError, QAItem, VideoFinder
+from videopanda.eval.intervals import INTERVAL_RULE, percent_interval
 from videopanda.eval.qa import ModelAnswerer, ModelAnswererConfig, VideoNotFoundError
 
 LETTERS = string.ascii_uppercase
@@ -394,52 +396,72 @@ def _accuracy(correct: int, total: int) -> float | None:
     return 100.0 * correct / total if total else None
 
 
-def score_mc(records: Sequence[dict[str, Any]], items: Sequence[MCItem]) -> dict[str, Any]:
-    """Merged prediction rows (one per item, in item order) -> accuracy overall and per category value.
-
-    An item is right when `extract_letter` reads its answer letter from the prediction; a prediction it
-    cannot read (`unparsable`, listed with the reply) and an item without a prediction (`failed`) are wrong."""
+def item_outcomes(records: Sequence[dict[str, Any]], items: Sequence[MCItem]) -> list[dict[str, Any]]:
+    """Merged prediction rows -> one row per item, in item order: {"id", "answer" (the right letter),
+    "letter" (what `extract_letter` read; None when unreadable), "correct", "status" ("answered",
+    "unparsable" or "failed": no prediction), "pred" (the reply, cut to 300 characters; None when failed),
+    "error" (the inference error of a failed item), "categories" {name: value}}. `eval compare` pairs
+    two runs by these rows (`outcomes.jsonl`)."""
     by_id = {str(r["id"]): r for r in records}
-    outcomes: list[tuple[MCItem, bool]] = []
-    unparsable, failed = [], []
+    rows = []
     for item in items:
         record = by_id.get(item.key)
         pred = None if record is None else record.get("pred")
-        if pred is None:
-            failed.append({"id": item.key, "error": None if record is None else record.get("error")})
-            outcomes.append((item, False))
-            continue
-        letter = extract_letter(pred, item.options)
-        if letter is None:
-            unparsable.append({"id": item.key, "pred": str(pred)[:300]})
-        outcomes.append((item, letter == item.answer))
-    correct = sum(ok for _, ok in outcomes)
+        letter = None if pred is None else extract_letter(pred, item.options)
+        status = "failed" if pred is None else "unparsable" if letter is None else "answered"
+        rows.append({"id": item.key, "answer": item.answer, "letter": letter, "correct": letter == item.answer,
+                     "status": status, "pred": None if pred is None else str(pred)[:300],
+                     "error": None if record is None or pred is not None else record.get("error"),
+                     "categories": dict(item.categories)})
+    return rows
+
+
+def score_mc(records: Sequence[dict[str, Any]], items: Sequence[MCItem]) -> dict[str, Any]:
+    """Merged prediction rows (one per item, in item order) -> accuracy overall and per category value,
+    each with its 95% Wilson interval in percent (`accuracy_ci95`, `intervals`) and its number of items.
+
+    An item is right when `extract_letter` reads its answer letter from the prediction; a prediction it
+    cannot read (`unparsable`, listed with the reply) and an item without a prediction (`failed`) are wrong."""
+    outcomes = item_outcomes(records, items)
+    correct = sum(row["correct"] for row in outcomes)
     per_category: dict[str, dict[str, dict[str, Any]]] = {}
-    for item, ok in outcomes:
-        for name, value in item.categories:
+    for row in outcomes:
+        for name, value in row["categories"].items():
             cell = per_category.setdefault(name, {}).setdefault(value, {"num_items": 0, "num_correct": 0})
             cell["num_items"] += 1
-            cell["num_correct"] += int(ok)
+            cell["num_correct"] += int(row["correct"])
     for groups in per_category.values():
         for cell in groups.values():
             cell["accuracy"] = _accuracy(cell["num_correct"], cell["num_items"])
-    return {"accuracy": _accuracy(correct, len(items)), "num_items": len(items), "num_correct": correct,
-            "num_unparsable": len(unparsable), "num_failed": len(failed),
-            "complete": not failed, "per_category": {name: dict(sorted(groups.items()))
-                                                     for name, groups in per_category.items()},
-            "unparsable": unparsable, "failed": failed,
+            cell["accuracy_ci95"] = percent_interval(cell["num_correct"], cell["num_items"])
+    return {"accuracy": _accuracy(correct, len(items)), "accuracy_ci95": percent_interval(correct, len(items)),
+            "num_items": len(items), "num_correct": correct,
+            "num_unparsable": sum(row["status"] == "unparsable" for row in outcomes),
+            "num_failed": sum(row["status"] == "failed" for row in outcomes),
+            "complete": all(row["status"] != "failed" for row in outcomes),
+            "per_category": {name: dict(sorted(groups.items())) for name, groups in per_category.items()},
+            "unparsable": [{"id": row["id"], "pred": row["pred"]} for row in outcomes if row["status"] == "unparsable"],
+            "failed": [{"id": row["id"], "error": row["error"]} for row in outcomes if row["status"] == "failed"],
             "metric_rule": "accuracy = right letters / all items; an unparsable reply or a missing prediction "
-                           "counts as wrong"}
+                           "counts as wrong",
+            "interval_rule": INTERVAL_RULE}
 
 
 def format_mc(results: dict[str, Any]) -> str:
     """The overall line and one line per category value."""
-    lines = [f"{results['benchmark']}: accuracy {results['accuracy']:.2f} ({results['num_correct']} of "
-             f"{results['num_items']}; {results['num_unparsable']} unparsable, {results['num_failed']} without a prediction)"]
+    lines = [f"{results['benchmark']}: accuracy {results['accuracy']:.2f}{_interval(results)} ({results['num_correct']} "
+             f"of {results['num_items']}; {results['num_unparsable']} unparsable, {results['num_failed']} without a "
+             "prediction)"]
     for name, groups in results["per_category"].items():
         for value, cell in groups.items():
-            lines.append(f"  {name} {value}: {cell['accuracy']:.2f} ({cell['num_correct']}/{cell['num_items']})")
+            lines.append(f"  {name} {value}: {cell['accuracy']:.2f}{_interval(cell)} "
+                         f"({cell['num_correct']}/{cell['num_items']})")
     return "\n".join(lines)
+
+
+def _interval(cell: dict[str, Any]) -> str:
+    interval = cell.get("accuracy_ci95")
+    return "" if interval is None else f" [{interval[0]:.2f}, {interval[1]:.2f}]"
 
 
 # ------------------------------------------------------------------------------------------ answering

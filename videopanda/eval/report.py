@@ -11,7 +11,10 @@ folders. Every dataset found gets a column: the paper's four first, then the oth
 set, ...) by name; a results file whose dataset cannot be told is listed under the table, never
 dropped silently, and so is a judge folder without `results.json` (a run that stopped: `verdicts.jsonl`
 but no results, or benchmark aspects without the benchmark's own results). A number whose results are
-incomplete (items without a verdict, counted as wrong) is marked `*` and its coverage is listed. The
+incomplete (items without a verdict, counted as wrong) is marked `*` and its coverage is listed. Every
+number is shown with the 95% interval its results file records (Wilson for accuracies, bootstrap over
+items for scores; see `intervals`) and the number of items it is over: `61.2 [56.3, 65.9] / 3.41 [3.32,
+3.50] (n=400)`; results of older runs, which record no interval, show the bare number. The
 judge and judge model of every number are part of the tables: GPT-judged numbers move with the judge
 snapshot, and exact-match numbers are not comparable with them at all. `--plot` writes `qa.png` (QA
 accuracy per dataset and model) and `benchmark.png` (the five aspects) for what there is, and fails
@@ -184,6 +187,35 @@ def _num(value: Any, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _with_interval(value: Any, interval: Any, digits: int) -> str:
+    """`61.2 [56.3, 65.9]`; the bare number when no interval was recorded (results of older runs)."""
+    if value is None or not isinstance(interval, list) or len(interval) != 2 or not all(
+            isinstance(bound, (int, float)) and not isinstance(bound, bool) for bound in interval):
+        return _num(value, digits)
+    return f"{value:.{digits}f} [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]"
+
+
+def _items(count: Any) -> str:
+    return f" (n={count})" if isinstance(count, int) and not isinstance(count, bool) else ""
+
+
+def _qa_cell(results: dict[str, Any] | None) -> str:
+    """`accuracy [interval] / score [interval] (n=items)`, `*` when incomplete; `-` without results."""
+    if results is None:
+        return "-"
+    mark = "*" if _incomplete(results) else ""
+    accuracy = _with_interval(results.get("accuracy"), results.get("accuracy_ci95"), 1)
+    score = _with_interval(results.get("score"), results.get("score_ci95"), 2 if "score_ci95" in results else 1)
+    return f"{accuracy} / {score}{_items(results.get('num_items'))}{mark}"
+
+
+def _benchmark_cells(results: dict[str, Any]) -> list[str]:
+    """Per aspect `score [interval] (n=items)`, then the average (`*` when incomplete)."""
+    intervals, counts = results.get("scores_ci95") or {}, results.get("num_items") or {}
+    cells = [_with_interval(results["scores"].get(a), intervals.get(a), 2) + _items(counts.get(a)) for a in ASPECTS]
+    return cells + [_num(results.get("average"), 2) + ("*" if _incomplete(results) else "")]
+
+
 def _judges(entry: dict[str, Any]) -> str:
     seen: list[str] = []
     for results in [*entry["qa"].values(), *([entry["benchmark"]] if entry["benchmark"] else [])]:
@@ -220,28 +252,23 @@ def _coverage(results: dict[str, Any]) -> str:
 def to_markdown(report: dict[str, Any]) -> str:
     models = report["models"]
     columns = qa_datasets(report)
-    lines = ["## Zero-shot video QA (accuracy / score)", "",
+    lines = ["## Zero-shot video QA (accuracy / score, 95% intervals, number of questions)", "",
              "| Model | " + " | ".join(qa_label(d) for d in columns) + " | Judge |",
              "|---|" + "---|" * len(columns) + "---|"]
     for name, entry in models.items():
-        cells = []
-        for dataset in columns:
-            r = entry["qa"].get(dataset)
-            mark = "*" if r is not None and _incomplete(r) else ""
-            cells.append("-" if r is None else f"{_num(r.get('accuracy'), 1)} / {_num(r.get('score'), 1)}{mark}")
+        cells = [_qa_cell(entry["qa"].get(dataset)) for dataset in columns]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {_judges(entry)} |")
     notes = [f"{name} {qa_label(d)}: {_coverage(r)}" for name, e in models.items() for d, r in e["qa"].items()
              if _incomplete(r)]
     if any(e["benchmark"] for e in models.values()):
-        lines += ["", "## Video-ChatGPT benchmark (scores 0-5)", "",
+        lines += ["", "## Video-ChatGPT benchmark (scores 0-5, 95% intervals, number of items)", "",
                   "| Model | " + " | ".join(ASPECT_LABELS[a] for a in ASPECTS) + " | Average | Judge |",
                   "|---|" + "---|" * (len(ASPECTS) + 2)]
         for name, entry in models.items():
             b = entry["benchmark"]
             if b is None:
                 continue
-            mark = "*" if _incomplete(b) else ""
-            cells = [_num(b["scores"].get(a), 2) for a in ASPECTS] + [_num(b.get("average"), 2) + mark]
+            cells = _benchmark_cells(b)
             lines.append(f"| {name} | " + " | ".join(cells) + f" | {_judges({'qa': {}, 'benchmark': b})} |")
             if _incomplete(b):
                 notes.append(f"{name} benchmark: {_coverage(b)}")
