@@ -54,6 +54,10 @@ def test_agreement_numbers_are_exact(two_runs, capsys):
     assert report["cohens_kappa"] == pytest.approx(1 / 6)
     assert report["accuracy_a"] == pytest.approx(60.0) and report["accuracy_b"] == pytest.approx(60.0)
     assert report["accuracy_diff"] == pytest.approx(0.0)
+    # Wilson 6/10 by hand: centre (0.6 + z^2/20) / (1 + z^2/10) = 0.57225, half 0.25958
+    assert report["accuracy_a_ci95"] == pytest.approx([31.267, 83.182], abs=0.01) == report["accuracy_b_ci95"]
+    low, high = report["cohens_kappa_ci95"]          # bootstrap over the 10 paired items
+    assert -1 <= low < 1 / 6 < high <= 1
     # scores equal on items 0-3, 8, 9; |differences| 2, 2, 2, 1 on items 4-7
     assert report["same_score_pct"] == pytest.approx(60.0)
     assert report["mean_abs_score_diff"] == pytest.approx(0.7)
@@ -64,7 +68,7 @@ def test_agreement_numbers_are_exact(two_runs, capsys):
     assert report["disagreements"][0] == {"id": "item-4", "verdict_a": "yes", "verdict_b": "no",
                                           "score_a": 4, "score_b": 2}
     printed = capsys.readouterr().out
-    assert "Cohen's kappa 0.167" in printed and "item-6: A no/1  B yes/3" in printed
+    assert f"Cohen's kappa 0.167 [{low:.3f}, {high:.3f}] (n=10)" in printed and "item-6: A no/1  B yes/3" in printed
 
 
 def test_runs_over_different_predictions_are_refused(two_runs, monkeypatch, caplog):

@@ -9,9 +9,11 @@ predictions or references) is refused, never compared. Items only one run judged
 Reported over the paired items:
 - same verdict %: both said yes or both said no (QA judges; None for score-only judging);
 - Cohen's kappa of the yes/no verdicts: (p_o - p_e) / (1 - p_e), p_e from each run's own yes rate;
-  None when it is undefined (both runs gave one and the same verdict to every item);
+  None when it is undefined (both runs gave one and the same verdict to every item); its 95% interval
+  is a percentile bootstrap over the paired items (`intervals.bootstrap_statistic`; resamples where
+  kappa is undefined are skipped), over `num_with_verdicts` items;
 - score: same score %, mean absolute difference, Pearson correlation (None when a run's scores are constant);
-- accuracy and mean score of each run over the paired items, and B - A;
+- accuracy (with its Wilson interval) and mean score of each run over the paired items, and B - A;
 - the items they disagree on (verdict or score), with both verdicts and scores.
 """
 from __future__ import annotations
@@ -23,6 +25,7 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
+from videopanda.eval.intervals import bootstrap_statistic, percent_interval
 from videopanda.eval.records import RecordsError, read_jsonl
 
 
@@ -122,6 +125,9 @@ def compare_judges(dir_a: str | os.PathLike, dir_b: str | os.PathLike) -> dict[s
     def accuracy(labels: list[str]) -> float | None:
         return 100.0 * labels.count("yes") / len(labels) if labels else None
 
+    def resampled_kappa(indices: Any) -> float | None:
+        return cohens_kappa([labels_a[i] for i in indices], [labels_b[i] for i in indices])
+
     acc_a, acc_b = accuracy(labels_a), accuracy(labels_b)
     disagreements = [
         {"id": key, "verdict_a": x.get("verdict"), "verdict_b": y.get("verdict"), "score_a": x["score"],
@@ -136,10 +142,13 @@ def compare_judges(dir_a: str | os.PathLike, dir_b: str | os.PathLike) -> dict[s
         "same_verdict_pct": (100.0 * sum(p == q for p, q in zip(labels_a, labels_b)) / len(labels_a)
                              if labels_a else None),
         "cohens_kappa": cohens_kappa(labels_a, labels_b),
+        "cohens_kappa_ci95": bootstrap_statistic(len(labels_a), resampled_kappa),
         "same_score_pct": 100.0 * sum(p == q for p, q in zip(scores_a, scores_b)) / n,
         "mean_abs_score_diff": sum(abs(p - q) for p, q in zip(scores_a, scores_b)) / n,
         "score_pearson": pearson(scores_a, scores_b),
         "accuracy_a": acc_a, "accuracy_b": acc_b,
+        "accuracy_a_ci95": percent_interval(labels_a.count("yes"), len(labels_a)),
+        "accuracy_b_ci95": percent_interval(labels_b.count("yes"), len(labels_b)),
         "accuracy_diff": None if acc_a is None or acc_b is None else acc_b - acc_a,
         "score_a": sum(scores_a) / n, "score_b": sum(scores_b) / n,
         "score_diff": (sum(scores_b) - sum(scores_a)) / n,
@@ -149,16 +158,18 @@ def compare_judges(dir_a: str | os.PathLike, dir_b: str | os.PathLike) -> dict[s
 
 def format_agreement(report: dict[str, Any], show: int = 20) -> str:
     """A few lines for the terminal: the numbers, then up to `show` disagreements."""
-    def number(value: float | None, digits: int = 2) -> str:
-        return "n/a" if value is None else f"{value:.{digits}f}"
+    def number(value: float | None, digits: int = 2, interval: list[float] | None = None) -> str:
+        text = "n/a" if value is None else f"{value:.{digits}f}"
+        return text if value is None or interval is None else f"{text} [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]"
 
     lines = [f"A: {report['a']['dir']} (judge {report['a']['judge_model']})",
              f"B: {report['b']['dir']} (judge {report['b']['judge_model']})",
              f"{report['num_paired']} items judged by both ({len(report['only_in_a'])} only in A, "
              f"{len(report['only_in_b'])} only in B)",
-             f"same verdict {number(report['same_verdict_pct'])}%  Cohen's kappa {number(report['cohens_kappa'], 3)}  "
-             f"accuracy A {number(report['accuracy_a'])} B {number(report['accuracy_b'])} "
-             f"(B - A {number(report['accuracy_diff'])})",
+             f"same verdict {number(report['same_verdict_pct'])}%  Cohen's kappa "
+             f"{number(report['cohens_kappa'], 3, report.get('cohens_kappa_ci95'))} (n={report['num_with_verdicts']})  "
+             f"accuracy A {number(report['accuracy_a'], 2, report.get('accuracy_a_ci95'))} "
+             f"B {number(report['accuracy_b'], 2, report.get('accuracy_b_ci95'))} (B - A {number(report['accuracy_diff'])})",
              f"same score {number(report['same_score_pct'])}%  mean |score A - score B| "
              f"{number(report['mean_abs_score_diff'], 3)}  Pearson r {number(report['score_pearson'], 3)}  "
              f"score A {number(report['score_a'], 3)} B {number(report['score_b'], 3)}",

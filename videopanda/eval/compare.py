@@ -231,15 +231,17 @@ def _pct(value: float | None, interval: list[float] | None, digits: int = 1) -> 
 
 def format_row(label: str, row: dict[str, Any]) -> str:
     """One line: n, both numbers with intervals, B - A, and the test."""
-    text = f"{label} (n={row['n']}):"
+    parts = []
     if "accuracy_a" in row:
-        text += (f" accuracy A {_pct(row['accuracy_a'], row['accuracy_a_ci95'])} B {_pct(row['accuracy_b'], row['accuracy_b_ci95'])}"
-                 f" B-A {_pct(row['accuracy_diff'], None)}; right only in A {row['right_only_a']}, only in B "
-                 f"{row['right_only_b']}; exact McNemar p={row['mcnemar_p']:.4g}")
+        parts.append(f"accuracy A {_pct(row['accuracy_a'], row['accuracy_a_ci95'])} "
+                     f"B {_pct(row['accuracy_b'], row['accuracy_b_ci95'])} B-A {_pct(row['accuracy_diff'], None)}; "
+                     f"right only in A {row['right_only_a']}, only in B {row['right_only_b']}; "
+                     f"exact McNemar p={row['mcnemar_p']:.4g}")
     if "score_a" in row:
-        text += (f" score A {_pct(row['score_a'], row['score_a_ci95'], 2)} B {_pct(row['score_b'], row['score_b_ci95'], 2)}"
-                 f" B-A {_pct(row['score_diff'], row['score_diff_ci95'], 2)}")
-    return text
+        parts.append(f"score A {_pct(row['score_a'], row['score_a_ci95'], 2)} "
+                     f"B {_pct(row['score_b'], row['score_b_ci95'], 2)} "
+                     f"B-A {_pct(row['score_diff'], row['score_diff_ci95'], 2)}")
+    return f"{label} (n={row['n']}): " + "; ".join(parts)
 
 
 def format_comparison(report: dict[str, Any], show: int = 20) -> str:
