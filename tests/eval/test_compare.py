@@ -115,3 +115,37 @@ def test_compare_two_mc_folders_and_refuse_other_kinds(tmp_path):
     assert code == 2
     line = one_error_line(stderr)
     assert f"{a} and {qa} are not comparable: results of `eval mc` and `eval judge`" in line
+
+
+def test_compare_two_benchmark_folders_pairs_scores_per_aspect(tmp_path, capsys):
+    from videopanda.eval.datasets import load_questions
+
+    from .test_exact_benchmark_report import write_benchmark
+
+    data_root = tmp_path / "data"
+    write_benchmark(data_root)
+    items = load_questions(data_root, "videochatgpt")
+    runs = {}
+    for name, right in (("a", set()), ("b", {"generic/0", "generic/2", "temporal/0"})):
+        def answer(batch, right=right):
+            return [FileNotFoundError("no video") if i.video_path is None else i.answer if i.id in right else "no idea"
+                    for i in batch]
+
+        runs[name] = tmp_path / name
+        run_qa(items, answer, chunk_file(runs[name] / "predictions", 1, 0), progress=False)
+        assert main(["benchmark", "--data-root", str(data_root), "--output-dir", str(runs[name]), "--stage", "judge",
+                     "--judge", "exact", "--no-progress", "--allow-incomplete"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "compare.json"
+    assert main(["compare", str(runs["a"]), str(runs["b"] / "judge"), "--output", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["kind"] == "benchmark" and list(report["parts"]) == ["correctness", "detail", "context",
+                                                                      "temporal", "consistency"]
+    correctness = report["parts"]["correctness"]
+    # generic/1 has no video in either run: left out; the exact judge scores 5 for B on generic/0 and /2
+    assert correctness["coverage"] == "over 2 items; 1 left out (A: 1 no prediction; B: 1 no prediction)"
+    assert correctness["overall"]["score_diff"] == 5.0 and correctness["overall"]["score_diff_ci95"] == [5.0, 5.0]
+    assert "accuracy_a" not in correctness["overall"]               # scores only: no McNemar test
+    assert [row["id"] for row in report["parts"]["temporal"]["differing"]] == ["temporal/0"]
+    assert report["parts"]["consistency"]["differing"] == []
+    assert "correctness: over 2 items" in capsys.readouterr().out
