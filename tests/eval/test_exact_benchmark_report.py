@@ -68,7 +68,8 @@ def test_exact_judge_end_to_end(msvd_root, tmp_path, capsys):
     assert (colour["num_yes"], colour["num_no"], colour["num_items"]) == (6, 1, 8)
     assert colour["accuracy"] == pytest.approx(75.0)
     printed = capsys.readouterr().out
-    assert "not comparable" in printed and "accuracy 83.33" in printed and "12 questions: 11 judged, 1 failed" in printed
+    assert "not comparable" in printed and "accuracy 83.33 [55.20, 95.30]" in printed
+    assert "12 questions: 11 judged, 1 failed" in printed
     # Wilson 95% intervals by hand (z = 1.95996): 10/12 -> [55.20, 95.30]; 4/4 -> [1 / (1 + z^2 / 4), 1] = [51.01, 100]
     assert results["accuracy_ci95"] == pytest.approx([55.196, 95.302], abs=0.01)
     assert results["per_type"]["count"]["accuracy_ci95"] == pytest.approx([51.011, 100.0], abs=0.01)
@@ -138,6 +139,10 @@ def test_benchmark_judge_stage_five_aspects(tmp_path, monkeypatch, capsys):
     assert results["coverage"]["consistency"] == "1 pairs: 1 judged"
     assert results["scores_ci95"] == {"correctness": [0.0, 4.0], "detail": [0.0, 3.0], "context": [0.0, 5.0],
                                       "temporal": [2.0, 2.0], "consistency": [1.0, 1.0]}
+    # the average resamples the three generic questions once for its three aspects: all three on the
+    # question without an answer gives (0 + 0 + 0 + 2 + 1) / 5 = 0.6 (p = 1/27), none gives
+    # (4 + 3 + 5 + 2 + 1) / 5 = 3.0
+    assert results["average_ci95"] == [0.6, 3.0]
     printed = capsys.readouterr().out
     assert "Average" in printed and "2.20" in printed and "3 questions: 2 judged, 1 failed" in printed
     for path in out.rglob("*"):
@@ -155,7 +160,7 @@ def test_benchmark_judge_stage_five_aspects(tmp_path, monkeypatch, capsys):
     # bootstrap intervals over the items: correctness scores (4, 4, 0) -> a resample of three 0s (p = 1/27 >
     # 2.5%) and of three 4s are both in the 95% range; one item -> its score
     assert ("| tiny-panda | 2.67 [0.00, 4.00] (n=3) | 2.00 [0.00, 3.00] (n=3) | 3.33 [0.00, 5.00] (n=3) | "
-            "2.00 [2.00, 2.00] (n=1) | 1.00 [1.00, 1.00] (n=1) | 2.20* |") in markdown
+            "2.00 [2.00, 2.00] (n=1) | 1.00 [1.00, 1.00] (n=1) | 2.20 [0.60, 3.00]* |") in markdown
     assert "tiny-panda benchmark: Correctness of information: 3 questions: 2 judged, 1 failed" in markdown
     assert "gpt-3.5-turbo-0125" in markdown and "judge-test-0613" in markdown
     assert (report_dir / "benchmark.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -80,3 +80,12 @@ def test_kappa_interval_skips_undefined_resamples():
 
     assert bootstrap_statistic(len(labels), kappa) == [1.0, 1.0]
     assert bootstrap_statistic(0, kappa) is None
+
+
+def test_mean_of_means_resamples_shared_items_together():
+    from videopanda.eval.intervals import bootstrap_mean_of_means
+
+    # two means over the same two items, one over one item: (a + b + 3) / 3 with (a, b) drawn together;
+    # both picks of item 0 give (0 + 0 + 3) / 3 = 1 (p = 1/4), of item 1 give (2 + 4 + 3) / 3 = 3
+    assert bootstrap_mean_of_means([[[0, 2], [0, 4]], [[3]]]) == [1.0, 3.0]
+    assert bootstrap_mean_of_means([[[1, 2]], [[]]]) is None

@@ -107,7 +107,9 @@ def test_every_verdict_failed_is_an_error_with_numbers_over_all_questions(tmp_pa
         assert results["coverage"] == f"{N} questions: 0 judged, {N} failed (0 without a prediction, {N} without a verdict)"
         assert len(results["failed_ids"]["judge"]) == N
         assert "incomplete" in error_lines(caplog)[-1]
-        assert f"accuracy 0.00  score 0.000  ({N} questions: 0 judged, {N} failed" in capsys.readouterr().out
+        # Wilson 0/10: [0, z^2 / (10 + z^2)] = [0, 27.75]; every score 0
+        assert (f"accuracy 0.00 [0.00, 27.75]  score 0.000 [0.000, 0.000]  ({N} questions: 0 judged, {N} failed"
+                in capsys.readouterr().out)
         # accepted explicitly: exit 0, the same numbers over all questions
         assert judge(pred_file, out, server.url, "--max-retries", "0", "--allow-incomplete") == 0
         again = json.loads((out / "results.json").read_text())

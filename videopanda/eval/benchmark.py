@@ -12,16 +12,19 @@ the same resumable machinery as the QA judge; `results.json` at the top holds th
 their average (the average is only given when all five exist). As for QA, every score is over all
 items of its aspect (a question or pair without a verdict counts 0), `coverage` says per aspect how
 many items were judged, and `complete` is false when any item of any aspect failed. Each aspect's score
-has its 95% bootstrap interval over its items (`scores_ci95`); the average, over aspects that share
-items, has none.
+has its 95% bootstrap interval over its items (`scores_ci95`); the average's (`average_ci95`) resamples
+the generic questions once for the three aspects judged on them.
 """
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Sequence
 
-from videopanda.eval.judge import Judge, JudgeItem, run_judge
+from videopanda.eval.intervals import bootstrap_mean_of_means
+from videopanda.eval.judge import Judge, JudgeItem, fingerprint, run_judge
 from videopanda.eval.prompts import ASPECT_LABELS, aspect_messages, consistency_messages
+from videopanda.eval.records import read_jsonl
 from videopanda.io import make_dirs, write_json_atomic
 from videopanda.log import get_logger
 
@@ -81,7 +84,8 @@ def judge_benchmark(records: Sequence[dict[str, Any]], judge: Judge, output_dir:
     output_dir = make_dirs(output_dir)
     (output_dir / "results.json").unlink(missing_ok=True)
     per_aspect: dict[str, dict[str, Any]] = {}
-    for aspect, (items, failed) in benchmark_judge_items(records).items():
+    to_judge = benchmark_judge_items(records)
+    for aspect, (items, failed) in to_judge.items():
         logger.info("judging %s (%d items, %d failed inference)", ASPECT_LABELS[aspect], len(items), len(failed))
         per_aspect[aspect] = run_judge(items, judge, output_dir / aspect, failed_inference=failed, workers=workers,
                                        metadata={**(metadata or {}), "aspect": aspect}, progress=progress,
@@ -95,6 +99,7 @@ def judge_benchmark(records: Sequence[dict[str, Any]], judge: Judge, output_dir:
         "scores": scores,
         "scores_ci95": {aspect: per_aspect[aspect]["score_ci95"] for aspect in ASPECTS},
         "average": sum(scores.values()) / len(scores) if all(v is not None for v in scores.values()) else None,
+        "average_ci95": _average_interval(to_judge, judge, output_dir),
         "num_judged": {a: per_aspect[a]["num_judged"] for a in ASPECTS},
         "num_failed": {a: per_aspect[a]["num_failed"] for a in ASPECTS},
         "num_failed_inference": {a: per_aspect[a]["num_failed_inference"] for a in ASPECTS},
@@ -112,13 +117,37 @@ def judge_benchmark(records: Sequence[dict[str, Any]], judge: Judge, output_dir:
     return results
 
 
+def _item_scores(items: Sequence[JudgeItem], failed: Sequence[dict[str, Any]], judge: Judge,
+                 judge_dir: Path) -> dict[str, float]:
+    """id -> score of every item of one aspect: its current verdict's (the line whose fingerprint is the
+    item's now), 0 for an item without one, as the aspect's score counts them."""
+    prints = {item.id: fingerprint(judge, item) for item in items}
+    path = judge_dir / "verdicts.jsonl"
+    lines = read_jsonl(path) if path.is_file() else []
+    current = {str(line["id"]): float(line["score"]) for line in lines
+               if prints.get(str(line.get("id"))) == line.get("fingerprint")}
+    return {**{str(row["id"]): 0.0 for row in failed}, **{item.id: current.get(item.id, 0.0) for item in items}}
+
+
+def _average_interval(to_judge: dict[str, tuple[list[JudgeItem], list[dict[str, Any]]]], judge: Judge,
+                      output_dir: Path) -> list[float] | None:
+    """The bootstrap interval of the five aspects' average: the generic questions resampled once for the three
+    aspects judged on them, the temporal questions and the consistency pairs on their own."""
+    scores = {aspect: _item_scores(*to_judge[aspect], judge, output_dir / aspect) for aspect in ASPECTS}
+    strata = []
+    for members in (("correctness", "detail", "context"), ("temporal",), ("consistency",)):
+        ids = sorted(scores[members[0]])
+        strata.append([[scores[aspect][key] for key in ids] for aspect in members])
+    return bootstrap_mean_of_means(strata)
+
+
 def format_benchmark(results: dict[str, Any]) -> str:
     """The five scores and their average as a small text table."""
     width = max(len(label) for label in ASPECT_LABELS.values())
     intervals = results.get("scores_ci95") or {}
     lines = [f"{ASPECT_LABELS[a]:<{width}}  {_fmt(results['scores'][a])}{_fmt_interval(intervals.get(a))}"
              for a in ASPECTS]
-    lines.append(f"{'Average':<{width}}  {_fmt(results['average'])}")
+    lines.append(f"{'Average':<{width}}  {_fmt(results['average'])}{_fmt_interval(results.get('average_ci95'))}")
     lines += [f"{ASPECT_LABELS[a]}: {results['coverage'][a]}" for a in ASPECTS if a in results.get("coverage", {})]
     lines.append(f"judge: {results['judge']}, model {results['judge_model']}")
     return "\n".join(lines)

@@ -230,6 +230,14 @@ def _finish(results: dict, allow_incomplete: bool, failed: str) -> int:
     return 1
 
 
+def _with_interval(value: float | None, interval: list[float] | None, digits: int) -> str:
+    """`83.33 [55.20, 95.30]`; `n/a` without a value."""
+    if value is None:
+        return "n/a"
+    text = f"{value:.{digits}f}"
+    return text if interval is None else f"{text} [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]"
+
+
 def _cmd_qa(argv: list[str]) -> int:
     p = CommandParser(prog="videopanda eval qa", description="Answer a zero-shot QA set with a model.")
     p.add_argument("--dataset", required=True, choices=list(QA_DATASETS))
@@ -275,8 +283,8 @@ def _cmd_judge(argv: list[str]) -> int:
     results = run_judge(items, judge, args.output_dir, failed_inference=failed, workers=args.workers,
                         metadata={"dataset": args.dataset or recorded, **meta, **judge_meta},
                         progress=not args.no_progress)
-    acc = "n/a" if results["accuracy"] is None else f"{results['accuracy']:.2f}"
-    score = "n/a" if results["score"] is None else f"{results['score']:.3f}"
+    acc = _with_interval(results["accuracy"], results.get("accuracy_ci95"), 2)
+    score = _with_interval(results["score"], results.get("score_ci95"), 3)
     print(f"accuracy {acc}  score {score}  ({results['coverage']}; yes {results['num_yes']}, no {results['num_no']}; "
           f"judge {results['judge']}, model {results['judge_model']})")
     return _finish(results, args.allow_incomplete, str(args.output_dir / "failed.jsonl"))

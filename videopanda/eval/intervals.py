@@ -6,7 +6,8 @@
 - A mean score (0..5 judge scores) gets a percentile bootstrap interval over items: `BOOTSTRAP_RESAMPLES`
   resamples of the items with replacement, drawn by numpy's PCG64 generator from `BOOTSTRAP_SEED`, so
   the same scores always give the same interval.
-- Cohen's kappa gets the same bootstrap over items (resamples where kappa is undefined are skipped).
+- Cohen's kappa gets the same bootstrap over items (resamples where kappa is undefined are skipped); an
+  average of means over shared items (the benchmark's five aspects) resamples each group of items once.
 - Two runs over the same items: the exact McNemar test on their discordant items for right/wrong
   outcomes (two-sided binomial test of b against b + c at 1/2), and a paired bootstrap interval of the
   mean score difference (one resample of item indices serves both runs).
@@ -97,6 +98,24 @@ def bootstrap_statistic(n: int, statistic: Callable[[np.ndarray], float | None],
     values = [statistic(indices) for indices in _resampled_indices(n, resamples, seed)]
     defined = np.asarray([v for v in values if v is not None], dtype=float)
     return _percentiles(defined, confidence) if defined.size else None
+
+
+def bootstrap_mean_of_means(strata: Sequence[Sequence[Sequence[float]]], confidence: float = CONFIDENCE,
+                            resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> list[float] | None:
+    """Percentile bootstrap interval of the mean of several means, e.g. the average of the benchmark's five
+    aspect scores. `strata`: per group of items, the score vectors (one per mean, each over the group's
+    items in one order) of the means computed over it; a group's items are resampled once for all its
+    vectors, so means over the same items move together. None when some group has no items."""
+    generator = np.random.Generator(np.random.PCG64(seed))
+    total, count = np.zeros(resamples), 0
+    for vectors in strata:
+        scores = np.asarray(vectors, dtype=float)           # (means in the group, items)
+        if scores.ndim != 2 or scores.shape[1] == 0:
+            return None
+        indices = generator.integers(0, scores.shape[1], size=(resamples, scores.shape[1]))
+        total += scores[:, indices].mean(axis=2).sum(axis=0)
+        count += scores.shape[0]
+    return _percentiles(total / count, confidence) if count else None
 
 
 def exact_mcnemar(b: int, c: int) -> float:

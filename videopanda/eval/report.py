@@ -213,7 +213,8 @@ def _benchmark_cells(results: dict[str, Any]) -> list[str]:
     """Per aspect `score [interval] (n=items)`, then the average (`*` when incomplete)."""
     intervals, counts = results.get("scores_ci95") or {}, results.get("num_items") or {}
     cells = [_with_interval(results["scores"].get(a), intervals.get(a), 2) + _items(counts.get(a)) for a in ASPECTS]
-    return cells + [_num(results.get("average"), 2) + ("*" if _incomplete(results) else "")]
+    average = _with_interval(results.get("average"), results.get("average_ci95"), 2)
+    return cells + [average + ("*" if _incomplete(results) else "")]
 
 
 def _judges(entry: dict[str, Any]) -> str:
