@@ -83,6 +83,19 @@ def test_mismatched_judge_folders_are_refused_in_one_line(tmp_path, caplog, othe
     assert line.startswith(f"{a} and {b} are not comparable: ") and message in line
 
 
+def test_a_folder_judged_again_over_other_predictions_is_refused(tmp_path, caplog):
+    # A's folder judged A, then predictions with q1 wrong, then A again: q1's last verdict line is the
+    # middle run's, not the one results.json counts
+    a = judge(tmp_path, "a", right=RIGHT_A)
+    judge(tmp_path, "a", right=RIGHT_A - {1})
+    judge(tmp_path, "a", right=RIGHT_A)
+    b = judge(tmp_path, "b", right=RIGHT_B)
+    caplog.clear()
+    assert main(["compare", str(a), str(b)]) == 2
+    [line] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert line.startswith(f"{a}: its verdicts.jsonl does not match its results.json")
+
+
 def mc_run(tmp_path, name, answer):
     write_mvbench(tmp_path / "data") if not (tmp_path / "data").exists() else None
     items = load_mc(tmp_path / "data", "mvbench")

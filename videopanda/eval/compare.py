@@ -71,6 +71,15 @@ def _judged_part(folder: Path, results: dict[str, Any], score_only: bool) -> dic
     outcomes = {key: {"correct": None if score_only else row.get("verdict") == "yes", "score": float(row["score"]),
                       "groups": {"type": str(row["type"])} if row.get("type") is not None else {}}
                 for key, row in verdicts.items() if key not in left_out}
+    # the last line of an id is normally the verdict results.json counted; a folder judged again over other
+    # predictions can hold later lines of other runs, which must not be compared
+    counted = (len(outcomes), sum(o["correct"] is True for o in outcomes.values()),
+               sum(o["score"] for o in outcomes.values()))
+    recorded = (results.get("num_judged"), results.get("num_yes"),
+                (results.get("score") or 0) * results.get("num_items", 0))
+    if counted[:2] != recorded[:2] or abs(counted[2] - recorded[2]) > 1e-6 * max(1, recorded[2]):
+        raise CompareError(f"{folder}: its verdicts.jsonl does not match its results.json (lines of other runs); "
+                           "judge into a new --output-dir to compare")
     return {"outcomes": outcomes, "left_out": left_out}
 
 
