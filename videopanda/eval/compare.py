@@ -5,7 +5,9 @@ question, `verdicts.jsonl`), `eval mc` folders (right or wrong per question, `ou
 `eval benchmark` folders (the folder itself or its `judge/`; a 0..5 score per item and aspect). Each
 must hold the `results.json` of a finished run. Two folders are refused (`CompareError`, one line
 naming both) when they are of different kinds, over different datasets, over different item ids, or
-over the same ids with other questions or references (`items_fingerprint`, recorded by the commands).
+over the same ids with other questions or references (`items_fingerprint`, recorded by the commands);
+a judge folder whose last verdict line per item is not what its `results.json` counted (judged again
+over other predictions) is refused too.
 
 The comparison is over the items both runs have an outcome for; an item without a prediction or a
 verdict in either run is left out, counted and listed with the reason (in `results.json` it counts as
