@@ -143,7 +143,8 @@ def check_comparable(a: dict[str, Any], b: dict[str, Any]) -> None:
             label = "" if part in ("qa", "mc") else f" ({part})"
             raise CompareError(
                 f"{where} are not comparable: different item sets{label}: {len(ids_a - ids_b)} only in A "
-                f"({_examples(ids_a - ids_b) or '-'}), {len(ids_b - ids_a)} only in B ({_examples(ids_b - ids_a) or '-'})")
+                f"({_examples(ids_a - ids_b) or '-'}), {len(ids_b - ids_a)} only in B "
+                f"({_examples(ids_b - ids_a) or '-'})")
     fp_a, fp_b = a["items_fingerprint"], b["items_fingerprint"]
     if fp_a and fp_b and fp_a != fp_b:
         raise CompareError(f"{where} are not comparable: the same item ids with other questions or references "
@@ -167,7 +168,8 @@ def compare_items(ids: Sequence[str], a: dict[str, dict[str, Any]], b: dict[str,
     if all(a[i]["correct"] is not None and b[i]["correct"] is not None for i in ids):
         only_a = sum(a[i]["correct"] and not b[i]["correct"] for i in ids)
         only_b = sum(b[i]["correct"] and not a[i]["correct"] for i in ids)
-        side_a, side_b = _side([a[i]["correct"] for i in ids], "correct"), _side([b[i]["correct"] for i in ids], "correct")
+        side_a = _side([a[i]["correct"] for i in ids], "correct")
+        side_b = _side([b[i]["correct"] for i in ids], "correct")
         row.update({"accuracy_a": side_a["accuracy"], "accuracy_a_ci95": side_a["accuracy_ci95"],
                     "accuracy_b": side_b["accuracy"], "accuracy_b_ci95": side_b["accuracy_ci95"],
                     "accuracy_diff": None if not ids else side_b["accuracy"] - side_a["accuracy"],
@@ -185,7 +187,8 @@ def compare_items(ids: Sequence[str], a: dict[str, dict[str, Any]], b: dict[str,
 def _compare_part(part_a: dict[str, Any], part_b: dict[str, Any]) -> dict[str, Any]:
     a, b = part_a["outcomes"], part_b["outcomes"]
     left_out = sorted(({"id": key, "a": part_a["left_out"].get(key), "b": part_b["left_out"].get(key)}
-                       for key in set(part_a["left_out"]) | set(part_b["left_out"])), key=lambda r: natural_key(r["id"]))
+                       for key in set(part_a["left_out"]) | set(part_b["left_out"])),
+                      key=lambda row: natural_key(row["id"]))
     ids = sorted((key for key in a if key in b), key=natural_key)
     groups: dict[str, dict[str, list[str]]] = {}
     for key in ids:
@@ -237,7 +240,8 @@ def compare_runs(folder_a: str | os.PathLike, folder_b: str | os.PathLike) -> di
 def _pct(value: float | None, interval: list[float] | None, digits: int = 1) -> str:
     if value is None:
         return "n/a"
-    return f"{value:.{digits}f}" + ("" if interval is None else f" [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]")
+    text = f"{value:.{digits}f}"
+    return text if interval is None else f"{text} [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]"
 
 
 def format_row(label: str, row: dict[str, Any]) -> str:
