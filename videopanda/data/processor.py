@@ -229,23 +229,21 @@ class VideoPandaProcessor(ProcessorMixin):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
         """A folder saved with `save_pretrained`, or a model folder without processor files (built from
-        its config.json and tokenizer)."""
+        its config.json and tokenizer). The video processor is built from processor_config.json here, through
+        the processor's public `get_processor_dict` / `from_args_and_dict`: transformers' `AutoVideoProcessor`
+        is a torchvision-only placeholder without torchvision, which this processor does not use."""
         folder = Path(pretrained_model_name_or_path)
         if folder.is_dir() and not any((folder / name).is_file() for name in PROCESSOR_FILES):
             from videopanda.model.videopanda import VideoPandaConfig
 
             config = VideoPandaConfig.from_pretrained(folder)
             return cls.from_model_config(config, AutoTokenizer.from_pretrained(folder))
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-
-    @classmethod
-    def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
-        """(video processor, tokenizer) of a saved folder: the video processor from processor_config.json
-        (transformers' `AutoVideoProcessor` is a torchvision-only placeholder without torchvision)."""
-        fields = dict((processor_dict or {}).get("video_processor") or {})
+        processor_dict, instantiation_kwargs = cls.get_processor_dict(pretrained_model_name_or_path, **kwargs)
+        fields = dict(processor_dict.get("video_processor") or {})
         if not fields:
             raise ValueError(f"{pretrained_model_name_or_path}: processor_config.json has no 'video_processor'")
-        return [VideoPandaVideoProcessor(**fields), AutoTokenizer.from_pretrained(pretrained_model_name_or_path)]
+        parts = [VideoPandaVideoProcessor(**fields), AutoTokenizer.from_pretrained(pretrained_model_name_or_path)]
+        return cls.from_args_and_dict(parts, processor_dict, **instantiation_kwargs)
 
     def __call__(self, text=None, videos=None, padding_side: str = "left", teacher: bool = False,
                  flips: Sequence[bool] | None = None, return_frame_grids: bool = False,
