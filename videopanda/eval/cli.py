@@ -342,22 +342,32 @@ def _cmd_report(argv: list[str]) -> int:
     return 0
 
 
-def _cmd_judge_agreement(argv: list[str]) -> int:
-    from videopanda.eval.agreement import compare_judges, format_agreement
+def _two_folder_command(argv: list[str], name: str, description: str, what_a: str, what_b: str, what_output: str,
+                        what_shown: str, compare, format_report) -> int:
+    """`eval NAME A B [--output FILE] [--show N]`: `compare(a, b)` -> a report dict, printed by
+    `format_report(report, show=N)` and written as JSON to --output."""
     from videopanda.io import write_json_atomic
 
-    p = CommandParser(prog="videopanda eval judge-agreement",
-                                description="Compare two judge runs over the same predictions.")
-    p.add_argument("a", type=Path, help="output folder of one `eval judge` run")
-    p.add_argument("b", type=Path, help="output folder of another run over the same predictions")
-    p.add_argument("--output", type=Path, default=None, help="write the full report (every disagreement) as JSON")
-    p.add_argument("--show", type=_at_least(0), default=20, help="disagreements to print")
+    p = CommandParser(prog=f"videopanda eval {name}", description=description)
+    p.add_argument("a", type=Path, help=what_a)
+    p.add_argument("b", type=Path, help=what_b)
+    p.add_argument("--output", type=Path, default=None, help=f"write the full {what_output} as JSON")
+    p.add_argument("--show", type=_at_least(0), default=20, help=what_shown)
     args = p.parse_args(argv)
-    report = compare_judges(args.a, args.b)
-    print(format_agreement(report, show=args.show))
+    report = compare(args.a, args.b)
+    print(format_report(report, show=args.show))
     if args.output:
         write_json_atomic(args.output, report)
     return 0
+
+
+def _cmd_judge_agreement(argv: list[str]) -> int:
+    from videopanda.eval.agreement import compare_judges, format_agreement
+
+    return _two_folder_command(
+        argv, "judge-agreement", "Compare two judge runs over the same predictions.",
+        "output folder of one `eval judge` run", "output folder of another run over the same predictions",
+        "report (every disagreement)", "disagreements to print", compare_judges, format_agreement)
 
 
 def _cmd_mc(argv: list[str]) -> int:
@@ -416,22 +426,13 @@ def _cmd_mc(argv: list[str]) -> int:
 
 def _cmd_compare(argv: list[str]) -> int:
     from videopanda.eval.compare import compare_runs, format_comparison
-    from videopanda.io import write_json_atomic
 
-    p = CommandParser(prog="videopanda eval compare",
-                      description="Paired comparison of two result folders over the same items: both numbers "
-                                  "with 95% intervals, the exact McNemar test (paired bootstrap for scores), "
-                                  "overall and per question type or category, and the items where they differ.")
-    p.add_argument("a", type=Path, help="output folder of `eval judge`, `eval mc` or `eval benchmark`")
-    p.add_argument("b", type=Path, help="a folder of the same kind over the same items")
-    p.add_argument("--output", type=Path, default=None, help="write the full comparison (every differing item) as JSON")
-    p.add_argument("--show", type=_at_least(0), default=20, help="differing item ids to print per part")
-    args = p.parse_args(argv)
-    report = compare_runs(args.a, args.b)
-    print(format_comparison(report, show=args.show))
-    if args.output:
-        write_json_atomic(args.output, report)
-    return 0
+    return _two_folder_command(
+        argv, "compare", "Paired comparison of two result folders over the same items: both numbers with 95% "
+                         "intervals, the exact McNemar test (paired bootstrap for scores), overall and per question "
+                         "type or category, and the items where they differ.",
+        "output folder of `eval judge`, `eval mc` or `eval benchmark`", "a folder of the same kind over the same items",
+        "comparison (every differing item)", "differing item ids to print per part", compare_runs, format_comparison)
 
 
 def _exit_code(error: BaseException) -> int | None:

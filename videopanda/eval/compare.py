@@ -31,7 +31,8 @@ from videopanda.eval.benchmark import ASPECTS
 from videopanda.eval.datasets import BENCHMARK
 from videopanda.eval.intervals import (INTERVAL_RULE, bootstrap_interval, exact_mcnemar, paired_bootstrap,
                                        percent_interval)
-from videopanda.eval.records import RecordsError, read_jsonl
+from videopanda.eval.records import read_jsonl
+from videopanda.eval.report import read_results
 
 MC_OUTCOMES = "outcomes.jsonl"
 
@@ -55,13 +56,7 @@ def _read_results(folder: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CompareError(f"{folder}: no results.json (not the output folder of a finished `eval judge`, "
                            "`eval mc` or `eval benchmark`)")
-    try:
-        results = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise RecordsError(f"{path}: unreadable results ({' '.join(str(error).split())})") from None
-    if not isinstance(results, dict):
-        raise RecordsError(f"{path}: not a results object")
-    return results
+    return read_results(path)
 
 
 def _judged_part(folder: Path, results: dict[str, Any], score_only: bool) -> dict[str, Any]:

@@ -65,7 +65,7 @@ def _non_finite(value: Any, where: str = "") -> tuple[str, float] | None:
     return None
 
 
-def _read_results(path: Path) -> dict[str, Any]:
+def read_results(path: Path) -> dict[str, Any]:
     """A results.json as a dict; ReportError naming the file when it is unreadable, not an object, or holds
     NaN or an infinity anywhere (json reads NaN, Infinity and 1e999; no table may show them)."""
     try:
@@ -159,7 +159,7 @@ def collect(results_dirs: Sequence[str | os.PathLike], names: Sequence[str] | No
             logger.warning("%s: the judge stopped before writing results.json; listed under the table, not in it",
                            folder)
         for path in _results_files(root):
-            results = _read_results(path)
+            results = read_results(path)
             if "aspect" in results:
                 continue
             dataset = _dataset_of(path, results, root)
