@@ -122,6 +122,7 @@ def _infer(args: argparse.Namespace, dataset: str, output_dir: Path, items=None,
     `method`: answer multiple-choice items (`mc.MCAnswerer`) by generation or by log-likelihood."""
     from videopanda.eval.provenance import check_prediction_folder
     from videopanda.eval.qa import ModelAnswerer, chunk_file, expected_fingerprint, run_qa, shard
+    from videopanda.serve.model_folder import read_model_folder
 
     if args.num_chunks < 1 or not 0 <= args.chunk_idx < args.num_chunks:
         raise DatasetError(f"--chunk-idx must be in 0..{args.num_chunks - 1}, got {args.chunk_idx}")
@@ -130,7 +131,8 @@ def _infer(args: argparse.Namespace, dataset: str, output_dir: Path, items=None,
     config = _answerer_config(args)
     info = {"model_path": str(Path(args.model).resolve()), "device": config.device, "dtype_requested": args.dtype,
             "batch_size": args.batch_size, "num_chunks": args.num_chunks, "chunk_idx": args.chunk_idx}
-    expected = {**expected_fingerprint(config), "dataset": dataset}
+    folder = read_model_folder(config.model)
+    expected = {**expected_fingerprint(config, folder), "dataset": dataset}
     if method is not None:
         from videopanda.eval.mc import mc_fingerprint
 
@@ -139,11 +141,11 @@ def _infer(args: argparse.Namespace, dataset: str, output_dir: Path, items=None,
     check_prediction_folder(out_file, expected, info)
     logger.info("%s chunk %d of %d: %d questions -> %s", dataset, args.chunk_idx, args.num_chunks, len(items), out_file)
     if method is None:
-        answerer = ModelAnswerer(config)
+        answerer = ModelAnswerer(config, folder)
     else:
         from videopanda.eval.mc import MCAnswerer
 
-        answerer = MCAnswerer(config, method)
+        answerer = MCAnswerer(config, method, folder)
     summary = run_qa(items, answerer, out_file, batch_size=args.batch_size, retry_errors=args.retry_errors,
                      progress=not args.no_progress, fingerprint={**answerer.fingerprint, "dataset": dataset},
                      run_info=info)

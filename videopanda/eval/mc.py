@@ -44,6 +44,7 @@ from typing import Any, Callable, Sequence
 from videopanda.eval.datasets import VIDEO_EXTENSIONS, DatasetError, QAItem, VideoFinder
 from videopanda.eval.intervals import INTERVAL_RULE, percent_interval
 from videopanda.eval.qa import ModelAnswerer, ModelAnswererConfig, VideoNotFoundError
+from videopanda.serve.model_folder import ModelFolder
 
 LETTERS = string.ascii_uppercase
 INSTRUCTION = "Answer with the option's letter from the given choices directly."
@@ -479,10 +480,10 @@ class MCAnswerer(ModelAnswerer):
     "loglikelihood" the answer is the letter whose continuation (" B" after the prompt) the model finds
     most likely, instead of a generated reply."""
 
-    def __init__(self, config: ModelAnswererConfig, method: str = "generate"):
+    def __init__(self, config: ModelAnswererConfig, method: str = "generate", folder: ModelFolder | None = None):
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-        super().__init__(config)
+        super().__init__(config, folder)
         self.method = method
         self.fingerprint = {**self.fingerprint, "mc": mc_fingerprint(method)}
 

@@ -37,7 +37,7 @@ from tqdm import tqdm
 from videopanda.eval.datasets import QAItem
 from videopanda.data.frame_cache import video_identity
 from videopanda.eval.provenance import chunk_files, claim_prediction_file, model_experiment
-from videopanda.serve.model_folder import model_identity
+from videopanda.serve.model_folder import ModelFolder, model_identity
 from videopanda.eval.records import JsonlAppender, read_jsonl
 from videopanda.io import write_jsonl_atomic
 from videopanda.log import get_logger
@@ -213,12 +213,13 @@ def answerer_fingerprint(config: ModelAnswererConfig, model_config: Any, dtype: 
             "code_version": videopanda.__version__}
 
 
-def expected_fingerprint(config: ModelAnswererConfig) -> dict[str, Any]:
-    """The fingerprint `ModelAnswerer(config)` will have, read from the folder without loading weights
-    (dtype "auto": the checkpoint's own). Raises ModelFolderError / InferError."""
+def expected_fingerprint(config: ModelAnswererConfig, folder: ModelFolder | None = None) -> dict[str, Any]:
+    """The fingerprint `ModelAnswerer(config)` will have, from the folder's description (`folder`, or read from
+    `config.model`) without loading weights (dtype "auto": the checkpoint's own). Raises ModelFolderError /
+    InferError."""
     from videopanda.serve.model_folder import read_model_folder
 
-    folder = read_model_folder(config.model)
+    folder = folder or read_model_folder(config.model)
     return answerer_fingerprint(config, folder.config, folder.dtype if config.dtype == "auto" else config.dtype)
 
 
@@ -231,9 +232,10 @@ class ModelAnswerer:
     `processor(text=prompts, videos=frames)` (left padded) -> `model.generate(**inputs)`. A video
     that cannot be found or decoded becomes that item's exception; the rest of the batch still runs.
     `fingerprint` describes what produced the answers (`answerer_fingerprint`, with the loaded dtype).
+    `folder`: the description `read_model_folder(config.model)` returned, when the caller has it already.
     """
 
-    def __init__(self, config: ModelAnswererConfig):
+    def __init__(self, config: ModelAnswererConfig, folder: ModelFolder | None = None):
         import torch
 
         from videopanda.serve.infer import with_num_frames
@@ -242,7 +244,7 @@ class ModelAnswerer:
         self.config = config
         self.torch = torch
         dtype = None if config.dtype == "auto" else getattr(torch, config.dtype)
-        self.model, processor = load_model(config.model, config.device, dtype=dtype)
+        self.model, processor = load_model(folder or config.model, config.device, dtype=dtype)
         self.frame_config = frame_config_for(self.model.config, config.num_frames)
         self.processor = with_num_frames(processor, self.frame_config.num_frames)
         self.tokenizer = self.processor.tokenizer
