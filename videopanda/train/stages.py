@@ -123,14 +123,13 @@ def read_config(folder: str | Path) -> dict:
         raise ValueError(f"{path}: not valid JSON ({err})") from None
 
 
-def detect_init_kind(folder: str | Path, init: str = "auto", config: dict | None = None) -> str:
-    """videopanda / eve / llama, from the folder's config.json model_type (`config`: its content, read
-    here when not given) unless given."""
+def detect_init_kind(folder: str | Path, init: str, config: dict) -> str:
+    """videopanda / eve / llama: `init` unless "auto", else from the folder's config.json (`config`: its
+    content) model_type."""
     if init != "auto":
         if init not in INIT_KINDS:
             raise ValueError(f"model.init must be auto or one of {INIT_KINDS}, got {init!r}")
         return init
-    config = read_config(folder) if config is None else config
     model_type = config.get("model_type")
     if model_type == "videopanda":
         return "videopanda"
@@ -145,14 +144,11 @@ _CONFIG_DROP = ("model_type", "architectures", "auto_map", "transformers_version
                 "dtype", "stab")
 
 
-def videopanda_config_from_llm(folder: str | Path, stab_overrides: dict, config_overrides: dict | None = None,
-                               folder_config: dict | None = None):
-    """A VideoPandaConfig carrying an EVE / Llama folder's LLM fields (`folder_config`: its config.json, read
-    here when not given), `config_overrides` (frame sizes, number of frames, ...) and a fresh STAB
-    (`stab_overrides`)."""
+def videopanda_config_from_llm(folder_config: dict, stab_overrides: dict, config_overrides: dict | None = None):
+    """A VideoPandaConfig carrying an EVE / Llama folder's LLM fields (`folder_config`: its config.json's
+    content), `config_overrides` (frame sizes, number of frames, ...) and a fresh STAB (`stab_overrides`)."""
     from videopanda.model.videopanda import VideoPandaConfig
 
-    folder_config = read_config(folder) if folder_config is None else folder_config
     raw = {k: v for k, v in folder_config.items() if k not in _CONFIG_DROP}
     raw.update(config_overrides or {})
     stab = dict(stab_overrides)
@@ -242,7 +238,7 @@ def _videopanda_model(folder: str | Path, kind: str, folder_config: dict, stab_o
         config = VideoPandaConfig.from_dict(dict(folder_config), dtype=dtype, attn_implementation=attn_implementation)
         return VideoPandaForCausalLM.from_pretrained(folder, config=config, dtype=dtype,
                                                      attn_implementation=attn_implementation, **quantized)
-    config = videopanda_config_from_llm(folder, stab_overrides, config_overrides, folder_config)
+    config = videopanda_config_from_llm(folder_config, stab_overrides, config_overrides)
     model = VideoPandaForCausalLM.from_pretrained(folder, config=config, dtype=dtype,
                                                   attn_implementation=attn_implementation)
     if kind == "llama":
