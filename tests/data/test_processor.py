@@ -78,19 +78,26 @@ def test_odd_boxes_and_padding_frames_are_counted():
 
 
 def test_chat_template_gives_the_prompt_of_the_template(tokenizer):
+    """The template writes `<video>` where the original's prompt has one `<image>` per frame (the processor
+    expands it to the video's frame count); everything else is the original's text."""
     processor = VideoPandaProcessor(VideoPandaVideoProcessor(), tokenizer)
+
+    def template(messages, **kwargs):
+        text = processor.apply_chat_template(messages, **kwargs)
+        return text.replace("<video>", "<image>" * 8)
+
     video_turn = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "  What happens? "}]}]
-    assert processor.apply_chat_template(video_turn, add_generation_prompt=True) == build_generation_prompt(
-        "What happens?", 8, SYSTEM_USER)
-    assert processor.apply_chat_template(video_turn, add_generation_prompt=True, system="human") == \
+    assert processor.apply_chat_template(video_turn, add_generation_prompt=True).count("<video>") == 1
+    assert template(video_turn, add_generation_prompt=True) == build_generation_prompt("What happens?", 8, SYSTEM_USER)
+    assert template(video_turn, add_generation_prompt=True, system="human") == \
         build_generation_prompt("What happens?", 8, SYSTEM_HUMAN)
     rounds = video_turn + [{"role": "assistant", "content": "A circle moves."},
                            {"role": "user", "content": "Which colour?"}, {"role": "assistant", "content": "Red."}]
     expected = conversation_text([("<image>" * 8 + "\nWhat happens?", "A circle moves."), ("Which colour?", "Red.")])
-    assert processor.apply_chat_template(rounds) == expected
+    assert template(rounds) == expected
     assert "</s>USER:" in expected
     with_system = [{"role": "system", "content": SYSTEM_HUMAN}] + rounds[:3]
-    assert processor.apply_chat_template(with_system, add_generation_prompt=True) == conversation_text(
+    assert template(with_system, add_generation_prompt=True) == conversation_text(
         [("<image>" * 8 + "\nWhat happens?", "A circle moves."), ("Which colour?", None)], SYSTEM_HUMAN)
 
 

@@ -163,9 +163,15 @@ def test_a_prompt_past_the_model_context_is_refused_in_one_line_by_infer_and_eva
 
     result = run_cli("--model", str(small), "--video", str(clip), "--question", QUESTION, "--device", "cpu")
     assert result.returncode == 1 and result.stdout == ""
-    assert result.stderr.strip().splitlines() == [
-        f"videopanda infer: error: the prompt is {tokens} tokens (the video's included), over the model's context "
-        f"of {tokens - 1} tokens"]
+    [line] = result.stderr.strip().splitlines()
+    stem = (f"videopanda infer: error: the prompt is {tokens} tokens (the video's included), over the model's "
+            f"context of {tokens - 1} tokens; 8 frames were sampled, ")
+    assert line.startswith(stem) and line.endswith(")"), line
+    fit = int(line.removeprefix(stem).split()[0])
+    assert fit % 4 == 0 and 0 < fit < 8 and line.endswith(f"{fit} would fit (--num-frames {fit})")
+    fewer = run_cli("--model", str(small), "--video", str(clip), "--question", QUESTION, "--device", "cpu",
+                    "--num-frames", str(fit), "--max-new-tokens", "1")
+    assert fewer.returncode == 0 and fewer.stdout.strip(), fewer.stderr
 
     data = tmp_path / "data" / "eval" / "GPT_Zero_Shot_QA" / "MSVD_Zero_Shot_QA"
     (data / "videos").mkdir(parents=True)

@@ -1,21 +1,27 @@
-"""`VideoPandaProcessor`: video file or frames + prompt text -> the model's inputs, with the exact token count.
+"""`VideoPandaProcessor`: video files or frames + prompt text -> the model's inputs, with the exact token count.
 
     processor = AutoProcessor.from_pretrained(folder)
-    prompt = processor.apply_chat_template([{"role": "user", "content": [{"type": "video"},
-                                             {"type": "text", "text": question}]}], add_generation_prompt=True)
-    inputs = processor(text=prompt, videos=path)          # input_ids, attention_mask, pixel_values_videos
+    messages = [{"role": "user", "content": [{"type": "video", "path": "clip.mp4"},
+                                             {"type": "text", "text": "What happens?"}]}]
+    inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                           return_dict=True, return_tensors="pt")
     answer_ids = model.generate(**inputs)[:, inputs["input_ids"].shape[1]:]
+
+or, in two steps, `prompt = processor.apply_chat_template(messages, add_generation_prompt=True)` and
+`processor(text=prompt, videos="clip.mp4")`. Sampling arguments (`num_frames`, `fps`, `max_frames`, ...) go
+to the video processor, in `processor_kwargs` of `apply_chat_template` or in the call.
 
 Shapes: V videos, C chunks, T frames per chunk, S prompt length.
 
-- Frames: `read_video` (a path) or uint8 frames (n, H, W, 3), then `preprocess_video` (`frames.py`):
-  `pixel_values_videos` (V, C, T, 4, image_size, image_size); with `teacher=True` (training)
-  also `teacher_pixel_values_videos` (V, C, T, 4, teacher_image_size, teacher_image_size).
-- Text: every `<image>` in the prompt stands for one frame; each run of `num_frames` of them takes the
-  next video, in order. Each placeholder becomes `num_tokens(grid)` copies of the `<image>` token id,
-  where `grid` is the LSD grid the STAB will give that frame: the valid patch box of the frame from
-  `frame_placement` (a padding frame: the STAB's padding window), halved by LSD
-  (`STABConfig.frame_grid`), counted by `STABConfig.num_tokens`: the STAB's own functions.
+- Frames: the `VideoPandaVideoProcessor` (`video_processor.py`) decodes and samples a path, then
+  `preprocess_video` (`frames.py`): `pixel_values_videos` (V, C, T, 4, image_size, image_size); with
+  `teacher=True` (training) also `teacher_pixel_values_videos` (V, C, T, 4, teacher_image_size, teacher_image_size).
+- Text: the chat template writes `<video>` for each video item; the processor gives it one `<image>` per
+  frame of its video (8 for the original's sampling: the original's prompt). A prompt may also hold the
+  `<image>` runs itself (the training text: one per frame). Each `<image>` becomes `num_tokens(grid)`
+  copies of the `<image>` token id, where `grid` is the LSD grid the STAB will give that frame: the valid
+  patch box of the frame from `frame_placement` (a padding frame: the STAB's padding window), halved by
+  LSD (`STABConfig.frame_grid`), counted by `STABConfig.num_tokens`: the STAB's own functions.
 - Tokenisation is that of `conversation.tokenize_conversation` / `tokenize_prompt` (the text split at
   `<image>`, each piece encoded alone, one BOS), so ids and labels are the original's with each
   frame's -200 replaced by its run of placeholder ids.
@@ -23,44 +29,38 @@ Shapes: V videos, C chunks, T frames per chunk, S prompt length.
   32000 for the released vocabulary) is the model config's `image_token_id`. The embedding matrix is
   not resized: the model scatters the visual tokens over those positions.
 - A folder without processor files (the released layout) gets a processor built from its config.json.
-- Importing this module registers `VideoPandaProcessor` with `AutoProcessor` (and, through
-  `videopanda.model`, the config and the model with `AutoConfig` / `AutoModelForCausalLM`).
+  The chat template is this module's: the prompt format belongs to the model, so a template saved in a
+  folder (earlier versions wrote `<image>` * 8 into it) is not read back.
+- Importing this module registers `VideoPandaProcessor` with `AutoProcessor` and the video processor with
+  `AutoVideoProcessor` (and, through `videopanda.model`, the config and the model with `AutoConfig` /
+  `AutoModelForCausalLM`).
 """
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TypedDict
 
-import numpy as np
 import torch
 from transformers import AutoProcessor, AutoTokenizer, BatchFeature
 from transformers.processing_utils import ProcessorMixin
-from transformers.video_processing_utils import VideoProcessorMixin
 
-from videopanda.constants import (
-    FRAME_PLACEHOLDER,
-    NUM_FRAMES,
-    STUDENT_IMAGE_SIZE,
-    TEACHER_IMAGE_SIZE,
-)
+from videopanda.constants import FRAME_PLACEHOLDER, VIDEO_TOKEN
 from videopanda.data.conversation import EOS_TEXT, SYSTEM_HUMAN, SYSTEM_USER, encode_text, tokenize_conversation
-from videopanda.data.frames import FrameConfig, frame_placement, preprocess_video
-from videopanda.model.stab import STABConfig
+from videopanda.data.video_processor import PROCESSOR_FILES, VideoPandaVideoProcessor
 from videopanda.model.videopanda import VideoPandaConfig
 
-PROCESSOR_FILES = ("processor_config.json", "video_preprocessor_config.json", "preprocessor_config.json")
 SYSTEMS = {"user": SYSTEM_USER, "human": SYSTEM_HUMAN}
+PLACEHOLDERS = re.compile(f"({re.escape(VIDEO_TOKEN)}|{re.escape(FRAME_PLACEHOLDER)})")
 
 
-def chat_template(num_frames: int) -> str:
+def chat_template() -> str:
     """Vicuna v1.1 (the original's prompt, `conversation.py`) as a Jinja template. A leading system message
     sets the system text; otherwise the `system` variable picks "user" (default, the training text) or
-    "human" (the original inference text). A video item in a user message becomes `<image>` * num_frames +
-    newline in front of its text."""
+    "human" (the original inference text). Each video item of a user message becomes `<video>`, and the
+    items' `<video>`s + newline go in front of its text; the processor expands each `<video>` into one
+    `<image>` per frame of its video, so `<video>` + newline gives the original's `<image>` * 8 + newline."""
     user, human = json.dumps(SYSTEM_USER), json.dumps(SYSTEM_HUMAN)
     return (
         "{%- set texts = {'user': " + user + ", 'human': " + human + "} -%}"
@@ -71,130 +71,19 @@ def chat_template(num_frames: int) -> str:
         "{%- else -%}{%- set sys = texts[system | default('user')] -%}{%- set rest = messages -%}{%- endif -%}"
         "{{- sys | trim -}}"
         "{%- for message in rest -%}"
-        "{%- if message['content'] is string -%}{%- set text = message['content'] | trim -%}{%- set video = false -%}"
+        "{%- if message['content'] is string -%}{%- set text = message['content'] | trim -%}{%- set videos = 0 -%}"
         "{%- else -%}"
         "{%- set text = message['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text') | join('') | trim -%}"
-        "{%- set video = message['content'] | selectattr('type', 'equalto', 'video') | list | length > 0 -%}"
+        "{%- set videos = message['content'] | selectattr('type', 'equalto', 'video') | list | length -%}"
         "{%- endif -%}"
         "{%- if message['role'] == 'user' -%}"
         "{{- ' USER: ' if loop.first else 'USER: ' -}}"
-        "{%- if video -%}{{- '" + FRAME_PLACEHOLDER + "' * " + str(num_frames) + " + '\\n' -}}{%- endif -%}"
+        "{%- if videos > 0 -%}{{- '" + VIDEO_TOKEN + "' * videos + '\\n' -}}{%- endif -%}"
         "{{- text -}}"
         "{%- else -%}{{- ' ASSISTANT: ' + text + '" + EOS_TEXT + "' -}}{%- endif -%}"
         "{%- endfor -%}"
         "{%- if add_generation_prompt -%}{{- ' ASSISTANT:' -}}{%- endif -%}"
     )
-
-
-class VideoPandaVideosKwargs(TypedDict, total=False):
-    num_frames: int
-    image_size: int
-    teacher_image_size: int
-    stab_config: dict
-    return_tensors: str
-
-
-FLAT_STAB_FIELDS = ("frames_per_chunk", "patch_size", "window", "padding_window", "use_row_tokens")
-"""The STAB fields that processor configs of earlier versions saved next to the others, not in `stab_config`."""
-
-
-class VideoPandaVideoProcessor(VideoProcessorMixin):
-    """Videos (paths or uint8 frames) -> student (and teacher) tensors and each frame's LSD grid.
-
-    Its fields are the number of frames, the two image sizes and the model's `STABConfig` (`stab_config`,
-    saved in processor_config.json as a dict). The frame layout (`frames_per_chunk`, `patch_size`) and
-    every frame's token count come from the STAB config, through its own functions, so a STAB switch that
-    changes the token count needs no change here. A processor config saved by an earlier version holds
-    the `FLAT_STAB_FIELDS` at the top level instead; they are read into the STAB config (its other fields
-    at their defaults, which no token count depends on)."""
-
-    valid_kwargs = VideoPandaVideosKwargs
-    model_input_names = ["pixel_values_videos"]
-
-    def __init__(self, num_frames: int = NUM_FRAMES, image_size: int = STUDENT_IMAGE_SIZE,
-                 teacher_image_size: int = TEACHER_IMAGE_SIZE, stab_config: STABConfig | Mapping | None = None,
-                 **kwargs):
-        kwargs.pop("video_processor_type", None)
-        flat = {name: kwargs.pop(name) for name in FLAT_STAB_FIELDS if name in kwargs}
-        super().__init__(**kwargs)
-        if flat and stab_config is not None:
-            raise ValueError(f"video processor: {sorted(flat)} belong in stab_config, not next to it")
-        if not isinstance(stab_config, STABConfig):
-            stab_config = STABConfig(**(dict(stab_config) if stab_config is not None else flat))
-        self.num_frames, self.image_size, self.teacher_image_size = num_frames, image_size, teacher_image_size
-        self.stab_config = stab_config
-        self.frame_config  # validates the geometry
-
-    @classmethod
-    def from_model_config(cls, config) -> "VideoPandaVideoProcessor":
-        """From a `VideoPandaConfig` (ours or a released one)."""
-        return cls(num_frames=config.num_frames, image_size=config.image_size,
-                   teacher_image_size=config.teacher_image_size, stab_config=config.stab_config)
-
-    def to_dict(self) -> dict:
-        """transformers' serialisation (processor_config.json's "video_processor"), the STAB config as a dict."""
-        return {**super().to_dict(), "stab_config": asdict(self.stab_config)}
-
-    @property
-    def frames_per_chunk(self) -> int:
-        return self.stab_config.frames_per_chunk
-
-    @property
-    def patch_size(self) -> int:
-        return self.stab_config.patch_size
-
-    @property
-    def frame_config(self) -> FrameConfig:
-        return FrameConfig(self.num_frames, self.frames_per_chunk, self.image_size, self.teacher_image_size,
-                           self.patch_size)
-
-    def frame_grids(self, height: int, width: int, num_real: int) -> list[tuple[int, int]]:
-        """LSD grids of the num_frames frames of a video whose decoded frames are height x width and of which
-        num_real are real (the rest padding frames)."""
-        place = frame_placement(height, width, self.frame_config)[0]
-        p, side = self.patch_size, self.image_size // self.patch_size
-        rows = -(-(place.top + place.height) // p) - place.top // p
-        cols = -(-(place.left + place.width) // p) - place.left // p
-        stab = self.stab_config
-        real, pad = stab.frame_grid((rows, cols), (side, side)), stab.frame_grid(None, (side, side))
-        return [real] * num_real + [pad] * (self.num_frames - num_real)
-
-    def token_counts(self, grids: Sequence[tuple[int, int]]) -> list[int]:
-        """Per frame, the number of STAB tokens (and placeholder ids) of each grid."""
-        return [self.stab_config.num_tokens(g) for g in grids]
-
-    def load(self, video) -> np.ndarray:
-        """A path (decoded with `read_video`) or uint8 frames (n, H, W, 3) -> uint8 (n, H, W, 3)."""
-        if isinstance(video, (str, os.PathLike)):
-            from videopanda.data.video import read_video
-
-            return read_video(video, num_frames=self.num_frames).numpy()
-        return video.numpy(force=True) if isinstance(video, torch.Tensor) else np.asarray(video)
-
-    def __call__(self, videos, teacher: bool = False, flips: Sequence[bool] | None = None,
-                 return_tensors: str | None = "pt", **kwargs) -> BatchFeature:
-        """videos: one video or a list (paths or uint8 (n, H, W, 3)) -> `pixel_values_videos` (V, C, T, 4, H, W),
-        `teacher_pixel_values_videos` with `teacher=True`, and `frame_grids` (V lists of num_frames
-        (rows, cols)). `flips` (training) mirrors video i when flips[i]."""
-        if kwargs:
-            raise TypeError(f"unexpected video processor arguments {sorted(kwargs)}")
-        if isinstance(videos, (str, os.PathLike, np.ndarray, torch.Tensor)):
-            videos = [videos]
-        students, teachers, grids = [], [], []
-        for i, video in enumerate(videos):
-            frames = self.load(video)
-            student, teacher_frames = preprocess_video(frames, self.frame_config, flip=bool(flips and flips[i]),
-                                                       teacher=teacher)
-            students.append(student)
-            teachers.append(teacher_frames)
-            grids.append(self.frame_grids(frames.shape[1], frames.shape[2], frames.shape[0]))
-        data = {"pixel_values_videos": torch.stack(students) if students else None}
-        if teacher:
-            data["teacher_pixel_values_videos"] = torch.stack(teachers) if teachers else None
-        data["frame_grids"] = grids
-        return BatchFeature(data)
-
-    preprocess = __call__
 
 
 class VideoPandaProcessor(ProcessorMixin):
@@ -203,8 +92,8 @@ class VideoPandaProcessor(ProcessorMixin):
     def __init__(self, video_processor=None, tokenizer=None, chat_template=None, **kwargs):
         if tokenizer is not None and FRAME_PLACEHOLDER not in tokenizer.get_vocab():
             tokenizer.add_tokens([FRAME_PLACEHOLDER], special_tokens=True)
-        if chat_template is None and video_processor is not None:
-            chat_template = globals()["chat_template"](video_processor.num_frames)
+        if chat_template is None:
+            chat_template = globals()["chat_template"]()
         super().__init__(video_processor, tokenizer, chat_template=chat_template, **kwargs)
 
     def check_argument_for_proper_class(self, argument_name, argument):
@@ -230,8 +119,9 @@ class VideoPandaProcessor(ProcessorMixin):
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
         """A folder saved with `save_pretrained`, or a model folder without processor files (built from
         its config.json and tokenizer). The video processor is built from processor_config.json here, through
-        the processor's public `get_processor_dict` / `from_args_and_dict`: transformers' `AutoVideoProcessor`
-        is a torchvision-only placeholder without torchvision, which this processor does not use."""
+        the processor's public `get_processor_dict` / `from_args_and_dict` (transformers' own sub-processor loading
+        goes through the top-level `AutoVideoProcessor`, a placeholder without torchvision, which this
+        processor does not use)."""
         folder = Path(pretrained_model_name_or_path)
         if folder.is_dir() and not any((folder / name).is_file() for name in PROCESSOR_FILES):
             from videopanda.model.videopanda import VideoPandaConfig
@@ -239,6 +129,7 @@ class VideoPandaProcessor(ProcessorMixin):
             config = VideoPandaConfig.from_pretrained(folder)
             return cls.from_model_config(config, AutoTokenizer.from_pretrained(folder))
         processor_dict, instantiation_kwargs = cls.get_processor_dict(pretrained_model_name_or_path, **kwargs)
+        processor_dict.pop("chat_template", None)
         fields = dict(processor_dict.get("video_processor") or {})
         if not fields:
             raise ValueError(f"{pretrained_model_name_or_path}: processor_config.json has no 'video_processor'")
@@ -247,22 +138,26 @@ class VideoPandaProcessor(ProcessorMixin):
 
     def __call__(self, text=None, videos=None, padding_side: str = "left", teacher: bool = False,
                  flips: Sequence[bool] | None = None, return_frame_grids: bool = False,
-                 return_tensors: str | None = "pt", **kwargs) -> BatchFeature:
-        """text: a prompt or a list of B prompts; videos: the videos their `<image>` runs stand for, in order.
+                 return_tensors: str | None = "pt", add_special_tokens: bool = True, **video_kwargs) -> BatchFeature:
+        """text: a prompt or a list of B prompts; videos: the videos their placeholders stand for, in order
+        (one list, or one list per prompt as `apply_chat_template` passes them).
 
+        A video's placeholders are one `<video>` (the chat template's) or one `<image>` per frame (the
+        training text); each frame becomes its run of placeholder ids. `video_kwargs` go to the video
+        processor (num_frames, fps, min_frames, max_frames, do_sample_frames, return_metadata).
         -> BatchFeature: input_ids (B, S) and attention_mask (B, S), padded on `padding_side` with the
         tokenizer's pad id; pixel_values_videos (V, C, T, 4, H, W) when there are videos (and
         teacher_pixel_values_videos with teacher=True); with return_frame_grids, frame_grids (V lists of
-        num_frames (rows, cols)). Only "pt" tensors are returned."""
-        if kwargs:
-            raise TypeError(f"unexpected processor arguments {sorted(kwargs)}")
+        (rows, cols)); with return_metadata, video_metadata. Only "pt" tensors are returned; the single BOS
+        is always added (`add_special_tokens` is accepted for transformers' chat-template call)."""
         if text is None:
-            raise ValueError("VideoPandaProcessor needs text (a prompt with one <image> per frame)")
+            raise ValueError("VideoPandaProcessor needs text (a prompt with <video> or one <image> per frame)")
         prompts = [text] if isinstance(text, str) else list(text)
-        visual = self.video_processor(videos, teacher=teacher, flips=flips) if videos is not None else {}
+        visual = self.video_processor(videos, teacher=teacher, flips=flips, **video_kwargs) if videos is not None else {}
         grids = list(visual.get("frame_grids", []))
         runs = self._placeholder_runs(prompts, grids)
-        rows = [encode_text(prompt, self.tokenizer, run)[0] for prompt, run in zip(prompts, runs)]
+        rows = [encode_text(prompt, self.tokenizer, run)[0]
+                for prompt, run in zip((PLACEHOLDERS.sub(FRAME_PLACEHOLDER, p) for p in prompts), runs)]
         data = dict(self.pad(rows, padding_side))
         if videos is not None:
             data["pixel_values_videos"] = visual["pixel_values_videos"]
@@ -270,25 +165,34 @@ class VideoPandaProcessor(ProcessorMixin):
                 data["teacher_pixel_values_videos"] = visual["teacher_pixel_values_videos"]
             if return_frame_grids:
                 data["frame_grids"] = grids
+            if "video_metadata" in visual:
+                data["video_metadata"] = visual["video_metadata"]
         return BatchFeature(data, tensor_type=None)
 
     def _placeholder_runs(self, prompts: Sequence[str], grids: list[list[tuple[int, int]]]) -> list[list[list[int]]]:
-        """Per prompt, per `<image>`: the run of placeholder ids of that frame."""
-        n = self.video_processor.num_frames
+        """Per prompt, per placeholder: its run of placeholder ids. A `<video>` stands for every frame of the
+        next video (one run: the frames' runs back to back, as `<image>` * n with no text between them gives);
+        an `<image>` for the next frame; a video ends within one prompt."""
         counts = [self.video_processor.token_counts(g) for g in grids]
-        token = self.image_token_id
-        per_prompt = [prompt.count(FRAME_PLACEHOLDER) for prompt in prompts]
-        for b, k in enumerate(per_prompt):
-            if k % n:
-                raise ValueError(f"prompt {b} holds {k} {FRAME_PLACEHOLDER} placeholders, not a multiple of "
-                                 f"num_frames ({n}): one per frame of each video")
-        if sum(per_prompt) // n != len(counts):
-            raise ValueError(f"the prompts hold placeholders for {sum(per_prompt) // n} videos but "
-                             f"{len(counts)} videos were given")
-        runs, video = [], 0
-        for k in per_prompt:
-            runs.append([[token] * c for v in range(video, video + k // n) for c in counts[v]])
-            video += k // n
+        token, runs, video, frame = self.image_token_id, [], 0, 0
+        for b, prompt in enumerate(prompts):
+            runs.append([])
+            for mark in PLACEHOLDERS.findall(prompt):
+                if video == len(counts):
+                    raise ValueError(f"prompt {b} holds placeholders for more videos than the {len(counts)} given "
+                                     "(a video content item needs a 'path' or 'url')")
+                if mark == VIDEO_TOKEN and frame:
+                    raise ValueError(f"prompt {b}: {VIDEO_TOKEN} after {frame} {FRAME_PLACEHOLDER} of a video's frames")
+                frames = counts[video][frame:] if mark == VIDEO_TOKEN else counts[video][frame:frame + 1]
+                runs[-1].append([token] * sum(frames))
+                frame += len(frames)
+                if frame == len(counts[video]):
+                    video, frame = video + 1, 0
+            if frame:
+                raise ValueError(f"prompt {b} holds {frame} {FRAME_PLACEHOLDER} placeholders, not a multiple of the "
+                                 f"video's {len(counts[video])} frames: one per frame of each video (or one {VIDEO_TOKEN})")
+        if video != len(counts):
+            raise ValueError(f"the prompts hold placeholders for {video} videos but {len(counts)} videos were given")
         return runs
 
     def tokenize_conversation(self, conversations, grids: Sequence[tuple[int, int]] | None, system: str = SYSTEM_USER,

@@ -19,6 +19,10 @@ Sampling (`sample_indices`), on the frames of the clip, or of the [start, end) w
 4. A window of fewer frames than `num_frames` (a 1-frame or 3-frame clip) therefore returns all of
    them; `frames.preprocess_video` pads the video with all-zero frames up to `num_frames`.
 
+`decode_video` takes any such rule (a function of the clip's frame count and frame rate) and returns the
+frames with their indices, the clip's frame count and rate: the video processor samples by a frame rate
+through it (`video_processor.VideoPandaVideoProcessor`, `evenly_spread`).
+
 A missing, zero or unparsable frame rate counts as "unknown": stride 1, and a start/end window cannot
 be placed (that is a `VideoReadError`). Frame i is taken to start at i / avg_fps seconds, for both
 backends, so start/end select frames floor(start * fps) .. ceil(end * fps) - 1.
@@ -37,7 +41,7 @@ import re
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,6 +139,16 @@ def sample_indices(total: int, fps: float, num_frames: int, start: float | None 
     return [first + i * step for i in range(count)]
 
 
+def evenly_spread(total: int, count: int) -> list[int]:
+    """`count` frame indices spread evenly over a clip of `total` frames from its first frame:
+    floor(i * total / count) for i < count, or every frame when the clip has no more than `count`."""
+    if count < 1:
+        raise ValueError(f"the frame count must be positive, got {count}")
+    if total <= count:
+        return list(range(total))
+    return [i * total // count for i in range(count)]
+
+
 def read_video(path: str | Path, num_frames: int = 8, start: float | None = None,
                end: float | None = None) -> torch.Tensor:
     """Decode and sample a video -> uint8 (n, H, W, 3) RGB, 1 <= n <= num_frames, in time order.
@@ -144,6 +158,26 @@ def read_video(path: str | Path, num_frames: int = 8, start: float | None = None
     """
     if num_frames < 1:
         raise ValueError(f"num_frames must be positive, got {num_frames}")
+    return decode_video(path, lambda total, fps: sample_indices(total, fps, num_frames, start, end)).frames
+
+
+@dataclass(frozen=True)
+class DecodedVideo:
+    """Frames decoded from a file and where they come from.
+
+    frames: uint8 (n, H, W, 3) RGB in time order; indices: the n frame numbers decoded (0 = the first);
+    total: the frames the clip has; fps: its average frame rate (0.0 when unknown); backend: "decord" or
+    "pyav"."""
+
+    frames: torch.Tensor
+    indices: list[int]
+    total: int
+    fps: float
+    backend: str
+
+
+def check_video_file(path: str | Path) -> Path:
+    """The path, when it names a non-empty regular file; else `VideoReadError` ("missing" or "empty")."""
     path = Path(path)
     if not path.exists():
         raise VideoReadError(path, "file not found", kind="missing")
@@ -151,18 +185,27 @@ def read_video(path: str | Path, num_frames: int = 8, start: float | None = None
         raise VideoReadError(path, "not a regular file", kind="missing")
     if path.stat().st_size == 0:
         raise VideoReadError(path, "empty file (0 bytes)", kind="empty")
+    return path
+
+
+def decode_video(path: str | Path, choose_indices: Callable[[int, float], list[int]]) -> DecodedVideo:
+    """Decode the frames `choose_indices(total_frames, avg_fps)` names (sorted, distinct; a ValueError it
+    raises means no frame can be sampled and becomes a `VideoReadError` naming the file). decord first,
+    PyAV for what decord refuses (module docstring). Raises `VideoReadError` for a missing, empty or
+    undecodable file."""
+    path = check_video_file(path)
     failures = []
-    for name, backend in (("decord", _read_decord), ("PyAV", _read_pyav)):
+    for name, backend in (("decord", _read_decord), ("pyav", _read_pyav)):
         try:
-            frames = backend(path, num_frames, start, end)
+            frames, indices, opened = backend(path, choose_indices)
         except _WindowError as exc:
             raise VideoReadError(path, str(exc)) from None
         except Exception as exc:  # noqa: BLE001 - any decoder failure means "try the next backend"
-            failures.append(f"{name}: {decoder_reason(exc, path)}")
+            failures.append(f"{'PyAV' if name == 'pyav' else name}: {decoder_reason(exc, path)}")
             continue
         if failures:
             logger.debug("%s: read with PyAV after %s", path, failures[0])
-        return _to_tensor(path, frames)
+        return DecodedVideo(_to_tensor(path, frames), indices, opened.num_frames, opened.fps, name)
     raise VideoReadError(path, "cannot decode (" + "; ".join(failures) + ")")
 
 
@@ -252,16 +295,16 @@ class _WindowError(Exception):
     """The file is fine but the requested window or frame rate does not allow sampling."""
 
 
-def _indices(opened: _Opened, num_frames: int, start, end) -> list[int]:
+def _indices(opened: _Opened, choose_indices) -> list[int]:
     if opened.num_frames < 1:
         raise RuntimeError("no frames")
     try:
-        return sample_indices(opened.num_frames, opened.fps, num_frames, start, end)
+        return choose_indices(opened.num_frames, opened.fps)
     except ValueError as exc:
         raise _WindowError(str(exc)) from None
 
 
-def _read_decord(path: Path, num_frames: int, start, end) -> list[np.ndarray]:
+def _read_decord(path: Path, choose_indices) -> tuple[list[np.ndarray], list[int], _Opened]:
     import decord
 
     decord.logging.set_level(decord.logging.QUIET)
@@ -276,12 +319,12 @@ def _read_decord(path: Path, num_frames: int, start, end) -> list[np.ndarray]:
         if noise:  # with decord's line, anything another thread wrote to fd 2 meanwhile
             logger.debug("%s: stderr while decord opened it: %s", path, " | ".join(noise))
     opened = _Opened(len(reader), float(reader.get_avg_fps() or 0.0))
-    indices = _indices(opened, num_frames, start, end)
+    indices = _indices(opened, choose_indices)
     batch = reader.get_batch(indices).asnumpy()
-    return list(batch)
+    return list(batch), indices, opened
 
 
-def _read_pyav(path: Path, num_frames: int, start, end) -> list[np.ndarray]:
+def _read_pyav(path: Path, choose_indices) -> tuple[list[np.ndarray], list[int], _Opened]:
     import av
 
     with av.open(str(path)) as container:
@@ -291,15 +334,16 @@ def _read_pyav(path: Path, num_frames: int, start, end) -> list[np.ndarray]:
         declared = stream.frames or sum(1 for p in container.demux(stream) if p.size)
         fps = _pyav_fps(stream, declared)
     opened = _Opened(declared, fps)
-    indices = _indices(opened, num_frames, start, end)
+    indices = _indices(opened, choose_indices)
     frames, decoded = _decode_pyav(path, set(indices))
     if len(frames) < len(indices):
         # The container promised more frames than the decoder delivers: sample again on what exists.
         if decoded < 1:
             raise RuntimeError("no decodable frames")
-        indices = _indices(_Opened(decoded, fps), num_frames, start, end)
+        opened = _Opened(decoded, fps)
+        indices = _indices(opened, choose_indices)
         frames, _ = _decode_pyav(path, set(indices))
-    return [frames[i] for i in sorted(frames)]
+    return [frames[i] for i in sorted(frames)], sorted(frames), opened
 
 
 def _decode_pyav(path: Path, wanted: set[int]) -> tuple[dict[int, np.ndarray], int]:

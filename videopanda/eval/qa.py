@@ -238,7 +238,7 @@ class ModelAnswerer:
     def __init__(self, config: ModelAnswererConfig, folder: ModelFolder | None = None):
         import torch
 
-        from videopanda.serve.infer import with_num_frames
+        from videopanda.serve.infer import with_sampling
         from videopanda.serve.model_folder import frame_config_for, load_model
 
         self.config = config
@@ -246,7 +246,7 @@ class ModelAnswerer:
         dtype = None if config.dtype == "auto" else getattr(torch, config.dtype)
         self.model, processor = load_model(folder or config.model, config.device, dtype=dtype)
         self.frame_config = frame_config_for(self.model.config, config.num_frames)
-        self.processor = with_num_frames(processor, self.frame_config.num_frames)
+        self.processor = with_sampling(processor, self.frame_config.num_frames)
         self.tokenizer = self.processor.tokenizer
         self.dtype = self.model.dtype
         self.num_frames = self.frame_config.num_frames

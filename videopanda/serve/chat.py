@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from videopanda.log import get_logger
-from videopanda.serve.infer import ContextLengthError, add_model_options, fit_context, generation_settings, with_num_frames
+from videopanda.serve.infer import ContextLengthError, add_model_options, fit_context, generation_settings, with_sampling
 from videopanda.serve.model_folder import (
     InferError,
     MemoryBudgetError,
@@ -249,7 +249,7 @@ def load_conversation(args: argparse.Namespace, folder: ModelFolder | None = Non
     if device == "cuda" and not torch.cuda.is_available():
         raise InferError("--device cuda was asked for but no CUDA device is available")
     model, processor = load_model(folder or args.model, device, torch_dtype(args.dtype))
-    processor = with_num_frames(processor, frame_config_for(model.config, args.num_frames).num_frames)
+    processor = with_sampling(processor, frame_config_for(model.config, args.num_frames).num_frames)
     limit = generation_settings(processor.tokenizer, args.max_new_tokens, model.generation_config)["max_new_tokens"]
     return VideoConversation(model, processor, system=args.system, max_new_tokens=limit)
 

@@ -1,16 +1,17 @@
 """`videopanda infer`: answer one question about one video with a Video-Panda model folder.
 
     videopanda infer --model FOLDER --video FILE --question TEXT [--max-new-tokens N]
-                     [--num-frames 8] [--device cpu|cuda] [--dtype auto|float32|bfloat16|float16]
-                     [--system user|human]
+                     [--num-frames 8 | --fps F [--max-frames 32]] [--device cpu|cuda]
+                     [--dtype auto|float32|bfloat16|float16] [--system user|human]
 
 Pipeline: `model_folder.read_model_folder` (config, weight headers, generation settings and tokenizer files,
-each read once) -> `read_video` -> `model_folder.load_model` (the model and its `VideoPandaProcessor`) -> the
-chat template's prompt -> `processor(text=..., videos=frames)` -> greedy `generate` with the KV cache. Only
-the answer goes to stdout. Errors are one line on stderr: a folder that cannot be loaded as a Video-Panda
-model (`ModelFolderError`, naming the file) or a model that does not fit in memory (`MemoryBudgetError`)
-exits with code 2; a missing or unreadable video, a bad option, or a prompt longer than the model's context
-(`ContextLengthError`), with code 1.
+each read once) -> `model_folder.load_model` (the model and its `VideoPandaProcessor`) -> the chat template's
+prompt -> `processor(text=..., videos=path)` (the video processor decodes and samples the video: the
+original's 8 frames, `--num-frames N` or `--fps F`) -> greedy `generate` with the KV cache. Only the answer
+goes to stdout. Errors are one line on stderr: a folder that cannot be loaded as a Video-Panda model
+(`ModelFolderError`, naming the file) or a model that does not fit in memory (`MemoryBudgetError`) exits with
+code 2; a missing or unreadable video (a missing or empty file is found before the model loads), a bad
+option, or a prompt longer than the model's context (`ContextLengthError`), with code 1.
 
 Generation settings have one source, the folder's `generation_config.json` (every folder this project
 saves has one: `videopanda.model.videopanda.project_generation_config`): its new-token limit unless
@@ -19,8 +20,8 @@ cache (the paper's decoding). A folder without the file (the released layout) ge
 
 Context guard (`fit_context`, shared by `infer`, `chat`, `demo`, `eval qa` and `eval mc`): a prompt
 (text and the video's placeholder tokens) that leaves no room under the model's `max_position_embeddings`
-is refused before anything is generated, naming both lengths; otherwise the answer is capped to the room
-left (positions past the context were never trained and give garbage).
+is refused before anything is generated, naming both lengths and the most frames that would fit; otherwise
+the answer is capped to the room left (positions past the context were never trained and give garbage).
 
 Checking a folder and the memory it needs: `videopanda.serve.model_folder`.
 
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from videopanda.log import get_logger
@@ -40,7 +42,6 @@ from videopanda.serve.model_folder import (
     InferError,
     MemoryBudgetError,
     ModelFolderError,
-    frame_config_for,
     load_model,
     read_model_folder,
     torch_dtype,
@@ -61,12 +62,29 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="Video-Panda model folder (ours or the released layout)")
     parser.add_argument("--max-new-tokens", type=int, default=None,
                         help="longest answer, in tokens (default: the folder's generation_config.json, else 1024)")
-    parser.add_argument("--num-frames", type=int, default=None, help="frames to sample (default: the model's, 8)")
+    add_sampling_options(parser)
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
     parser.add_argument("--dtype", choices=("auto", *DTYPE_NAMES), default="auto",
                         help="auto: the checkpoint's own dtype from config.json, float32 when it has none")
     parser.add_argument("--system", choices=("user", "human"), default="user",
                         help="system text: 'user' (training) or 'human' (the original inference template)")
+
+
+def add_sampling_options(parser: argparse.ArgumentParser) -> None:
+    """--num-frames / --fps / --max-frames: how frames are sampled from a video (infer, chat, demo, eval qa, eval mc)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--num-frames", type=int, default=None,
+                       help="frames to sample, a multiple of 4 (the STAB's chunk length; default: the model's, 8)")
+    group.add_argument("--fps", type=float, default=None,
+                       help="sample this many frames a second instead, rounded to whole chunks of 4 (at least 4)")
+    parser.add_argument("--max-frames", type=int, default=None,
+                        help="with --fps: at most this many frames, a multiple of 4 (default 32)")
+
+
+def sampling_arguments(args: argparse.Namespace) -> dict:
+    """The sampling options given on the command line, as the video processor's keyword arguments."""
+    names = ("num_frames", "fps", "max_frames")
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -79,16 +97,22 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def with_num_frames(processor, num_frames: int | None):
-    """The processor itself, or a copy that samples `num_frames` frames (a multiple of frames_per_chunk)."""
+def with_sampling(processor, num_frames: int | None = None, fps: float | None = None,
+                  max_frames: int | None = None):
+    """The processor itself, or a copy whose video processor samples `num_frames` frames (a multiple of the
+    chunk length) or `fps` frames a second (at most `max_frames`). Raises InferError for a bad setting."""
     from videopanda.data.processor import VideoPandaProcessor, VideoPandaVideoProcessor
 
+    if num_frames is not None and fps is not None:
+        raise InferError("give the number of frames or a frame rate, not both")
     video = processor.video_processor
-    if not num_frames or num_frames == video.num_frames:
+    if (num_frames in (None, video.num_frames) and fps in (None, video.fps)
+            and max_frames in (None, video.max_frames)):
         return processor
-    try:  # the video processor's own serialisation, as processor_config.json holds it, with another count
-        resized = VideoPandaVideoProcessor(**{**video.to_dict(), "num_frames": num_frames})
-        return VideoPandaProcessor(resized, processor.tokenizer)
+    fields = {**video.to_dict(), "num_frames": num_frames or video.num_frames, "fps": fps,
+              "max_frames": max_frames or video.max_frames}
+    try:  # the video processor's own serialisation, as processor_config.json holds it, with the new sampling
+        return VideoPandaProcessor(VideoPandaVideoProcessor(**fields), processor.tokenizer)
     except ValueError as err:
         raise InferError(str(err)) from err
 
@@ -121,31 +145,42 @@ def generation_settings(tokenizer, max_new_tokens: int | None = None, saved=None
             "eos_token_id": eos, "pad_token_id": pad}
 
 
-def fit_context(prompt_tokens: int, max_context: int, max_new_tokens: int, subject: str = "the prompt is") -> int:
+def fit_context(prompt_tokens: int, max_context: int, max_new_tokens: int, subject: str = "the prompt is",
+                frame_tokens: Sequence[int] = (), frames_per_chunk: int = 4) -> int:
     """The new-token limit a prompt of `prompt_tokens` leaves under a context of `max_context` positions:
     min(max_new_tokens, room). Raises ContextLengthError, "<subject> N tokens (the video's included), over
     the model's context of M tokens", when no token fits (`max_new_tokens` 0: when the prompt itself does
-    not fit, for scoring a text without generating)."""
+    not fit, for scoring a text without generating). `frame_tokens`: the video's tokens per frame (its
+    placeholder runs); when given, the error also names the most frames, in whole chunks, that would fit."""
     room = max_context - prompt_tokens
-    if room < min(1, max_new_tokens):
-        over = "over" if room < 0 else "filling"
-        raise ContextLengthError(f"{subject} {prompt_tokens} tokens (the video's included), {over} the model's "
-                                 f"context of {max_context} tokens")
-    return min(max_new_tokens, room)
+    needed = min(1, max_new_tokens)
+    if room >= needed:
+        return min(max_new_tokens, room)
+    over = "over" if room < 0 else "filling"
+    hint = ""
+    if frame_tokens:
+        free = max_context - needed - (prompt_tokens - sum(frame_tokens))
+        fit = max(0, free // max(frame_tokens)) // frames_per_chunk * frames_per_chunk
+        hint = (f"; {len(frame_tokens)} frames were sampled, {fit} would fit (--num-frames {fit})" if fit else
+                f"; the text alone leaves no room for {frames_per_chunk} frames")
+    raise ContextLengthError(f"{subject} {prompt_tokens} tokens (the video's included), {over} the model's "
+                             f"context of {max_context} tokens{hint}")
 
 
-def answer(model, processor, frames: torch.Tensor, question: str, max_new_tokens: int | None = None,
-           num_frames: int | None = None, system: str = "user") -> str:
-    """Greedy answer to `question` about uint8 frames (n, H, W, 3) from `read_video`, at most `max_new_tokens`
-    tokens (None: the model's generation config). Raises ContextLengthError when the prompt leaves no room."""
-    processor = with_num_frames(processor, num_frames)
+def answer(model, processor, video, question: str, max_new_tokens: int | None = None, system: str = "user") -> str:
+    """Greedy answer to `question` about a video (a path, sampled by the processor's video processor, or uint8
+    frames (n, H, W, 3)), at most `max_new_tokens` tokens (None: the model's generation config). Raises
+    ContextLengthError when the prompt leaves no room, VideoReadError for a video that cannot be read."""
     tokenizer = processor.tokenizer
-    inputs = processor(text=video_prompt(processor, question, system), videos=frames).to(model.device)
+    inputs = processor(text=video_prompt(processor, question, system), videos=video, return_frame_grids=True)
+    frame_tokens = processor.video_processor.token_counts(inputs.pop("frame_grids")[0])
+    inputs = inputs.to(model.device)
     inputs["pixel_values_videos"] = inputs["pixel_values_videos"].to(model.dtype)
     prompt_length = inputs["input_ids"].shape[1]
     settings = generation_settings(tokenizer, max_new_tokens, model.generation_config)
     settings["max_new_tokens"] = fit_context(prompt_length, model.config.max_position_embeddings,
-                                             settings["max_new_tokens"])
+                                             settings["max_new_tokens"], frame_tokens=frame_tokens,
+                                             frames_per_chunk=processor.video_processor.frames_per_chunk)
     output = model.generate(**inputs, **settings)
     return tokenizer.decode(output[0, prompt_length:], skip_special_tokens=True).strip()
 
@@ -154,17 +189,18 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     import torch
 
-    from videopanda.data.video import VideoReadError, read_video
+    from videopanda.data.video import VideoReadError, check_video_file
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         if device == "cuda" and not torch.cuda.is_available():
             raise InferError("--device cuda was asked for but no CUDA device is available")
         folder = read_model_folder(args.model)
-        frames = read_video(args.video, num_frames=frame_config_for(folder.config, args.num_frames).num_frames)
+        check_video_file(args.video)
         model, processor = load_model(folder, device, torch_dtype(args.dtype))
-        text = answer(model, processor, frames, args.question, args.max_new_tokens, args.num_frames, args.system)
-    except (InferError, VideoReadError) as err:
+        processor = with_sampling(processor, **sampling_arguments(args))
+        text = answer(model, processor, args.video, args.question, args.max_new_tokens, args.system)
+    except (InferError, VideoReadError, ValueError) as err:
         message = " ".join(str(err).split())
         print(f"videopanda infer: error: {message}", file=sys.stderr)
         return 2 if isinstance(err, (ModelFolderError, MemoryBudgetError)) else 1

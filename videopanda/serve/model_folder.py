@@ -526,6 +526,7 @@ def _processor(folder: ModelFolder):
     if not any((folder.path / name).is_file() for name in PROCESSOR_FILES):
         return VideoPandaProcessor.from_model_config(folder.config, tokenizer)
     saved, extra = VideoPandaProcessor.get_processor_dict(folder.path)
+    saved.pop("chat_template", None)  # the prompt format is the processor module's (videopanda.data.processor)
     if not saved.get("video_processor"):
         raise ValueError("processor_config.json has no 'video_processor'")
     video = VideoPandaVideoProcessor(**saved["video_processor"])
