@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers.by_hand import wilson
 
 from videopanda.quickstart import models
 from videopanda.quickstart import run as quickstart
@@ -84,9 +85,22 @@ def test_report_from_loss_logs(tmp_path):
     summary = {"stages": [{"name": s, "final_loss": 0.5, "steps": 5, "elapsed_s": 10.0} for s in quickstart.STAGES],
                "eval": {"accuracy": 87.5, "per_type": {"counting": 75.0, "motion": 100.0}, "num_yes": 7, "num_no": 1,
                         "judge": "exact-match"}, "elapsed_s": 42.0, "num_test": 9}
-    table = quickstart.results_table(summary)
+    table = quickstart.results_table(summary)  # a summary from before the counts: bare accuracies
     assert "| counting | 75.0 |" in table and "**87.5**" in table and "| pretrain | 5 | 0.5000 | 10 |" in table
     assert "8 of 9 questions judged" in table
+    summary["eval"].update({"num_items": 8, "per_type_num_yes": {"counting": 3, "motion": 4},
+                            "per_type_num_items": {"counting": 4, "motion": 4}})
+    point = {"step": 4, "epoch": 2.0, "accuracy": 50.0, "num_yes": 2, "num_items": 4, "per_type": {"motion": 50.0},
+             "per_type_num_yes": {"motion": 2}, "per_type_num_items": {"motion": 4}}
+    summary["curve"] = {"every_epochs": 2.0, "questions": 4, "points": [point], "elapsed_s": 30.0,
+                        "seconds_per_point": 30.0}
+    table = quickstart.results_table(summary)
+    counting, overall, half = wilson(3, 4), wilson(7, 8), wilson(2, 4)
+    assert f"| counting | 75.0 [{counting[0]:.1f}, {counting[1]:.1f}] (4) |" in table
+    assert f"| **overall** | **87.5 [{overall[0]:.1f}, {overall[1]:.1f}] (8)** |" in table
+    assert "on the first 4 held-out questions every 2 finetune epochs (30 s per point, 30 s in all)" in table
+    assert table.endswith(f"| full model | 4 | 2 | 50.0 [{half[0]:.1f}, {half[1]:.1f}] (4) | "
+                          f"50.0 [{half[0]:.1f}, {half[1]:.1f}] (4) |")
 
 
 def test_data_folder_is_reused_only_when_it_matches(tmp_path):
@@ -144,34 +158,48 @@ def test_output_folder_of_another_run_is_refused(tmp_path):
         quickstart.claim_output_folder(cfg.out, settings)
 
 
-def _summary(seed: int, motion: float, counting: float, elapsed: float) -> dict:
-    return {"seed": seed, "elapsed_s": elapsed, "num_test": 400,
-            "eval": {"per_type": {"motion": motion, "counting": counting}, "accuracy": (motion + counting) / 2,
-                     "num_yes": 300 + seed, "num_no": 100 - 2 * seed}}
+def _summary(seed: int, motion: int, counting: int, elapsed: float, per_type: int = 50) -> dict:
+    """A summary whose motion and counting questions (`per_type` each) got `motion` and `counting` right."""
+    right, total = motion + counting, 2 * per_type
+    return {"seed": seed, "elapsed_s": elapsed, "num_test": total,
+            "eval": {"per_type": {"motion": 100 * motion / per_type, "counting": 100 * counting / per_type},
+                     "accuracy": 100 * right / total, "num_yes": right, "num_no": total - right - seed,
+                     "num_items": total, "per_type_num_yes": {"motion": motion, "counting": counting},
+                     "per_type_num_items": {"motion": per_type, "counting": per_type}}}
 
 
-def test_seed_table_gives_the_mean_and_range_of_every_type():
-    runs = {"full model": [_summary(0, 80.0, 100.0, 500.0), _summary(1, 90.0, 97.0, 520.0),
-                           _summary(2, 100.0, 100.0, 540.0)],
-            "no lste / no gstra": [_summary(0, 30.0, 99.0, 480.0), _summary(1, 26.0, 100.0, 470.0),
-                                   _summary(2, 25.0, 98.0, 490.0)]}
+def _cell(right: int, total: int) -> str:
+    low, high = wilson(right, total)
+    return f"{100 * right / total:.1f} [{low:.1f}, {high:.1f}] ({total})"
+
+
+def test_seed_table_gives_every_accuracy_per_seed_and_pooled_with_its_interval():
+    runs = {"full model": [_summary(0, 40, 50, 500.0), _summary(1, 45, 48, 520.0), _summary(2, 50, 50, 540.0)],
+            "no lste / no gstra": [_summary(0, 15, 49, 480.0), _summary(1, 0, 50, 470.0)]}
     lines = quickstart.seed_table(runs).splitlines()
-    assert lines[0] == "| model | seeds | counting | motion | overall | time (s) |"
-    assert lines[2] == ("| full model | 0, 1, 2 | 99.0 [97.0, 100.0] | 90.0 [80.0, 100.0] | 94.5 [90.0, 100.0] "
-                        "| 520.0 [500.0, 540.0] |")
-    assert lines[3] == ("| no lste / no gstra | 0, 1, 2 | 99.0 [98.0, 100.0] | 27.0 [25.0, 30.0] | 63.0 [61.5, 64.5] "
-                        "| 480.0 [470.0, 490.0] |")
-    assert lines[-1] == ("Questions judged per seed: full model 400 of 400, 399 of 400, 398 of 400; "
-                         "no lste / no gstra 400 of 400, 399 of 400, 398 of 400.")
+    assert lines[0] == "| model | seed | counting | motion | overall | time (s) |"
+    assert lines[2] == f"| full model | 0 | {_cell(50, 50)} | {_cell(40, 50)} | {_cell(90, 100)} | 500 |"
+    assert lines[5] == (f"| full model | pooled (0, 1, 2) | {_cell(148, 150)} | {_cell(135, 150)} | "
+                        f"{_cell(283, 300)} | 520 [500, 540] |")
+    assert lines[7] == f"| no lste / no gstra | 1 | {_cell(50, 50)} | {_cell(0, 50)} | {_cell(50, 100)} | 470 |"
+    assert lines[8].startswith(f"| no lste / no gstra | pooled (0, 1) | {_cell(99, 100)} | {_cell(15, 100)} |")
+    # at 0 and at all right the interval stays inside [0, 100] and is not empty
+    assert _cell(0, 50) == "0.0 [0.0, 7.1] (50)" and _cell(50, 50) == "100.0 [92.9, 100.0] (50)"
+    assert lines[-1] == ("Questions judged per seed: full model 100 of 100, 99 of 100, 98 of 100; "
+                         "no lste / no gstra 100 of 100, 99 of 100.")
 
 
-def test_seed_table_times_only_runs_done_in_one_call():
-    resumed = {**_summary(2, 100.0, 100.0, 30.0), "resumed": True}
-    runs = {"full model": [_summary(0, 80.0, 100.0, 500.0), _summary(1, 90.0, 97.0, 520.0), resumed],
-            "all resumed": [resumed]}
+def test_seed_table_times_only_runs_done_in_one_call_and_shows_old_summaries_bare():
+    resumed = {**_summary(2, 50, 50, 30.0), "resumed": True}
+    old = _summary(0, 40, 50, 500.0)
+    for key in ("num_items", "per_type_num_yes", "per_type_num_items"):
+        del old["eval"][key]   # a summary written before the counts were recorded
+    runs = {"full model": [_summary(0, 40, 50, 500.0), _summary(1, 45, 48, 520.0), resumed], "old": [old]}
     lines = quickstart.seed_table(runs).splitlines()
-    assert lines[2].endswith("| 94.5 [90.0, 100.0] | 510.0 [500.0, 520.0] (2 of 3 seeds) |")
-    assert lines[3].endswith("| 100.0 [100.0, 100.0] | n/a |")
+    assert lines[4].endswith(f" | {_cell(100, 100)} | resumed |")
+    assert lines[5].endswith(" | 510 [500, 520] (2 of 3 seeds) |")
+    assert lines[6] == "| old | 0 | 100.0 | 80.0 | 90.0 | 500 |"
+    assert lines[7] == "| old | pooled (0) | n/a | n/a | n/a | 500 [500, 500] |"
 
 
 def test_a_data_folder_of_another_seed_is_refused_and_left_as_it_is(tmp_path):
@@ -242,3 +270,33 @@ def test_an_unreadable_settings_record_in_the_output_folder_is_named(tmp_path):
     with pytest.raises(ValueError, match=f"{re.escape(str(out / quickstart.RUN_SETTINGS))}: holds a JSON string"):
         quickstart.claim_output_folder(out, {"seed": 0})
     assert (out / quickstart.RUN_SETTINGS).read_text() == '"seed 0"'
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--curve-questions", "50"], "--curve-questions needs --curve-every-epochs"),
+    (["--curve-every-epochs", "0"], "--curve-every-epochs must be positive, got 0"),
+    (["--curve-every-epochs", "1", "--num-test", "40"], "--curve-questions 100 is not in 1..--num-test (40)"),
+])
+def test_curve_options_are_checked(capsys, argv, message):
+    with pytest.raises(SystemExit) as exc:
+        quickstart.main(argv)
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_learning_curves_keep_finetune_checkpoints_at_the_epochs_and_change_nothing_when_off(tmp_path):
+    from videopanda.data import synth
+    from videopanda.quickstart.curves import CurveSettings
+
+    data = tmp_path / "data"
+    assert synth.main(["--out", str(data), "--num-train", "40", "--num-test", "4", "--workers", "1"]) == 0
+    off = quickstart.QuickstartConfig(out=tmp_path / "out", data=data, num_train=40, num_test=4)
+    on = quickstart.QuickstartConfig(out=tmp_path / "out", data=data, num_train=40, num_test=4,
+                                     curve=CurveSettings(every_epochs=2.0, questions=4))
+    for stage in quickstart.STAGES:
+        assert quickstart.stage_flags(off, stage) == off.train_overrides()
+    assert quickstart.stage_flags(on, "pretrain") == off.train_overrides()
+    # 40 finetune samples at 16 a step: 3 steps an epoch, a checkpoint every 6; 9 epochs: 5 checkpoints + the last
+    finetune = resolve_experiment(on.experiment, quickstart.stage_flags(on, "finetune")).experiment
+    assert (finetune.save.steps, finetune.save.total_limit) == (6, 6)
+    assert "curve" not in quickstart.run_settings(off)
+    assert quickstart.run_settings(on)["curve"] == {"every_epochs": 2.0, "questions": 4}

@@ -2,7 +2,9 @@
 this checkout and installed with `pip install --target` (first on PYTHONPATH) runs `videopanda quickstart` in
 a folder outside the checkout. It generates the data and the base models, trains the three stages through the
 installed launchers (torchrun, DeepSpeed) and evaluates, all in that folder; every stage log starts with the
-command that ran it. Then `bash scripts/quickstart.sh` refuses that data folder to a run of another seed."""
+command that ran it; every accuracy carries its Wilson interval and count, and without learning curves the
+finetune stage keeps only its last checkpoint. Then `bash scripts/quickstart.sh` refuses that data folder to
+a run of another seed."""
 import json
 import os
 import shutil
@@ -11,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers.by_hand import wilson
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_TEST = 8
@@ -74,6 +77,12 @@ def test_quickstart_runs_end_to_end_from_an_installed_package(tmp_path):
     ev = summary["eval"]
     assert ev["num_yes"] + ev["num_no"] == NUM_TEST and ev["num_failed"] == 0
     assert set(ev["per_type"]) == {"appearance", "motion", "counting", "temporal"}
+    assert (ev["num_items"], ev["accuracy_ci95"]) == (NUM_TEST, pytest.approx(wilson(ev["num_yes"], NUM_TEST)))
+    for question_type, right in ev["per_type_num_yes"].items():
+        assert ev["per_type_ci95"][question_type] == pytest.approx(wilson(right, NUM_TEST // 4))
+    # learning curves are off by default: no curve, and the finetune stage keeps only its last step
+    assert "curve" not in summary and not (out / "curve").exists() and not (out / "learning_curves.png").exists()
+    assert [p.name for p in (out / "finetune").glob("checkpoint-*")] == [f"checkpoint-{summary['stages'][2]['steps']}"]
     assert (out / "loss_curves.png").stat().st_size > 0
     assert (data / "models" / "base").is_dir() and (data / "models" / "teacher").is_dir()
     for stage in ("prealign", "pretrain", "finetune"):

@@ -162,3 +162,38 @@ def test_compare_two_benchmark_folders_pairs_scores_per_aspect(tmp_path, capsys)
     assert [row["id"] for row in report["parts"]["temporal"]["differing"]] == ["temporal/0"]
     assert report["parts"]["consistency"]["differing"] == []
     assert "correctness: over 2 items" in capsys.readouterr().out
+
+
+def test_the_quickstart_pairs_seeds_one_by_one_and_pooled(tmp_path):
+    """The quickstart's `--seeds ... --compare` table: `eval compare` per seed, and once over the questions of
+    all seeds, whose ids coincide (q0..q10 in both) but stay distinct."""
+    from videopanda.quickstart.run import comparison_table, paired_comparisons
+
+    # seed 0: b = 1 (q1), c = 6 (q2..q7); seed 1: b = 0, c = 2 (q1, q2)
+    folders = {0: (judge(tmp_path, "a0", right=RIGHT_A), judge(tmp_path, "b0", right=RIGHT_B)),
+               1: (judge(tmp_path, "a1", right={0}), judge(tmp_path, "b1", right={0, 1, 2}))}
+    comparisons = paired_comparisons(folders)
+    seed0, seed1 = (comparisons["per_seed"][s]["parts"]["qa"]["overall"] for s in (0, 1))
+    pooled = comparisons["pooled"]["parts"]["qa"]["overall"]
+    assert (seed0["n"], seed0["right_only_a"], seed0["right_only_b"]) == (11, 1, 6)
+    assert (seed1["right_only_a"], seed1["right_only_b"]) == (0, 2)
+    assert (pooled["n"], pooled["right_only_a"], pooled["right_only_b"]) == (22, 1, 8)
+    # p = 2 * 2^-7 (1 + 7) = 0.125; 2 * 2^-2 = 0.5; pooled 2 * 2^-9 (1 + 9) = 0.0390625
+    assert (seed0["mcnemar_p"], seed1["mcnemar_p"], pooled["mcnemar_p"]) == pytest.approx((0.125, 0.5, 0.0390625))
+    assert pooled["accuracy_a"] == pytest.approx(100 * 5 / 22) and pooled["accuracy_b"] == pytest.approx(100 * 12 / 22)
+    assert [row["id"] for row in comparisons["pooled"]["parts"]["qa"]["differing"]][:2] == ["seed0/q1", "seed0/q2"]
+    lines = comparison_table("full model", "no-lste", comparisons).splitlines()
+    assert lines[0].startswith("Paired comparison, B = no-lste against A = full model")
+    assert lines[2] == "| seed | questions | colour | count | overall |"
+    # colour (odd ids) in seed 0: A right q1, B q3 q5 q7 -> b = 1, c = 3, p = 2 * (1 + 4) / 16
+    assert lines[4] == "| 0 | 11 | +40.0 (1 / 3, p=0.625) | +50.0 (0 / 3, p=0.25) | +45.5 (1 / 6, p=0.125) |"
+    assert lines[6].startswith("| pooled (0, 1) | 22 | ") and lines[6].endswith(" | +31.8 (1 / 8, p=0.0391) |")
+
+
+def test_runs_of_other_kinds_are_not_pooled(tmp_path):
+    from videopanda.eval.compare import CompareError, pool_runs, read_run
+
+    qa = read_run(judge(tmp_path, "qa", right=RIGHT_A))
+    other = read_run(judge(tmp_path, "other", right=RIGHT_A, dataset="msrvtt"))
+    with pytest.raises(CompareError, match="cannot be pooled: results of qa over msvd and qa over msrvtt"):
+        pool_runs({"seed0": qa, "seed1": other})

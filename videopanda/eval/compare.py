@@ -17,6 +17,9 @@ MC benchmark, each benchmark aspect), overall and per question type / category v
   (McNemar's b = right in A only, c = right in B only) and the exact McNemar p-value (`intervals`);
 - scores: both means with their bootstrap intervals, B - A and its paired bootstrap interval;
 - the ids of the items whose outcome (or score) differs.
+
+`pool_runs` joins several runs (one per seed, each over its own questions) into one whose items keep their
+run's label, so that `compare_read` pairs the runs of two variants seed by seed in one test.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from videopanda.eval.agreement import latest_verdicts, natural_key
 from videopanda.eval.benchmark import ASPECTS
@@ -217,10 +220,35 @@ def coverage_line(part: dict[str, Any]) -> str:
     return f"{text}; {part['num_left_out']} left out ({'; '.join(reasons)})"
 
 
+def pool_runs(runs: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
+    """Several runs of one kind and dataset (label -> `read_run`), e.g. one per seed, as one run over all
+    their items: every id is prefixed with its run's label ("seed0/synth_q_000001"), so the items of
+    different runs stay distinct where their ids coincide. Its items fingerprint hashes the runs' own
+    (None when one records none); CompareError when the runs are of different kinds or datasets."""
+    first = next(iter(runs.values()))
+    for run in runs.values():
+        if (run["kind"], run["dataset"]) != (first["kind"], first["dataset"]):
+            raise CompareError(f"{first['folder']} and {run['folder']} cannot be pooled: results of "
+                               f"{first['kind']} over {first['dataset']} and {run['kind']} over {run['dataset']}")
+    parts = {name: {field: {f"{label}/{key}": value for label, run in runs.items()
+                            for key, value in run["parts"][name][field].items()}
+                    for field in ("outcomes", "left_out")}
+             for name in first["parts"]}
+    fingerprints = [[label, run["items_fingerprint"]] for label, run in runs.items()]
+    pooled_fingerprint = (None if any(fp is None for _, fp in fingerprints)
+                          else hashlib.sha256(json.dumps(fingerprints).encode("utf-8")).hexdigest()[:16])
+    return {"folder": " + ".join(run["folder"] for run in runs.values()), "kind": first["kind"],
+            "dataset": first["dataset"], "items_fingerprint": pooled_fingerprint, "parts": parts}
+
+
 def compare_runs(folder_a: str | os.PathLike, folder_b: str | os.PathLike) -> dict[str, Any]:
     """The paired comparison of two result folders (see the module docstring); CompareError when they
     are not runs over the same items."""
-    a, b = read_run(folder_a), read_run(folder_b)
+    return compare_read(read_run(folder_a), read_run(folder_b))
+
+
+def compare_read(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """`compare_runs` of two runs already read (`read_run`, or `pool_runs` of several)."""
     check_comparable(a, b)
     parts = {name: _compare_part(a["parts"][name], b["parts"][name]) for name in a["parts"]}
     for part in parts.values():

@@ -14,7 +14,14 @@ the working directory (relative folders are taken from there), from a checkout o
    overrides. The model shape comes from the experiment's `model.shape` (`configs/model/tiny.json`).
 3. `videopanda eval qa` (one process per core, each answering half of the questions), `eval merge` and
    `eval judge --judge exact` on the held-out questions.
-4. `OUT/summary.json`, `OUT/loss_curves.png` and a results table in the log.
+4. `OUT/summary.json`, `OUT/loss_curves.png` and a results table in the log (and `OUT/results.md`), every
+   accuracy with its 95% Wilson interval and the number of questions it is over.
+5. Only with `--curve-every-epochs`: learning curves, each finetune checkpoint evaluated as in step 3 on a
+   fixed subset of the held-out questions (`videopanda.quickstart.curves`; `OUT/learning_curves.png`).
+
+With `--seeds`, each seed runs as above and `OUT/table.md` gives every accuracy per seed and pooled over the
+seeds; with `--compare ABLATION` the two variants are paired per seed and pooled by `eval compare`'s exact
+McNemar test (`paired_comparisons`).
 
 `OUT/run_settings.json` records what the results depend on; re-running into the same folder resumes
 (finished stages and answers are reused), a folder whose run finished (it has `OUT/summary.json`) is
@@ -58,6 +65,9 @@ from pathlib import Path
 
 from videopanda.io import atomic_path, read_json, write_json_atomic, write_text_atomic
 from videopanda.log import get_logger, setup_logging
+from videopanda.quickstart.accuracy import accuracies, accuracy_cell, counts, pooled_cell
+from videopanda.quickstart.curves import (CURVE_DIR, CURVE_STAGE, CurveSettings, checkpoint_epoch, curve_checkpoints,
+                                          curve_table, finetune_overrides, plot_curves, write_question_subset)
 from videopanda.quickstart.models import META_FILE, ModelsConfig, llm_fields
 
 logger = get_logger(__name__)
@@ -69,6 +79,7 @@ RUN_SETTINGS = "run_settings.json"
 FRAME_CACHE = "frame_cache"
 """Subfolder of the data folder holding the decoded training frames (`runtime.frame_cache`), shared by the
 stages, their epochs and later runs on the same data."""
+DEFAULT_CURVE_QUESTIONS = 100
 EXPERIMENT = "quickstart"
 """The quickstart's experiment (configs/experiments/quickstart.yaml); its ablations are quickstart/<name>.yaml."""
 
@@ -93,6 +104,7 @@ class QuickstartConfig:
     overrides: list[str] = field(default_factory=list)
     eval_batch_size: int = 16
     max_new_tokens: int = 16
+    curve: CurveSettings | None = None
 
     @property
     def python(self) -> str:
@@ -228,8 +240,11 @@ def ensure_data(cfg: QuickstartConfig) -> None:
 
 def stage_flags(cfg: QuickstartConfig, stage: str) -> list[str]:
     """`videopanda train` arguments of one stage on top of the launcher's `EXPERIMENT` (the same for every
-    stage: the experiment file holds the per-stage settings)."""
-    return cfg.train_overrides()
+    stage: the experiment file holds the per-stage settings), and with learning curves the finetune stage's
+    checkpoints at the curve's epochs (`curves.finetune_overrides`)."""
+    if cfg.curve is None or stage != CURVE_STAGE:
+        return cfg.train_overrides()
+    return cfg.train_overrides() + finetune_overrides(cfg.curve, cfg.resolved().experiment)
 
 
 def _free_port() -> int:
@@ -287,16 +302,15 @@ def _watch_loss(path: Path, stage: str, stop: threading.Event) -> None:
             logger.info("  %s step %d: loss %.4f", stage, r["step"], r["loss"])
 
 
-def evaluate(cfg: QuickstartConfig, model: Path) -> dict:
-    """Zero-shot QA on the held-out questions (one process per core), merge, exact-match judge."""
-    eval_dir = cfg.out / "eval"
+def answer_and_judge(cfg: QuickstartConfig, model: Path, eval_dir: Path, data_root: Path, log_dir: Path) -> dict:
+    """Zero-shot QA on the held-out questions of `data_root` (one process per core), merge, exact-match judge,
+    into `eval_dir` with the logs in `log_dir`; returns the judge's results.json."""
     pred_dir = eval_dir / "predictions"
-    common = ["--model", str(model), "--dataset", DATASET, "--data-root", str(cfg.data), "--output-dir", str(pred_dir),
-              "--device", "cpu", "--batch-size", str(cfg.eval_batch_size), "--max-new-tokens", str(cfg.max_new_tokens),
-              "--num-chunks", str(cfg.nproc), "--no-progress"]
-    start = time.monotonic()
+    common = ["--model", str(model), "--dataset", DATASET, "--data-root", str(data_root), "--output-dir",
+              str(pred_dir), "--device", "cpu", "--batch-size", str(cfg.eval_batch_size), "--max-new-tokens",
+              str(cfg.max_new_tokens), "--num-chunks", str(cfg.nproc), "--no-progress"]
     procs = [_start([cfg.python, "-m", "videopanda", "eval", "qa", *common, "--chunk-idx", str(chunk)],
-                    cfg.out / "logs" / f"eval_qa_{chunk}.log", {"OMP_NUM_THREADS": "1"})
+                    log_dir / f"eval_qa_{chunk}.log", {"OMP_NUM_THREADS": "1"})
              for chunk in range(cfg.nproc)]
     failed = []
     for chunk, (proc, log) in enumerate(procs):
@@ -304,19 +318,47 @@ def evaluate(cfg: QuickstartConfig, model: Path) -> dict:
             failed.append(chunk)
         log.close()
     if failed:
-        raise RuntimeError(f"eval qa failed for chunk(s) {failed}; see {cfg.out / 'logs'}/eval_qa_*.log")
+        raise RuntimeError(f"eval qa failed for chunk(s) {failed}; see {log_dir}/eval_qa_*.log")
     merged = eval_dir / "merge.jsonl"
     _run([cfg.python, "-m", "videopanda", "eval", "merge", "--pred-dir", str(pred_dir), "--dataset", DATASET,
-          "--data-root", str(cfg.data), "--output", str(merged)], cfg.out / "logs" / "eval_merge.log")
+          "--data-root", str(data_root), "--output", str(merged)], log_dir / "eval_merge.log")
     _run([cfg.python, "-m", "videopanda", "eval", "judge", "--pred-file", str(merged), "--output-dir",
           str(eval_dir / "judge"), "--judge", "exact", "--dataset", DATASET, "--no-progress"],
-         cfg.out / "logs" / "eval_judge.log")
-    results = json.loads((eval_dir / "judge" / "results.json").read_text())
-    per_type = {t: m["accuracy"] for t, m in sorted(results.get("per_type", {}).items())}
-    return {"accuracy": results["accuracy"], "per_type": per_type, "num_yes": results["num_yes"],
+         log_dir / "eval_judge.log")
+    return read_json(eval_dir / "judge" / "results.json")
+
+
+def evaluate(cfg: QuickstartConfig, model: Path) -> dict:
+    """The final model on all held-out questions (`answer_and_judge` into OUT/eval): the accuracies with their
+    intervals and counts (`accuracy.accuracies`), the coverage and the judge."""
+    start = time.monotonic()
+    results = answer_and_judge(cfg, model, cfg.out / "eval", cfg.data, cfg.out / "logs")
+    numbers = accuracies(results)
+    return {"accuracy": numbers.pop("accuracy"), "per_type": numbers.pop("per_type"), "num_yes": results["num_yes"],
             "num_no": results["num_no"], "num_failed": results["num_failed"],
             "num_failed_inference": results.get("num_failed_inference", 0), "judge": results.get("judge"),
-            "elapsed_s": round(time.monotonic() - start, 1)}
+            "elapsed_s": round(time.monotonic() - start, 1), **numbers}
+
+
+def learning_curve(cfg: QuickstartConfig) -> dict:
+    """Every complete finetune checkpoint on the first `cfg.curve.questions` held-out questions (OUT/curve):
+    one point per checkpoint with its step, epoch, accuracies (intervals and counts) and evaluation time."""
+    start = time.monotonic()
+    folder = cfg.out / CURVE_DIR
+    root = write_question_subset(cfg.data, folder / "questions", cfg.curve.questions, DATASET)
+    points = []
+    for step, checkpoint in curve_checkpoints(cfg.out / CURVE_STAGE):
+        began = time.monotonic()
+        results = answer_and_judge(cfg, checkpoint, folder / f"step-{step}", root,
+                                   cfg.out / "logs" / CURVE_DIR / f"step-{step}")
+        points.append({"step": step, "epoch": checkpoint_epoch(checkpoint), **accuracies(results),
+                       "elapsed_s": round(time.monotonic() - began, 1)})
+        logger.info("learning curve, step %d: accuracy %s", step, accuracy_cell(points[-1]))
+    if not points:
+        raise RuntimeError(f"{cfg.out / CURVE_STAGE} holds no complete checkpoint to draw the learning curve from")
+    elapsed = time.monotonic() - start
+    return {**cfg.curve.to_dict(), "points": points, "elapsed_s": round(elapsed, 1),
+            "seconds_per_point": round(elapsed / len(points), 1)}
 
 
 # ---- report --------------------------------------------------------------------------------------
@@ -354,13 +396,20 @@ def plot_losses(cfg: QuickstartConfig, path: Path) -> Path:
 
 
 def results_table(summary: dict) -> str:
+    """The stages, the accuracies (95% interval, questions) and, with learning curves, the curve's points."""
     lines = ["| stage | steps | final loss | time (s) |", "|---|---:|---:|---:|"]
     lines += [f"| {s['name']} | {s['steps']} | {s['final_loss']:.4f} | {s['elapsed_s']:.0f} |" for s in summary["stages"]]
     ev = summary["eval"]
-    lines += ["", "| question type | accuracy (%) |", "|---|---:|"]
-    lines += [f"| {t} | {a:.1f} |" for t, a in ev["per_type"].items()]
-    lines += [f"| **overall** | **{ev['accuracy']:.1f}** |", "",
+    lines += ["", "| question type | accuracy (%) [95% interval] (questions) |", "|---|---:|"]
+    lines += [f"| {t} | {accuracy_cell(ev, t)} |" for t in ev["per_type"]]
+    lines += [f"| **overall** | **{accuracy_cell(ev)}** |", "",
               f"{judged(summary)} questions judged, judge: {ev['judge']}; total time {summary['elapsed_s']:.0f} s"]
+    curve = summary.get("curve")
+    if curve:
+        lines += ["", f"Learning curve: accuracy (%) [95% interval] (questions) on the first {curve['questions']} "
+                  f"held-out questions every {curve['every_epochs']:g} finetune epochs "
+                  f"({curve['seconds_per_point']:.0f} s per point, {curve['elapsed_s']:.0f} s in all):", "",
+                  curve_table({summary.get("ablation") or "full model": [curve]})]
     return "\n".join(lines)
 
 
@@ -369,13 +418,16 @@ def results_table(summary: dict) -> str:
 
 def run_settings(cfg: QuickstartConfig) -> dict:
     """Everything a run's results depend on: the resolved experiment (less its runtime section), the model
-    shape file's contents, the quickstart's own settings and the data folder's metadata (as JSON values)."""
+    shape file's contents, the quickstart's own settings (the learning curve's when it has one) and the data
+    folder's metadata (as JSON values)."""
     experiment = cfg.resolved().experiment.to_dict()
     experiment.pop("runtime")
     settings = {"experiment": experiment, "model_config": read_json(cfg.model_config),
                 "seed": cfg.seed, "num_train": cfg.num_train, "num_test": cfg.num_test, "nproc": cfg.nproc,
                 "ablation": cfg.ablation, "eval_batch_size": cfg.eval_batch_size,
                 "max_new_tokens": cfg.max_new_tokens, "data": read_data_meta(cfg.data)}
+    if cfg.curve is not None:  # only then: a folder of a run without curves keeps its settings
+        settings["curve"] = cfg.curve.to_dict()
     return json.loads(json.dumps(settings))
 
 
@@ -425,16 +477,22 @@ def run(cfg: QuickstartConfig) -> dict:
 
 
 def train_and_evaluate(cfg: QuickstartConfig, start: float) -> dict:
-    """The three stages and the evaluation (each resumed where an earlier call left it), then OUT/summary.json,
-    the loss curves and OUT/results.md; `start` is the call's `time.monotonic()` at its beginning."""
+    """The three stages and the evaluation (each resumed where an earlier call left it), with `cfg.curve` the
+    learning curve, then OUT/summary.json, the loss curves (and learning curves) and OUT/results.md; `start`
+    is the call's `time.monotonic()` at its beginning."""
     resumed = any((cfg.out / stage).exists() for stage in STAGES)
     stages = [run_stage(cfg, stage) for stage in STAGES]
     summary = {"stages": stages, "eval": evaluate(cfg, cfg.out / STAGES[-1]), "experiment": cfg.experiment,
                "ablation": cfg.ablation, "model_config": str(cfg.model_config), "seed": cfg.seed,
-               "num_train": cfg.num_train, "num_test": cfg.num_test, "resumed": resumed,
-               "elapsed_s": round(time.monotonic() - start, 1)}
+               "num_train": cfg.num_train, "num_test": cfg.num_test, "resumed": resumed}
+    if cfg.curve is not None:
+        summary["curve"] = learning_curve(cfg)
+    summary["elapsed_s"] = round(time.monotonic() - start, 1)
     write_json_atomic(cfg.out / "summary.json", summary)
     plot_losses(cfg, cfg.out / "loss_curves.png")
+    if cfg.curve is not None:
+        plot_curves({cfg.ablation or "full model": [summary["curve"]]}, cfg.out / "learning_curves.png",
+                    "Learning curves (95% Wilson intervals)" + (f", ablation: {cfg.ablation}" if cfg.ablation else ""))
     write_text_atomic(cfg.out / "results.md", results_table(summary) + "\n")
     return summary
 
@@ -458,29 +516,97 @@ def judged(summary: dict) -> str:
 
 
 def seed_table(runs: dict[str, list[dict]]) -> str:
-    """runs: variant name -> its summaries, one per seed -> a markdown table of each question type's
-    accuracy as the mean over seeds and the [lowest, highest] seed."""
+    """runs: variant name -> its summaries, one per seed -> a markdown table: per variant a row per seed and a
+    row pooling the questions of its seeds, each accuracy with its 95% Wilson interval and count."""
     types = sorted({t for summaries in runs.values() for s in summaries for t in s["eval"]["per_type"]})
-    lines = ["| model | seeds | " + " | ".join(types) + " | overall | time (s) |",
+    columns: list[str | None] = [*types, None]
+    lines = ["| model | seed | " + " | ".join(types) + " | overall | time (s) |",
              "|---|---|" + "---:|" * (len(types) + 2)]
     for name, summaries in runs.items():
-        def cell(values: list[float]) -> str:
-            return f"{sum(values) / len(values):.1f} [{min(values):.1f}, {max(values):.1f}]"
-
+        for s in summaries:
+            cells = [accuracy_cell(s["eval"], t) if t is None or t in s["eval"]["per_type"] else "n/a"
+                     for t in columns]
+            time_taken = "resumed" if s.get("resumed") else f"{s['elapsed_s']:.0f}"
+            lines.append(f"| {name} | {s['seed']} | " + " | ".join(cells) + f" | {time_taken} |")
         seeds = ", ".join(str(s["seed"]) for s in summaries)
-        per_type = [cell([s["eval"]["per_type"][t] for s in summaries]) for t in types]
-        overall = cell([s["eval"]["accuracy"] for s in summaries])
-        whole = [s["elapsed_s"] for s in summaries if not s.get("resumed")]
-        times = cell(whole) if whole else "n/a"
-        if whole and len(whole) < len(summaries):
-            times += f" ({len(whole)} of {len(summaries)} seeds)"
-        lines.append(f"| {name} | {seeds} | " + " | ".join(per_type) + f" | {overall} | {times} |")
-    lines += ["", "Accuracy in % on each seed's held-out questions: mean over seeds [lowest, highest]; "
-              "time: the whole job per seed (data, three stages, evaluation), over the seeds whose run was done "
-              "in one call (a resumed run's time leaves out the calls before its last).",
+        pooled = [_pooled_cell(summaries, t) for t in columns]
+        lines.append(f"| {name} | pooled ({seeds}) | " + " | ".join(pooled) + f" | {_seed_times(summaries)} |")
+    lines += ["", "Accuracy in % [95% Wilson interval] (questions) on each seed's held-out questions; pooled: the "
+              "questions of all seeds together (each seed has its own). Time: the whole job per seed (data, three "
+              "stages, evaluation); pooled: mean [lowest, highest] over the seeds whose run was done in one call "
+              "(a resumed run's time leaves out the calls before its last).",
               "Questions judged per seed: " + "; ".join(
                   f"{name} {', '.join(judged(s) for s in summaries)}" for name, summaries in runs.items()) + "."]
     return "\n".join(lines)
+
+
+def _pooled_cell(summaries: list[dict], question_type: str | None) -> str:
+    counted = [counts(s["eval"], question_type) for s in summaries]
+    if any(c is None for c in counted):
+        return "n/a"
+    return pooled_cell(sum(right for right, _ in counted), sum(total for _, total in counted))
+
+
+def _seed_times(summaries: list[dict]) -> str:
+    whole = [s["elapsed_s"] for s in summaries if not s.get("resumed")]
+    if not whole:
+        return "n/a"
+    text = f"{sum(whole) / len(whole):.0f} [{min(whole):.0f}, {max(whole):.0f}]"
+    return text + (f" ({len(whole)} of {len(summaries)} seeds)" if len(whole) < len(summaries) else "")
+
+
+def paired_comparisons(folders: dict[int, tuple[Path, Path]]) -> dict:
+    """seed -> (judge folder of variant A, of variant B) -> `eval compare`'s reports: {"per_seed": {seed:
+    report}, "pooled": the report over the questions of all seeds, each seed's kept apart}. CompareError
+    when a seed's two folders are not over the same questions."""
+    from videopanda.eval.compare import compare_read, pool_runs, read_run
+
+    read = {seed: (read_run(a), read_run(b)) for seed, (a, b) in folders.items()}
+    per_seed = {seed: compare_read(a, b) for seed, (a, b) in read.items()}
+    pooled = compare_read(pool_runs({f"seed{seed}": a for seed, (a, _) in read.items()}),
+                          pool_runs({f"seed{seed}": b for seed, (_, b) in read.items()}))
+    return {"per_seed": per_seed, "pooled": pooled}
+
+
+def comparison_table(name_a: str, name_b: str, comparisons: dict) -> str:
+    """`paired_comparisons` -> a markdown table: per seed and pooled, per question type and overall, B - A in
+    points, the discordant questions (right only in A / only in B) and the exact McNemar p-value."""
+    reports = {str(seed): report for seed, report in comparisons["per_seed"].items()}
+    reports[f"pooled ({', '.join(reports)})"] = comparisons["pooled"]
+    types = sorted({t for r in reports.values() for t in r["parts"]["qa"]["per_group"].get("type", {})})
+    lines = [f"Paired comparison, B = {name_b} against A = {name_a} on the same held-out questions: B - A in "
+             "points (right only in A / right only in B, exact McNemar p).", "",
+             "| seed | questions | " + " | ".join(types) + " | overall |", "|---|---:|" + "---:|" * (len(types) + 1)]
+    for label, report in reports.items():
+        part = report["parts"]["qa"]
+        rows = [part["per_group"].get("type", {}).get(t) for t in types] + [part["overall"]]
+        cells = ["n/a" if row is None or row["accuracy_diff"] is None else
+                 f"{row['accuracy_diff']:+.1f} ({row['right_only_a']} / {row['right_only_b']}, "
+                 f"p={row['mcnemar_p']:.3g})" for row in rows]
+        covered = f"{part['overall']['n']}" + (f" ({part['num_left_out']} left out)" if part["num_left_out"] else "")
+        lines.append(f"| {label} | {covered} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def seeds_report(out: Path, runs: dict[str, list[dict]], folders: dict[int, tuple[Path, Path]] | None) -> str:
+    """OUT/table.md (the seed table, with two variants their paired comparison, with learning curves their
+    table), OUT/runs.json, OUT/compare.json and OUT/learning_curves.png; returns the table."""
+    table = seed_table(runs)
+    if folders is not None:
+        comparisons = paired_comparisons(folders)
+        write_json_atomic(out / "compare.json", comparisons)
+        table += "\n\n" + comparison_table(*runs, comparisons)
+    curves = {name: [s["curve"] for s in summaries] for name, summaries in runs.items()
+              if all(s.get("curve") for s in summaries)}
+    if curves:
+        plot_curves(curves, out / "learning_curves.png", "Learning curves: mean over seeds, band: lowest to "
+                    "highest seed (one seed: 95% Wilson interval)")
+        table += ("\n\nLearning curves (learning_curves.png): accuracy (%) on each seed's curve questions; a variant "
+                  "of several seeds: mean over seeds [lowest, highest seed], of one: [95% interval] (questions)."
+                  "\n\n" + curve_table(curves))
+    write_text_atomic(out / "table.md", table + "\n")
+    write_json_atomic(out / "runs.json", runs)
+    return table
 
 
 def _parse_ablation(parser: argparse.ArgumentParser, text: str | None) -> str | None:
@@ -513,10 +639,18 @@ def build_parser() -> argparse.ArgumentParser:
     seeds.add_argument("--seed", type=int, default=0, help="seed of the data, the models and training")
     seeds.add_argument("--seeds", type=int, nargs="+", default=None,
                        help="run each of these seeds in turn (each in its default folders) and write their table "
-                            "(mean and range per question type) to OUT/table.md")
+                            "(each accuracy per seed and pooled over the seeds, with its 95%% interval and count) "
+                            "to OUT/table.md")
     parser.add_argument("--compare", default=None, metavar="ABLATION",
-                        help="with --seeds: also run this ablation on every seed and put it in the table, "
-                             "e.g. no-lste-no-gstra")
+                        help="with --seeds: also run this ablation on every seed, put it in the table and pair it "
+                             "with the other model per seed and pooled (`eval compare`: exact McNemar tests on the "
+                             "same questions; OUT/compare.json), e.g. no-lste-no-gstra")
+    parser.add_argument("--curve-every-epochs", type=float, default=None, metavar="EPOCHS",
+                        help="learning curves: keep a finetune checkpoint every EPOCHS epochs and evaluate each after "
+                             "training on the first --curve-questions held-out questions (OUT/summary.json's curve, "
+                             "OUT/learning_curves.png; off by default). Cost: CURVE_COST")
+    parser.add_argument("--curve-questions", type=int, default=None, metavar="K",
+                        help="held-out questions of the learning curve (default 100, at most --num-test)")
     parser.add_argument("--num-train", type=int, default=QuickstartConfig.num_train,
                         help="training clips")
     parser.add_argument("--num-test", type=int, default=QuickstartConfig.num_test,
@@ -529,6 +663,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _parse_curve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> CurveSettings | None:
+    if args.curve_every_epochs is None:
+        if args.curve_questions is not None:
+            parser.error("--curve-questions needs --curve-every-epochs")
+        return None
+    questions = DEFAULT_CURVE_QUESTIONS if args.curve_questions is None else args.curve_questions
+    if args.curve_every_epochs <= 0:
+        parser.error(f"--curve-every-epochs must be positive, got {args.curve_every_epochs:g}")
+    if not 1 <= questions <= args.num_test:
+        parser.error(f"--curve-questions {questions} is not in 1..--num-test ({args.num_test})")
+    return CurveSettings(every_epochs=args.curve_every_epochs, questions=questions)
+
+
 def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str | None]]:
     """The command line, checked, and the variants to run (the ablation or full model, then --compare's)."""
     parser = build_parser()
@@ -539,6 +686,7 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str | None]]:
         parser.error("--compare needs --seeds")
     if args.seeds is not None and args.data is not None:
         parser.error("--seeds uses one data folder per seed: leave out --data")
+    args.curve = _parse_curve(parser, args)
     variants = [_parse_ablation(parser, args.ablation)]
     if args.compare is not None:
         variants.append(_parse_ablation(parser, args.compare))
@@ -546,6 +694,8 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str | None]]:
 
 
 def main(argv: list[str]) -> int:
+    from videopanda.eval.compare import CompareError
+
     args, variants = _parse(argv)
 
     def config(seed: int, ablation: str | None, out: Path | None) -> QuickstartConfig:
@@ -553,7 +703,7 @@ def main(argv: list[str]) -> int:
         data = args.data or Path(os.environ.get("QUICKSTART_DATA") or f"data/synth-seed{seed}")
         return QuickstartConfig(out=out, data=data, seed=seed, num_train=args.num_train, num_test=args.num_test,
                                 nproc=args.nproc, ablation=ablation, global_batch_size=args.global_batch_size,
-                                overrides=args.overrides)
+                                overrides=args.overrides, curve=args.curve)
 
     setup_logging()
     try:
@@ -561,19 +711,19 @@ def main(argv: list[str]) -> int:
             run(config(args.seed, variants[0], args.out))
             return 0
         runs: dict[str, list[dict]] = {}
+        judge_folders: dict[int, list[Path]] = {}
         for seed in args.seeds:
             for ablation in variants:
-                name = ablation or "full model"
-                runs.setdefault(name, []).append(run(config(seed, ablation, None)))
-        table = seed_table(runs)
+                cfg = config(seed, ablation, None)
+                runs.setdefault(ablation or "full model", []).append(run(cfg))
+                judge_folders.setdefault(seed, []).append(cfg.out / "eval" / "judge")
         out = args.out or Path("outputs/quickstart-seeds")
         out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out / "table.md", table + "\n")
-        write_json_atomic(out / "runs.json", runs)
+        pairs = {seed: tuple(pair) for seed, pair in judge_folders.items()} if len(variants) == 2 else None
+        table = seeds_report(out, runs, pairs)
         logger.info("seed table (%s):\n%s", out / "table.md", table)
         print(table)
-    except (RuntimeError, ValueError) as err:  # ValueError: a bad experiment file or override
+    except (RuntimeError, ValueError, CompareError) as err:  # ValueError: a bad experiment file or override
         logger.error("%s", err)
         return 1
     return 0
-
