@@ -105,7 +105,7 @@ def test_multiple_choice_task_ranks_by_the_plugins_log_likelihoods(model_dir, tm
     answerer = ModelAnswerer(ModelAnswererConfig(model=str(model_dir), device="cpu"))
     logprobs = []
     for video, question in QUESTIONS:
-        frames = read_video(root / "videos" / f"{video}.mp4", num_frames=answerer.num_frames)
+        frames = read_video(root / "videos" / f"{video}.mp4", num_frames=answerer.sampling["num_frames"])
         scores = answerer.continuation_logprobs(video_prompt(answerer.processor, question), frames,
                                                 [f" {c}" for c in COLOURS])
         logprobs.append([logprob for logprob, _ in scores])

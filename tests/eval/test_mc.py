@@ -421,3 +421,49 @@ def test_loglikelihood_ranking_matches_one_option_at_a_time(model_dir, tmp_path)
     # another method is another fingerprint: the folder is refused, never mixed
     assert main(["mc", "--benchmark", "egoschema", "--data-root", str(data_root), "--output-dir", str(out),
                  "--model", str(model_dir), "--device", "cpu", "--no-progress"]) == 2
+
+
+def test_eval_mc_samples_16_frames_within_windows_and_refuses_windows_by_rate(model_dir, tmp_path, caplog):
+    """--num-frames 16: a windowed MVBench question is answered on 16 frames of its window (`read_video` with
+    start/end), a whole-clip question on 16 frames of the clip, each as `infer.answer` gives on those frames,
+    and the fingerprint records the count; --fps is refused in one line before anything is written, since a
+    window is sampled by count only."""
+    import logging
+
+    from videopanda.data.video import read_video
+    from videopanda.serve.infer import answer, with_sampling
+    from videopanda.serve.model_folder import load_model
+
+    data_root = tmp_path / "data"
+    root = data_root / "eval" / "MVBench"
+    (root / "json").mkdir(parents=True)
+    (root / "json" / "action_sequence.json").write_text(json.dumps([
+        {"video": "S1.mp4", "question": "What did the person do after sitting?",
+         "candidates": ["Opened the door.", "Took the cup."], "answer": "Took the cup.", "start": 1.5, "end": 7.25}]))
+    (root / "json" / "action_count.json").write_text(json.dumps([
+        {"video": "clip_a.mp4", "question": "How many claps?", "candidates": ["6", "7"], "answer": "6"}]))
+    (root / "video" / "star" / "Charades_v1_480").mkdir(parents=True)
+    (root / "video" / "perception" / "videos").mkdir(parents=True)
+    long_clip = write_video(root / "video" / "star" / "Charades_v1_480" / "S1.mp4",
+                            make_frames(80, height=32, width=48, seed=1))                      # 8 s at 10 fps
+    clip = write_video(root / "video" / "perception" / "videos" / "clip_a.mp4", make_frames(30, height=48, width=32, seed=2))
+    common = ["mc", "--benchmark", "mvbench", "--data-root", str(data_root), "--model", str(model_dir),
+              "--device", "cpu", "--max-new-tokens", "3", "--no-progress"]
+
+    assert main([*common, "--output-dir", str(tmp_path / "by_rate"), "--fps", "2"]) == 2
+    [message] = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "1 of 2 questions are about a window of their clip (e.g. action_sequence/0)" in message
+    assert "sampled by count (--num-frames)" in message and not (tmp_path / "by_rate").exists()
+
+    out = tmp_path / "by_count"
+    assert main([*common, "--output-dir", str(out), "--num-frames", "16"]) == 0
+    frames = json.loads((out / "predictions" / "chunk-0-of-1.run.json").read_text())["fingerprint"]["frames"]
+    assert frames["num_frames"] == 16 and "sampling" not in frames
+    rows = {row["id"]: row["pred"] for row in read_jsonl(chunk_file(out / "predictions", 1, 0))}
+    items = {item.key: item for item in load_mc(data_root, "mvbench")}
+    model, processor = load_model(model_dir, "cpu", None)
+    processor = with_sampling(processor, num_frames=16)
+    window = read_video(long_clip, num_frames=16, start=1.5, end=7.25)
+    assert window.shape[0] == 16
+    assert rows["action_sequence/0"] == answer(model, processor, window, items["action_sequence/0"].question, 3)
+    assert rows["action_count/0"] == answer(model, processor, clip, items["action_count/0"].question, 3)

@@ -45,7 +45,7 @@ def test_identity_sees_other_weights_of_the_same_shape(model_dir, other_model_di
 
 
 @pytest.mark.parametrize("change", [
-    "model", "--max-new-tokens", "--system", "--num-frames", "--dtype",
+    "model", "--max-new-tokens", "--system", "--num-frames", "--num-frames 16", "--fps", "--dtype",
 ])
 def test_rerun_with_other_settings_is_refused(model_dir, other_model_dir, data_root, tmp_path, caplog, change):
     out = tmp_path / "pred"
@@ -55,6 +55,7 @@ def test_rerun_with_other_settings_is_refused(model_dir, other_model_dir, data_r
     sidecar = json.loads((out / "chunk-0-of-1.run.json").read_text())
     assert sidecar["fingerprint"]["generation"] == {"max_new_tokens": 3, "greedy": True}
     assert sidecar["fingerprint"]["dtype"] == "float32" and sidecar["fingerprint"]["frames"]["num_frames"] == 8
+    assert "sampling" not in sidecar["fingerprint"]["frames"]  # the default sampling keeps the earlier fingerprints
 
     caplog.clear()
     model, extra, named = {
@@ -62,6 +63,8 @@ def test_rerun_with_other_settings_is_refused(model_dir, other_model_dir, data_r
         "--max-new-tokens": (model_dir, ["--max-new-tokens", "5"], "generation.max_new_tokens 3 -> 5"),
         "--system": (model_dir, ["--system", "human"], 'system ...ween a curious user and an artifici... -> ...ween a curious human and an artific...'),
         "--num-frames": (model_dir, ["--num-frames", "4"], "frames.num_frames 8 -> 4"),
+        "--num-frames 16": (model_dir, ["--num-frames", "16"], "frames.num_frames 8 -> 16"),
+        "--fps": (model_dir, ["--fps", "1"], "frames.sampling.fps null -> 1.0"),
         "--dtype": (model_dir, ["--dtype", "bfloat16"], "dtype 'float32' -> 'bfloat16'"),
     }[change]
     assert qa(model, data_root, out, *extra) == 2

@@ -104,3 +104,77 @@ def test_qa_launcher_two_processes_merge_and_exact_judge(model_dir, tmp_path):
     result = launch("all.sh")
     assert result.returncode == 1 and "rerun" not in result.stderr
     assert result.stderr.strip().count("\n") == 0 and "generic_qa.json not found" in result.stderr
+
+
+def sampling_dataset(tmp_path):
+    """Clips of 1.2 s (12 frames at 10 fps), 2 s and 1.5 s (3 frames at 2 fps), a broken file, and questions on them."""
+    root = tmp_path / "data" / "eval" / "GPT_Zero_Shot_QA" / "MSVD_Zero_Shot_QA"
+    (root / "videos").mkdir(parents=True)
+    write_video(root / "videos" / "wide.mp4", make_frames(12, height=32, width=64, seed=1))
+    write_video(root / "videos" / "tall.mp4", make_frames(20, height=64, width=32, seed=2))
+    write_video(root / "videos" / "short.gif", make_frames(3, height=48, width=48, seed=3), fps=2)
+    write_text_file(root / "videos" / "broken.mp4")
+    questions = [("wide", "what colour is the square"), ("tall", "how many shapes"), ("broken", "what moves"),
+                 ("short", "describe the video first then the shape"), ("tall", "did the circle turn red")]
+    (root / "test_q.json").write_text(json.dumps(
+        [{"video_name": v, "question": q, "question_id": i} for i, (v, q) in enumerate(questions)]))
+    (root / "test_a.json").write_text(json.dumps(
+        [{"answer": "red", "type": "t", "question_id": i} for i in range(len(questions))]))
+    return root, questions
+
+
+@pytest.mark.parametrize("option, sampling", [
+    (["--num-frames", "16"], {"num_frames": 16}),
+    (["--fps", "6"], {"fps": 6.0}),
+])
+def test_frames_sampled_by_count_or_rate_answer_as_infer_does_and_are_fingerprinted(model_dir, tmp_path, option,
+                                                                                     sampling):
+    """eval qa with --num-frames 16 or --fps 6 answers each question as `infer.answer` does on the video file
+    sampled that way, in batches of 1 and of 3 alike (at 6 frames a second the clips give 8, 12 and 4 frames:
+    one batch holds several counts), and the sidecar's fingerprint records the sampling."""
+    from videopanda.serve.infer import answer, with_sampling
+    from videopanda.serve.model_folder import load_model
+
+    root, questions = sampling_dataset(tmp_path)
+    preds = {}
+    for batch in (1, 3):
+        out = tmp_path / f"bs{batch}"
+        assert main(["qa", "--model", str(model_dir), "--dataset", "msvd", "--data-root", str(tmp_path / "data"),
+                     "--output-dir", str(out), "--batch-size", str(batch), "--device", "cpu",
+                     "--max-new-tokens", "6", "--no-progress", *option]) == 0
+        preds[batch] = {r["id"]: r for r in map(json.loads, chunk_file(out, 1, 0).read_text().splitlines())}
+    assert preds[1] == preds[3]
+    assert preds[1][2]["pred"] is None and "broken.mp4" in preds[1][2]["error"]
+
+    model, processor = load_model(model_dir, "cpu", None)
+    processor = with_sampling(processor, **sampling)
+    videos = {path.stem: path for path in (root / "videos").iterdir()}
+    for index, (video, question) in enumerate(questions):
+        if video != "broken":
+            assert preds[1][index]["pred"] == answer(model, processor, videos[video], question, 6), index
+
+    frames = json.loads((tmp_path / "bs1" / "chunk-0-of-1.run.json").read_text())["fingerprint"]["frames"]
+    if "fps" in sampling:
+        assert "num_frames" not in frames and frames["sampling"] == {"fps": 6.0, "min_frames": 4, "max_frames": 32}
+    else:
+        assert frames["num_frames"] == 16 and "sampling" not in frames
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--num-frames", "6"], "multiple of frames_per_chunk"),
+    (["--fps", "0"], "argument --fps: must be above 0, got 0"),
+    (["--fps", "1", "--num-frames", "8"], "argument --num-frames: not allowed with argument --fps"),
+    (["--fps", "1", "--max-frames", "6"], "max_frames (6) must be a positive multiple of the chunk length (4)"),
+])
+def test_a_bad_sampling_is_one_line_before_anything_is_written(model_dir, tmp_path, option, message):
+    """A usage error (argparse's usage, then one line) or a sampling the video processor refuses (one logged
+    line): exit 2 either way, and no prediction folder."""
+    from .test_faults import one_error_line, videopanda
+
+    sampling_dataset(tmp_path)
+    code, err = videopanda("eval", "qa", "--model", model_dir, "--dataset", "msvd", "--data-root", tmp_path / "data",
+                           "--output-dir", tmp_path / "pred", "--device", "cpu", "--no-progress", *option)
+    assert code == 2 and "Traceback" not in err
+    line = err.strip().splitlines()[-1] if "usage:" in err else one_error_line(err)
+    assert message in line, err
+    assert not (tmp_path / "pred").exists()

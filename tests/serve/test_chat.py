@@ -46,9 +46,10 @@ def loaded(folder):
     return load_model(folder, "cpu", torch.float32)
 
 
-def generate_answer(model, processor, prompt: str, frames) -> str:
-    """The reference: one `generate` call on the processor's inputs with the shared settings."""
-    inputs = processor(text=prompt, videos=frames)
+def generate_answer(model, processor, prompt: str, frames, **sampling) -> str:
+    """The reference: one `generate` call on the processor's inputs with the shared settings (`frames`: uint8
+    frames, or a path the processor samples with `sampling`)."""
+    inputs = processor(text=prompt, videos=frames, **sampling)
     length = inputs["input_ids"].shape[1]
     output = model.generate(**inputs, **generation_settings(processor.tokenizer, NEW_TOKENS))
     return processor.tokenizer.decode(output[0, length:], skip_special_tokens=True).strip()
@@ -114,9 +115,10 @@ class Terminal:
             os.close(self.master)
 
 
-def start_chat(folder: Path, clip: Path) -> Terminal:
+def start_chat(folder: Path, clip: Path, *options: str) -> Terminal:
+    """The chat on `clip`, once it is ready for a question; `options`: more command-line options."""
     terminal = Terminal([sys.executable, "-m", "videopanda", "chat", "--model", str(folder), "--video", str(clip),
-                         "--max-new-tokens", str(NEW_TOKENS), "--device", "cpu", "--dtype", "float32"])
+                         "--max-new-tokens", str(NEW_TOKENS), "--device", "cpu", "--dtype", "float32", *options])
     terminal.read_until("you> ")
     return terminal
 
@@ -208,14 +210,14 @@ def test_history_is_vicuna_v1_1_with_the_video_in_the_first_turn_only(loaded, cl
     assert "".join(pieces).strip() == first_answer
     assert len(pieces) > 1, pieces  # handed out as it is generated, not in one piece at the end
     assert conversation.prompt(QUESTIONS[1]) == (
-        f"{SYSTEM_USER} USER: {'<image>' * 8}\n{QUESTIONS[0]} ASSISTANT: {first_answer}</s>"
+        f"{SYSTEM_USER} USER: <video>\n{QUESTIONS[0]} ASSISTANT: {first_answer}</s>"
         f"USER: {QUESTIONS[1]} ASSISTANT:")
     streamed = "".join(conversation.stream(QUESTIONS[1])).strip()
     assert streamed == reference_answers(model, processor, [(wide, QUESTIONS[0]), (wide, QUESTIONS[1])])[1]
     timing = conversation.last_timing
     assert timing.visual_seconds > 0 and timing.llm_seconds > 0 and 1 <= timing.new_tokens <= NEW_TOKENS
     conversation.set_video(short)
-    assert conversation.turns == [] and conversation.prompt("x").count("<image>") == 8
+    assert conversation.turns == [] and conversation.prompt("x").count("<video>") == 1
 
 
 def test_closing_the_stream_early_stops_generation_and_forgets_the_round(loaded, clips):
@@ -237,3 +239,48 @@ def test_a_folder_that_is_not_a_model_or_a_bad_first_video_is_one_line(folder, c
     lines = captured.err.strip().splitlines()
     assert captured.out == "" and len(lines) == 2 and all(line.startswith("videopanda chat: error:") for line in lines)
     assert str(tmp_path / "absent") in lines[0] and "absent.mp4: file not found" in lines[1]
+
+
+def test_a_chat_sampled_by_frame_rate_answers_on_the_frames_the_video_processor_samples(folder, clips, loaded):
+    """--fps 4: the 3 s wide clip gives 12 frames (3 chunks), the 0.3 s portrait clip its 3 frames padded to one
+    chunk; the answers are those of `generate` on the processor's inputs for the path sampled at that rate."""
+    model, processor = loaded
+    wide, short = clips
+    terminal = start_chat(folder, wide, "--fps", "4")
+    header = terminal.transcript.decode(errors="replace")
+    assert "4 frames a second (4 to 32 frames)" in header and f"video {wide} (12 frames of 64x48)" in header, header
+    first = ask(terminal, QUESTIONS[0])
+    terminal.send(f"/video {short}")
+    assert f"(video {short}: 3 frames of 48x64, padded to 4; new conversation)" in terminal.read_until("you> ")
+    second = ask(terminal, QUESTIONS[1])
+    terminal.send("/quit")
+    assert terminal.close() == 0
+
+    want = [generate_answer(model, processor, f"{SYSTEM_USER} USER: <video>\n{question} ASSISTANT:", str(clip), fps=4.0)
+            for clip, question in ((wide, QUESTIONS[0]), (short, QUESTIONS[1]))]
+    assert [m.group(1).strip() for m in (first, second)] == want
+    eight = start_chat(folder, wide)
+    at_eight = ask(eight, QUESTIONS[0])
+    eight.send("/quit")
+    assert eight.close() == 0
+    assert int(first.group(4)) > int(at_eight.group(4)), "12 frames take more prompt tokens than 8"
+
+
+@pytest.mark.parametrize("options, code, message", [
+    (["--num-frames", "6"], 1, "multiple of frames_per_chunk"),
+    (["--fps", "0"], 1, "fps must be a positive number of frames per second, got 0.0"),
+    (["--fps", "1", "--num-frames", "8"], 2, "argument --num-frames: not allowed with argument --fps"),
+])
+def test_a_bad_sampling_is_one_line(folder, clips, capsys, options, code, message):
+    from videopanda.serve.chat import main
+
+    try:
+        result = main(["--model", str(folder), "--video", str(clips[0]), "--device", "cpu", *options])
+    except SystemExit as exit:  # a usage error: argparse's usage, then the one error line
+        result = exit.code
+    captured = capsys.readouterr()
+    assert result == code and captured.out == ""
+    last = captured.err.strip().splitlines()[-1]
+    assert last.startswith("videopanda chat: error:") and message in last, captured.err
+    if code == 1:
+        assert len(captured.err.strip().splitlines()) == 1

@@ -380,3 +380,20 @@ def test_a_demo_stopped_with_sigterm_closes_and_leaves_no_temporary_files(folder
     assert [p.name for p in temporary.glob("videopanda-demo-*")], "the demo keeps its playable copies in TMPDIR"
     assert _stop(process) == 0, (tmp_path / "demo.log").read_text()
     assert not list(temporary.glob("videopanda-demo-*"))
+
+
+def test_frames_sampled_by_rate_fill_the_strip_and_the_status(folder, media, tmp_path):
+    """No browser: a demo sampling 4 frames a second shows the 3 s clip's 12 frames, and a 0.3 s clip's 3 frames
+    padded to one chunk of 4."""
+    from videopanda.serve.chat import VideoConversation
+    from videopanda.serve.demo import Demo
+    from videopanda.serve.infer import with_sampling
+
+    model, processor = load_model(folder, "cpu", torch.float32)
+    demo = Demo(VideoConversation(model, with_sampling(processor, fps=4.0)), max_seconds=MAX_SECONDS)
+    _, _, session, strip, status, _, _ = demo.load(str(media["clip"]))
+    assert len(strip) == session.frames.shape[0] == 12 and "12 frames sampled;" in status, status
+    short = write_video(tmp_path / "short.mp4", make_frames(3, height=64, width=48, seed=5), fps=10)
+    _, _, session, strip, status, _, _ = demo.load(str(short))
+    assert session.frames.shape[0] == 3 and len(strip) == 4 and "3 frames sampled, 1 padding frames added" in status
+    assert [caption for _, caption in strip][-1] == "frame 4: padding"

@@ -28,6 +28,7 @@ from pathlib import Path
 from videopanda.argparsing import CommandParser
 from videopanda.eval.datasets import DATASETS, QA_DATASETS, DatasetError, load_questions
 from videopanda.log import get_logger
+from videopanda.serve.infer import add_sampling_options
 
 logger = get_logger(__name__)
 
@@ -56,11 +57,21 @@ def _add_inference_args(parser: argparse.ArgumentParser, model_required: bool = 
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="auto: the checkpoint's own dtype (config.json's torch_dtype)")
     g.add_argument("--max-new-tokens", type=_at_least(1), default=1024)
-    g.add_argument("--num-frames", type=_at_least(1), default=None,
-                   help="frames per video (default: the model's, 8)")
+    add_sampling_options(g)
     g.add_argument("--system", choices=["user", "human"], default="user",
                    help="system text: 'user' (the training text, default) or 'human' (the original inference text)")
     g.add_argument("--retry-errors", action="store_true", help="answer again the questions that got error rows")
+
+
+def _parse_inference_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """`parser.parse_args(argv)` for a parser with `_add_inference_args`; a sampling number that is not positive
+    is a usage error, as `_at_least` makes it for the other numbers."""
+    args = parser.parse_args(argv)
+    for flag, value, rule in (("--num-frames", args.num_frames, "at least 1"),
+                              ("--max-frames", args.max_frames, "at least 1"), ("--fps", args.fps, "above 0")):
+        if value is not None and not value > 0:
+            parser.error(f"argument {flag}: must be {rule}, got {value:g}")
+    return args
 
 
 def _add_judge_args(parser: argparse.ArgumentParser, model_flags: tuple[str, ...] = ("--judge-model",)) -> None:
@@ -114,7 +125,8 @@ def _answerer_config(args: argparse.Namespace):
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InferError(f"--device {device} was asked for but no CUDA device is available")
     return ModelAnswererConfig(model=args.model, device=device, dtype=args.dtype, num_frames=args.num_frames,
-                               max_new_tokens=args.max_new_tokens, system=args.system)
+                               fps=args.fps, max_frames=args.max_frames, max_new_tokens=args.max_new_tokens,
+                               system=args.system)
 
 
 def _infer(args: argparse.Namespace, dataset: str, output_dir: Path, items=None, method: str | None = None) -> int:
@@ -247,7 +259,7 @@ def _cmd_qa(argv: list[str]) -> int:
     p.add_argument("--output-dir", required=True, type=Path)
     _add_inference_args(p)
     _progress_arg(p)
-    args = p.parse_args(argv)
+    args = _parse_inference_args(p, argv)
     return _infer(args, args.dataset, args.output_dir)
 
 
@@ -304,7 +316,7 @@ def _cmd_benchmark(argv: list[str]) -> int:
     _add_inference_args(p, model_required=False)
     _add_judge_args(p)
     _progress_arg(p)
-    args = p.parse_args(argv)
+    args = _parse_inference_args(p, argv)
     pred_dir, merged = args.output_dir / "predictions", args.output_dir / "merge.jsonl"
     if args.stage in ("infer", "all"):
         if not args.model:
@@ -374,7 +386,8 @@ def _cmd_judge_agreement(argv: list[str]) -> int:
 
 def _cmd_mc(argv: list[str]) -> int:
     from videopanda.eval.compare import MC_OUTCOMES, items_fingerprint
-    from videopanda.eval.mc import BENCHMARKS, METHODS, format_mc, item_outcomes, load_mc, score_mc
+    from videopanda.eval.mc import (BENCHMARKS, METHODS, format_mc, item_outcomes, load_mc,
+                                   refuse_windows_by_rate, score_mc)
     from videopanda.eval.provenance import read_merged_sidecar
     from videopanda.eval.records import read_jsonl
     from videopanda.io import write_json_atomic, write_jsonl_atomic
@@ -391,7 +404,7 @@ def _cmd_mc(argv: list[str]) -> int:
     _add_inference_args(p, model_required=False)
     p.set_defaults(max_new_tokens=32)
     _progress_arg(p)
-    args = p.parse_args(argv)
+    args = _parse_inference_args(p, argv)
     dataset = f"mc-{args.benchmark}"
     items = load_mc(args.data_root, args.benchmark)
     pred_dir, merged, results_path = args.output_dir / "predictions", args.output_dir / "merge.jsonl", \
@@ -399,6 +412,8 @@ def _cmd_mc(argv: list[str]) -> int:
     if args.stage in ("infer", "all"):
         if not args.model:
             p.error("--model is needed for --stage infer/all")
+        if args.fps is not None:
+            refuse_windows_by_rate(items, args.benchmark)
         _infer(args, dataset, pred_dir, items=items, method=args.method)
         if args.stage == "all" and args.num_chunks > 1:
             logger.info("chunk %d of %d done; score with --stage score once every chunk has finished",

@@ -28,6 +28,10 @@ then `merge_predictions`), and scores the merged rows: `extract_letter` reads a 
 there); a reply it cannot read counts as wrong and is listed. Accuracy is over every item (a missing
 or failed prediction counts as wrong), overall and per value of each category, each with its 95% Wilson
 interval and its number of items; `outcomes.jsonl` beside `results.json` holds each item's outcome.
+
+Frames: as `eval qa` samples them (`--num-frames N` or `--fps F`); a question about a window of its clip
+(start/end: MVBench tasks with bounds) is sampled by count within the window (`read_video`), so `--fps` is
+refused, in one line before anything runs, for a benchmark with such questions.
 """
 from __future__ import annotations
 
@@ -468,6 +472,18 @@ def _interval(cell: dict[str, Any]) -> str:
 # ------------------------------------------------------------------------------------------ answering
 
 METHODS = ("generate", "loglikelihood")
+WINDOWS_BY_RATE = "a start/end window of a clip is sampled by count (--num-frames), not by rate (--fps)"
+
+
+def refuse_windows_by_rate(items: Sequence[MCItem], benchmark: str) -> None:
+    """Before answering by rate: InferError (one line) when some items are about a window (start/end) of their
+    clip, which sampling by rate (whole clips) cannot answer."""
+    from videopanda.serve.model_folder import InferError
+
+    windowed = [item for item in items if item.start is not None or item.end is not None]
+    if windowed:
+        raise InferError(f"{benchmark}: {len(windowed)} of {len(items)} questions are about a window of their clip "
+                         f"(e.g. {windowed[0].key}): {WINDOWS_BY_RATE}")
 
 
 def mc_fingerprint(method: str) -> dict[str, Any]:
@@ -488,12 +504,20 @@ class MCAnswerer(ModelAnswerer):
         self.fingerprint = {**self.fingerprint, "mc": mc_fingerprint(method)}
 
     def prepare(self, item: MCItem):
-        from videopanda.data.video import read_video
+        """(prompt, uint8 frames (n, H, W, 3), number of options). A clip's window (start/end) is sampled by count
+        (`read_video`, the original's rule within the window); sampling by rate takes whole clips only, so a
+        windowed item then gets a VideoReadError."""
+        from videopanda.data.video import VideoReadError, read_video
         from videopanda.serve.infer import video_prompt
 
         if item.video_path is None:
             raise VideoNotFoundError(f"video {item.video!r} not found in the benchmark's video folder")
-        frames = read_video(item.video_path, num_frames=self.num_frames, start=item.start, end=item.end)
+        if item.start is None and item.end is None:
+            frames = self.read_frames(item.video_path)
+        elif "num_frames" in self.sampling:
+            frames = read_video(item.video_path, num_frames=self.sampling["num_frames"], start=item.start, end=item.end)
+        else:
+            raise VideoReadError(item.video_path, f"{WINDOWS_BY_RATE} (the question's window: start={item.start}, end={item.end})")
         return video_prompt(self.processor, item.question, self.config.system), frames, len(item.options)
 
     def generate(self, prepared: list[tuple[Any, ...]], max_new_tokens: int | None = None) -> list["str | Exception"]:

@@ -10,6 +10,10 @@ Every prediction file `X.jsonl` (a chunk of `eval qa`, or the output of `eval me
      "fingerprint_id": <16 hex digits>,
      ...information that does not take part in the comparison (model path, device, batch size, ...)}
 
+With frames sampled by rate (`--fps`), "frames" has no num_frames and holds "sampling": {fps, min_frames,
+max_frames} instead; sampling by count (the default, or `--num-frames`) adds nothing, so the folders written
+before sampling by rate existed keep their fingerprints and still resume.
+
 Two runs may share a prediction folder only when their fingerprints are equal: `eval qa` checks every
 sidecar of its output folder before answering anything (and writes its own before the first answer),
 `eval merge` refuses chunks with different fingerprints and writes the merged file's sidecar with a

@@ -188,6 +188,8 @@ class ModelAnswererConfig:
     device: str = "cpu"
     dtype: str = "auto"            # auto: the checkpoint's own dtype (config.json's torch_dtype / dtype)
     num_frames: int | None = None  # None: the model config's num_frames (8 for Video-Panda)
+    fps: float | None = None       # sample this many frames a second instead of num_frames
+    max_frames: int | None = None  # with fps: at most this many frames (None: the video processor's 32)
     max_new_tokens: int = 1024
     system: str = "user"           # "user" (training text) or "human" (the original inference text)
 
@@ -196,9 +198,30 @@ def _dtype_name(dtype: Any) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+def frame_sampling(config: ModelAnswererConfig, model_config: Any) -> dict[str, Any]:
+    """How `config` samples frames from a video for the folder's VideoPandaConfig `model_config`, as the video
+    processor reads it (`VideoPandaVideoProcessor.sampling`): {"num_frames": N} by count (default: the model's
+    count) or {"fps": f, "min_frames": a, "max_frames": b} by rate. Raises InferError for a bad setting."""
+    from videopanda.data.video_processor import VideoPandaVideoProcessor
+    from videopanda.serve.model_folder import InferError
+
+    if config.fps is not None and config.num_frames is not None:
+        raise InferError("give the number of frames or a frame rate, not both")
+    try:
+        video_processor = VideoPandaVideoProcessor.from_model_config(
+            model_config, num_frames=config.num_frames, fps=config.fps, max_frames=config.max_frames)
+        return video_processor.sampling()
+    except ValueError as err:
+        raise InferError(str(err)) from err
+
+
 def answerer_fingerprint(config: ModelAnswererConfig, model_config: Any, dtype: Any) -> dict[str, Any]:
     """What the answers depend on (see provenance.py): model identity, generation settings, system
-    text, frame geometry, dtype and code version. `model_config` is the folder's VideoPandaConfig."""
+    text, frame geometry and sampling, dtype and code version. `model_config` is the folder's VideoPandaConfig.
+
+    `frames` is the frame layout (`FrameConfig`: num_frames, frames_per_chunk, image sizes, patch size); with
+    sampling by rate it has no `num_frames` and a `sampling` part instead ({"fps", "min_frames",
+    "max_frames"}), so the fingerprints of the default count sampling stay what they were."""
     import dataclasses
 
     import videopanda
@@ -206,6 +229,9 @@ def answerer_fingerprint(config: ModelAnswererConfig, model_config: Any, dtype: 
     from videopanda.serve.model_folder import frame_config_for
 
     frames = dataclasses.asdict(frame_config_for(model_config, config.num_frames))
+    sampling = frame_sampling(config, model_config)
+    if "fps" in sampling:
+        frames = {**{k: v for k, v in frames.items() if k != "num_frames"}, "sampling": sampling}
     system = {"user": conversation.SYSTEM_USER, "human": conversation.SYSTEM_HUMAN}[config.system]
     return {"model": {"id": model_identity(config.model), **model_experiment(config.model, model_config)},
             "generation": {"max_new_tokens": config.max_new_tokens, "greedy": True},
@@ -227,10 +253,11 @@ class ModelAnswerer:
     """Greedy answers from a Video-Panda model folder (the paper's evaluation protocol), batched with left padding.
 
     The folder is loaded with `videopanda.serve.model_folder.load_model` (dtype "auto": the checkpoint's own) and the
-    frame geometry comes from the folder's `VideoPandaProcessor` (`--num-frames` may change the count).
-    Per item: `read_video` -> uint8 frames; per batch: the chat template's prompt for each question and
-    `processor(text=prompts, videos=frames)` (left padded) -> `model.generate(**inputs)`. A video
-    that cannot be found or decoded becomes that item's exception; the rest of the batch still runs.
+    frame geometry comes from the folder's `VideoPandaProcessor`; its video processor samples the frames
+    (`frame_sampling`: the model's count, `num_frames`, or `fps`). Per item: the video processor decodes the
+    video -> uint8 frames; per batch: the chat template's prompt for each question and `processor(text=prompts,
+    videos=frames)` (left padded) -> `model.generate(**inputs)`, one call per frame count within the batch. A
+    video that cannot be found or decoded becomes that item's exception; the rest of the batch still runs.
     `fingerprint` describes what produced the answers (`answerer_fingerprint`, with the loaded dtype).
     `folder`: the description `read_model_folder(config.model)` returned, when the caller has it already.
     """
@@ -239,46 +266,66 @@ class ModelAnswerer:
         import torch
 
         from videopanda.serve.infer import with_sampling
-        from videopanda.serve.model_folder import frame_config_for, load_model
+        from videopanda.serve.model_folder import load_model
 
         self.config = config
         self.torch = torch
         dtype = None if config.dtype == "auto" else getattr(torch, config.dtype)
         self.model, processor = load_model(folder or config.model, config.device, dtype=dtype)
-        self.frame_config = frame_config_for(self.model.config, config.num_frames)
-        self.processor = with_sampling(processor, self.frame_config.num_frames)
+        self.sampling = frame_sampling(config, self.model.config)
+        self.processor = with_sampling(processor, **{k: v for k, v in self.sampling.items() if k != "min_frames"})
         self.tokenizer = self.processor.tokenizer
         self.dtype = self.model.dtype
-        self.num_frames = self.frame_config.num_frames
         self.fingerprint = answerer_fingerprint(config, self.model.config, self.dtype)
+
+    def read_frames(self, path: Path):
+        """The frames the video processor samples from a video file: uint8 (n, H, W, 3). Raises VideoReadError."""
+        return self.processor.video_processor.load(path)[0]
+
+    def frame_count(self, frames: Any) -> int:
+        """The frames the model gets for `frames` (uint8 (n, H, W, 3)): n padded to the sampling's count."""
+        return self.processor.video_processor.load(frames)[1]
 
     def prepare(self, item: QAItem):
         """(the chat template's prompt for the question, uint8 frames (n, H, W, 3) read from the video)."""
-        from videopanda.data.video import read_video
         from videopanda.serve.infer import video_prompt
 
         if item.video_path is None:
             raise VideoNotFoundError(f"video {item.video!r} not found in the dataset's videos/ folder "
                                      f"(tried the name and the name plus each known extension)")
-        frames = read_video(item.video_path, num_frames=self.num_frames)
-        return video_prompt(self.processor, item.question, self.config.system), frames
+        return video_prompt(self.processor, item.question, self.config.system), self.read_frames(item.video_path)
 
     def generate(self, prepared: list[tuple[Any, Any]], max_new_tokens: int | None = None) -> list["str | Exception"]:
         """prepared: per sample (prompt text, uint8 frames (n, H, W, 3)) -> greedy answers of at most
         `max_new_tokens` tokens (default: the config's), each capped to the room its own prompt leaves in
-        the model's context (`infer.fit_context`): a sample's answer does not depend on its batch. A sample
-        whose prompt leaves no room gets its `ContextLengthError` instead and is not run."""
+        the model's context (`infer.fit_context`): a sample's answer does not depend on its batch. The samples
+        of one frame count are generated together (sampled by rate, clips of different lengths have other
+        counts). A sample whose prompt leaves no room gets its `ContextLengthError` instead and is not run."""
+        groups: dict[int, list[int]] = {}
+        for row, (_, frames) in enumerate(prepared):
+            groups.setdefault(self.frame_count(frames), []).append(row)
+        results: list[str | Exception] = [""] * len(prepared)
+        for rows in groups.values():
+            for row, result in zip(rows, self._generate_together([prepared[r] for r in rows], max_new_tokens)):
+                results[row] = result
+        return results
+
+    def _generate_together(self, prepared: list[tuple[Any, Any]], max_new_tokens: int | None) -> list["str | Exception"]:
+        """`generate` for samples of one frame count, in one `model.generate` call."""
         from videopanda.serve.infer import ContextLengthError, fit_context, generation_settings
 
-        torch = self.torch
-        inputs = self.processor(text=[p for p, _ in prepared], videos=[f for _, f in prepared]).to(self.config.device)
+        torch, video_processor = self.torch, self.processor.video_processor
+        inputs = self.processor(text=[p for p, _ in prepared], videos=[f for _, f in prepared], return_frame_grids=True)
+        grids = inputs.pop("frame_grids")
+        inputs = inputs.to(self.config.device)
         settings = generation_settings(self.tokenizer, max_new_tokens or self.config.max_new_tokens,
                                        self.model.generation_config)
         limits: list[int | Exception] = []
-        for length in inputs["attention_mask"].sum(dim=1).tolist():
+        for length, grid in zip(inputs["attention_mask"].sum(dim=1).tolist(), grids):
             try:
                 limits.append(fit_context(length, self.model.config.max_position_embeddings,
-                                          settings["max_new_tokens"]))
+                                          settings["max_new_tokens"], frame_tokens=video_processor.token_counts(grid),
+                                          frames_per_chunk=video_processor.frames_per_chunk))
             except ContextLengthError as error:
                 limits.append(error)
         rows = [row for row, limit in enumerate(limits) if isinstance(limit, int)]
@@ -307,9 +354,13 @@ class ModelAnswerer:
 
         torch = self.torch
         texts = [prompt] + [prompt + continuation for continuation in continuations]
-        inputs = self.processor(text=texts, videos=[frames] * len(texts)).to(self.config.device)
+        video_processor = self.processor.video_processor
+        inputs = self.processor(text=texts, videos=[frames] * len(texts), return_frame_grids=True)
+        frame_tokens = video_processor.token_counts(inputs.pop("frame_grids")[0])
+        inputs = inputs.to(self.config.device)
         lengths = inputs["attention_mask"].sum(dim=1).tolist()
-        fit_context(max(lengths), self.model.config.max_position_embeddings, 0, subject="the prompt and its answer are")
+        fit_context(max(lengths), self.model.config.max_position_embeddings, 0, subject="the prompt and its answer are",
+                    frame_tokens=frame_tokens, frames_per_chunk=video_processor.frames_per_chunk)
         ids, width = inputs["input_ids"], inputs["input_ids"].shape[1]
         prompt_ids = ids[0, width - lengths[0]:]
         rows = list(range(1, len(texts)))

@@ -3,9 +3,11 @@
     lmms-eval --model videopanda --model_args pretrained=FOLDER[,dtype=auto,num_frames=8,system=user,max_new_tokens=1024]
               [--device cpu|cuda|cuda:0] [--batch_size N] ...
 
+(`fps=F[,max_frames=32]` in place of `num_frames` samples F frames a second, as `eval qa --fps`.)
+
 Each request names one document; its `doc_to_visual` must give exactly one video file. The question is
 lmms-eval's context string, put through the same preparation as `videopanda eval qa`
-(`ModelAnswerer.prepare`: `read_video`, then the chat template's generation prompt), so for the same
+(`ModelAnswerer.prepare`: the video processor's frames, then the chat template's generation prompt), so for the same
 question and video the plugin's greedy answer is `eval qa`'s.
 
 - generate_until: greedy only (a task asking for sampling or beams is refused); `max_new_tokens` from
@@ -39,7 +41,8 @@ class VideoPandaLMMS(lmms):
     is_simple = True
 
     def __init__(self, pretrained: str, device: str | None = None, dtype: str = "auto", num_frames: int | None = None,
-                 system: str = "user", max_new_tokens: int = 1024, batch_size: int | str = 1, **unused: Any):
+                 system: str = "user", max_new_tokens: int = 1024, batch_size: int | str = 1,
+                 fps: float | None = None, max_frames: int | None = None, **unused: Any):
         super().__init__()
         import torch
 
@@ -54,10 +57,12 @@ class VideoPandaLMMS(lmms):
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         config = ModelAnswererConfig(model=str(pretrained), device=device, dtype=dtype,
                                      num_frames=int(num_frames) if num_frames else None,
+                                     fps=None if fps is None else float(fps),
+                                     max_frames=None if max_frames is None else int(max_frames),
                                      max_new_tokens=int(max_new_tokens), system=system)
         self.answerer = ModelAnswerer(config)
-        logger.info("videopanda: %s on %s (%s), %d frames", pretrained, device, self.answerer.dtype,
-                    self.answerer.num_frames)
+        logger.info("videopanda: %s on %s (%s), frames sampled %s", pretrained, device, self.answerer.dtype,
+                    self.answerer.sampling)
 
     def _prepared(self, request) -> tuple[str, Any]:
         """(prompt, uint8 frames (n, H, W, 3)) for a request's context and its document's one video."""

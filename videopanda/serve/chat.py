@@ -1,6 +1,6 @@
 """`videopanda chat`: a conversation about one video in the terminal, answers streamed as they are generated.
 
-    videopanda chat --model FOLDER --video FILE [--max-new-tokens N] [--num-frames 8]
+    videopanda chat --model FOLDER --video FILE [--max-new-tokens N] [--num-frames 8 | --fps F [--max-frames 32]]
                     [--device cpu|cuda] [--dtype auto|float32|bfloat16|float16] [--system user|human]
 
 At the `you>` prompt: a question, `/video PATH` (another clip; the conversation starts over), `/reset`
@@ -9,6 +9,8 @@ At the `you>` prompt: a question, `/video PATH` (another clip; the conversation 
 
 `VideoConversation` is the one path the chat and the web demo (`videopanda.serve.demo`) share:
 
+- The clip is decoded and sampled once, by the processor's video processor (`infer.with_sampling`: the
+  original's 8 frames, `--num-frames N` or `--fps F`), and its frames are given to every round.
 - History is the original's Vicuna v1.1 text (docs/DESIGN.md, "Choices where the paper is silent": Data),
   written by the processor's chat template: the video's frame placeholders only in the first user message,
   each earlier answer followed by `</s>`.
@@ -35,13 +37,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from videopanda.log import get_logger
-from videopanda.serve.infer import ContextLengthError, add_model_options, fit_context, generation_settings, with_sampling
+from videopanda.serve.infer import (
+    ContextLengthError,
+    add_model_options,
+    fit_context,
+    generation_settings,
+    sampling_arguments,
+    with_sampling,
+)
 from videopanda.serve.model_folder import (
     InferError,
     MemoryBudgetError,
     ModelFolder,
     ModelFolderError,
-    frame_config_for,
     load_model,
     read_model_folder,
     torch_dtype,
@@ -77,8 +85,8 @@ class RoundTiming:
 class VideoConversation:
     """A multi-turn conversation about one clip with a loaded model and its `VideoPandaProcessor`.
 
-    `frames`: uint8 (n, H, W, 3) from `read_video`; `turns`: (question, answer) pairs so far;
-    `max_new_tokens` None: the model's generation config."""
+    `frames`: uint8 (n, H, W, 3) sampled by the processor's video processor; `turns`: (question, answer) pairs
+    so far; `max_new_tokens` None: the model's generation config."""
 
     model: object
     processor: object
@@ -90,20 +98,33 @@ class VideoConversation:
     last_timing: RoundTiming | None = None
 
     @property
-    def num_frames(self) -> int:
-        return self.processor.video_processor.num_frames
+    def frame_count(self) -> int:
+        """The frames the model gets for the clip: its sampled frames, padded to the sampling's count."""
+        if self.frames is None:
+            raise ValueError("no video yet: set one with set_video")
+        return self.processor.video_processor.load(self.frames)[1]
+
+    def sampling_text(self) -> str:
+        """How clips are sampled, in words: "8 frames a clip" or "1 frame a second (4 to 32 frames)"."""
+        sampling = self.processor.video_processor.sampling()
+        if "num_frames" in sampling:
+            return f"{sampling['num_frames']} frames a clip"
+        return (f"{sampling['fps']:g} frame{'' if sampling['fps'] == 1 else 's'} a second "
+                f"({sampling['min_frames']} to {sampling['max_frames']} frames)")
+
+    def clip_text(self) -> str:
+        """The clip's sampled frames in words: "3 frames of 48x64, padded to 8"."""
+        count, (n, height, width) = self.frame_count, self.frames.shape[:3]
+        return f"{n} frames of {width}x{height}" + (f", padded to {count}" if n < count else "")
 
     @property
     def max_context(self) -> int:
         return int(self.model.config.max_position_embeddings)
 
-    def set_video(self, path: str | Path, frames=None):
-        """Decode and sample `path` (VideoReadError naming it when it cannot be used; `frames` when that was
-        done already), make it the clip and start the conversation over. -> uint8 frames (n, H, W, 3)."""
-        from videopanda.data.video import read_video
-
-        if frames is None:
-            frames = read_video(path, num_frames=self.num_frames)
+    def set_video(self, path: str | Path):
+        """Decode and sample `path` with the processor's video processor (VideoReadError naming it when it cannot
+        be used), make it the clip and start the conversation over. -> uint8 frames (n, H, W, 3)."""
+        frames = self.processor.video_processor.load(path)[0]
         self.frames, self.video, self.turns, self.last_timing = frames, Path(path), [], None
         return frames
 
@@ -249,7 +270,7 @@ def load_conversation(args: argparse.Namespace, folder: ModelFolder | None = Non
     if device == "cuda" and not torch.cuda.is_available():
         raise InferError("--device cuda was asked for but no CUDA device is available")
     model, processor = load_model(folder or args.model, device, torch_dtype(args.dtype))
-    processor = with_sampling(processor, frame_config_for(model.config, args.num_frames).num_frames)
+    processor = with_sampling(processor, **sampling_arguments(args))
     limit = generation_settings(processor.tokenizer, args.max_new_tokens, model.generation_config)["max_new_tokens"]
     return VideoConversation(model, processor, system=args.system, max_new_tokens=limit)
 
@@ -295,13 +316,11 @@ def _switch_video(conversation: VideoConversation, path: str) -> None:
         _error("/video needs a path")
         return
     try:
-        frames = conversation.set_video(Path(path).expanduser())
+        conversation.set_video(Path(path).expanduser())
     except VideoReadError as err:
         _error(f"{err} (still talking about {conversation.video})")
         return
-    padded = f", padded to {conversation.num_frames}" if frames.shape[0] < conversation.num_frames else ""
-    print(f"(video {conversation.video}: {frames.shape[0]} frames of {frames.shape[2]}x{frames.shape[1]}{padded}; "
-          "new conversation)", flush=True)
+    print(f"(video {conversation.video}: {conversation.clip_text()}; new conversation)", flush=True)
 
 
 def chat_loop(conversation: VideoConversation) -> None:
@@ -330,18 +349,17 @@ def chat_loop(conversation: VideoConversation) -> None:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    from videopanda.data.video import VideoReadError, read_video
+    from videopanda.data.video import VideoReadError, check_video_file
 
     try:
         folder = read_model_folder(args.model)
-        frames = read_video(args.video, num_frames=frame_config_for(folder.config, args.num_frames).num_frames)
+        check_video_file(args.video)
         conversation = load_conversation(args, folder)
-        conversation.set_video(args.video, frames)
+        conversation.set_video(args.video)
     except (InferError, VideoReadError) as err:
         _error(err)
         return 2 if isinstance(err, (ModelFolderError, MemoryBudgetError)) else 1
-    padded = f", padded to {conversation.num_frames}" if frames.shape[0] < conversation.num_frames else ""
-    print(f"videopanda chat: {args.model} on {conversation.model.device}; video {args.video} "
-          f"({frames.shape[0]} frames sampled{padded}). Ask a question; {COMMANDS_HELP}.", flush=True)
+    print(f"videopanda chat: {args.model} on {conversation.model.device}, {conversation.sampling_text()}; video "
+          f"{args.video} ({conversation.clip_text()}). Ask a question; {COMMANDS_HELP}.", flush=True)
     chat_loop(conversation)
     return 0

@@ -4,9 +4,10 @@
                     [--max-seconds 600] [--max-pixels 8847360] [--max-upload 200MB]
                     [model options as in `videopanda chat`]
 
-The page: upload a clip (or pick one of `--examples`), see the frames the model is given (after the
-any-resolution step: each frame resized and pasted on the mean-colour canvas; the padding is hatched,
-and a clip with fewer frames than the model takes is padded with all-zero frames, shown fully hatched),
+The page: upload a clip (or pick one of `--examples`), see the frames the model is given (sampled as the
+model options say: the original's 8, `--num-frames N` or `--fps F`; after the any-resolution step: each frame
+resized and pasted on the mean-colour canvas; the padding is hatched, and a clip with fewer frames than the
+sampling's count is padded with all-zero frames, shown fully hatched; one row per STAB chunk),
 ask questions in a multi-turn chat whose answers stream in, and read how long the STAB and the LLM took.
 
 Everything the model sees goes through `videopanda.serve.chat.VideoConversation`, the chat command's path:
@@ -214,9 +215,9 @@ class Demo:
             raise BadVideo(f"`{name}` cannot be used as a video: {err.reason}.") from None
         strip = frame_strip(visual, frames.shape[0])
         height, width = frames.shape[1:3]
+        padding = len(strip) - frames.shape[0]
         status = (f"**{name}** ({header.seconds:.1f} s, {width}x{height}): {frames.shape[0]} frames sampled"
-                  + (f", {conversation.num_frames - frames.shape[0]} padding frames added" if
-                     frames.shape[0] < conversation.num_frames else "")
+                  + (f", {padding} padding frames added" if padding else "")
                   + f"; decoded and resized in {load_ms:.0f} ms. Ask a question below.")
         return Session(Path(path), frames), strip, status, shown
 
@@ -318,12 +319,12 @@ def build_app(demo: Demo, model_name: str):
     base = demo.base
     with gr.Blocks(title="Video-Panda demo", analytics_enabled=False) as app:
         gr.Markdown(f"## Video-Panda: talk about a video\nModel `{model_name}` on {base.model.device}, "
-                    f"{base.num_frames} frames per clip, greedy answers of up to {base.max_new_tokens} tokens "
+                    f"{base.sampling_text()}, greedy answers of up to {base.max_new_tokens} tokens "
                     f"(context {base.max_context} tokens).")
         session = gr.State(None)
         status = gr.Markdown("Upload a video or pick an example.", elem_id="status", render=False)
-        strip = gr.Gallery(label=f"The {base.num_frames} frames the model sees (hatched: padding)",
-                           columns=base.num_frames // 2, height="auto", object_fit="contain",
+        strip = gr.Gallery(label="The frames the model sees (hatched: padding)",
+                           columns=base.processor.video_processor.frames_per_chunk, height="auto", object_fit="contain",
                            allow_preview=True, elem_id="frames", render=False)
         chatbot = gr.Chatbot(label="Conversation", elem_id="chat", height=320, render=False)
         timing = gr.Markdown("", elem_id="timing", render=False)
