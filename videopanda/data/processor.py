@@ -138,7 +138,8 @@ class VideoPandaProcessor(ProcessorMixin):
 
     def __call__(self, text=None, videos=None, padding_side: str = "left", teacher: bool = False,
                  flips: Sequence[bool] | None = None, return_frame_grids: bool = False,
-                 return_tensors: str | None = "pt", add_special_tokens: bool = True, **video_kwargs) -> BatchFeature:
+                 return_tensors: str | None = "pt", add_special_tokens: bool = True, images=None, audio=None,
+                 **video_kwargs) -> BatchFeature:
         """text: a prompt or a list of B prompts; videos: the videos their placeholders stand for, in order
         (one list, or one list per prompt as `apply_chat_template` passes them).
 
@@ -149,7 +150,10 @@ class VideoPandaProcessor(ProcessorMixin):
         tokenizer's pad id; pixel_values_videos (V, C, T, 4, H, W) when there are videos (and
         teacher_pixel_values_videos with teacher=True); with return_frame_grids, frame_grids (V lists of
         (rows, cols)); with return_metadata, video_metadata. Only "pt" tensors are returned; the single BOS
-        is always added (`add_special_tokens` is accepted for transformers' chat-template call)."""
+        is always added (`add_special_tokens`, and `images` / `audio` when None, are accepted for
+        transformers' chat-template call)."""
+        if images is not None or audio is not None:
+            raise ValueError("VideoPandaProcessor takes videos (image and audio inputs are not part of the model)")
         if text is None:
             raise ValueError("VideoPandaProcessor needs text (a prompt with <video> or one <image> per frame)")
         prompts = [text] if isinstance(text, str) else list(text)
