@@ -205,3 +205,50 @@ def test_ttft_smoke_on_cpu(tmp_path):
     for key in ("ttft_ms", "visual_ms", "prefill_ms"):
         assert report[key] > 0, key
     assert report["ttft_ms"] >= report["visual_ms"]
+
+
+# --- bench quickstart ---
+
+def write_quickstart_folder(folder, stage_times, loop_times, eval_s, total_s, timing_in_marker=True):
+    """A finished quickstart folder as `videopanda quickstart` leaves it: summary.json, and per stage its
+    training_complete.json (with the loop's timing) or, as older code wrote it, only the Trainer's log line."""
+    stages = []
+    for (name, steps), wall, loop in zip([("prealign", 10), ("pretrain", 94), ("finetune", 1692)], stage_times,
+                                         loop_times):
+        stages.append({"name": name, "final_loss": 0.5, "steps": steps, "elapsed_s": wall})
+        (folder / name).mkdir(parents=True)
+        (folder / "logs").mkdir(exist_ok=True)
+        marker = {"stage": name, "global_step": steps}
+        if timing_in_marker:
+            marker["timing"] = {"train_runtime_s": loop, "steps": steps}
+        (folder / name / "training_complete.json").write_text(json.dumps(marker))
+        (folder / "logs" / f"{name}.log").write_text(
+            f"{{'loss': '0.5', 'epoch': '1'}}\n{{'train_runtime': '{loop}', 'train_samples_per_second': '9'}}\n")
+    summary = {"stages": stages, "eval": {"accuracy": 98.5, "elapsed_s": eval_s}, "seed": 0, "resumed": False,
+               "elapsed_s": total_s}
+    (folder / "summary.json").write_text(json.dumps(summary))
+
+
+def test_quickstart_bench_splits_each_stage_and_compares_two_runs(tmp_path, capsys):
+    before, after = tmp_path / "before", tmp_path / "after"
+    write_quickstart_folder(before, [40.0, 200.0, 1600.0], [13.0, 160.0, 1500.0], 40.0, 2400.0,
+                            timing_in_marker=False)
+    write_quickstart_folder(after, [30.0, 100.0, 700.0], [10.0, 80.0, 650.0], 20.0, 1000.0)
+    out = tmp_path / "report.json"
+    assert main(["quickstart", str(before), str(after), "--output", str(out)]) == 0
+    report = json.loads(out.read_text())
+    first, second = report["runs"]
+    assert [s["loop_s"] for s in first["stages"]] == [13.0, 160.0, 1500.0]
+    assert [s["startup_and_save_s"] for s in second["stages"]] == [20.0, 20.0, 50.0]
+    assert second["stages"][2]["s_per_step"] == pytest.approx(650.0 / 1692)
+    assert (first["rest_s"], second["rest_s"]) == (2400.0 - 40.0 - 1840.0, 1000.0 - 20.0 - 830.0)
+    table = capsys.readouterr().out
+    assert "| total | 2400.0 s | 1000.0 s (2.40x) |" in table
+    assert "| finetune: loop (1692 steps) | 1500.0 s | 650.0 s (2.31x) |" in table
+
+
+def test_quickstart_bench_names_a_folder_without_a_finished_run(tmp_path, caplog):
+    (tmp_path / "half").mkdir()
+    with caplog.at_level(logging.ERROR):
+        assert main(["quickstart", str(tmp_path / "half")]) == 1
+    assert str(tmp_path / "half" / "summary.json") in caplog.text

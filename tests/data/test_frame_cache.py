@@ -11,7 +11,8 @@ import torch
 from helpers.media import CORPUS, make_frames, write_video
 
 from videopanda.data import synth
-from videopanda.data.frame_cache import FrameCache
+from videopanda.data.frame_cache import RESIZED_SUFFIX, FrameCache
+from videopanda.data.frames import FrameConfig, preprocess_video, resize_frames
 from videopanda.data.video import VideoReadError, read_video
 
 USABLE = sorted(name for name, kind in CORPUS.items() if kind is None)
@@ -178,3 +179,65 @@ def test_two_processes_filling_one_cache_at_once_leave_whole_entries(tmp_path, m
     for path in paths:
         assert_same(cache.read(path), read_video(path))
     assert cache.hits == len(paths)
+
+
+# --- resized frames ---
+
+QUICKSTART_FRAMES = FrameConfig(num_frames=8, frames_per_chunk=4, image_size=84, teacher_image_size=42, patch_size=14)
+
+
+def preprocess_through(cache: FrameCache, path, flip: bool):
+    """`preprocess_video` of the clip's cached frames, resized through the cache."""
+    frames = cache.read(path, 8)
+    return preprocess_video(frames, QUICKSTART_FRAMES, flip=flip, resize=cache.resizer(path, 8, flip))
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_resized_frames_from_the_cache_are_pillows_bit_for_bit(tmp_path, media_dir, quickstart_clip, flip):
+    paths = [media_dir / name for name in USABLE] + [quickstart_clip]
+    expected = [preprocess_video(read_video(p, 8), QUICKSTART_FRAMES, flip=flip) for p in paths]
+    filling = FrameCache(tmp_path / "cache")
+    for path, (student, teacher) in zip(paths, expected):
+        got = preprocess_through(filling, path, flip)
+        assert torch.equal(got[0], student) and torch.equal(got[1], teacher)
+    assert filling.resized_hits == 0
+    resized = [p for p in entries(tmp_path / "cache") if p.name.endswith(RESIZED_SUFFIX)]
+    assert len(resized) == len(paths)
+    reading = FrameCache(tmp_path / "cache")
+    for path, (student, teacher) in zip(paths, expected):
+        got = preprocess_through(reading, path, flip)
+        assert torch.equal(got[0], student) and torch.equal(got[1], teacher)
+    assert (reading.resized_hits, reading.misses) == (len(paths), 0)
+
+
+def test_resized_entries_follow_the_flip_the_sizes_and_the_resize_version(tmp_path, quickstart_clip, monkeypatch):
+    """Frames resized another way are other entries: a flip, other sizes or another RESIZE_VERSION never
+    read what was stored for the first."""
+    from videopanda.data import frame_cache
+
+    cache = FrameCache(tmp_path / "cache")
+    frames = cache.read(quickstart_clip, 8).numpy()
+    cache.resizer(quickstart_clip, 8, flip=False)(frames, [(84, 84), (42, 42)])
+    for flip, sizes in [(True, [(84, 84), (42, 42)]), (False, [(84, 84)]), (False, [(42, 42), (84, 84)])]:
+        shown = frames[:, :, ::-1] if flip else frames
+        assert all(np.array_equal(a, b) for a, b in zip(cache.resizer(quickstart_clip, 8, flip)(shown, sizes),
+                                                         resize_frames(shown, sizes)))
+    assert cache.resized_hits == 0
+    monkeypatch.setattr(frame_cache, "RESIZE_VERSION", frame_cache.RESIZE_VERSION + 1)
+    cache.resizer(quickstart_clip, 8, flip=False)(frames, [(84, 84), (42, 42)])
+    assert cache.resized_hits == 0
+    assert len([p for p in entries(tmp_path / "cache") if p.name.endswith(RESIZED_SUFFIX)]) == 5
+
+
+def test_an_unreadable_resized_entry_is_resized_again_with_one_warning(tmp_path, quickstart_clip, caplog):
+    cache = FrameCache(tmp_path / "cache")
+    expected = preprocess_through(cache, quickstart_clip, False)
+    [entry] = [p for p in entries(tmp_path / "cache") if p.name.endswith(RESIZED_SUFFIX)]
+    entry.write_bytes(entry.read_bytes()[:1000])
+    damaged = FrameCache(tmp_path / "cache")
+    with caplog.at_level(logging.WARNING, logger="videopanda.data.frame_cache"):
+        for _ in range(2):
+            got = preprocess_through(damaged, quickstart_clip, False)
+            assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+    assert (damaged.rewrites, damaged.resized_hits) == (1, 1)
+    assert [r.getMessage().count(str(entry)) for r in caplog.records] == [1]

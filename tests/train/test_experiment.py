@@ -366,6 +366,7 @@ def test_a_shipped_experiment_trains_in_one_process_under_its_deepspeed_config(t
     for stage in ("prealign", "finetune"):
         finished = json.loads((run / stage / "training_complete.json").read_text())
         assert finished["global_step"] == 2 and finished["world_size"] == 1
+        assert finished["timing"]["steps"] == 2 and finished["timing"]["train_runtime_s"] > 0
         assert latest_complete_checkpoint(run / stage).name == "checkpoint-2"
     assert (run / "finetune" / "adapter_model.safetensors").is_file()
 

@@ -6,6 +6,7 @@
     videopanda bench data --synthetic 8 --repeats 4 --frame-cache /tmp --output bench_data_cache.json
     videopanda bench ttft --device cuda --dtype bfloat16 --output bench_ttft_h100.json
     videopanda bench cli --repeats 7 --output bench_cli.json
+    videopanda bench quickstart outputs/quickstart-seed0 ../other-checkout/outputs/quickstart-seed0
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from videopanda.log import get_logger
 
 logger = get_logger(__name__)
 
-SUBCOMMANDS = ("visual", "data", "ttft", "cli")
+SUBCOMMANDS = ("visual", "data", "ttft", "cli", "quickstart")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -80,6 +81,11 @@ def _parser() -> argparse.ArgumentParser:
     cli.add_argument("--repeats", type=int, default=5, help="timed runs of each command line (the median is reported)")
     cli.add_argument("--warmup", type=int, default=1, help="untimed runs of each command line first")
     cli.add_argument("--output", type=Path, default=None)
+
+    quickstart = sub.add_parser("quickstart", help="per-stage times of finished quickstart runs, side by side")
+    quickstart.add_argument("folders", nargs="+", type=Path, metavar="OUT",
+                            help="quickstart output folders (with summary.json); the first is the baseline")
+    quickstart.add_argument("--output", type=Path, default=None)
     return parser
 
 
@@ -109,6 +115,11 @@ def _run(args: argparse.Namespace, command: str) -> tuple[dict, str]:
             videos=args.video, synthetic=args.synthetic, width=width, height=height, fps=args.fps,
             seconds=args.seconds, workers=args.workers, repeats=args.repeats, num_frames=args.frames,
             teacher=not args.student_only, frame_cache=args.frame_cache, command=command))
+        return report, format_report(report)
+    if args.bench == "quickstart":
+        from videopanda.bench.quickstart import QuickstartBenchConfig, format_report, run_quickstart_bench
+
+        report = run_quickstart_bench(QuickstartBenchConfig(folders=tuple(args.folders), command=command))
         return report, format_report(report)
     if args.bench == "cli":
         from videopanda.bench.cli_help import CLIBenchConfig, format_report, run_cli_bench

@@ -46,6 +46,7 @@ from torch.utils.data import Dataset, Sampler
 
 from videopanda.constants import IGNORE_INDEX
 from videopanda.data.conversation import SYSTEM_USER, ConversationFormatError
+from videopanda.data.frames import preprocess_video
 from videopanda.data.video import VideoReadError, read_video
 from videopanda.log import get_logger
 
@@ -116,7 +117,8 @@ class VideoInstructDataset(Dataset):
     samples replaced while producing this item). `random_flip` draws a horizontal flip with
     probability 0.5 per item from the generator of (seed, index, attempt) (module docstring) and
     applies it to student and teacher alike; keep it off outside training. With `frame_cache` (a
-    `videopanda.data.frame_cache.FrameCache`) videos are read through it: the same frames, decoded once.
+    `videopanda.data.frame_cache.FrameCache`) videos are read and resized through it: the same frames, decoded
+    and resized once.
     """
 
     def __init__(self, data_paths, video_folder: str | Path, processor, first_half: bool = False,
@@ -194,16 +196,25 @@ class VideoInstructDataset(Dataset):
             raise ConversationFormatError(sid, f"'video' must be a string path, got {type(video).__name__}")
         student = teacher = grids = None
         if video is not None:
-            path, num_frames = self.video_folder / video, self.processor.video_processor.num_frames
-            frames = read_video(path, num_frames) if self.frame_cache is None else self.frame_cache.read(path, num_frames)
-            visual = self.processor.video_processor(frames, teacher=True, flips=[flip])
-            student, teacher = visual["pixel_values_videos"][0], visual["teacher_pixel_values_videos"][0]
-            grids = visual["frame_grids"][0]
+            student, teacher, grids = self._frames(self.video_folder / video, flip)
         input_ids, labels = self.processor.tokenize_conversation(sample.get("conversations"), grids,
                                                                  system=self.system, sample_id=sid)
         self._check_length(sid, input_ids, labels, len(grids or ()))
         return {"input_ids": input_ids, "labels": labels, "pixel_values_videos": student,
                 "teacher_pixel_values_videos": teacher, "id": sid}
+
+    def _frames(self, path: Path, flip: bool) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
+        """The video processor's student (C, T, 4, H, W) and teacher (C, T, 4, H_t, W_t) frames and frame grids
+        of the clip at `path`, at its `num_frames`; through the frame cache (decoded and resized frames) when
+        there is one."""
+        video_processor = self.processor.video_processor
+        num_frames = video_processor.num_frames
+        if self.frame_cache is None:
+            frames, resize = read_video(path, num_frames), None
+        else:
+            frames, resize = self.frame_cache.read(path, num_frames), self.frame_cache.resizer(path, num_frames, flip)
+        student, teacher = preprocess_video(frames, video_processor.frame_config, flip=flip, resize=resize)
+        return student, teacher, video_processor.frame_grids(frames.shape[1], frames.shape[2], frames.shape[0])
 
     def _check_length(self, sid, input_ids: torch.Tensor, labels: torch.Tensor, num_frames: int) -> None:
         if self.model_max_length is None:

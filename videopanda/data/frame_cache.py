@@ -19,6 +19,13 @@ not an .npy, wrong dtype or shape) is logged once as a warning naming it, then t
 and the entry rewritten. A video that cannot be decoded raises `VideoReadError` on every read and
 leaves no entry, so the dataset's bad-sample handling sees it as it would without a cache. A folder
 that cannot be written (a full disk, permissions) is one warning; reads then decode every time.
+
+Resized frames: `FrameCache.resizer(path, num_frames, flip)` is a `videopanda.data.frames.Resize` for
+`preprocess_video(..., flip=flip, resize=...)` that returns `resize_frames`' arrays (Pillow's pixels, bit for
+bit) and keeps them as `<key>.resized` (.npy format, all sizes in one flat uint8 array), so that a clip's frames are
+resized once for every stage and epoch rather than on every read. Its key adds to the decoded entry's the
+sizes, the flip, the frame shape, `frames.RESIZE_VERSION` and the installed Pillow version: an entry written
+by another resizer is never looked up. Entries are checked, stored and rewritten as the decoded ones.
 """
 from __future__ import annotations
 
@@ -27,11 +34,14 @@ import hashlib
 import json
 import os
 import stat
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import PIL
 
+from videopanda.data.frames import RESIZE_VERSION, Resize, resize_frames
 from videopanda.data.video import SAMPLING_VERSION, read_video
 from videopanda.io import OutputError, atomic_path, make_dirs
 from videopanda.log import get_logger
@@ -42,6 +52,8 @@ if TYPE_CHECKING:
 logger = get_logger(__name__)
 
 SUFFIX = ".npy"
+RESIZED_SUFFIX = ".resized"
+"""Resized entries: the .npy format under another name, so that they are never taken for decoded frames."""
 
 
 @functools.lru_cache(maxsize=1)
@@ -75,8 +87,8 @@ class FrameCache:
     """Frames of `read_video`, decoded once and kept as .npy files under `folder` (see the module docstring).
 
     Creating one creates `folder` (an `OutputError` naming it when that is impossible). `hits`,
-    `misses` and `rewrites` count this process's reads served from an entry, decoded, and decoded
-    because an entry was unreadable.
+    `misses` and `rewrites` count this process's reads served from an entry, decoded, and decoded (or
+    resized) because an entry was unreadable; `resized_hits` the resizes served from an entry.
     """
 
     def __init__(self, folder: str | os.PathLike):
@@ -84,6 +96,7 @@ class FrameCache:
         self.hits = 0
         self.misses = 0
         self.rewrites = 0
+        self.resized_hits = 0
         self._warned: set[str] = set()
         self._write_failed = False
 
@@ -91,9 +104,10 @@ class FrameCache:
         return f"FrameCache({str(self.folder)!r})"
 
     def entry(self, path: str | os.PathLike, num_frames: int = 8, start: float | None = None,
-              end: float | None = None) -> Path | None:
-        """The .npy file that holds (or would hold) these frames; None when `path` is not a non-empty regular
-        file (such a video is never cached: `read_video` raises for it)."""
+              end: float | None = None, resized: dict | None = None) -> Path | None:
+        """The .npy file that holds (or would hold) these frames, or with `resized` (what the resize depends
+        on, `resizer`) their resized copies; None when `path` is not a non-empty regular file (such a video is
+        never cached: `read_video` raises for it)."""
         video = video_identity(path)
         if video is None:
             return None
@@ -102,8 +116,44 @@ class FrameCache:
             "end": None if end is None else float(end), "sampling_version": SAMPLING_VERSION,
             "decoders": decoder_versions(),
         }
+        if resized is not None:
+            identity["resized"] = resized
         key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-        return self.folder / key[:2] / f"{key}{SUFFIX}"
+        return self.folder / key[:2] / f"{key}{SUFFIX if resized is None else RESIZED_SUFFIX}"
+
+    def resizer(self, path: str | os.PathLike, num_frames: int = 8, flip: bool = False, start: float | None = None,
+                end: float | None = None) -> Resize:
+        """A `frames.Resize` for the frames `read(path, num_frames, start, end)` gives, flipped when `flip` (as
+        `preprocess_video(..., flip=flip)` hands them over): `resize_frames`' arrays, from the cache when it
+        holds them, else resized and stored (module docstring)."""
+
+        def resize(frames: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+            sizes = [(int(h), int(w)) for h, w in sizes]
+            depends_on = {"sizes": sizes, "flip": bool(flip), "frames": list(frames.shape),
+                          "resize_version": RESIZE_VERSION, "pillow": PIL.__version__}
+            entry = self.entry(path, num_frames, start, end, resized=depends_on)
+            lengths = [len(frames) * h * w * 3 for h, w in sizes]
+            flat = None if entry is None else self._load_flat(entry, sum(lengths))
+            if flat is None:
+                outputs = resize_frames(frames, sizes)
+                if entry is not None:
+                    self._store(entry, np.concatenate([out.ravel() for out in outputs]))
+                return outputs
+            self.resized_hits += 1
+            parts = np.split(flat, np.cumsum(lengths)[:-1])
+            return [part.reshape(len(frames), h, w, 3) for part, (h, w) in zip(parts, sizes)]
+
+        return resize
+
+    def _load_flat(self, entry: Path, length: int) -> np.ndarray | None:
+        """A resized entry's flat uint8 array of `length` values, or None (missing; unreadable: warned, counted)."""
+        array = self._read_entry(entry)
+        if array is None:
+            return None
+        if array.dtype != np.uint8 or array.shape != (length,):
+            self._unreadable(entry, f"holds {array.dtype} {array.shape}, not uint8 ({length},)")
+            return None
+        return array
 
     def read(self, path: str | os.PathLike, num_frames: int = 8, start: float | None = None,
              end: float | None = None) -> torch.Tensor:
@@ -126,13 +176,19 @@ class FrameCache:
             self._store(entry, frames.numpy())
         return frames
 
-    def _load(self, entry: Path, num_frames: int) -> np.ndarray | None:
+    def _read_entry(self, entry: Path) -> np.ndarray | None:
+        """The array stored in `entry`; None when there is none or it cannot be read (warned and counted)."""
         try:
-            array = np.load(entry, allow_pickle=False)
+            return np.load(entry, allow_pickle=False)
         except FileNotFoundError:
             return None
         except (OSError, ValueError, EOFError) as exc:
             self._unreadable(entry, " ".join(str(exc).split()) or type(exc).__name__)
+            return None
+
+    def _load(self, entry: Path, num_frames: int) -> np.ndarray | None:
+        array = self._read_entry(entry)
+        if array is None:
             return None
         if (array.dtype != np.uint8 or array.ndim != 4 or array.shape[-1] != 3
                 or not 1 <= array.shape[0] <= num_frames or min(array.shape[1:3]) < 1):
@@ -149,8 +205,8 @@ class FrameCache:
 
     def _store(self, entry: Path, frames: np.ndarray) -> None:
         try:
-            with atomic_path(entry) as tmp:
-                np.save(tmp, frames, allow_pickle=False)
+            with atomic_path(entry) as tmp, open(tmp, "wb") as handle:  # a handle: np.save names no file itself
+                np.save(handle, frames, allow_pickle=False)
         except OutputError as exc:
             if not self._write_failed:
                 self._write_failed = True

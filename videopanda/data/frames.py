@@ -25,7 +25,7 @@ Choices of this project:
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +42,15 @@ from videopanda.constants import (
     STUDENT_IMAGE_SIZE,
     TEACHER_IMAGE_SIZE,
 )
+
+
+RESIZE_VERSION = 1
+"""Version of the pixels `resize_frames` gives for given frames and sizes: part of the key of every store of
+resized frames (`videopanda.data.frame_cache.FrameCache.resizer`), so changing them must increase it."""
+
+Resize = Callable[[np.ndarray, Sequence[tuple[int, int]]], list[np.ndarray]]
+"""(uint8 frames (n, H, W, 3), sizes [(h, w), ...]) -> one uint8 (n, h, w, 3) array per size: `resize_frames`
+or something that returns exactly what it returns (a cache of its results)."""
 
 
 @dataclass
@@ -102,13 +111,15 @@ def frame_placement(height: int, width: int, config: FrameConfig) -> tuple[Place
 
 
 def preprocess_video(frames_uint8: torch.Tensor | np.ndarray, config: FrameConfig | None = None,
-                     flip: bool = False, teacher: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+                     flip: bool = False, teacher: bool = True,
+                     resize: Resize | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """uint8 frames (n, H, W, 3) RGB, 1 <= n <= num_frames -> (student, teacher) float32 tensors.
 
     student: (C, T, 4, image_size, image_size), teacher: (C, T, 4, teacher_image_size, teacher_image_size),
     C = num_frames // frames_per_chunk, T = frames_per_chunk. Channels 0-2 normalised RGB, channel 3 the
     validity mask. Frames n..num_frames-1 are all-zero padding frames. With `teacher=False` (inference:
     only training's distillation reads the teacher frames) the teacher is None and its resize is skipped.
+    `resize` (default `resize_frames`) resizes the frames, already flipped when `flip`, to the placements' sizes.
     """
     config = config or FrameConfig()
     if isinstance(frames_uint8, torch.Tensor):
@@ -123,7 +134,7 @@ def preprocess_video(frames_uint8: torch.Tensor | np.ndarray, config: FrameConfi
     if flip:
         frames = frames[:, :, ::-1]
     places = frame_placement(frames.shape[1], frames.shape[2], config)[:2 if teacher else 1]
-    resized = resize_frames(frames, [(place.height, place.width) for place in places])
+    resized = (resize or resize_frames)(frames, [(place.height, place.width) for place in places])
     rendered = [_render(torch.from_numpy(r), place, config) for r, place in zip(resized, places)]
     return rendered[0], rendered[1] if teacher else None
 

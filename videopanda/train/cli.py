@@ -32,9 +32,9 @@ from videopanda.train.arguments import training_arguments
 from videopanda.train.experiment import STAGES, Experiment, ExperimentError, ResolvedExperiment, resolve_experiment, \
     write_record
 from videopanda.train.checkpointing import (DATA_REPORT, FINAL_MARKER, PREEMPTED_EXIT_CODE, StopSignals,
-                                            discard_incomplete, export_model_files, holds_last_step, is_finished,
-                                            latest_complete_checkpoint, read_data_report, run_train_loss,
-                                            tell_launcher, trainer_state, writing)
+                                            checkpoint_step, discard_incomplete, export_model_files, holds_last_step,
+                                            is_finished, latest_complete_checkpoint, read_data_report,
+                                            run_train_loss, tell_launcher, trainer_state, writing)
 from videopanda.train.preflight import Preflight, PreflightError, run_preflight
 
 logger = get_logger(__name__)
@@ -118,13 +118,21 @@ def world_of_one(needed: bool) -> Iterator[None]:
 
 
 def _final_record(resolved: ResolvedExperiment, stage: str, plan: Preflight, global_step: int,
-                  train_loss: float | None) -> dict:
-    """What `training_complete.json` says."""
+                  train_loss: float | None, timing: dict | None = None) -> dict:
+    """What `training_complete.json` says; `timing` (`_loop_timing`) when this call trained."""
     experiment = resolved.experiment
     return {"stage": stage, "experiment": experiment.name, "global_step": global_step, "train_loss": train_loss,
             "init": str(experiment.stage_init(stage)), "init_kind": plan.init_kind,
             "teacher": experiment.model.teacher if experiment.distillation.enabled else None,
-            "world_size": plan.batch.world_size, "global_batch_size": plan.batch.global_batch_size}
+            "world_size": plan.batch.world_size, "global_batch_size": plan.batch.global_batch_size,
+            "timing": timing}
+
+
+def _loop_timing(metrics: dict, plan: Preflight, global_step: int) -> dict:
+    """The training loop of this call (the Trainer's `train_runtime`, from its first step to its last, without
+    start-up and saving): {"train_runtime_s", "steps"} (the steps this call ran, after a resumed checkpoint's)."""
+    first = checkpoint_step(plan.resume_from) if plan.resume_from is not None else 0
+    return {"train_runtime_s": round(float(metrics["train_runtime"]), 3), "steps": global_step - first}
 
 
 def finish_from_last_checkpoint(resolved: ResolvedExperiment, stage: str, plan: Preflight) -> int:
@@ -241,7 +249,7 @@ def _fit(trainer, resolved: ResolvedExperiment, stage: str, plan: Preflight, sto
     # A write that fails on one rank (the loss log, a report) ends that process; the others then fail in their
     # next collective: on a full disk `writing` says so in one line on every rank.
     with writing(output, full_disk_only=True):
-        trainer.train(resume_from_checkpoint=str(plan.resume_from) if plan.resume_from else None)
+        result = trainer.train(resume_from_checkpoint=str(plan.resume_from) if plan.resume_from else None)
         if stop.stopped_at is not None:
             return _preempted(trainer, stop.signal, str(output), stop.stopped_at)
         with writing(output):
@@ -251,8 +259,10 @@ def _fit(trainer, resolved: ResolvedExperiment, stage: str, plan: Preflight, sto
         if trainer.args.should_save:
             log_data_report(report)
             write_json_atomic(output / DATA_REPORT, report)
-            write_json_atomic(output / FINAL_MARKER, _final_record(resolved, stage, plan, trainer.state.global_step,
-                                                                  run_train_loss(trainer.state.log_history)))
+            step = trainer.state.global_step
+            write_json_atomic(output / FINAL_MARKER, _final_record(resolved, stage, plan, step,
+                                                                  run_train_loss(trainer.state.log_history),
+                                                                  _loop_timing(result.metrics, plan, step)))
             logger.info("stage %s finished: %s", stage, output)
         trainer.accelerator.wait_for_everyone()
     return 0
