@@ -6,9 +6,9 @@
 (`fps=F[,max_frames=32]` in place of `num_frames` samples F frames a second, as `eval qa --fps`.)
 
 Each request names one document; its `doc_to_visual` must give exactly one video file. The question is
-lmms-eval's context string, put through the same preparation as `videopanda eval qa`
-(`ModelAnswerer.prepare`: the video processor's frames, then the chat template's generation prompt), so for the same
-question and video the plugin's greedy answer is `eval qa`'s.
+lmms-eval's context string, put through the same preparation as `videopanda eval qa` (`ModelAnswerer.prepare`:
+the frames the video processor samples, then the chat template's generation prompt), so for the same question,
+video and sampling the plugin's greedy answer is `eval qa`'s.
 
 - generate_until: greedy only (a task asking for sampling or beams is refused); `max_new_tokens` from
   the request's generation kwargs, else the model argument (1024, the original evaluation's limit:
