@@ -147,7 +147,7 @@ def test_report_has_every_dataset_and_plots_what_there_is(tmp_path, caplog):
     out = tmp_path / "report"
     assert main(["report", "--results", str(run), "--output-dir", str(out), "--plot"]) == 0
     markdown = (out / "report.md").read_text()
-    assert "| Model | MSVD-QA | MSRVTT-QA | TGIF-QA | ActivityNet-QA | Synthetic QA | Judge |" in markdown
+    assert "| Model | MSVD-QA | MSRVTT-QA | TGIF-QA | ActivityNet-QA | Synthetic QA | Judge | Frames |" in markdown
     assert "| tiny | 64.7 / 3.8 | - | - | - | 80.8 / 4.1* | judge-0613 |" in markdown
     assert "tiny Synthetic QA: 100 questions: 98 judged, 2 failed" in markdown
     assert str(run / "mystery" / "results.json") in markdown and "cannot tell which dataset" in caplog.text

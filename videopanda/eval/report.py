@@ -16,7 +16,8 @@ number is shown with the 95% interval its results file records (Wilson for accur
 items for scores; see `intervals`) and the number of items it is over: `61.2 [56.3, 65.9] / 3.41 [3.32,
 3.50] (n=400)`; results of older runs, which record no interval, show the bare number. The
 judge and judge model of every number are part of the tables: GPT-judged numbers move with the judge
-snapshot, and exact-match numbers are not comparable with them at all. `--plot` writes `qa.png` (QA
+snapshot, and exact-match numbers are not comparable with them at all; so is the frame sampling of the
+answers (from the predictions' fingerprint: 8 frames, another count, or a frame rate). `--plot` writes `qa.png` (QA
 accuracy per dataset and model) and `benchmark.png` (the five aspects) for what there is, and fails
 when there is nothing to plot.
 """
@@ -229,6 +230,28 @@ def _judges(entry: dict[str, Any]) -> str:
     return ", ".join(seen) or "-"
 
 
+def frames_label(results: dict[str, Any]) -> str | None:
+    """How the answers scored in `results` sampled their videos, from the predictions' fingerprint: "8 frames",
+    "16 frames", "1 fps (4-32 frames)"; None when the results record no fingerprint (a run of another tool)."""
+    frames = (results.get("prediction_fingerprint") or {}).get("frames")
+    if not isinstance(frames, dict):
+        return None
+    sampling = frames.get("sampling")
+    if isinstance(sampling, dict):
+        return f"{sampling.get('fps'):g} fps ({sampling.get('min_frames')}-{sampling.get('max_frames')} frames)"
+    return f"{frames.get('num_frames')} frames"
+
+
+def _frames(entry: dict[str, Any]) -> str:
+    """Every frame sampling behind a model's numbers, in order of first appearance; "-" when none is recorded."""
+    seen: list[str] = []
+    for results in [*entry["qa"].values(), *([entry["benchmark"]] if entry["benchmark"] else [])]:
+        label = frames_label(results)
+        if label and label not in seen:
+            seen.append(label)
+    return ", ".join(seen) or "-"
+
+
 def qa_label(dataset: str) -> str:
     return QA_COLUMNS.get(dataset) or OTHER_LABELS.get(dataset) or dataset
 
@@ -254,23 +277,24 @@ def to_markdown(report: dict[str, Any]) -> str:
     models = report["models"]
     columns = qa_datasets(report)
     lines = ["## Zero-shot video QA (accuracy / score, 95% intervals, number of questions)", "",
-             "| Model | " + " | ".join(qa_label(d) for d in columns) + " | Judge |",
-             "|---|" + "---|" * len(columns) + "---|"]
+             "| Model | " + " | ".join(qa_label(d) for d in columns) + " | Judge | Frames |",
+             "|---|" + "---|" * len(columns) + "---|---|"]
     for name, entry in models.items():
         cells = [_qa_cell(entry["qa"].get(dataset)) for dataset in columns]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {_judges(entry)} |")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {_judges(entry)} | {_frames(entry)} |")
     notes = [f"{name} {qa_label(d)}: {_coverage(r)}" for name, e in models.items() for d, r in e["qa"].items()
              if _incomplete(r)]
     if any(e["benchmark"] for e in models.values()):
         lines += ["", "## Video-ChatGPT benchmark (scores 0-5, 95% intervals, number of items)", "",
-                  "| Model | " + " | ".join(ASPECT_LABELS[a] for a in ASPECTS) + " | Average | Judge |",
-                  "|---|" + "---|" * (len(ASPECTS) + 2)]
+                  "| Model | " + " | ".join(ASPECT_LABELS[a] for a in ASPECTS) + " | Average | Judge | Frames |",
+                  "|---|" + "---|" * (len(ASPECTS) + 3)]
         for name, entry in models.items():
             b = entry["benchmark"]
             if b is None:
                 continue
             cells = _benchmark_cells(b)
-            lines.append(f"| {name} | " + " | ".join(cells) + f" | {_judges({'qa': {}, 'benchmark': b})} |")
+            only = {"qa": {}, "benchmark": b}
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {_judges(only)} | {_frames(only)} |")
             if _incomplete(b):
                 notes.append(f"{name} benchmark: {_coverage(b)}")
     if notes:
