@@ -92,8 +92,8 @@ def test_quickstart_runs_end_to_end_from_an_installed_package(tmp_path):
     for step in ("synth", "models", "eval_qa_0"):
         assert (out / "logs" / f"{step}.log").read_text().startswith("$ "), step
     assert "quickstart-models --data data" in (out / "logs" / "models.log").read_text().splitlines()[0]
-    cached = [p for p in (data / "frame_cache").rglob("*") if p.is_file()]  # each clip decoded once for all stages
-    assert len(cached) == 32 and all(p.suffix == ".npy" for p in cached)
+    cached = [p for p in (data / "frame_cache").rglob("*") if p.is_file()]  # each clip decoded and resized once
+    assert sorted(p.suffix for p in cached) == [".npy"] * 32 + [".resized"] * 32
 
     logs = {p: p.read_bytes() for p in (out / "logs").iterdir()}
     again = subprocess.run([sys.executable, "-m", "videopanda_command", "quickstart", "--num-train", "32",
