@@ -144,6 +144,8 @@ def test_folder_that_is_not_a_video_panda_model(case, folder, clip, tmp_path, ca
 def test_bad_frame_count(folder, clip, capsys):
     assert main(["--model", str(folder), "--video", str(clip), "--question", QUESTION, "--num-frames", "6"]) == 1
     assert "multiple of frames_per_chunk" in one_error_line(capsys)
+    assert main(["--model", str(folder), "--video", str(clip), "--question", QUESTION, "--max-frames", "16"]) == 1
+    assert "--max-frames bounds the frames sampled by rate: give --fps too" in one_error_line(capsys)
 
 
 def test_a_prompt_past_the_model_context_is_refused_in_one_line_by_infer_and_eval(folder, clip, tmp_path, capsys):

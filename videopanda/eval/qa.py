@@ -203,10 +203,10 @@ def frame_sampling(config: ModelAnswererConfig, model_config: Any) -> dict[str, 
     processor reads it (`VideoPandaVideoProcessor.sampling`): {"num_frames": N} by count (default: the model's
     count) or {"fps": f, "min_frames": a, "max_frames": b} by rate. Raises InferError for a bad setting."""
     from videopanda.data.video_processor import VideoPandaVideoProcessor
+    from videopanda.serve.infer import check_sampling
     from videopanda.serve.model_folder import InferError
 
-    if config.fps is not None and config.num_frames is not None:
-        raise InferError("give the number of frames or a frame rate, not both")
+    check_sampling(config.num_frames, config.fps, config.max_frames)
     try:
         video_processor = VideoPandaVideoProcessor.from_model_config(
             model_config, num_frames=config.num_frames, fps=config.fps, max_frames=config.max_frames)

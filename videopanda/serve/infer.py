@@ -97,14 +97,22 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_sampling(num_frames: int | None, fps: float | None, max_frames: int | None) -> None:
+    """InferError for sampling options that contradict each other: a count and a rate, or a bound on the frames
+    sampled by rate (`max_frames`) without a rate."""
+    if num_frames is not None and fps is not None:
+        raise InferError("give the number of frames or a frame rate, not both")
+    if max_frames is not None and fps is None:
+        raise InferError("--max-frames bounds the frames sampled by rate: give --fps too (or --num-frames alone)")
+
+
 def with_sampling(processor, num_frames: int | None = None, fps: float | None = None,
                   max_frames: int | None = None):
     """The processor itself, or a copy whose video processor samples `num_frames` frames (a multiple of the
     chunk length) or `fps` frames a second (at most `max_frames`). Raises InferError for a bad setting."""
     from videopanda.data.processor import VideoPandaProcessor, VideoPandaVideoProcessor
 
-    if num_frames is not None and fps is not None:
-        raise InferError("give the number of frames or a frame rate, not both")
+    check_sampling(num_frames, fps, max_frames)
     video = processor.video_processor
     if (num_frames in (None, video.num_frames) and fps in (None, video.fps)
             and max_frames in (None, video.max_frames)):
