@@ -213,7 +213,7 @@ def test_resized_frames_from_the_cache_are_pillows_bit_for_bit(tmp_path, media_d
 def test_resized_entries_follow_the_flip_the_sizes_and_the_resize_version(tmp_path, quickstart_clip, monkeypatch):
     """Frames resized another way are other entries: a flip, other sizes or another RESIZE_VERSION never
     read what was stored for the first."""
-    from videopanda.data import frame_cache
+    from videopanda.data import frames as frames_module
 
     cache = FrameCache(tmp_path / "cache")
     frames = cache.read(quickstart_clip, 8).numpy()
@@ -223,7 +223,7 @@ def test_resized_entries_follow_the_flip_the_sizes_and_the_resize_version(tmp_pa
         assert all(np.array_equal(a, b) for a, b in zip(cache.resizer(quickstart_clip, 8, flip)(shown, sizes),
                                                          resize_frames(shown, sizes)))
     assert cache.resized_hits == 0
-    monkeypatch.setattr(frame_cache, "RESIZE_VERSION", frame_cache.RESIZE_VERSION + 1)
+    monkeypatch.setattr(frames_module, "RESIZE_VERSION", frames_module.RESIZE_VERSION + 1)
     cache.resizer(quickstart_clip, 8, flip=False)(frames, [(84, 84), (42, 42)])
     assert cache.resized_hits == 0
     assert len([p for p in entries(tmp_path / "cache") if p.name.endswith(RESIZED_SUFFIX)]) == 5

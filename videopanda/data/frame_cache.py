@@ -41,13 +41,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import PIL
 
-from videopanda.data.frames import RESIZE_VERSION, Resize, resize_frames
 from videopanda.data.video import SAMPLING_VERSION, read_video
 from videopanda.io import OutputError, atomic_path, make_dirs
 from videopanda.log import get_logger
 
 if TYPE_CHECKING:
     import torch
+
+    from videopanda.data.frames import Resize
 
 logger = get_logger(__name__)
 
@@ -126,6 +127,7 @@ class FrameCache:
         """A `frames.Resize` for the frames `read(path, num_frames, start, end)` gives, flipped when `flip` (as
         `preprocess_video(..., flip=flip)` hands them over): `resize_frames`' arrays, from the cache when it
         holds them, else resized and stored (module docstring)."""
+        from videopanda.data.frames import RESIZE_VERSION, resize_frames  # torch: not for `--help`'s importers
 
         def resize(frames: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
             sizes = [(int(h), int(w)) for h, w in sizes]
