@@ -153,6 +153,18 @@ _JSON_KINDS = {dict: "object", list: "array", str: "string", bool: "true or fals
                type(None): "null"}
 
 
+def save_figure_atomic(fig: Any, path: str | os.PathLike, dpi: int = 110) -> Path:
+    """Write a matplotlib figure to `path` (format from its suffix) atomically, then close the figure."""
+    import matplotlib.pyplot as plt
+
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, format=Path(path).suffix.lstrip(".") or None)
+        return Path(path)
+    finally:
+        plt.close(fig)
+
+
 def read_json(path: str | os.PathLike, expected: type = dict) -> Any:
     """The JSON value in `path`, which must be an instance of `expected` (an object by default); a ValueError
     "PATH: reason" in one line when the file cannot be read, is not JSON or holds another kind of value."""

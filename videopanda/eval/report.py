@@ -32,7 +32,7 @@ from typing import Any, Iterator, Sequence
 from videopanda.eval.benchmark import ASPECTS
 from videopanda.eval.datasets import BENCHMARK, QA_DATASETS
 from videopanda.eval.prompts import ASPECT_LABELS
-from videopanda.io import atomic_path, make_dirs, write_json_atomic, write_text_atomic
+from videopanda.io import make_dirs, save_figure_atomic, write_json_atomic, write_text_atomic
 from videopanda.log import get_logger
 
 logger = get_logger(__name__)
@@ -309,17 +309,6 @@ def to_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _save_figure(fig: Any, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=120)
-        return path
-    finally:
-        plt.close(fig)
-
-
 def _grouped_bars(rows: list[tuple[str, list[float]]], labels: list[str], ylim: float, ylabel: str, title: str,
                   width_inches: float, path: str | os.PathLike) -> Path:
     """One group of bars per label, one bar per (name, values) row in a group; written to `path`."""
@@ -339,7 +328,7 @@ def _grouped_bars(rows: list[tuple[str, list[float]]], labels: list[str], ylim: 
     ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save_figure(fig, Path(path))
+    return save_figure_atomic(fig, path, dpi=120)
 
 
 def plot_qa(report: dict[str, Any], path: str | os.PathLike) -> Path | None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from statistics import mean
 from typing import Sequence
 
-from videopanda.io import atomic_path, read_json, write_json_atomic
+from videopanda.io import read_json, save_figure_atomic, write_json_atomic
 from videopanda.quickstart.accuracy import accuracy_cell
 
 CURVE_DIR = "curve"
@@ -154,12 +154,7 @@ def plot_curves(variants: dict[str, list[dict]], path: Path, title: str) -> Path
     axes[0][0].legend()
     fig.suptitle(title)
     fig.tight_layout()
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=110)
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure_atomic(fig, path)
 
 
 def _band(curves: Sequence[dict], column: str, steps: list[int], values: list[list[float]]):

@@ -63,7 +63,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from videopanda.io import atomic_path, read_json, write_json_atomic, write_text_atomic
+from videopanda.io import read_json, save_figure_atomic, write_json_atomic, write_text_atomic
 from videopanda.log import get_logger, setup_logging
 from videopanda.quickstart.accuracy import accuracies, accuracy_cell, counts, pooled_cell
 from videopanda.quickstart.curves import (CURVE_DIR, CURVE_STAGE, CurveSettings, checkpoint_epoch, curve_checkpoints,
@@ -387,12 +387,7 @@ def plot_losses(cfg: QuickstartConfig, path: Path) -> Path:
     title = "Video-Panda quickstart (synthetic video QA)" + (f", ablation: {cfg.ablation}" if cfg.ablation else "")
     fig.suptitle(title)
     fig.tight_layout()
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=110)
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure_atomic(fig, path)
 
 
 def results_table(summary: dict) -> str:

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from videopanda.log import get_logger
 from videopanda.serve.model_folder import (
@@ -46,9 +45,6 @@ from videopanda.serve.model_folder import (
     read_model_folder,
     torch_dtype,
 )
-
-if TYPE_CHECKING:
-    import torch
 
 logger = get_logger(__name__)
 
