@@ -11,20 +11,10 @@ from videopanda.eval.qa import chunk_file
 
 
 def test_batched_equals_batch_size_one(model_dir, tmp_path):
-    root = tmp_path / "data" / "eval" / "GPT_Zero_Shot_QA" / "MSVD_Zero_Shot_QA"
-    (root / "videos").mkdir(parents=True)
     # different aspect ratios and lengths -> different visual token counts per sample (real left padding)
-    write_video(root / "videos" / "wide.mp4", make_frames(12, height=32, width=64, seed=1))
-    write_video(root / "videos" / "tall.mp4", make_frames(20, height=64, width=32, seed=2))
-    write_video(root / "videos" / "short.gif", make_frames(3, height=48, width=48, seed=3), fps=2)
-    write_text_file(root / "videos" / "broken.mp4")
-    questions = [("wide", "what colour is the square"), ("tall", "how many shapes"),
-                 ("broken", "what moves"), ("short", "describe the video first then the shape"),
-                 ("wide", "which shape moves left"), ("tall", "did the circle turn red")]
-    (root / "test_q.json").write_text(json.dumps(
-        [{"video_name": v, "question": q, "question_id": i} for i, (v, q) in enumerate(questions)]))
-    (root / "test_a.json").write_text(json.dumps(
-        [{"answer": "red", "type": "t", "question_id": i} for i in range(len(questions))]))
+    _, questions = clip_dataset(tmp_path, [("wide", "what colour is the square"), ("tall", "how many shapes"),
+                                           ("broken", "what moves"), ("short", "describe the video first then the shape"),
+                                           ("wide", "which shape moves left"), ("tall", "did the circle turn red")])
 
     preds = {}
     for batch in (1, 3):
@@ -106,16 +96,18 @@ def test_qa_launcher_two_processes_merge_and_exact_judge(model_dir, tmp_path):
     assert result.stderr.strip().count("\n") == 0 and "generic_qa.json not found" in result.stderr
 
 
-def sampling_dataset(tmp_path):
-    """Clips of 1.2 s (12 frames at 10 fps), 2 s and 1.5 s (3 frames at 2 fps), a broken file, and questions on them."""
+def clip_dataset(tmp_path, questions=None):
+    """Clips of 1.2 s (12 frames at 10 fps), 2 s and 1.5 s (3 frames at 2 fps), a broken file, and questions on them
+    ((video, question) pairs)."""
     root = tmp_path / "data" / "eval" / "GPT_Zero_Shot_QA" / "MSVD_Zero_Shot_QA"
     (root / "videos").mkdir(parents=True)
     write_video(root / "videos" / "wide.mp4", make_frames(12, height=32, width=64, seed=1))
     write_video(root / "videos" / "tall.mp4", make_frames(20, height=64, width=32, seed=2))
     write_video(root / "videos" / "short.gif", make_frames(3, height=48, width=48, seed=3), fps=2)
     write_text_file(root / "videos" / "broken.mp4")
-    questions = [("wide", "what colour is the square"), ("tall", "how many shapes"), ("broken", "what moves"),
-                 ("short", "describe the video first then the shape"), ("tall", "did the circle turn red")]
+    questions = questions or [("wide", "what colour is the square"), ("tall", "how many shapes"),
+                              ("broken", "what moves"), ("short", "describe the video first then the shape"),
+                              ("tall", "did the circle turn red")]
     (root / "test_q.json").write_text(json.dumps(
         [{"video_name": v, "question": q, "question_id": i} for i, (v, q) in enumerate(questions)]))
     (root / "test_a.json").write_text(json.dumps(
@@ -135,7 +127,7 @@ def test_frames_sampled_by_count_or_rate_answer_as_infer_does_and_are_fingerprin
     from videopanda.serve.infer import answer, with_sampling
     from videopanda.serve.model_folder import load_model
 
-    root, questions = sampling_dataset(tmp_path)
+    root, questions = clip_dataset(tmp_path)
     preds = {}
     for batch in (1, 3):
         out = tmp_path / f"bs{batch}"
@@ -171,7 +163,7 @@ def test_a_bad_sampling_is_one_line_before_anything_is_written(model_dir, tmp_pa
     line): exit 2 either way, and no prediction folder."""
     from .test_faults import one_error_line, videopanda
 
-    sampling_dataset(tmp_path)
+    clip_dataset(tmp_path)
     code, err = videopanda("eval", "qa", "--model", model_dir, "--dataset", "msvd", "--data-root", tmp_path / "data",
                            "--output-dir", tmp_path / "pred", "--device", "cpu", "--no-progress", *option)
     assert code == 2 and "Traceback" not in err
