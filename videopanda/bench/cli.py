@@ -1,4 +1,4 @@
-"""`videopanda bench visual | data | ttft | cli`: speed benchmarks (methodology in docs/benchmarks.md).
+"""`videopanda bench visual | data | ttft | cli | quickstart | step`: speed benchmarks (methodology in docs/benchmarks.md).
 
     videopanda bench visual --device cpu --threads 2 --output bench_visual_cpu.json
     videopanda bench visual --device cuda --dtype bfloat16 --output bench_visual_h100.json
@@ -7,6 +7,8 @@
     videopanda bench ttft --device cuda --dtype bfloat16 --output bench_ttft_h100.json
     videopanda bench cli --repeats 7 --output bench_cli.json
     videopanda bench quickstart outputs/quickstart-seed0 ../other-checkout/outputs/quickstart-seed0
+    videopanda bench step --experiment quickstart --stage finetune run_dir=outputs/quickstart-seed0 \
+        data.root=data/synth-seed0 runtime.frame_cache=data/synth-seed0/frame_cache --steps 20
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from videopanda.log import get_logger
 
 logger = get_logger(__name__)
 
-SUBCOMMANDS = ("visual", "data", "ttft", "cli", "quickstart")
+SUBCOMMANDS = ("visual", "data", "ttft", "cli", "quickstart", "step")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -86,7 +88,28 @@ def _parser() -> argparse.ArgumentParser:
     quickstart.add_argument("folders", nargs="+", type=Path, metavar="OUT",
                             help="quickstart output folders (with summary.json); the first is the baseline")
     quickstart.add_argument("--output", type=Path, default=None)
+    _step_parser(sub)
     return parser
+
+
+def _step_parser(sub) -> None:
+    from videopanda.train.cli import DEFAULT_EXPERIMENT
+    from videopanda.train.experiment import STAGES
+
+    step = sub.add_parser("step", help="a training stage's step in one process: data, forward, backward, optimizer")
+    step.add_argument("--experiment", default=DEFAULT_EXPERIMENT,
+                      help="experiment file, or a name under configs/experiments such as quickstart")
+    step.add_argument("--stage", required=True, choices=STAGES)
+    step.add_argument("overrides", nargs="*", metavar="key.path=value",
+                      help="experiment keys to override, as for `videopanda train` (the stage starts from its "
+                           "init folder, by default the previous stage's output under run_dir)")
+    step.add_argument("--steps", type=int, default=10, help="timed steps (the median of each part is reported)")
+    step.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    step.add_argument("--threads", type=int, default=1, help="CPU intra-op threads (one rank's, as the quickstart)")
+    step.add_argument("--compile", action="store_true", help="torch.compile the training model first")
+    step.add_argument("--profile", type=int, default=0, metavar="N",
+                      help="also print the top N ops of one more step from torch.profiler")
+    step.add_argument("--output", type=Path, default=None)
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -120,6 +143,13 @@ def _run(args: argparse.Namespace, command: str) -> tuple[dict, str]:
         from videopanda.bench.quickstart import QuickstartBenchConfig, format_report, run_quickstart_bench
 
         report = run_quickstart_bench(QuickstartBenchConfig(folders=tuple(args.folders), command=command))
+        return report, format_report(report)
+    if args.bench == "step":
+        from videopanda.bench.step import StepBenchConfig, format_report, run_step_bench
+
+        report = run_step_bench(StepBenchConfig(
+            experiment=args.experiment, stage=args.stage, overrides=tuple(args.overrides), steps=args.steps,
+            warmup=args.warmup, threads=args.threads, compile=args.compile, profile=args.profile, command=command))
         return report, format_report(report)
     if args.bench == "cli":
         from videopanda.bench.cli_help import CLIBenchConfig, format_report, run_cli_bench

@@ -107,6 +107,18 @@ def time_calls(fn: Callable[[], object], device: torch.device, warmup: int, iter
     return [time_call(fn, device) for _ in range(iters)]
 
 
+def print_profile(name: str, fn: Callable[[], object], device: torch.device, top: int) -> None:
+    """Run `fn` once under torch.profiler and print the top `top` ops by self time."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        fn()
+    sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(f"\n== torch.profiler: {name} (top {top} by {sort_by}) ==")
+    print(prof.key_averages().table(sort_by=sort_by, row_limit=top))
+
+
 def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 

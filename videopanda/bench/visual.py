@@ -33,6 +33,7 @@ from videopanda.bench.timing import (
     environment,
     format_table,
     median,
+    print_profile,
     set_threads,
     synchronize,
     time_call,
@@ -196,17 +197,6 @@ def _output_tokens(output) -> int:
     return int(tensor.shape[:-1].numel())
 
 
-def _print_profile(name: str, fn: Callable[[], object], device: torch.device, top: int) -> None:
-    activities = [torch.profiler.ProfilerActivity.CPU]
-    if device.type == "cuda":
-        activities.append(torch.profiler.ProfilerActivity.CUDA)
-    with torch.profiler.profile(activities=activities) as prof:
-        fn()
-    sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    print(f"\n== torch.profiler: {name} (top {top} by {sort_by}) ==")
-    print(prof.key_averages().table(sort_by=sort_by, row_limit=top))
-
-
 def prepare_row(name: str, config: VisualBenchConfig) -> tuple[dict, Callable[[], object]]:
     """Build one front end with random weights; one eager pass counts its FLOPs and peak memory (and warms
     it up). Returns the row so far and a no-argument call of the (compiled, with --compile) module."""
@@ -277,7 +267,7 @@ def run_visual_bench(config: VisualBenchConfig) -> dict:
             logger.info("%s: %.1f ms median of %d, %.1f GFLOPs, %.2fM params", row["name"], row["latency_ms"],
                         len(row_times), row["gflops"], row["params_m"])
             if config.profile:
-                _print_profile(row["name"], call, device, config.profile)
+                print_profile(row["name"], call, device, config.profile)
     del prepared
     gc.collect()
     speedups = {}

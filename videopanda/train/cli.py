@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _device(experiment: Experiment) -> str:
+def stage_device(experiment: Experiment) -> str:
     import torch
 
     device = experiment.runtime.device
@@ -77,7 +77,12 @@ def _device(experiment: Experiment) -> str:
     return device
 
 
-def _attn_implementation(requested: str, device: str) -> str:
+def trains_in_bf16(experiment: Experiment, device: str) -> bool:
+    """training.precision bf16, or auto on CUDA (fp32 otherwise)."""
+    return experiment.training.precision == "bf16" or (experiment.training.precision == "auto" and device == "cuda")
+
+
+def attn_implementation(requested: str, device: str) -> str:
     if requested != "auto":
         return requested
     if device == "cuda" and importlib.util.find_spec("flash_attn") is not None:
@@ -183,7 +188,18 @@ def _hf_config(raw: dict):
         return PreTrainedConfig.from_dict(dict(raw))
 
 
-def _stage_model(experiment: Experiment, stage: str, plan: Preflight, dtype, attn: str):
+def stage_tokenizer(experiment: Experiment, stage: str, plan: Preflight):
+    """The tokenizer of the stage's starting folder, padding on the right (unk as pad when it has none)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(experiment.stage_init(stage), config=_hf_config(plan.init_config),
+                                              model_max_length=experiment.data.max_length, padding_side="right")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token
+    return tokenizer
+
+
+def stage_model(experiment: Experiment, stage: str, plan: Preflight, dtype, attn: str):
     """The stage's training model (parts frozen for `stage`, lockstep on), its LoRA adapters (`LoraRun`, or
     None) and the DeepSpeed config it trains with (None without DeepSpeed)."""
     from videopanda.train.stages import apply_stage, build_model, prepare_zero3
@@ -214,7 +230,7 @@ def _stage_model(experiment: Experiment, stage: str, plan: Preflight, dtype, att
     return model, adapter, deepspeed
 
 
-def _stage_data(experiment: Experiment, stage: str, plan: Preflight, model, tokenizer):
+def stage_data(experiment: Experiment, stage: str, plan: Preflight, model, tokenizer):
     """The processor of `model` with `tokenizer`, and the stage's training dataset."""
     from videopanda.data.dataset import VideoInstructDataset
     from videopanda.data.processor import VideoPandaProcessor
@@ -271,26 +287,23 @@ def _fit(trainer, resolved: ResolvedExperiment, stage: str, plan: Preflight, sto
 def train(resolved: ResolvedExperiment, stage: str, plan: Preflight, signals: StopSignals | None = None) -> int:
     """Run the stage; `signals` (installed by the caller) turns SIGTERM / SIGUSR1 into a checkpointed stop."""
     import torch
-    from transformers import AutoTokenizer, set_seed
+    from transformers import set_seed
 
     from videopanda.data.dataset import VideoInstructCollator
     from videopanda.train.trainer import LOSS_LOG, LossLogCallback, StopOnSignal, VideoPandaTrainer, agreed_stop_signal
 
     signals, experiment = signals or StopSignals(), resolved.experiment
-    device = _device(experiment)
-    bf16 = experiment.training.precision == "bf16" or (experiment.training.precision == "auto" and device == "cuda")
-    attn, batch = _attn_implementation(experiment.runtime.attn_implementation, device), plan.batch
+    device = stage_device(experiment)
+    bf16 = trains_in_bf16(experiment, device)
+    attn, batch = attn_implementation(experiment.runtime.attn_implementation, device), plan.batch
     logger.info("stage %s on %d process(es), %s, %s, attention %s: global batch %d = %d per device x %d processes x %d "
                 "accumulation steps", stage, batch.world_size, device, "bf16" if bf16 else "fp32", attn,
                 batch.global_batch_size, batch.per_device_batch_size, batch.world_size, batch.gradient_accumulation_steps)
     set_seed(experiment.training.seed)  # identical fresh weights on every rank
     max_length, output = experiment.data.max_length, experiment.stage_output(stage)
-    tokenizer = AutoTokenizer.from_pretrained(experiment.stage_init(stage), config=_hf_config(plan.init_config),
-                                              model_max_length=max_length, padding_side="right")
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.unk_token
-    model, adapter, deepspeed = _stage_model(experiment, stage, plan, torch.bfloat16 if bf16 else torch.float32, attn)
-    processor, dataset = _stage_data(experiment, stage, plan, model, tokenizer)
+    tokenizer = stage_tokenizer(experiment, stage, plan)
+    model, adapter, deepspeed = stage_model(experiment, stage, plan, torch.bfloat16 if bf16 else torch.float32, attn)
+    processor, dataset = stage_data(experiment, stage, plan, model, tokenizer)
     training_args = training_arguments(experiment, stage, batch, device, bf16, deepspeed)  # the process group exists now
     stop = StopOnSignal(signals)
     trainer = VideoPandaTrainer(
