@@ -170,10 +170,18 @@ def test_a_prompt_past_the_model_context_is_refused_in_one_line_by_infer_and_eva
             f"context of {tokens - 1} tokens; 8 frames were sampled, ")
     assert line.startswith(stem) and line.endswith(")"), line
     fit = int(line.removeprefix(stem).split()[0])
-    assert fit % 4 == 0 and 0 < fit < 8 and line.endswith(f"{fit} would fit (--num-frames {fit})")
+    assert fit % 4 == 0 and 0 < fit < 8 and line.endswith(f"{fit} would fit (--num-frames {fit}, or --max-frames "
+                                                          f"{fit} with --fps)")
     fewer = run_cli("--model", str(small), "--video", str(clip), "--question", QUESTION, "--device", "cpu",
                     "--num-frames", str(fit), "--max-new-tokens", "1")
     assert fewer.returncode == 0 and fewer.stdout.strip(), fewer.stderr
+    # By rate: 3 fps of the 3 s clip is 9 frames, 8 in whole chunks; the hint's bound makes it fit.
+    by_rate = ("--model", str(small), "--video", str(clip), "--question", QUESTION, "--device", "cpu", "--fps", "3")
+    refused = run_cli(*by_rate)
+    assert refused.returncode == 1 and "8 frames were sampled" in refused.stderr, refused.stderr
+    assert refused.stderr.strip().endswith(f"or --max-frames {fit} with --fps)"), refused.stderr
+    bounded = run_cli(*by_rate, "--max-frames", str(fit), "--max-new-tokens", "1")
+    assert bounded.returncode == 0 and bounded.stdout.strip(), bounded.stderr
 
     data = tmp_path / "data" / "eval" / "GPT_Zero_Shot_QA" / "MSVD_Zero_Shot_QA"
     (data / "videos").mkdir(parents=True)

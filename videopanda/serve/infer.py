@@ -155,7 +155,8 @@ def fit_context(prompt_tokens: int, max_context: int, max_new_tokens: int, subje
     min(max_new_tokens, room). Raises ContextLengthError, "<subject> N tokens (the video's included), over
     the model's context of M tokens", when no token fits (`max_new_tokens` 0: when the prompt itself does
     not fit, for scoring a text without generating). `frame_tokens`: the video's tokens per frame (its
-    placeholder runs); when given, the error also names the most frames, in whole chunks, that would fit."""
+    placeholder runs); when given, the error also names the most frames, in whole chunks, that would fit, and the
+    options that sample that many (by count, or as the bound of sampling by rate)."""
     room = max_context - prompt_tokens
     needed = min(1, max_new_tokens)
     if room >= needed:
@@ -165,7 +166,8 @@ def fit_context(prompt_tokens: int, max_context: int, max_new_tokens: int, subje
     if frame_tokens:
         free = max_context - needed - (prompt_tokens - sum(frame_tokens))
         fit = max(0, free // max(frame_tokens)) // frames_per_chunk * frames_per_chunk
-        hint = (f"; {len(frame_tokens)} frames were sampled, {fit} would fit (--num-frames {fit})" if fit else
+        hint = (f"; {len(frame_tokens)} frames were sampled, {fit} would fit (--num-frames {fit}, or --max-frames "
+                f"{fit} with --fps)" if fit else
                 f"; the text alone leaves no room for {frames_per_chunk} frames")
     raise ContextLengthError(f"{subject} {prompt_tokens} tokens (the video's included), {over} the model's "
                              f"context of {max_context} tokens{hint}")
