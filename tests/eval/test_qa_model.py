@@ -152,6 +152,47 @@ def test_frames_sampled_by_count_or_rate_answer_as_infer_does_and_are_fingerprin
         assert frames["num_frames"] == 16 and "sampling" not in frames
 
 
+@pytest.mark.parametrize("option, sampling", [([], {"fps": 6.0}), (["--num-frames", "8"], {"num_frames": 8})])
+def test_a_folder_whose_processor_samples_by_rate_is_answered_and_fingerprinted_as_it_samples(model_dir, tmp_path,
+                                                                                            option, sampling):
+    """A folder whose saved video processor samples 6 frames a second: without an option `eval qa` samples as
+    saved and its fingerprint (as `expected_fingerprint` says before loading anything) records the rate;
+    `--num-frames 8` samples 8 frames by count there, and the fingerprint says so. The answers are
+    `infer.answer`'s with a processor built here for that sampling."""
+    import shutil
+
+    from videopanda.data.processor import VideoPandaProcessor, VideoPandaVideoProcessor
+    from videopanda.eval.qa import ModelAnswererConfig, expected_fingerprint
+    from videopanda.serve.infer import answer
+    from videopanda.serve.model_folder import load_model
+
+    folder = shutil.copytree(model_dir, tmp_path / "by_rate")
+    saved = VideoPandaProcessor.from_pretrained(folder)
+    saved.video_processor.fps = 6.0
+    saved.save_pretrained(folder)
+    root, questions = clip_dataset(tmp_path)
+    out = tmp_path / "pred"
+    assert main(["qa", "--model", str(folder), "--dataset", "msvd", "--data-root", str(tmp_path / "data"),
+                 "--output-dir", str(out), "--device", "cpu", "--max-new-tokens", "6", "--no-progress", *option]) == 0
+    preds = {r["id"]: r for r in map(json.loads, chunk_file(out, 1, 0).read_text().splitlines())}
+
+    frames = json.loads((out / "chunk-0-of-1.run.json").read_text())["fingerprint"]["frames"]
+    if "fps" in sampling:
+        assert "num_frames" not in frames and frames["sampling"] == {"fps": 6.0, "min_frames": 4, "max_frames": 32}
+    else:
+        assert frames["num_frames"] == 8 and "sampling" not in frames
+    config = ModelAnswererConfig(model=str(folder), device="cpu", max_new_tokens=6, num_frames=sampling.get("num_frames"))
+    assert expected_fingerprint(config)["frames"] == frames
+
+    model, processor = load_model(folder, "cpu", None)
+    video = VideoPandaVideoProcessor.from_model_config(model.config, **sampling)
+    reference = VideoPandaProcessor(video, processor.tokenizer)
+    videos = {path.stem: path for path in (root / "videos").iterdir()}
+    for index, (name, question) in enumerate(questions):
+        if name != "broken":
+            assert preds[index]["pred"] == answer(model, reference, videos[name], question, 6), index
+
+
 @pytest.mark.parametrize("option, message", [
     (["--num-frames", "6"], "multiple of frames_per_chunk"),
     (["--fps", "0"], "argument --fps: must be above 0, got 0"),

@@ -187,7 +187,7 @@ class ModelAnswererConfig:
     model: str
     device: str = "cpu"
     dtype: str = "auto"            # auto: the checkpoint's own dtype (config.json's torch_dtype / dtype)
-    num_frames: int | None = None  # None: the model config's num_frames (8 for Video-Panda)
+    num_frames: int | None = None  # None (and no fps): the folder's saved sampling, else 8 frames by count
     fps: float | None = None       # sample this many frames a second instead of num_frames
     max_frames: int | None = None  # with fps: at most this many frames (None: the video processor's 32)
     max_new_tokens: int = 1024
@@ -198,26 +198,25 @@ def _dtype_name(dtype: Any) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def frame_sampling(config: ModelAnswererConfig, model_config: Any) -> dict[str, Any]:
-    """How `config` samples frames from a video for the folder's VideoPandaConfig `model_config`, as the video
-    processor reads it (`VideoPandaVideoProcessor.sampling`): {"num_frames": N} by count (default: the model's
-    count) or {"fps": f, "min_frames": a, "max_frames": b} by rate. Raises InferError for a bad setting."""
-    from videopanda.data.video_processor import VideoPandaVideoProcessor
-    from videopanda.serve.infer import check_sampling
+def frame_sampling(config: ModelAnswererConfig, video_processor: Any) -> dict[str, Any]:
+    """How `config` samples frames with a model folder's video processor (`folder_video_processor`): its saved
+    sampling unless `config` gives one (`infer.video_with_sampling`). -> {"num_frames": N} by count or
+    {"fps": f, "min_frames": a, "max_frames": b} by rate. Raises InferError for a bad setting."""
+    from videopanda.serve.infer import video_with_sampling
     from videopanda.serve.model_folder import InferError
 
-    check_sampling(config.num_frames, config.fps, config.max_frames)
+    video = video_with_sampling(video_processor, config.num_frames, config.fps, config.max_frames)
     try:
-        video_processor = VideoPandaVideoProcessor.from_model_config(
-            model_config, num_frames=config.num_frames, fps=config.fps, max_frames=config.max_frames)
-        return video_processor.sampling()
+        return video.sampling()
     except ValueError as err:
         raise InferError(str(err)) from err
 
 
-def answerer_fingerprint(config: ModelAnswererConfig, model_config: Any, dtype: Any) -> dict[str, Any]:
+def answerer_fingerprint(config: ModelAnswererConfig, model_config: Any, dtype: Any,
+                         video_processor: Any) -> dict[str, Any]:
     """What the answers depend on (see provenance.py): model identity, generation settings, system
-    text, frame geometry and sampling, dtype and code version. `model_config` is the folder's VideoPandaConfig.
+    text, frame geometry and sampling, dtype and code version. `model_config` is the folder's VideoPandaConfig,
+    `video_processor` its video processor (`frame_sampling`: the sampling is the one the answers use).
 
     `frames` is the frame layout (`FrameConfig`: num_frames, frames_per_chunk, image sizes, patch size); with
     sampling by rate it has no `num_frames` and a `sampling` part instead ({"fps", "min_frames",
@@ -228,8 +227,8 @@ def answerer_fingerprint(config: ModelAnswererConfig, model_config: Any, dtype: 
     from videopanda.data import conversation
     from videopanda.serve.model_folder import frame_config_for
 
-    frames = dataclasses.asdict(frame_config_for(model_config, config.num_frames))
-    sampling = frame_sampling(config, model_config)
+    sampling = frame_sampling(config, video_processor)
+    frames = dataclasses.asdict(frame_config_for(model_config, sampling.get("num_frames")))
     if "fps" in sampling:
         frames = {**{k: v for k, v in frames.items() if k != "num_frames"}, "sampling": sampling}
     system = {"user": conversation.SYSTEM_USER, "human": conversation.SYSTEM_HUMAN}[config.system]
@@ -243,19 +242,20 @@ def expected_fingerprint(config: ModelAnswererConfig, folder: ModelFolder | None
     """The fingerprint `ModelAnswerer(config)` will have, from the folder's description (`folder`, or read from
     `config.model`) without loading weights (dtype "auto": the checkpoint's own). Raises ModelFolderError /
     InferError."""
-    from videopanda.serve.model_folder import read_model_folder
+    from videopanda.serve.model_folder import folder_video_processor, read_model_folder
 
     folder = folder or read_model_folder(config.model)
-    return answerer_fingerprint(config, folder.config, folder.dtype if config.dtype == "auto" else config.dtype)
+    return answerer_fingerprint(config, folder.config, folder.dtype if config.dtype == "auto" else config.dtype,
+                                folder_video_processor(folder))
 
 
 class ModelAnswerer:
     """Greedy answers from a Video-Panda model folder (the paper's evaluation protocol), batched with left padding.
 
     The folder is loaded with `videopanda.serve.model_folder.load_model` (dtype "auto": the checkpoint's own) and the
-    frame geometry comes from the folder's `VideoPandaProcessor`; its video processor samples the frames
-    (`frame_sampling`: the model's count, `num_frames`, or `fps`). Per item: the video processor decodes the
-    video -> uint8 frames; per batch: the chat template's prompt for each question and `processor(text=prompts,
+    frame geometry comes from the folder's `VideoPandaProcessor`; its video processor samples the frames (as
+    saved in the folder, or `num_frames` / `fps` when given: `frame_sampling`). Per item: the video processor
+    decodes the video -> uint8 frames; per batch: the chat template's prompt for each question and `processor(text=prompts,
     videos=frames)` (left padded) -> `model.generate(**inputs)`, one call per frame count within the batch. A
     video that cannot be found or decoded becomes that item's exception; the rest of the batch still runs.
     `fingerprint` describes what produced the answers (`answerer_fingerprint`, with the loaded dtype).
@@ -272,11 +272,11 @@ class ModelAnswerer:
         self.torch = torch
         dtype = None if config.dtype == "auto" else getattr(torch, config.dtype)
         self.model, processor = load_model(folder or config.model, config.device, dtype=dtype)
-        self.sampling = frame_sampling(config, self.model.config)
-        self.processor = with_sampling(processor, **{k: v for k, v in self.sampling.items() if k != "min_frames"})
+        self.processor = with_sampling(processor, config.num_frames, config.fps, config.max_frames)
+        self.sampling = frame_sampling(config, self.processor.video_processor)
         self.tokenizer = self.processor.tokenizer
         self.dtype = self.model.dtype
-        self.fingerprint = answerer_fingerprint(config, self.model.config, self.dtype)
+        self.fingerprint = answerer_fingerprint(config, self.model.config, self.dtype, self.processor.video_processor)
 
     def read_frames(self, path: Path):
         """The frames the video processor samples from a video file: uint8 (n, H, W, 3). Raises VideoReadError."""

@@ -102,23 +102,33 @@ def check_sampling(num_frames: int | None, fps: float | None, max_frames: int | 
         raise InferError("--max-frames bounds the frames sampled by rate: give --fps too (or --num-frames alone)")
 
 
-def with_sampling(processor, num_frames: int | None = None, fps: float | None = None,
-                  max_frames: int | None = None):
-    """The processor itself, or a copy whose video processor samples `num_frames` frames (a multiple of the
-    chunk length) or `fps` frames a second (at most `max_frames`). Raises InferError for a bad setting."""
-    from videopanda.data.processor import VideoPandaProcessor, VideoPandaVideoProcessor
+def video_with_sampling(video, num_frames: int | None = None, fps: float | None = None,
+                        max_frames: int | None = None):
+    """The video processor `video` itself (no setting given: it samples as saved), or a copy that samples
+    `num_frames` frames (a multiple of the chunk length) by count, or `fps` frames a second (at most
+    `max_frames`, else `video`'s bound). Raises InferError for a bad setting."""
+    from videopanda.data.video_processor import VideoPandaVideoProcessor
 
     check_sampling(num_frames, fps, max_frames)
-    video = processor.video_processor
-    if (num_frames in (None, video.num_frames) and fps in (None, video.fps)
-            and max_frames in (None, video.max_frames)):
-        return processor
+    unchanged = (num_frames is None or (num_frames == video.num_frames and video.fps is None)) and \
+        fps in (None, video.fps) and max_frames in (None, video.max_frames)
+    if unchanged:
+        return video
     fields = {**video.to_dict(), "num_frames": num_frames or video.num_frames, "fps": fps,
               "max_frames": max_frames or video.max_frames}
     try:  # the video processor's own serialisation, as processor_config.json holds it, with the new sampling
-        return VideoPandaProcessor(VideoPandaVideoProcessor(**fields), processor.tokenizer)
+        return VideoPandaVideoProcessor(**fields)
     except ValueError as err:
         raise InferError(str(err)) from err
+
+
+def with_sampling(processor, num_frames: int | None = None, fps: float | None = None,
+                  max_frames: int | None = None):
+    """The processor itself, or a copy whose video processor is `video_with_sampling`'s."""
+    from videopanda.data.processor import VideoPandaProcessor
+
+    video = video_with_sampling(processor.video_processor, num_frames, fps, max_frames)
+    return processor if video is processor.video_processor else VideoPandaProcessor(video, processor.tokenizer)
 
 
 def video_prompt(processor, question: str, system: str = "user") -> str:

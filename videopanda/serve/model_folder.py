@@ -515,21 +515,41 @@ def _quiet_transformers() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def _processor(folder: ModelFolder):
-    """The folder's `VideoPandaProcessor`: its saved processor files, else (the released layout) the model
-    config's frame layout; the tokenizer built with the config already read, so config.json is not read again."""
-    from transformers import AutoTokenizer
-
+def _saved_processor(folder: ModelFolder):
+    """(the folder's `VideoPandaVideoProcessor`, the rest of its saved processor dict and extra arguments):
+    its saved processor files, else (the released layout) the model config's frame layout and sampling
+    (an empty dict)."""
     from videopanda.data.processor import PROCESSOR_FILES, VideoPandaProcessor, VideoPandaVideoProcessor
 
-    tokenizer = AutoTokenizer.from_pretrained(folder.path, config=folder.config)
     if not any((folder.path / name).is_file() for name in PROCESSOR_FILES):
-        return VideoPandaProcessor.from_model_config(folder.config, tokenizer)
+        return VideoPandaVideoProcessor.from_model_config(folder.config), {}, {}
     saved, extra = VideoPandaProcessor.get_processor_dict(folder.path)
     saved.pop("chat_template", None)  # the prompt format is the processor module's (videopanda.data.processor)
     if not saved.get("video_processor"):
         raise ValueError("processor_config.json has no 'video_processor'")
-    video = VideoPandaVideoProcessor(**saved["video_processor"])
+    return VideoPandaVideoProcessor(**saved.pop("video_processor")), saved, extra
+
+
+def folder_video_processor(folder: ModelFolder):
+    """The video processor `load_model` gives the folder's processor (its saved sampling included), read
+    without the tokenizer or the weights. Raises ModelFolderError naming the folder."""
+    from videopanda.model.checkpoint import one_line_error
+
+    try:
+        return _saved_processor(folder)[0]
+    except Exception as err:
+        raise ModelFolderError(f"{folder.path}: the processor files cannot be read ({one_line_error(err)})") from err
+
+
+def _processor(folder: ModelFolder):
+    """The folder's `VideoPandaProcessor` (`_saved_processor`); the tokenizer built with the config already
+    read, so config.json is not read again."""
+    from transformers import AutoTokenizer
+
+    from videopanda.data.processor import VideoPandaProcessor
+
+    tokenizer = AutoTokenizer.from_pretrained(folder.path, config=folder.config)
+    video, saved, extra = _saved_processor(folder)
     return VideoPandaProcessor.from_args_and_dict([video, tokenizer], saved, **extra)
 
 
