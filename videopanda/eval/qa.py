@@ -225,10 +225,10 @@ def answerer_fingerprint(config: ModelAnswererConfig, model_config: Any, dtype: 
 
     import videopanda
     from videopanda.data import conversation
-    from videopanda.serve.model_folder import frame_config_for
 
     sampling = frame_sampling(config, video_processor)
-    frames = dataclasses.asdict(frame_config_for(model_config, sampling.get("num_frames")))
+    count = sampling.get("num_frames", video_processor.num_frames)
+    frames = dataclasses.asdict(video_processor.frame_config_for(count))  # the geometry the answers use
     if "fps" in sampling:
         frames = {**{k: v for k, v in frames.items() if k != "num_frames"}, "sampling": sampling}
     system = {"user": conversation.SYSTEM_USER, "human": conversation.SYSTEM_HUMAN}[config.system]
