@@ -110,9 +110,8 @@ def video_with_sampling(video, num_frames: int | None = None, fps: float | None 
     from videopanda.data.video_processor import VideoPandaVideoProcessor
 
     check_sampling(num_frames, fps, max_frames)
-    unchanged = (num_frames is None or (num_frames == video.num_frames and video.fps is None)) and \
-        fps in (None, video.fps) and max_frames in (None, video.max_frames)
-    if unchanged:
+    same_count = num_frames is None or (num_frames == video.num_frames and video.fps is None)
+    if same_count and fps in (None, video.fps) and max_frames in (None, video.max_frames):
         return video
     fields = {**video.to_dict(), "num_frames": num_frames or video.num_frames, "fps": fps,
               "max_frames": max_frames or video.max_frames}
