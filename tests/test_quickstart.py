@@ -121,6 +121,14 @@ def test_data_folder_is_reused_only_when_it_matches(tmp_path):
     deeper = quickstart.QuickstartConfig(data=cfg.data, num_train=2, num_test=4,
                                          overrides=[f"model.shape={tmp_path / 'deeper.json'}"])
     assert "base Llama" in quickstart.stale_data_reason(deeper)
+    # so does another frame count: the teacher's temporal attention spans the model's frames
+    tiny["num_hidden_layers"] -= 1
+    frames = tiny["num_frames"]
+    tiny.update(num_frames=frames // 2, frames_per_chunk=frames // 4, stab={**tiny["stab"], "frames_per_chunk": frames // 4})
+    (tmp_path / "shorter.json").write_text(json.dumps(tiny))
+    shorter = quickstart.QuickstartConfig(data=cfg.data, num_train=2, num_test=4,
+                                          overrides=[f"model.shape={tmp_path / 'shorter.json'}"])
+    assert quickstart.stale_data_reason(shorter) == f"teacher frames {frames} != {frames // 2}"
     meta = quickstart.read_data_meta(cfg.data)
     assert quickstart._dataset_changes(deeper, meta) == []  # only the models are made again
     assert quickstart._dataset_changes(quickstart.QuickstartConfig(data=cfg.data, num_train=3, num_test=4), meta) == [
@@ -131,6 +139,11 @@ def test_data_folder_is_reused_only_when_it_matches(tmp_path):
     del meta["models"]["teacher_position_frequencies"]
     meta_path.write_text(json.dumps(meta))
     assert "teacher_position_frequencies 0 != 2" in quickstart.stale_data_reason(cfg)
+    # one from before the teacher's frame count was recorded has 8-frame teachers: kept for 8-frame models only
+    del meta["models"]["teacher_num_frames"]
+    meta_path.write_text(json.dumps(meta))
+    assert quickstart.stale_data_reason(cfg) == "teacher_position_frequencies 0 != 2"
+    assert f"teacher frames 8 != {frames // 2}" in quickstart.stale_data_reason(shorter)
 
 
 def test_output_folder_of_another_run_is_refused(tmp_path):

@@ -1,5 +1,5 @@
 """The quickstart's base models for a real synthetic data folder: the tokenizer reads its questions back,
-the Llama has the model config's shape, the teacher its larger position and patch scales, and the data's
+the Llama has the model config's shape, the teacher its frame count and its larger position and patch scales, and the data's
 metadata records what they were made with."""
 import json
 from pathlib import Path
@@ -45,6 +45,7 @@ def test_model_folders_load(data_dir):
     teacher = LanguageBindVideoTower.from_pretrained(data_dir / "models" / "teacher")
     size = tiny["teacher_image_size"]
     assert teacher.config.image_size == size
+    assert teacher.config.num_frames == tiny["num_frames"]  # its temporal attention spans the model's frames
     features = teacher(torch.zeros(2, 4, 4, size, size))
     assert features.shape == (8, (size // teacher.config.patch_size) ** 2, teacher.config.hidden_size)
     # the teacher's features must say where a patch is and what it shows: its position and patch
@@ -64,6 +65,7 @@ def test_the_data_metadata_records_the_models(data_dir):
     assert record["base"] == str(data_dir / "models" / "base") and record["model_config"] == str(TINY_CONFIG)
     assert record["teacher_position_frequencies"] == models.ModelsConfig.teacher_position_frequencies
     assert record["vocab_size"] == models.ModelsConfig.vocab_size
+    assert record["teacher_num_frames"] == json.loads(TINY_CONFIG.read_text())["num_frames"]
 
 
 def test_a_folder_without_synthetic_data_is_refused_naming_the_file(tmp_path):

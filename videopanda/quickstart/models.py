@@ -9,7 +9,8 @@ DIR/synth_meta.json   gains "models": what they were made with (the quickstart c
 
 DIR is what `videopanda synth --out DIR` wrote. The models are a function of the data's seed (from its
 metadata) and the settings below; the Llama's shape comes from a VideoPandaConfig JSON (`--model-config`,
-the quickstart passes its experiment's `model.shape`, configs/model/tiny.json).
+the quickstart passes its experiment's `model.shape`, configs/model/tiny.json), and so does the teacher's frame
+count (the model's `num_frames`).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from videopanda.constants import TEACHER_IMAGE_SIZE
+from videopanda.constants import NUM_FRAMES, TEACHER_IMAGE_SIZE
 from videopanda.io import read_json, write_json_atomic
 from videopanda.log import get_logger, setup_logging
 
@@ -66,6 +67,12 @@ def teacher_image_size(config: ModelsConfig) -> int:
     if config.teacher_image_size is not None:
         return config.teacher_image_size
     return int(_model_config_fields(config.model_config).get("teacher_image_size", TEACHER_IMAGE_SIZE))
+
+
+def teacher_num_frames(model_config: Path | None) -> int:
+    """The frames the teacher's temporal attention spans: the model config's `num_frames` (the 7B's 8 without
+    one), so the teacher takes the model's whole video as one group."""
+    return int(_model_config_fields(model_config).get("num_frames", NUM_FRAMES))
 
 
 def _model_config_fields(model_config: Path | None) -> dict:
@@ -139,7 +146,7 @@ def build_models(config: ModelsConfig, texts: list[str], seed: int) -> dict:
     teacher_config = TeacherConfig(hidden_size=config.teacher_width, intermediate_size=4 * config.teacher_width,
                                    num_attention_heads=max(1, config.teacher_width // 32),
                                    num_hidden_layers=config.teacher_layers, image_size=teacher_image_size(config),
-                                   num_frames=8)
+                                   num_frames=teacher_num_frames(config.model_config))
     teacher_dir = Path(config.data) / "models" / "teacher"
     init_teacher_weights(LanguageBindVideoTower(teacher_config), seed=seed,
                          position_std=config.teacher_position_std,
@@ -151,6 +158,7 @@ def build_models(config: ModelsConfig, texts: list[str], seed: int) -> dict:
             "teacher_patch_std": config.teacher_patch_std,
             "teacher_position_frequencies": config.teacher_position_frequencies,
             "teacher_temporal_std": config.teacher_temporal_std,
+            "teacher_num_frames": teacher_num_frames(config.model_config),
             "model_config": str(Path(config.model_config).resolve()) if config.model_config else None}
 
 

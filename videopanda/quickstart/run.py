@@ -46,7 +46,8 @@ the experiment file):
 - The tiny Llama and STAB of `configs/model/tiny.json`: no dropout in the STAB (the 7B recipe's 0.5
   in GSTRA and the context projection; with it the full model learned more slowly than the
   no-LSTE/no-GSTRA ablation), 4 attention heads of 32 dims and an MLP of 352 (with 8 heads and an
-  MLP of 256 the motion questions stayed at chance in every run of an earlier generator).
+  MLP of 256 the motion questions stayed at chance in every run of an earlier generator); the teacher's
+  temporal attention spans the model's frames (`num_frames`).
 """
 from __future__ import annotations
 
@@ -63,12 +64,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from videopanda.constants import NUM_FRAMES
 from videopanda.io import read_json, save_figure_atomic, write_json_atomic, write_text_atomic
 from videopanda.log import get_logger, setup_logging
 from videopanda.quickstart.accuracy import accuracies, accuracy_cell, counts, pooled_cell
 from videopanda.quickstart.curves import (CURVE_DIR, CURVE_STAGE, CurveSettings, checkpoint_epoch, curve_checkpoints,
                                           curve_table, finetune_overrides, plot_curves, write_question_subset)
-from videopanda.quickstart.models import META_FILE, ModelsConfig, llm_fields
+from videopanda.quickstart.models import META_FILE, ModelsConfig, llm_fields, teacher_num_frames
 
 logger = get_logger(__name__)
 
@@ -197,9 +199,11 @@ def _dataset_changes(cfg: QuickstartConfig, meta: dict | None) -> list[str]:
 
 
 def _model_changes(cfg: QuickstartConfig, meta: dict | None) -> list[str]:
-    """What makes the data folder's base models unusable: another base Llama shape or teacher initialisation."""
+    """What makes the data folder's base models unusable: another base Llama shape, teacher frame count or
+    teacher initialisation (models made before the frame count was recorded had 8-frame teachers)."""
     models = (meta or {}).get("models", {})
-    wanted = {"base Llama": (models.get("llm"), llm_fields(cfg.model_config))}
+    wanted = {"base Llama": (models.get("llm"), llm_fields(cfg.model_config)),
+              "teacher frames": (models.get("teacher_num_frames", NUM_FRAMES), teacher_num_frames(cfg.model_config))}
     wanted.update({name: (models.get(name, absent), getattr(ModelsConfig, name))
                    for name, absent in TEACHER_FIELDS.items()})
     return [f"{name} {have!r} != {want!r}" for name, (have, want) in wanted.items() if have != want]
