@@ -155,6 +155,30 @@ def test_gif_frame_rate_and_window(tmp_path):
     assert indices_of(read_video(path, start=2, end=4)) == list(range(10, 18))
 
 
+def _read_in_child(path, results):
+    results.put(indices_of(read_video(path)))
+
+
+def test_a_process_forked_after_reading_reads_too(tmp_path):
+    """A DataLoader worker is forked from a process that has already decoded: PyAV (a GIF, which decord refuses)
+    must not hand the child conversion state it cannot use (PyAV 18.1.1 hung there, in the first frame's RGB
+    conversion). The child gets 60 s, against well under one."""
+    import multiprocessing
+
+    path = write_video(tmp_path / "g.gif", make_frames(40), fps=5)
+    expected = indices_of(read_video(path))
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    child = context.Process(target=_read_in_child, args=(path, results))
+    child.start()
+    child.join(60)
+    if child.is_alive():
+        child.kill()
+        child.join()
+        pytest.fail("the forked process did not finish reading the video within 60 s")
+    assert child.exitcode == 0 and results.get(timeout=5) == expected
+
+
 @pytest.mark.parametrize("name", sorted(BROKEN))
 def test_broken_files_raise_a_clear_error(media_dir, name):
     with pytest.raises(VideoReadError) as info:

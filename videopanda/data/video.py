@@ -350,12 +350,16 @@ def _decode_pyav(path: Path, wanted: set[int]) -> tuple[dict[int, np.ndarray], i
     """Decode the whole stream once, keeping the frames at `wanted` indices; also returns the count."""
     import av
 
+    # PyAV 17+ converts to RGB with a pool of swscale slice threads that it keeps between calls; a process forked
+    # after a conversion (a DataLoader worker) inherits the pool without its threads, and PyAV 18.1.1 hangs in
+    # the child's first conversion. One thread keeps every process's conversion its own (the same pixels).
+    one_thread = {"threads": 1} if int(av.__version__.split(".")[0]) >= 17 else {}
     kept: dict[int, np.ndarray] = {}
     count = 0
     with av.open(str(path)) as container:
         for frame in container.decode(container.streams.video[0]):
             if count in wanted:
-                kept[count] = frame.to_ndarray(format="rgb24")
+                kept[count] = frame.to_ndarray(format="rgb24", **one_thread)
             count += 1
             if len(kept) == len(wanted) and count > max(wanted):
                 break
