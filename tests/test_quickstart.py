@@ -124,7 +124,8 @@ def test_data_folder_is_reused_only_when_it_matches(tmp_path):
     # so does another frame count: the teacher's temporal attention spans the model's frames
     tiny["num_hidden_layers"] -= 1
     frames = tiny["num_frames"]
-    tiny.update(num_frames=frames // 2, frames_per_chunk=frames // 4, stab={**tiny["stab"], "frames_per_chunk": frames // 4})
+    tiny.update(num_frames=frames // 2, frames_per_chunk=frames // 4,
+                stab={**tiny["stab"], "frames_per_chunk": frames // 4})
     (tmp_path / "shorter.json").write_text(json.dumps(tiny))
     shorter = quickstart.QuickstartConfig(data=cfg.data, num_train=2, num_test=4,
                                           overrides=[f"model.shape={tmp_path / 'shorter.json'}"])

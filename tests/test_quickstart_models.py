@@ -1,6 +1,6 @@
 """The quickstart's base models for a real synthetic data folder: the tokenizer reads its questions back,
-the Llama has the model config's shape, the teacher its frame count and its larger position and patch scales, and the data's
-metadata records what they were made with."""
+the Llama has the model config's shape, the teacher its frame count and its larger position and patch scales,
+and the data's metadata records what they were made with."""
 import json
 from pathlib import Path
 

@@ -143,10 +143,11 @@ def build_models(config: ModelsConfig, texts: list[str], seed: int) -> dict:
     model.generation_config = project_generation_config(llama_config)
     model.save_pretrained(base)
 
+    teacher_frames = teacher_num_frames(config.model_config)
     teacher_config = TeacherConfig(hidden_size=config.teacher_width, intermediate_size=4 * config.teacher_width,
                                    num_attention_heads=max(1, config.teacher_width // 32),
                                    num_hidden_layers=config.teacher_layers, image_size=teacher_image_size(config),
-                                   num_frames=teacher_num_frames(config.model_config))
+                                   num_frames=teacher_frames)
     teacher_dir = Path(config.data) / "models" / "teacher"
     init_teacher_weights(LanguageBindVideoTower(teacher_config), seed=seed,
                          position_std=config.teacher_position_std,
@@ -158,7 +159,7 @@ def build_models(config: ModelsConfig, texts: list[str], seed: int) -> dict:
             "teacher_patch_std": config.teacher_patch_std,
             "teacher_position_frequencies": config.teacher_position_frequencies,
             "teacher_temporal_std": config.teacher_temporal_std,
-            "teacher_num_frames": teacher_num_frames(config.model_config),
+            "teacher_num_frames": teacher_frames,
             "model_config": str(Path(config.model_config).resolve()) if config.model_config else None}
 
 
