@@ -170,7 +170,7 @@ def read_json(path: str | os.PathLike, expected: type = dict) -> Any:
     "PATH: reason" in one line when the file cannot be read, is not JSON or holds another kind of value."""
     path = Path(path)
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(path.read_text(encoding="utf-8-sig"))  # a byte-order mark is skipped
     except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
         raise ValueError(f"{path}: cannot be read as JSON ({' '.join(str(exc).split())})") from None
     if not isinstance(value, expected):

@@ -74,7 +74,7 @@ def load_samples(data_paths: str | Path | Sequence[str | Path], first_half: bool
         if not path.is_file():
             raise DataFormatError(f"{path}: data JSON not found")
         try:
-            content = json.loads(path.read_text(encoding="utf-8"))
+            content = json.loads(path.read_text(encoding="utf-8-sig"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise DataFormatError(f"{path}: not valid JSON ({exc})") from None
         if not isinstance(content, list):

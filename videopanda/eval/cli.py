@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 from videopanda.argparsing import CommandParser
-from videopanda.eval.datasets import DATASETS, QA_DATASETS, DatasetError, load_questions
+from videopanda.eval.datasets import BENCHMARK, DATASETS, QA_DATASETS, DatasetError, load_questions
 from videopanda.log import get_logger
 from videopanda.serve.infer import add_sampling_options
 
@@ -171,11 +171,15 @@ def _infer(args: argparse.Namespace, dataset: str, output_dir: Path, items=None,
 
 def _merge(pred_dir: Path, dataset: str, data_root: str, output: Path, allow_incomplete: bool, items=None) -> int:
     from videopanda.eval.merge import merge_predictions, write_merged
+    from videopanda.eval.provenance import read_sidecar, sidecar_path
     from videopanda.eval.records import RecordsError
 
     report = merge_predictions(pred_dir, load_questions(data_root, dataset) if items is None else items, dataset)
     if output.resolve() in {(pred_dir / name).resolve() for name in report.sources}:
         raise RecordsError(f"{output}: is one of the prediction files being merged; pass another --output")
+    if output.exists() and (read_sidecar(output) or {}).get("sha256") is None:
+        raise RecordsError(f"{output}: exists and is not an earlier merge (no {sidecar_path(output).name} with its "
+                           "SHA-256 beside it); remove it or pass another --output")
     print(report.summary())
     if not report.complete and not allow_incomplete:
         earlier = " (the one there is left from an earlier merge)" if output.exists() else ""
@@ -197,7 +201,7 @@ def _read_predictions(pred_file: Path) -> tuple[list[dict], dict]:
     from videopanda.eval.provenance import read_merged_sidecar, sidecar_path
     from videopanda.eval.records import RecordsError, read_jsonl
 
-    records = read_jsonl(pred_file)
+    records = read_jsonl(pred_file, whole=True)
     if not records:
         raise RecordsError(f"{pred_file}: no predictions")
     for number, record in enumerate(records, start=1):
@@ -218,6 +222,19 @@ def _read_predictions(pred_file: Path) -> tuple[list[dict], dict]:
                      "prediction_fingerprint": sidecar.get("fingerprint"),
                      "prediction_fingerprint_id": sidecar.get("fingerprint_id"),
                      "model_path": sidecar.get("model_path"), "predictions_dataset": sidecar.get("dataset")}
+
+
+def _refuse_other_than_qa(pred_file: Path) -> None:
+    """DatasetError, before anything in the output folder is touched, when the merge of `pred_file` (its
+    sidecar) was made for the Video-ChatGPT benchmark or a multiple-choice benchmark, which `eval judge` does
+    not score."""
+    from videopanda.eval.provenance import read_sidecar
+
+    recorded = (read_sidecar(pred_file) or {}).get("dataset")
+    if recorded is not None and recorded not in QA_DATASETS:
+        command = "eval benchmark --stage judge" if recorded == BENCHMARK else "eval mc --stage score"
+        raise DatasetError(f"{pred_file}: predictions for {recorded!r} (per its merge), not a QA set; "
+                           f"score them with `videopanda {command}`")
 
 
 def _forget_results(judge_dir: Path) -> None:
@@ -287,6 +304,7 @@ def _cmd_judge(argv: list[str]) -> int:
     _allow_incomplete_arg(p, "exit 0")
     _progress_arg(p)
     args = p.parse_args(argv)
+    _refuse_other_than_qa(args.pred_file)
     _forget_results(args.output_dir)
     records, meta = _read_predictions(args.pred_file)
     recorded = meta.pop("predictions_dataset")
@@ -306,7 +324,6 @@ def _cmd_judge(argv: list[str]) -> int:
 
 def _cmd_benchmark(argv: list[str]) -> int:
     from videopanda.eval.benchmark import format_benchmark, judge_benchmark
-    from videopanda.eval.datasets import BENCHMARK
 
     p = CommandParser(prog="videopanda eval benchmark", description="The Video-ChatGPT benchmark.")
     p.add_argument("--data-root", required=True)
@@ -360,6 +377,7 @@ def _two_folder_command(argv: list[str], name: str, description: str, what_a: st
                         what_shown: str, compare, format_report) -> int:
     """`eval NAME A B [--output FILE] [--show N]`: `compare(a, b)` -> a report dict, printed by
     `format_report(report, show=N)` and written as JSON to --output."""
+    from videopanda.eval.records import RecordsError
     from videopanda.io import write_json_atomic
 
     p = CommandParser(prog=f"videopanda eval {name}", description=description)
@@ -368,6 +386,10 @@ def _two_folder_command(argv: list[str], name: str, description: str, what_a: st
     p.add_argument("--output", type=Path, default=None, help=f"write the full {what_output} as JSON")
     p.add_argument("--show", type=_at_least(0), default=20, help=what_shown)
     args = p.parse_args(argv)
+    for folder in (args.a, args.b):
+        if args.output and args.output.resolve().is_relative_to(folder.resolve()):
+            raise RecordsError(f"{args.output}: inside {folder}, one of the folders compared (its files are "
+                               "inputs); write the report elsewhere")
     report = compare(args.a, args.b)
     print(format_report(report, show=args.show))
     if args.output:
@@ -424,7 +446,7 @@ def _cmd_mc(argv: list[str]) -> int:
     if code:
         return code
     sidecar = read_merged_sidecar(merged) or {}
-    records = read_jsonl(merged)
+    records = read_jsonl(merged, whole=True)
     write_jsonl_atomic(args.output_dir / MC_OUTCOMES, item_outcomes(records, items))
     results = {"benchmark": args.benchmark, "pred_file": str(merged),
                "items_fingerprint": items_fingerprint({"id": i.key, "question": i.question, "answer": i.answer}

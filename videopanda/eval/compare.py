@@ -4,7 +4,8 @@ A and B are result folders of one kind: `eval judge` folders (yes/no verdicts an
 question, `verdicts.jsonl`), `eval mc` folders (right or wrong per question, `outcomes.jsonl`) or
 `eval benchmark` folders (the folder itself or its `judge/`; a 0..5 score per item and aspect). Each
 must hold the `results.json` of a finished run. Two folders are refused (`CompareError`, one line
-naming both) when they are of different kinds, over different datasets, over different item ids, or
+naming both) when they are of different kinds, over different datasets, judged by different judges (the
+exact-match judge and a GPT model, or two GPT models), over different item ids, or
 over the same ids with other questions or references (`items_fingerprint`, recorded by the commands);
 a judge folder whose last verdict line per item is not what its `results.json` counted (judged again
 over other predictions) is refused too.
@@ -34,6 +35,7 @@ from videopanda.eval.benchmark import ASPECTS
 from videopanda.eval.datasets import BENCHMARK
 from videopanda.eval.intervals import (INTERVAL_RULE, bootstrap_interval, exact_mcnemar, paired_bootstrap,
                                        percent_interval)
+from videopanda.eval.judge import EXACT_LABEL
 from videopanda.eval.records import read_jsonl
 from videopanda.eval.report import read_results
 
@@ -89,7 +91,7 @@ def _mc_part(folder: Path) -> dict[str, Any]:
         raise CompareError(f"{folder}: no {MC_OUTCOMES} (scored before `eval mc` wrote per-item outcomes; "
                            "rerun it with --stage score)")
     outcomes, left_out = {}, {}
-    for row in read_jsonl(path):
+    for row in read_jsonl(path, whole=True):
         if row.get("status") == "failed":
             left_out[str(row["id"])] = "no prediction"
         else:
@@ -99,8 +101,9 @@ def _mc_part(folder: Path) -> dict[str, Any]:
 
 
 def read_run(folder: str | os.PathLike) -> dict[str, Any]:
-    """A result folder -> {"folder", "kind" (qa, mc, benchmark), "dataset", "items_fingerprint" (None when
-    not recorded), "parts": {name: {"outcomes", "left_out"}}}."""
+    """A result folder -> {"folder", "kind" (qa, mc, benchmark), "dataset", "judge" (the judge model, e.g.
+    "gpt-3.5-turbo-0125" or "exact-match"; None for mc), "items_fingerprint" (None when not recorded),
+    "parts": {name: {"outcomes", "left_out"}}}."""
     folder = Path(folder)
     if not (folder / "results.json").is_file() and (folder / "judge" / "results.json").is_file():
         folder = folder / "judge"           # an `eval benchmark` output folder
@@ -114,8 +117,20 @@ def read_run(folder: str | os.PathLike) -> dict[str, Any]:
     else:
         kind, dataset = "qa", results.get("dataset")
         parts = {"qa": _judged_part(folder, results, score_only=results.get("accuracy") is None)}
-    return {"folder": str(folder), "kind": kind, "dataset": dataset,
+    judge = None if kind == "mc" else _judge_of(results)
+    return {"folder": str(folder), "kind": kind, "dataset": dataset, "judge": judge,
             "items_fingerprint": results.get("items_fingerprint"), "parts": parts}
+
+
+def _judge_of(results: dict[str, Any]) -> str:
+    """Who judged a run, as text: the model its verdicts name (`judge_model`: one name, or a list when they came
+    from several), else (a run without a verdict) the model it asked for, else the kind of judge."""
+    models = results.get("judge_model")
+    if isinstance(models, list):
+        models = ", ".join(map(str, models))
+    if results.get("judge") == EXACT_LABEL:
+        return "exact-match"
+    return str(models or results.get("judge_model_requested") or results.get("judge"))
 
 
 # ------------------------------------------------------------------------------------ checks
@@ -134,6 +149,9 @@ def check_comparable(a: dict[str, Any], b: dict[str, Any]) -> None:
                            .replace("eval qa", "eval judge"))
     if a["dataset"] != b["dataset"]:
         raise CompareError(f"{where} are not comparable: datasets {a['dataset']} and {b['dataset']}")
+    if a["judge"] != b["judge"]:
+        raise CompareError(f"{where} are not comparable: judged by {a['judge']} and by {b['judge']} (judges "
+                           "differ in what they accept); judge both with one judge")
     for part in a["parts"]:
         ids_a = set(a["parts"][part]["outcomes"]) | set(a["parts"][part]["left_out"])
         ids_b = set(b["parts"][part]["outcomes"]) | set(b["parts"][part]["left_out"])
@@ -230,6 +248,9 @@ def pool_runs(runs: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
         if (run["kind"], run["dataset"]) != (first["kind"], first["dataset"]):
             raise CompareError(f"{first['folder']} and {run['folder']} cannot be pooled: results of "
                                f"{first['kind']} over {first['dataset']} and {run['kind']} over {run['dataset']}")
+        if run["judge"] != first["judge"]:
+            raise CompareError(f"{first['folder']} and {run['folder']} cannot be pooled: judged by "
+                               f"{first['judge']} and by {run['judge']}")
     parts = {name: {field: {f"{label}/{key}": value for label, run in runs.items()
                             for key, value in run["parts"][name][field].items()}
                     for field in ("outcomes", "left_out")}
@@ -238,7 +259,8 @@ def pool_runs(runs: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
     pooled_fingerprint = (None if any(fp is None for _, fp in fingerprints)
                           else hashlib.sha256(json.dumps(fingerprints).encode("utf-8")).hexdigest()[:16])
     return {"folder": " + ".join(run["folder"] for run in runs.values()), "kind": first["kind"],
-            "dataset": first["dataset"], "items_fingerprint": pooled_fingerprint, "parts": parts}
+            "dataset": first["dataset"], "judge": first["judge"], "items_fingerprint": pooled_fingerprint,
+            "parts": parts}
 
 
 def compare_runs(folder_a: str | os.PathLike, folder_b: str | os.PathLike) -> dict[str, Any]:

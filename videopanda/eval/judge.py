@@ -580,9 +580,10 @@ def run_judge(items: Sequence[JudgeItem], judge: Judge, output_dir: str | os.Pat
         new, failures, spent = _judge_pending(todo, judge, prints, writer, workers, progress)
         current.update(new)
 
-    judged = [current[item.id] for item in items if item.id in current]
-    failed_rows = [{"id": r["id"], "stage": "inference", "error": r.get("error"), "type": r.get("type")}
-                   for r in failed_inference]
+    # a verdict counts under its item's type now (a dataset relabelled since keeps its verdicts)
+    judged = [{**current[item.id], "type": item.type} for item in items if item.id in current]
+    failed_rows = [{"id": r["id"], "stage": "inference", "error": r.get("error"),
+                    "type": None if r.get("type") is None else str(r["type"])} for r in failed_inference]
     order = {item_id: index for index, item_id in enumerate(ids)}
     failures.sort(key=lambda r: order[r["id"]])
     write_jsonl_atomic(output_dir / "failed.jsonl", failed_rows + failures)
@@ -595,10 +596,14 @@ def run_judge(items: Sequence[JudgeItem], judge: Judge, output_dir: str | os.Pat
 def _current_verdicts(writer: JsonlAppender, prints: dict[str, str]) -> dict[str, dict[str, Any]]:
     """The verdict lines already in `writer`'s file whose fingerprint is the item's current one, by id;
     the others (other predictions, prompts or judges) are ignored with a warning."""
-    current = {str(r["id"]): r for r in writer.records if prints.get(str(r.get("id"))) == r.get("fingerprint")}
-    stale = sum(1 for r in writer.records if prints.get(str(r.get("id"))) != r.get("fingerprint"))
+    def is_current(record: dict[str, Any]) -> bool:
+        return record.get("fingerprint") is not None and prints.get(str(record.get("id"))) == record["fingerprint"]
+
+    current = {str(r["id"]): r for r in writer.records if is_current(r)}
+    stale = sum(1 for r in writer.records if not is_current(r))
     if stale:
-        logger.warning("%s: ignoring %d verdict line(s) for other predictions, prompts or judges", writer.path, stale)
+        logger.warning("%s: ignoring %d line(s) that are not verdicts for these predictions, prompt and judge",
+                       writer.path, stale)
     return current
 
 
@@ -608,27 +613,39 @@ def _judge_pending(todo: Sequence[JudgeItem], judge: Judge, prints: dict[str, st
     """Judge `todo` on `workers` threads, appending each verdict line to `writer` as it arrives.
 
     -> (the new verdict lines by id, a failure row per item left without a valid verdict, the tokens
-    spent this run). A `JudgeFatalError` stops every waiting worker; the lines written stay."""
+    spent this run). A `JudgeFatalError` stops every waiting worker; the verdicts of the requests already
+    under way when it came are still written (they are paid for), then it is raised."""
     verdicts: dict[str, dict[str, Any]] = {}
     failures: list[dict[str, Any]] = []
     spent = {"prompt_tokens": 0, "completion_tokens": 0}
+
+    def record(item: JudgeItem, outcome: Outcome) -> None:
+        for key in spent:
+            spent[key] += outcome.usage[key]
+        if outcome.verdict is None:
+            logger.warning("item %s: no valid verdict after %d attempt(s): %s", item.id, outcome.attempts, outcome.error)
+            failures.append({"id": item.id, "stage": "judge", "attempts": outcome.attempts, "error": outcome.error,
+                             "reply": _redacted(outcome.reply), "usage": outcome.usage, "type": item.type})
+            return
+        verdicts[item.id] = _verdict_line(item, outcome, prints[item.id])
+        writer.append(verdicts[item.id])
+
     pool = ThreadPoolExecutor(max_workers=max(1, workers))
+    futures = {pool.submit(judge.judge, item): item for item in todo}
+    recorded = set()
     try:
-        futures = {pool.submit(judge.judge, item): item for item in todo}
         for future in tqdm(as_completed(futures), total=len(futures), desc="judge", unit="item",
                            disable=not progress):
-            item, outcome = futures[future], future.result()
-            for key in spent:
-                spent[key] += outcome.usage[key]
-            if outcome.verdict is None:
-                logger.warning("item %s: no valid verdict after %d attempt(s): %s",
-                               item.id, outcome.attempts, outcome.error)
-                failures.append({"id": item.id, "stage": "judge", "attempts": outcome.attempts,
-                                 "error": outcome.error, "reply": _redacted(outcome.reply),
-                                 "usage": outcome.usage, "type": item.type})
-                continue
-            verdicts[item.id] = _verdict_line(item, outcome, prints[item.id])
-            writer.append(verdicts[item.id])
+            recorded.add(future)
+            record(futures[future], future.result())
+    except JudgeFatalError:
+        pool.shutdown(wait=True, cancel_futures=True)
+        for future, item in futures.items():
+            if future not in recorded and not future.cancelled() and future.exception() is None:
+                outcome = future.result()
+                if outcome.verdict is not None:
+                    record(item, outcome)
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return verdicts, failures, spent

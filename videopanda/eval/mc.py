@@ -130,7 +130,7 @@ def _read_json(path: Path) -> Any:
     if not path.is_file():
         raise DatasetError(f"{path}: file not found")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8-sig"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise DatasetError(f"{path}: not valid JSON ({error})") from None
 
@@ -297,7 +297,7 @@ def load_nextqa(root: Path, split: str = "val") -> list[MCItem]:
     mapping_path = root / "map_vid_vidorID.json"
     mapping = _read_json(mapping_path) if mapping_path.is_file() else {}
     items: list[MCItem] = []
-    with open(path, newline="", encoding="utf-8") as handle:
+    with open(path, newline="", encoding="utf-8-sig") as handle:
         for index, row in enumerate(csv.DictReader(handle)):
             where = f"{path}: row {index + 2}"
             _need(row, ("video", "question", "answer", "qid", "type", *(f"a{i}" for i in range(5))), where)

@@ -7,7 +7,10 @@ does not have. A line is current for a question when its question, answer, video
 whose lines are all outdated (the dataset's text or video changed since) is stale, and outdated lines
 beside a current one are ignored. Error rows (the video could not be read) make the merge incomplete
 too: they are questions without an answer, unless a current answered line for the same question exists
-(a later `--retry-errors` run that succeeded). A merged file lying in the folder (its sidecar holds a
+(a later `--retry-errors` run that succeeded). A question answered by several current lines is a
+duplicate (incomplete too); when their answers differ, which one the model gave is unknown and the question
+counts as without an answer. Each line keeps the dataset's question type now, not the one its prediction
+line recorded. A merged file lying in the folder (its sidecar holds a
 SHA-256) is not a chunk and is left out. A line without a `video_key` field (written before prediction
 lines recorded their video) is refused: re-run the inference into a new folder.
 
@@ -17,9 +20,9 @@ whatever the flags. Chunk files without any sidecar (written by other tools) mer
 the merged file then records no fingerprint.
 
 The merged file has one line per question of the dataset, in the dataset's order. With
-`--allow-incomplete`, a question without a usable answer (missing, error row, stale line) is still
-written, as an error row (`"pred": null`, `"error"` saying why), so that the judge counts it in the
-total and as wrong. The merged file's sidecar holds the fingerprint, the dataset, the counts and the
+`--allow-incomplete`, a question without a usable answer (missing, error row, stale line, conflicting
+answers) is still written, as an error row (`"pred": null`, `"error"` saying why), so that the judge counts it
+in the total and as wrong. The merged file's sidecar holds the fingerprint, the dataset, the counts and the
 SHA-256 of the merged file.
 """
 from __future__ import annotations
@@ -50,6 +53,7 @@ class MergeReport:
     unexpected: list[str] = field(default_factory=list)            # ids the dataset does not have
     mismatched: list[str] = field(default_factory=list)            # only outdated lines (question, answer or video)
     failed: list[str] = field(default_factory=list)                # error rows
+    conflicting: list[str] = field(default_factory=list)           # answered more than once, differently
     fingerprint: dict[str, Any] | None = None                      # shared by every chunk; None: unknown
     model_path: str | None = None                                  # as the first chunk's sidecar says
     sources: list[str] = field(default_factory=list)               # chunk file names
@@ -67,12 +71,13 @@ class MergeReport:
             return ", ".join(ids[:10]) + (" ..." if len(ids) > 10 else "")
 
         lines = [f"{self.expected} questions: {self.answered} answered, {self.expected - self.answered} without "
-                 f"an answer ({len(self.missing)} missing, {len(self.failed)} error rows, "
-                 f"{len(self.mismatched)} stale)"]
+                 f"an answer ({len(self.missing)} missing, {len(self.failed)} error rows, {len(self.mismatched)} stale"
+                 + (f", {len(self.conflicting)} with conflicting answers" if self.conflicting else "") + ")"]
         for label, ids in (("missing", self.missing), ("duplicated", list(self.duplicated)),
                            ("not in the dataset", self.unexpected),
                            ("question, answer or video differs from the dataset (stale?)", self.mismatched),
-                           ("failed (error rows)", self.failed)):
+                           ("failed (error rows)", self.failed),
+                           ("answered differently by several lines (counted without an answer)", self.conflicting)):
             if ids:
                 lines.append(f"  {label}: {len(ids)}: {show(ids)}")
         lines.append("complete" if self.complete else "INCOMPLETE")
@@ -153,7 +158,14 @@ def merge_predictions(pred_dir: str | os.PathLike, items: Sequence[QAItem],
         answered = [r for r in current if r.get("pred") is not None]
         if len(answered) > 1:
             report.duplicated[item.key] = len(answered)
-        record = answered[0] if answered else current[0]
+            if len({json.dumps(r["pred"]) for r in answered}) > 1:
+                report.conflicting.append(item.key)
+                report.records.append(_error_row(item, f"conflicting: {len(answered)} lines answer it, not all "
+                                                       "alike; which is the model's answer is unknown"))
+                continue
+        record = {key: value for key, value in (answered[0] if answered else current[0]).items() if key != "type"}
+        if item.type is not None:  # the dataset's label, also when it was relabelled after the inference
+            record["type"] = item.type
         if record.get("pred") is None:
             report.failed.append(item.key)
         report.records.append(record)
@@ -161,11 +173,13 @@ def merge_predictions(pred_dir: str | os.PathLike, items: Sequence[QAItem],
 
 
 def write_merged(report: MergeReport, output: str | os.PathLike, dataset: str) -> None:
-    """Write the merged file and its sidecar (fingerprint, dataset, counts, SHA-256 of the file)."""
+    """Write the merged file and its sidecar (fingerprint, dataset, counts, SHA-256 of the file). The sidecar
+    goes first: stopped in between, the folder holds a sidecar whose SHA-256 the file does not have (the judge
+    refuses it; a new merge replaces both), never a merged file without its sidecar."""
     text = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in report.records)
-    write_text_atomic(output, text)
     write_merged_sidecar(output, text, report.fingerprint, {
         "dataset": dataset, "model_path": report.model_path, "complete": report.complete, "num_questions": report.expected,
         "num_answered": report.answered, "missing": report.missing, "failed": report.failed,
-        "stale": report.mismatched, "duplicated": sorted(report.duplicated), "unexpected": report.unexpected,
-        "sources": report.sources})
+        "stale": report.mismatched, "duplicated": sorted(report.duplicated), "conflicting": report.conflicting,
+        "unexpected": report.unexpected, "sources": report.sources})
+    write_text_atomic(output, text)

@@ -6,7 +6,9 @@ last line that does not parse (a cut-off JSON object never does) is that interru
 `JsonlAppender` cuts it off when it reopens the file, so the next append starts on a clean line. A
 last line that parses is a record whether or not a newline follows it (files written by other tools
 often end without one); the appender gives it its newline before appending. A damaged line anywhere
-else is a loud error naming the file and line number. An append that
+else is a loud error naming the file and line number, and so is a damaged last line in a file that was
+written whole (a merge: `read_jsonl(path, whole=True)`), where it cannot be an interrupted append. A UTF-8
+byte-order mark at the start of the file (some editors and tools write one) is skipped. An append that
 fails (a full disk) cuts the file back to its last complete line and raises `OutputError` naming the
 file, so the file stays readable and a later run resumes from it.
 """
@@ -28,8 +30,9 @@ class RecordsError(Exception):
     """A JSON-lines file that cannot be trusted (message names the file and the line)."""
 
 
-def _scan(path: Path) -> tuple[list[dict[str, Any]], int]:
-    """-> (records, byte offset just after the last valid line; its newline, when it has none, included)."""
+def _scan(path: Path, whole: bool = False) -> tuple[list[dict[str, Any]], int]:
+    """-> (records, byte offset just after the last valid line; its newline, when it has none, included).
+    `whole`: an unparsable last line is an error too, not an interrupted append."""
     data = path.read_bytes()
     records: list[dict[str, Any]] = []
     offset = 0
@@ -39,11 +42,13 @@ def _scan(path: Path) -> tuple[list[dict[str, Any]], int]:
         if is_last and raw == b"":
             break
         try:
-            record = json.loads(raw.decode("utf-8")) if raw.strip() else None
+            text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            record = json.loads(text) if text.strip() else None
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            if is_last:  # no newline after it: an interrupted write
+            if is_last and not whole:  # no newline after it: an interrupted write
                 break
-            raise RecordsError(f"{path}: line {number} is not valid JSON ({error})") from None
+            where = f"line {number} (the last)" if is_last else f"line {number}"
+            raise RecordsError(f"{path}: {where} is not valid JSON ({error})") from None
         if record is not None:
             if not isinstance(record, dict):
                 raise RecordsError(f"{path}: line {number} is not a JSON object")
@@ -52,12 +57,17 @@ def _scan(path: Path) -> tuple[list[dict[str, Any]], int]:
     return records, offset
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """All records of a JSON-lines file (an unparsable last line, an interrupted write, is ignored)."""
+def read_jsonl(path: str | os.PathLike, whole: bool = False) -> list[dict[str, Any]]:
+    """All records of a JSON-lines file. An unparsable last line is an interrupted append, left out with a
+    warning; with `whole` (a file written at once, such as a merge, possibly by another tool) it is a
+    RecordsError naming the file and the line, as a damaged line anywhere else always is."""
     path = Path(path)
     if not path.exists():
         raise RecordsError(f"{path}: no such file")
-    return _scan(path)[0]
+    records, good = _scan(path, whole)
+    if good < path.stat().st_size:
+        logger.warning("%s: leaving out its last line, which does not parse (a write interrupted or still going on)", path)
+    return records
 
 
 class JsonlAppender:

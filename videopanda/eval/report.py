@@ -137,7 +137,10 @@ def _unfinished(root: Path) -> list[str]:
     for path, files in _walk(root):
         if "verdicts.jsonl" in files or "results.json" in files:
             # a benchmark aspect's run is finished only when the benchmark folder above it has its results
-            judge_dir = path.parent if path.name in ASPECTS else path
+            # (an aspect's own results.json says which it is; a QA judge folder may share an aspect's name)
+            aspect = path.name in ASPECTS and ("results.json" not in files or "aspect" in read_results(
+                path / "results.json"))
+            judge_dir = path.parent if aspect else path
             if not (judge_dir / "results.json").exists():
                 stopped.add(str(judge_dir))
     return sorted(stopped)
@@ -211,9 +214,12 @@ def _qa_cell(results: dict[str, Any] | None) -> str:
 
 
 def _benchmark_cells(results: dict[str, Any]) -> list[str]:
-    """Per aspect `score [interval] (n=items)`, then the average (`*` when incomplete)."""
+    """Per aspect `score [interval] (n=items)`, then the average; `*` on each that counts failed items."""
     intervals, counts = results.get("scores_ci95") or {}, results.get("num_items") or {}
-    cells = [_with_interval(results["scores"].get(a), intervals.get(a), 2) + _items(counts.get(a)) for a in ASPECTS]
+    failed = {a: sum(int((results.get(key) or {}).get(a) or 0) for key in ("num_failed", "num_failed_inference"))
+              for a in ASPECTS}
+    cells = [_with_interval(results["scores"].get(a), intervals.get(a), 2) + _items(counts.get(a))
+             + ("*" if failed[a] else "") for a in ASPECTS]
     average = _with_interval(results.get("average"), results.get("average_ci95"), 2)
     return cells + [average + ("*" if _incomplete(results) else "")]
 
