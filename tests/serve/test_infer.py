@@ -141,6 +141,30 @@ def test_folder_that_is_not_a_video_panda_model(case, folder, clip, tmp_path, ca
     assert expected in line
 
 
+@pytest.mark.parametrize("dropped", ["model.layers.0.self_attn.q_proj.weight", "lm_head.weight", "stab"])
+def test_a_folder_missing_a_tensor_of_the_model_is_refused(dropped, folder, clip, tmp_path):
+    """A weight file without one of the model's tensors (an LLM layer's, the output layer's, a STAB tensor in
+    its released name) is a one-line error naming the folder and the tensor, not a model answering with that
+    tensor at its random initial value."""
+    from safetensors.torch import load_file, save_file
+
+    partial = tmp_path / "partial"
+    AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).save_pretrained(partial)
+    for name in ("tokenizer.model", "tokenizer_config.json"):
+        shutil.copy(folder / name, partial / name)
+    weights = partial / "model.safetensors"
+    tensors = load_file(weights)
+    name = "model.video_tower.dec.attn.in_proj_weight" if dropped == "stab" else dropped   # released name
+    del tensors[name]
+    save_file(tensors, weights, metadata={"format": "pt"})
+    result = run_cli("--model", str(partial), "--video", str(clip), "--question", QUESTION, "--device", "cpu")
+    assert result.returncode == 2 and result.stdout == ""
+    [line] = result.stderr.strip().splitlines()
+    assert str(partial) in line and "1 of the model's tensors are not in its weight files" in line
+    if dropped != "stab":
+        assert dropped in line
+
+
 def test_bad_frame_count(folder, clip, capsys):
     assert main(["--model", str(folder), "--video", str(clip), "--question", QUESTION, "--num-frames", "6"]) == 1
     assert "multiple of frames_per_chunk" in one_error_line(capsys)

@@ -4,7 +4,8 @@ The adapter folder is loaded like any model folder (`model_folder.load_model` wi
 checked against its recorded identity, then the visual weights and the adapters on top); peft's
 `merge_and_unload` folds the adapters into the LLM weights, and the model and its processor are saved. The
 output must be new or empty, outside the adapter folder and its base (symlinks resolved); it is written
-beside itself and renamed into place when complete, so a failed merge leaves nothing.
+beside itself and renamed into place when complete, so a failed merge leaves nothing; a folder that cannot be
+written is a one-line error naming it (exit code 2, as for a folder that cannot be loaded).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from videopanda.io import OutputError, describe_os_error
 from videopanda.serve.model_folder import ADAPTER_RECORD, AdapterFolderError, InferError, load_model, read_model_folder
 
 
@@ -34,7 +36,7 @@ def merge_folder(adapter: str | Path, output: str | Path, device: str = "cpu") -
     """Adapter folder -> a full, self-contained model folder with the adapters merged into the LLM weights
     (module docstring). Raises AdapterFolderError for a folder that is not an adapter folder or such an
     output, InferError (ModelFolderError, MemoryBudgetError) from reading or loading it."""
-    adapter, output = Path(adapter), Path(output)
+    adapter, output = Path(adapter), Path(output).absolute()  # "." has no name to write beside
     if not (adapter / ADAPTER_RECORD).is_file():
         raise AdapterFolderError(f"{adapter}: not an adapter folder (no {ADAPTER_RECORD}); merge-lora takes the "
                                  "output (or a checkpoint) of a LoRA finetune")
@@ -49,6 +51,8 @@ def merge_folder(adapter: str | Path, output: str | Path, device: str = "cpu") -
         if output.exists():
             output.rmdir()
         partial.rename(output)
+    except OSError as err:
+        raise describe_os_error(err, output) from err
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return output
@@ -71,7 +75,7 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     try:
         output = merge_folder(args.adapter, args.output, args.device)
-    except InferError as err:
+    except (InferError, OutputError) as err:
         print(f"videopanda merge-lora: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     print(output)

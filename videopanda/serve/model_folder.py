@@ -44,6 +44,7 @@ import json
 import os
 import pickle
 import re
+import warnings
 import zipfile
 import zlib
 from collections.abc import Mapping
@@ -255,7 +256,13 @@ def read_model_folder(path: str | Path, tokenizer: bool = True) -> ModelFolder:
     adapter = base = None
     if is_adapter_folder(folder):
         adapter = read_adapter_record(folder)
-        base = read_model_folder(adapter.base, tokenizer=False)
+        if is_adapter_folder(adapter.base):
+            raise AdapterFolderError(f"{folder / ADAPTER_RECORD}: its base {adapter.base} is an adapter folder too; "
+                                     "adapters go on a full model folder (`videopanda merge-lora` makes one)")
+        try:
+            base = read_model_folder(adapter.base, tokenizer=False)
+        except ModelFolderError as err:
+            raise AdapterFolderError(f"{folder / ADAPTER_RECORD}: its base cannot be used: {err}") from err
         tensors, unlisted = base.tensors, base.unlisted
     else:
         try:
@@ -502,9 +509,20 @@ def attach_adapter(model, folder: str | Path):
     -> the `PeftModel` (unmerged adapters, inference mode)."""
     from peft import PeftModel
 
+    from peft import get_peft_model_state_dict
+    from safetensors import safe_open
+
     folder = Path(folder)
     load_visual_into(model, read_visual(folder, include_training=False), folder)
-    return PeftModel.from_pretrained(model, folder, is_trainable=False)
+    with warnings.catch_warnings():  # peft's own warning of missing keys: checked below, in one line
+        warnings.filterwarnings("ignore", message="Found missing adapter keys")
+        peft_model = PeftModel.from_pretrained(model, folder, is_trainable=False)
+    with safe_open(folder / ADAPTER_WEIGHTS, "pt") as stored:
+        missing = sorted(set(get_peft_model_state_dict(peft_model)) - set(stored.keys()))
+    if missing:  # peft leaves them at their initial values (B = 0): the adapter would silently do nothing
+        raise AdapterFolderError(f"{folder / ADAPTER_WEIGHTS}: {len(missing)} adapter tensor(s) missing "
+                                 f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})")
+    return peft_model
 
 
 def _quiet_transformers() -> None:
@@ -573,6 +591,15 @@ def _load_processor(folder: ModelFolder):
     return processor
 
 
+def _check_all_loaded(weights: Path, loading: dict) -> None:
+    """ModelFolderError when `from_pretrained` found no stored tensor for some of the model's weights (it would
+    leave them at their random initial values); `loading`: its `output_loading_info`."""
+    missing = sorted(loading.get("missing_keys") or ())
+    if missing:
+        raise ModelFolderError(f"{weights}: {len(missing)} of the model's tensors are not in its weight files "
+                               f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); a partial save?")
+
+
 def load_model(folder: str | Path | ModelFolder, device: str = "cpu", dtype: torch.dtype | None = None, *,
                memory_budget: int | None = None, keep_peft: bool = False):
     """-> (model in eval mode on `device`, its `VideoPandaProcessor`).
@@ -597,11 +624,15 @@ def load_model(folder: str | Path | ModelFolder, device: str = "cpu", dtype: tor
     check_memory(folder, dtype, device, memory_budget)
     weights_config = copy.deepcopy((folder.base or folder).config)  # from_pretrained sets fields on it
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder.weights, config=weights_config, dtype=dtype,
-                                                     generation_config=folder.generation_config)
+        model, loading = AutoModelForCausalLM.from_pretrained(folder.weights, config=weights_config, dtype=dtype,
+                                                              generation_config=folder.generation_config,
+                                                              output_loading_info=True)
+        _check_all_loaded(folder.weights, loading)
         if folder.adapter is not None:
             peft_model = attach_adapter(model, folder.path)
             model = peft_model if keep_peft else model
+    except ModelFolderError:
+        raise
     except Exception as err:  # headers were fine, the data was not: any reader error ends here
         logger.debug("loading %s", folder.path, exc_info=True)
         raise ModelFolderError(f"{folder.path}: cannot load the model ({one_line_error(err)})") from err
