@@ -71,7 +71,8 @@ def vp_log():
 def base_args(llama_dir, teacher_dir, data_root, tmp_path):
     return ["--stage", "prealign", f"stages.prealign.init={llama_dir}", f"model.teacher={teacher_dir}",
             f"data.root={data_root}", f"stages.prealign.output_dir={tmp_path / 'out'}",
-            "stages.prealign.global_batch_size=4", "--check-only"]
+            "stages.prealign.global_batch_size=4", "model.config.image_size=112", "model.config.teacher_image_size=56",
+            "--check-only"]  # frames of the tiny teacher's size: preflight refuses a teacher that cannot take them
 
 
 @pytest.mark.parametrize("change, message", [

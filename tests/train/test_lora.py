@@ -374,6 +374,46 @@ def test_merge_lora_refuses_an_output_that_would_overwrite_what_it_reads(adapter
     assert file_contents(copy, base_copy, tmp_path / "full") == before
 
 
+@pytest.mark.parametrize("damage", ["lora_B_missing", "base_is_itself", "base_is_gone"])
+def test_an_adapter_folder_that_would_load_wrong_is_refused_in_one_line(damage, adapter, base, tmp_path, trainkit,
+                                                                        video):
+    """Adapter weights without their B matrices (peft would leave them at zero: the base's answers), a record whose
+    base is the adapter folder itself (an adapter on an adapter) and a base that is gone are one line naming the
+    adapter folder's file, for infer and merge-lora alike, with nothing written."""
+    copy, base_copy = copied_adapter(adapter, base, tmp_path)
+    record_path = copy / "videopanda_adapter.json"
+    if damage == "lora_B_missing":
+        weights = copy / "adapter_model.safetensors"
+        state = load_file(weights)
+        kept = {key: value for key, value in state.items() if "lora_B" not in key}
+        save_file(kept, str(weights), metadata={"format": "pt"})
+        expected = f"{weights}: {len(state) - len(kept)} adapter tensor(s) missing"
+    elif damage == "base_is_itself":
+        record_path.write_text(json.dumps({**json.loads(record_path.read_text()), "base": str(copy)}))
+        expected = f"{record_path}: its base {copy} is an adapter folder too"
+    else:
+        shutil.rmtree(base_copy)
+        expected = f"{record_path}: its base cannot be used: {base_copy}: model folder does not exist"
+    for command in (["infer", "--model", str(copy), "--video", str(video), "--question", "what moves left?",
+                     "--device", "cpu"], ["merge-lora", str(copy), str(tmp_path / "merged")]):
+        done = videopanda_command(trainkit, *command)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and done.stdout == "" and len(lines) == 1, done.stderr[-3000:]
+        assert expected in lines[0]
+    assert not (tmp_path / "merged").exists()
+
+
+def test_merge_lora_into_a_folder_it_cannot_write_is_one_line(adapter, base, tmp_path, trainkit):
+    """An output under a regular file cannot be made: one line naming it, exit 2, nothing left beside it."""
+    (tmp_path / "a_file").write_text("not a folder")
+    target = tmp_path / "a_file" / "merged"
+    done = videopanda_command(trainkit, "merge-lora", str(adapter), str(target))
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert lines[0].startswith(f"videopanda merge-lora: error: {target}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
 def test_merge_lora_on_a_folder_that_is_not_an_adapter_is_one_line(base, tmp_path, trainkit):
     done = videopanda_command(trainkit, "merge-lora", str(base), str(tmp_path / "merged"))
     lines = done.stderr.strip().splitlines()

@@ -514,8 +514,10 @@ def attach_adapter(model, folder: str | Path):
 
     folder = Path(folder)
     load_visual_into(model, read_visual(folder, include_training=False), folder)
-    with warnings.catch_warnings():  # peft's own warning of missing keys: checked below, in one line
+    # peft warns of missing keys (checked below, in one line) and of a deprecated transformers method it calls
+    with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Found missing adapter keys")
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.* is deprecated")
         peft_model = PeftModel.from_pretrained(model, folder, is_trainable=False)
     with safe_open(folder / ADAPTER_WEIGHTS, "pt") as stored:
         missing = sorted(set(get_peft_model_state_dict(peft_model)) - set(stored.keys()))

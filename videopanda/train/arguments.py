@@ -38,7 +38,8 @@ def derive_batch(global_batch_size: int, world_size: int, max_per_device: int) -
     return BatchPlan(global_batch_size, world_size, per_device, per_rank // per_device)
 
 
-def _report_to(value: str) -> list[str]:
+def report_integrations(value: str) -> list[str]:
+    """The HF Trainer's logging integrations named by `runtime.report_to` (comma-separated; "none": none)."""
     return [] if value in ("none", "") else [v.strip() for v in value.split(",") if v.strip()]
 
 
@@ -103,7 +104,7 @@ def training_arguments(experiment: Experiment, stage: str, batch: BatchPlan, dev
         activation_checkpointing_kwargs={"use_reentrant": False},
         dataloader_num_workers=experiment.runtime.num_workers,
         remove_unused_columns=False,
-        report_to=_report_to(experiment.runtime.report_to),
+        report_to=report_integrations(experiment.runtime.report_to),
         disable_tqdm=False,
     )
     clip = applied_gradient_clipping(training)
@@ -114,4 +115,5 @@ def training_arguments(experiment: Experiment, stage: str, batch: BatchPlan, dev
     return training
 
 
-__all__ = ["BatchPlan", "applied_gradient_clipping", "deepspeed_config", "derive_batch", "training_arguments"]
+__all__ = ["BatchPlan", "applied_gradient_clipping", "deepspeed_config", "derive_batch", "report_integrations",
+           "training_arguments"]

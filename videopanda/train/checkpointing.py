@@ -125,8 +125,34 @@ def discard_incomplete(output_dir: str | Path) -> list[Path]:
     return doomed
 
 
-def is_finished(output_dir: str | Path) -> bool:
-    return (Path(output_dir) / FINAL_MARKER).is_file()
+def finished_stage(output_dir: str | Path) -> str | None:
+    """The stage whose `FINAL_MARKER` output_dir holds (the marker's `stage`), None without a marker; "unknown" for
+    a marker that names no stage (unreadable), which still marks the folder as finished."""
+    marker = Path(output_dir) / FINAL_MARKER
+    if not marker.is_file():
+        return None
+    try:
+        stage = json.loads(marker.read_text()).get("stage")
+    except (OSError, ValueError, AttributeError):
+        stage = None
+    return stage if isinstance(stage, str) else "unknown"
+
+
+def is_finished(output_dir: str | Path, stage: str | None = None) -> bool:
+    """True when output_dir holds a finished stage (`FINAL_MARKER`): any stage, or with `stage` only that one (a
+    folder another stage finished is not this stage finished)."""
+    found = finished_stage(output_dir)
+    return found is not None and stage in (None, found)
+
+
+def checkpoint_world_size(checkpoint: str | Path) -> int | None:
+    """How many processes wrote a complete checkpoint (its `COMPLETE_MARKER`'s `world_size`); None when the marker
+    does not say."""
+    try:
+        size = json.loads((Path(checkpoint) / COMPLETE_MARKER).read_text()).get("world_size")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return size if isinstance(size, int) and not isinstance(size, bool) else None
 
 
 def checkpoint_step(checkpoint: str | Path) -> int:
@@ -271,7 +297,7 @@ def tell_launcher(line: str) -> None:
 
 
 __all__ = ["COMPLETE_MARKER", "DATA_REPORT", "FINAL_MARKER", "PREEMPTED_EXIT_CODE", "PREEMPT_FILE_ENV", "STOP_SIGNALS",
-           "StopSignals", "UNLOGGED_LOSS", "checkpoint_folders", "checkpoint_step", "discard_incomplete",
-           "export_model_files", "holds_last_step", "is_complete", "is_finished", "latest_complete_checkpoint",
-           "mark_complete", "prune_checkpoints", "read_data_report", "read_unlogged_loss", "run_train_loss",
-           "tell_launcher", "trainer_state", "writing"]
+           "StopSignals", "UNLOGGED_LOSS", "checkpoint_folders", "checkpoint_step", "checkpoint_world_size",
+           "discard_incomplete", "export_model_files", "finished_stage", "holds_last_step", "is_complete",
+           "is_finished", "latest_complete_checkpoint", "mark_complete", "prune_checkpoints", "read_data_report",
+           "read_unlogged_loss", "run_train_loss", "tell_launcher", "trainer_state", "writing"]

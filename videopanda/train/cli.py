@@ -222,7 +222,8 @@ def stage_model(experiment: Experiment, stage: str, plan: Preflight, dtype, attn
     if lora is not None:
         from videopanda.train.lora import add_adapters, freeze_for_lora
 
-        adapter = LoraRun(add_adapters(model.model, lora), base=str(folder), visual=lora.visual)
+        adapter = LoraRun(add_adapters(model.model, lora), base=str(folder), visual=lora.visual,
+                          base_identity=plan.base_identity)
         freeze_for_lora(model, lora.visual)
     deepspeed = plan.deepspeed
     if plan.deepspeed_stage == 3:
@@ -335,18 +336,19 @@ def _check_passed(plan: Preflight) -> int:
 
 
 def _run_stage(resolved: ResolvedExperiment, stage: str, command: argparse.Namespace, signals: StopSignals) -> int:
-    """Preflight, then (unless --check-only) the stage: skipped when finished, completed from its last
-    checkpoint when that holds the last step, else trained."""
+    """Preflight, then (unless --check-only) the stage: skipped when finished (its record kept), completed from its
+    last checkpoint when that holds the last step, else trained. The stage folder's record (`experiment.json`,
+    naming the stage) is written only once every check has passed."""
     experiment = resolved.experiment
     plan = run_preflight(resolved, stage, command.resume)
     if command.check_only:
         return _check_passed(plan)
     output = experiment.stage_output(stage)
-    if int(os.environ.get("RANK", "0")) == 0:
-        write_record(resolved, output)
-    if command.resume == "auto" and is_finished(output):
+    if command.resume == "auto" and is_finished(output, stage):
         logger.info("%s already holds a finished %s stage (%s); nothing to do", output, stage, FINAL_MARKER)
         return 0
+    if int(os.environ.get("RANK", "0")) == 0:
+        write_record(resolved, output, stage)
     if plan.resume_from is not None and holds_last_step(plan.resume_from, experiment.stage(stage).max_steps):
         return finish_from_last_checkpoint(resolved, stage, plan)
     with world_of_one(experiment.training.deepspeed is not None):

@@ -43,6 +43,8 @@ from videopanda.constants import EXPERIMENT_RECORD
 STAGES = ("prealign", "pretrain", "finetune")
 FRAME_FIELDS = ("num_frames", "frames_per_chunk", "image_size", "teacher_image_size")
 """VideoPandaConfig fields an experiment may set (`model.config`) for a fresh visual part."""
+ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2")
+"""`runtime.attn_implementation`: auto, or the attention kernel transformers is asked for."""
 DISTILL_LOSSES = ("cosine", "mse")
 """How the distillation loss compares student and teacher: the paper's cosine, or its Table 4 MSE."""
 FILE_RELATIVE = (("model", "shape"), ("training", "deepspeed"))
@@ -220,8 +222,8 @@ class RuntimeSettings(Settings):
 
     device: _one_of("auto", "cuda", "cpu") = _doc("auto, cuda or cpu")
     num_workers: NonNegativeInt = _doc("DataLoader worker processes per rank")
-    attn_implementation: Text = _doc("auto (flash_attention_2 when installed on GPU, else sdpa), sdpa, eager, "
-                                     "flash_attention_2")
+    attn_implementation: _one_of(*ATTN_IMPLEMENTATIONS) = _doc("auto (flash_attention_2 when installed on GPU, else "
+                                                               "sdpa), sdpa, eager, flash_attention_2")
     report_to: Text = _doc("logging integrations of the HF Trainer (tensorboard, none, ...)")
     logging_steps: PositiveInt = _doc("log every N optimizer steps")
     frame_cache: Text | None = _doc("folder of decoded training frames (videopanda.data.frame_cache), relative to "
@@ -260,6 +262,21 @@ LORA_STAGE = "finetune"
 """The stage LoRA applies to (its output, an adapter folder, is the run's last)."""
 
 
+def _some_of(choices: tuple[str, ...]) -> Any:
+    """A non-empty list of `choices` (one alone is a list of one): the LLM's decoder layers name their projections
+    so, and peft would stop with its own traceback on a name that matches no module, only after the model loaded."""
+    def check(value: list) -> list:
+        if not value:
+            raise PydanticCustomError("one_of", "must name at least one of {choices}", {"choices": ", ".join(choices)})
+        return value
+
+    return Annotated[list[_one_of(*choices)], BeforeValidator(lambda value: value if isinstance(value, list) or
+                                                              value is None else [value]), AfterValidator(check)]
+
+
+Targets = _some_of(LORA_TARGETS)
+
+
 class LoraSettings(Settings):
     """LoRA (and QLoRA) for the finetune stage; every field has a default, so `lora: {enabled: true}` is enough."""
 
@@ -267,8 +284,8 @@ class LoraSettings(Settings):
     rank: PositiveInt = Field(default=128, description="adapter rank r")
     alpha: PositiveInt = Field(default=256, description="lora_alpha (the update is scaled by alpha / rank)")
     dropout: Dropout = Field(default=0.05, description="dropout on the adapters' input")
-    target_modules: Files = Field(default_factory=lambda: list(LORA_TARGETS), description=(
-        "projection names inside the LLM's decoder layers that get adapters"))
+    target_modules: Targets = Field(default_factory=lambda: list(LORA_TARGETS), description=(
+        f"projection names inside the LLM's decoder layers that get adapters (some of {', '.join(LORA_TARGETS)})"))
     visual: _one_of("train", "freeze") = Field(default="train", description=(
         "train: STAB, projector and distillation head train fully (at visual_learning_rate); freeze: they stay "
         "as loaded"))
@@ -445,9 +462,10 @@ def _stab_fields() -> tuple[str, ...]:
 
 
 def _visual_problem(value: dict, known: tuple[str, ...], path: str) -> str | None:
-    """What is wrong with the keys of `model.stab` / `model.config` (or a shape file's): an unknown key, or a
-    number out of its bounds (whole numbers >= 1 but the STAB's dropout; STAB fields typed optional may be
-    null); None when nothing is."""
+    """What is wrong with the keys of `model.stab` / `model.config` (or a shape file's): an unknown key, a switch
+    that is not true / false, a mode that is not text (STABConfig's field types, which it does not check itself), or a
+    number out of its bounds (whole numbers >= 1 but the STAB's dropout; STAB fields typed optional may be null);
+    None when nothing is."""
     import typing
 
     from videopanda.model.stab import STABConfig
@@ -460,6 +478,9 @@ def _visual_problem(value: dict, known: tuple[str, ...], path: str) -> str | Non
         hint = hints.get(key, int)
         if item is None and type(None) in typing.get_args(hint):
             continue
+        for kind, wanted in ((bool, "true or false"), (str, "a string")):
+            if kind in (hint, *typing.get_args(hint)) and not isinstance(item, kind):
+                return f"{prefix}{key} must be {wanted}, got {item!r}"
         integer, bounds = key != "dropout", DROPOUT if key == "dropout" else POSITIVE_INT
         if int not in (hint, *typing.get_args(hint)) and integer:
             continue  # not a number (a switch or a mode)
@@ -668,7 +689,46 @@ def resolve_experiment(source: str | os.PathLike, overrides: list[str] = ()) -> 
         STABConfig(**stab)
     except (TypeError, ValueError) as err:
         raise ExperimentError(f"{where}: model.stab: {err}") from None
+    _check_frame_layout(experiment, where)
     return ResolvedExperiment(experiment, str(path), list(overrides))
+
+
+_CONFIG_DROP = ("model_type", "architectures", "auto_map", "transformers_version", "_name_or_path", "torch_dtype",
+                "dtype", "stab")
+
+
+def videopanda_config_from_llm(folder_config: dict, stab_overrides: dict, config_overrides: dict | None = None):
+    """A VideoPandaConfig carrying an EVE / Llama folder's LLM fields (`folder_config`: its config.json's
+    content), `config_overrides` (frame sizes, number of frames, ...) and a fresh STAB (`stab_overrides`)."""
+    from videopanda.model.videopanda import VideoPandaConfig
+
+    raw = {k: v for k, v in folder_config.items() if k not in _CONFIG_DROP}
+    raw.update(config_overrides or {})
+    stab = dict(stab_overrides)
+    width = stab.get("width", raw.get("video_hidden_size", 1024))
+    stab["width"] = width
+    raw.update(video_hidden_size=width, mm_hidden_size=width)
+    return VideoPandaConfig(**raw, stab=stab)
+
+
+def _check_frame_layout(experiment: Experiment, where: str) -> None:
+    """ExperimentError unless the frame fields and STAB of a fresh visual part (`visual_overrides`) make a model
+    config and a frame layout: `VideoPandaConfig`'s and `FrameConfig`'s own checks (frames in whole chunks, the
+    student size a multiple of the teacher's, the teacher's of the patch), so that a bad `model.config` stops here,
+    not after the model has loaded."""
+    from huggingface_hub.errors import StrictDataclassError
+
+    from videopanda.data.frames import FrameConfig
+
+    frame_fields, stab = experiment.visual_overrides()
+    try:
+        config = videopanda_config_from_llm({}, stab, frame_fields)
+        FrameConfig(num_frames=config.num_frames, frames_per_chunk=config.frames_per_chunk,
+                    image_size=config.image_size, teacher_image_size=config.teacher_image_size,
+                    patch_size=config.stab_config.patch_size)
+    except (TypeError, ValueError, StrictDataclassError) as err:
+        cause = err.__cause__ if isinstance(err, StrictDataclassError) and err.__cause__ is not None else err
+        raise ExperimentError(f"{where}: model.config: {' '.join(str(cause).split())}") from None
 
 
 @dataclass
@@ -679,10 +739,11 @@ class ResolvedExperiment:
     source: str
     overrides: list[str]
 
-    def record(self) -> dict:
-        """What a stage folder stores (`experiment.json`)."""
-        return {"name": self.experiment.name, "file": self.source, "overrides": self.overrides,
-                "switches": self.experiment.switches(), "experiment": self.experiment.to_dict()}
+    def record(self, stage: str | None = None) -> dict:
+        """What a stage folder stores (`experiment.json`), with the stage it holds when given."""
+        record = {"name": self.experiment.name, "file": self.source, "overrides": self.overrides,
+                  "switches": self.experiment.switches(), "experiment": self.experiment.to_dict()}
+        return record if stage is None else {**record, "stage": stage}
 
 
 # ---- run folders ------------------------------------------------------------------------------------
@@ -735,18 +796,36 @@ def read_record(folder: str | os.PathLike) -> dict | None:
     return record
 
 
+def recorded_stage(record: dict, folder: str | os.PathLike) -> str | None:
+    """The stage a stage folder's record says it holds: its `stage`, or (a record written before it was stored) the
+    one stage whose output folder in the stored experiment is `folder`; None when that does not tell."""
+    if isinstance(record.get("stage"), str):
+        return record["stage"]
+    stored, here = record["experiment"], Path(folder).resolve()
+    try:
+        found = [stage for stage in STAGES if Path(stored["stages"][stage].get("output_dir") or
+                                                   Path(stored["run_dir"]) / stage).resolve() == here]
+    except (KeyError, TypeError, AttributeError):
+        return None
+    return found[0] if len(found) == 1 else None
+
+
 def check_stage_folder(resolved: ResolvedExperiment, stage: str, folder: str | os.PathLike,
                        holds_outputs: bool) -> None:
     """Refuse (ExperimentError with the differences) a stage folder holding training outputs (`holds_outputs`:
-    a checkpoint or a finished stage) whose stored experiment differs from `resolved` in the stage's view, or
-    that has no record. A record alone (a run that stopped before its first checkpoint) binds nothing: the
-    next run writes its own."""
+    a checkpoint or a finished stage) whose stored experiment differs from `resolved` in the stage's view, that
+    holds another stage (`recorded_stage`), or that has no record. A record alone (a run that stopped before its
+    first checkpoint) binds nothing: the next run writes its own."""
     record = read_record(folder)
     if not holds_outputs:
         return
     if record is None:
         raise ExperimentError(f"{folder} holds training outputs but no {EXPERIMENT_RECORD}: it was made by an "
                               f"unknown experiment; use another output folder")
+    held = recorded_stage(record, folder)
+    if held is not None and held != stage:
+        raise ExperimentError(f"{folder} holds stage {held} of experiment {record.get('name')!r}, not stage {stage}; "
+                              f"use another output folder (stages.{stage}.output_dir=...)")
     stored, current = (stage_view(e, stage) for e in (record["experiment"], resolved.experiment.to_dict()))
     changed = differences(stored, current)
     if changed:
@@ -755,13 +834,15 @@ def check_stage_folder(resolved: ResolvedExperiment, stage: str, folder: str | o
                               f"use another run folder (run_dir=...) or delete it")
 
 
-def write_record(resolved: ResolvedExperiment, folder: str | os.PathLike) -> Path:
+def write_record(resolved: ResolvedExperiment, folder: str | os.PathLike, stage: str | None = None) -> Path:
+    """Store the resolved experiment (and the stage the folder holds, when given) in a stage folder."""
     from videopanda.io import write_json_atomic
 
-    return write_json_atomic(Path(folder) / EXPERIMENT_RECORD, resolved.record())
+    return write_json_atomic(Path(folder) / EXPERIMENT_RECORD, resolved.record(stage))
 
 
 __all__ = ["DISTILL_LOSSES", "Experiment", "ExperimentError", "FRAME_FIELDS", "LORA_TARGETS", "LoraSettings",
            "ResolvedExperiment", "STAGES",
            "StageSettings", "check_stage_folder", "config_dir", "launcher_dir", "differences", "experiment_names",
-           "find_experiment", "read_record", "resolve_experiment", "stage_view", "write_record"]
+           "find_experiment", "read_record", "recorded_stage", "resolve_experiment", "stage_view",
+           "videopanda_config_from_llm", "write_record"]

@@ -13,8 +13,9 @@ Adapter folder (every checkpoint and the stage's output of a LoRA run), written 
 - `config.json`, `generation_config.json`, tokenizer and processor files: the model's, so folder checks,
   the processor and the answer settings work as for a full folder;
 - `videopanda_adapter.json`: {"base": the absolute base folder, "base_identity": the base's
-  `model_identity` (a checksum of its config, tokenizer and every weight byte) when the adapters were
-  saved, "visual": which visual parts trained}.
+  `model_identity` (a checksum of its config, tokenizer and every weight byte) when the run started
+  (computed once, in preflight), "visual": which visual parts trained}. A run resumed from a checkpoint whose
+  recorded identity is not its base's now is refused before training (`train.preflight`).
 
 Reading and loading such a folder (`videopanda infer`, `chat`, `demo`, `eval`, the lmms-eval plugin,
 `merge-lora`) is the model-folder reader's (`videopanda.serve.model_folder`): the base is checked against
@@ -96,8 +97,12 @@ def _visual_state(training_model) -> dict:
     return training_model.released_state_dict(state)
 
 
-def save_adapter_folder(training_model, peft_model, folder: str | Path, base: str | Path, visual: str) -> None:
-    """Write the adapter folder (module docstring) but for the processor files, which the caller writes."""
+def save_adapter_folder(training_model, peft_model, folder: str | Path, base: str | Path, visual: str,
+                        base_identity: str | None = None) -> str:
+    """Write the adapter folder (module docstring) but for the processor files, which the caller writes; returns
+    the base identity it records: `base_identity`, the base's when the run started (computed here when None). A run
+    records the identity it started with at every save, so a base that changes during the run is not taken for
+    the one the adapters were trained on."""
     from safetensors.torch import save_file
 
     from videopanda.io import write_json_atomic
@@ -112,8 +117,9 @@ def save_adapter_folder(training_model, peft_model, folder: str | Path, base: st
     config.save_pretrained(folder)
     project_generation_config(config).save_pretrained(folder)
     base = Path(base).resolve()
-    write_json_atomic(folder / ADAPTER_RECORD, {"base": str(base), "base_identity": model_identity(base),
-                                                "visual": visual})
+    base_identity = base_identity or model_identity(base)
+    write_json_atomic(folder / ADAPTER_RECORD, {"base": str(base), "base_identity": base_identity, "visual": visual})
+    return base_identity
 
 
 def load_adapter_state(training_model, peft_model, folder: str | Path) -> None:

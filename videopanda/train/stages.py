@@ -28,7 +28,7 @@ read once per run (preflight) and handed to these functions.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,13 +114,17 @@ def apply_stage(model: nn.Module, stage: str) -> list[GroupInfo]:
 
 
 def read_config(folder: str | Path) -> dict:
+    """A model folder's config.json content: a JSON object (ValueError naming the file otherwise)."""
     path = Path(folder) / "config.json"
     try:
-        return json.loads(path.read_text())
+        config = json.loads(path.read_text())
     except FileNotFoundError:
         raise FileNotFoundError(f"{folder}: no config.json (not a model folder)") from None
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: a JSON {type(config).__name__} where an object is needed")
+    return config
 
 
 def detect_init_kind(folder: str | Path, init: str, config: dict) -> str:
@@ -140,22 +144,27 @@ def detect_init_kind(folder: str | Path, init: str, config: dict) -> str:
     raise ValueError(f"{folder}: model_type {model_type!r} is none of videopanda, eve, llama; set model.init")
 
 
-_CONFIG_DROP = ("model_type", "architectures", "auto_map", "transformers_version", "_name_or_path", "torch_dtype",
-                "dtype", "stab")
+def unloaded_tensors(kind: str, config, stored: Iterable[str]) -> list[str]:
+    """The tensors `build_model` takes from a starting folder of `kind` through `from_pretrained` that its weight
+    files (`stored`: the names written there) do not hold, sorted: `from_pretrained` would leave them at their
+    random initial values without a word. `config`: the `VideoPandaConfig` the model is built with (on the meta
+    device, no memory). A Video-Panda folder gives the whole model (stored under the released names); an EVE or
+    Llama folder the LLM only (the visual parts start fresh or are placed by `load_eve_visual_parts`). Tied tensors
+    count as one."""
+    import copy
 
+    from videopanda.model.checkpoint import released_key_to_model_key
+    from videopanda.model.videopanda import VideoPandaForCausalLM
 
-def videopanda_config_from_llm(folder_config: dict, stab_overrides: dict, config_overrides: dict | None = None):
-    """A VideoPandaConfig carrying an EVE / Llama folder's LLM fields (`folder_config`: its config.json's
-    content), `config_overrides` (frame sizes, number of frames, ...) and a fresh STAB (`stab_overrides`)."""
-    from videopanda.model.videopanda import VideoPandaConfig
-
-    raw = {k: v for k, v in folder_config.items() if k not in _CONFIG_DROP}
-    raw.update(config_overrides or {})
-    stab = dict(stab_overrides)
-    width = stab.get("width", raw.get("video_hidden_size", 1024))
-    stab["width"] = width
-    raw.update(video_hidden_size=width, mm_hidden_size=width)
-    return VideoPandaConfig(**raw, stab=stab)
+    with torch.device("meta"):
+        model = VideoPandaForCausalLM(copy.deepcopy(config))
+    rename = released_key_to_model_key if kind == "videopanda" else (lambda key: key)
+    have = {rename(key) for key in stored}
+    tied: dict[int, list[str]] = {}
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        if kind == "videopanda" or not name.startswith((STAB_PREFIX, PROJECTOR_PREFIX)):
+            tied.setdefault(id(tensor), []).append(name)
+    return sorted(names[0] for names in tied.values() if have.isdisjoint(names))
 
 
 def _place_parts(parts: dict[str, nn.Module], state: dict[str, torch.Tensor], key_map: Callable[[str], str | None],
@@ -238,6 +247,8 @@ def _videopanda_model(folder: str | Path, kind: str, folder_config: dict, stab_o
         config = VideoPandaConfig.from_dict(dict(folder_config), dtype=dtype, attn_implementation=attn_implementation)
         return VideoPandaForCausalLM.from_pretrained(folder, config=config, dtype=dtype,
                                                      attn_implementation=attn_implementation, **quantized)
+    from videopanda.train.experiment import videopanda_config_from_llm
+
     config = videopanda_config_from_llm(folder_config, stab_overrides, config_overrides)
     model = VideoPandaForCausalLM.from_pretrained(folder, config=config, dtype=dtype,
                                                   attn_implementation=attn_implementation)
@@ -329,4 +340,4 @@ def prepare_zero3(model: nn.Module, config: dict) -> dict:
 
 __all__ = ["GROUPS", "GroupInfo", "TEMPORAL_STAB_PARTS", "VISUAL_GROUPS", "apply_stage", "build_model",
            "detect_init_kind", "load_eve_visual_parts", "load_head_from_folder", "parameter_parts", "prepare_zero3",
-           "trainable_groups", "videopanda_config_from_llm"]
+           "read_config", "trainable_groups", "unloaded_tensors"]

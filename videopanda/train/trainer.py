@@ -231,11 +231,13 @@ class SamplerEpoch(TrainerCallback):
 @dataclass
 class LoraRun:
     """A LoRA run's adapters: the `PeftModel` around the trained model, the base folder it saves as its
-    base, and whether the visual parts train ("train" / "freeze")."""
+    base, whether the visual parts train ("train" / "freeze") and the base's identity when the run started
+    (`model_identity`, from preflight; None: computed at the first save)."""
 
     peft_model: object
     base: str
     visual: str
+    base_identity: str | None = None
 
 
 class VideoPandaTrainer(TrainerInternals):
@@ -413,7 +415,9 @@ class VideoPandaTrainer(TrainerInternals):
         if self.adapter is not None:  # the live weights: whole on every rank below ZeRO-3
             from videopanda.train.lora import save_adapter_folder
 
-            save_adapter_folder(model, self.adapter.peft_model, output_dir, self.adapter.base, self.adapter.visual)
+            self.adapter.base_identity = save_adapter_folder(model, self.adapter.peft_model, output_dir,
+                                                             self.adapter.base, self.adapter.visual,
+                                                             self.adapter.base_identity)
         else:
             model.save_pretrained(output_dir, state_dict=state_dict, save_teacher=self.save_teacher)
         if self.processing_class is not None:
