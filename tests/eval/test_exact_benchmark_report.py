@@ -159,8 +159,8 @@ def test_benchmark_judge_stage_five_aspects(tmp_path, monkeypatch, capsys):
     assert "| tiny-panda | 64.7 / 3.8 | - | - | - |" in markdown
     # bootstrap intervals over the items: correctness scores (4, 4, 0) -> a resample of three 0s (p = 1/27 >
     # 2.5%) and of three 4s are both in the 95% range; one item -> its score
-    assert ("| tiny-panda | 2.67 [0.00, 4.00] (n=3)* | 2.00 [0.00, 3.00] (n=3)* | 3.33 [0.00, 5.00] (n=3)* | "
-            "2.00 [2.00, 2.00] (n=1) | 1.00 [1.00, 1.00] (n=1) | 2.20 [0.60, 3.00]* |") in markdown
+    assert ("| tiny-panda | 2.67 [0.00, 4.00] (n=3)* | 2.00 [0.00, 3.00] (n=3)* | 3.33 [0.00, 5.00] (n=3)* "
+            "| 2.00 [2.00, 2.00] (n=1) | 1.00 [1.00, 1.00] (n=1) | 2.20 [0.60, 3.00]* |") in markdown
     assert "tiny-panda benchmark: Correctness of information: 3 questions: 2 judged, 1 failed" in markdown
     assert "gpt-3.5-turbo-0125" in markdown and "judge-test-0613" in markdown
     assert (report_dir / "benchmark.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

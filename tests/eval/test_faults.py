@@ -49,9 +49,10 @@ def test_merge_on_a_full_disk(msvd_root, tmp_path):
     with full_disk(tmp_path / "full", size_kb=64, fill=True) as full:
         code, stderr = videopanda("eval", "merge", "--pred-dir", tmp_path / "pred", "--dataset", "msvd",
                                   "--data-root", data_root, "--output", full / "merge.jsonl", "--allow-incomplete")
-        assert code == 2
-        assert one_error_line(stderr).endswith(f"{full / 'merge.jsonl'}: no space left on device")
+        assert code == 2  # the merge writes its sidecar first, so that is the file the full disk refuses
+        assert one_error_line(stderr).endswith(f"{full / 'merge.run.json'}: no space left on device")
         assert no_temporary_files(full) == [] and not (full / "merge.jsonl").exists()
+        assert not (full / "merge.run.json").exists()
 
 
 def test_an_append_on_a_full_disk_leaves_a_file_a_resume_can_read(msvd_root, tmp_path):

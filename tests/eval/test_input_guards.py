@@ -120,8 +120,9 @@ def test_byte_order_marks_are_read(tmp_path):
 
     nextqa = data_root / "eval" / "NExTQA"
     nextqa.mkdir(parents=True)
-    (nextqa / "val.csv").write_bytes(BOM + b"video,frame_count,width,height,question,answer,qid,type,a0,a1,a2,a3,a4\r\n"
-                                     b"4010069381,100,640,480,what does the man do,0,1,CW,runs,sits,eats,jumps,sleeps\r\n")
+    header = b"video,frame_count,width,height,question,answer,qid,type,a0,a1,a2,a3,a4\r\n"
+    row = b"4010069381,100,640,480,what does the man do,0,1,CW,runs,sits,eats,jumps,sleeps\r\n"
+    (nextqa / "val.csv").write_bytes(BOM + header + row)
     assert [(item.id, item.answer) for item in load_mc(data_root, "nextqa")] == [("4010069381_1", "A")]
 
     samples = [{"id": "s0", "video": "valley/a.mp4",

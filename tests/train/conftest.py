@@ -1,6 +1,7 @@
 """Tiny real folders for training tests: a Llama folder with a tokenizer trained in the test, a LanguageBind
 teacher folder, and a DATA_ROOT in the original training layout with real mp4s and text-only samples."""
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -75,6 +76,24 @@ def data_root(tmp_path_factory):
     for name in ("valley_.json", "videochatgpt_tune_.json"):
         (root / "train" / "train_json" / name).write_text(json.dumps(samples))
     return root
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture
+def vp_log():
+    """Messages of the `videopanda` loggers (they do not propagate to pytest's caplog)."""
+    handler = _Records()
+    logging.getLogger("videopanda").addHandler(handler)
+    yield handler.messages
+    logging.getLogger("videopanda").removeHandler(handler)
 
 
 def free_port() -> int:

@@ -1,7 +1,6 @@
 """The command line and the recipe, batch derivation, preflight errors and checkpoint bookkeeping (in-process, no
 training)."""
 import json
-import logging
 import re
 
 import pytest
@@ -47,24 +46,6 @@ def test_global_batch_is_split_exactly():
     assert plan.per_device_batch_size == 3
     with pytest.raises(ValueError, match="not divisible by the 3 processes"):
         derive_batch(8, 3, 4)
-
-
-class _Records(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.messages: list[str] = []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
-
-
-@pytest.fixture
-def vp_log():
-    """Messages of the `videopanda` loggers (they do not propagate to pytest's caplog)."""
-    handler = _Records()
-    logging.getLogger("videopanda").addHandler(handler)
-    yield handler.messages
-    logging.getLogger("videopanda").removeHandler(handler)
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 overlap what the stage reads or hold another stage, checkpoints of another experiment, stage, base or world size, and
 settings the model cannot take. Real folders made by real (tiny) runs; each refusal is one line, exit status 2."""
 import json
-import logging
 import shutil
 import subprocess
 from pathlib import Path
@@ -45,24 +44,6 @@ def lora_run(tmp_path_factory, base, tiny_args, trainkit):
     output = folder / "finetune"
     train(trainkit, tiny_args("finetune", own_base, output, *TWO_STEPS, *LORA))
     return own_base, output
-
-
-class _Records(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.messages: list[str] = []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
-
-
-@pytest.fixture
-def vp_log():
-    """Messages of the `videopanda` loggers (they do not propagate to pytest's caplog)."""
-    handler = _Records()
-    logging.getLogger("videopanda").addHandler(handler)
-    yield handler.messages
-    logging.getLogger("videopanda").removeHandler(handler)
 
 
 def refused(args: list[str], vp_log: list[str]) -> str:

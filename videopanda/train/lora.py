@@ -133,8 +133,10 @@ def load_adapter_state(training_model, peft_model, folder: str | Path) -> None:
     folder = Path(folder)
     read_adapter_record(folder)
     result = set_peft_model_state_dict(peft_model, load_file(folder / ADAPTER_WEIGHTS))
-    if result.unexpected_keys:
-        raise AdapterFolderError(f"{folder / ADAPTER_WEIGHTS}: unexpected {sorted(result.unexpected_keys)}")
+    missing = sorted(key for key in result.missing_keys if "lora_" in key)  # the base's own keys are not stored
+    if result.unexpected_keys or missing:
+        raise AdapterFolderError(f"{folder / ADAPTER_WEIGHTS}: unexpected {sorted(result.unexpected_keys)}, "
+                                 f"missing {missing}")
     state = read_visual(folder, include_training=training_model.distilling)
     load_visual_into(training_model.model, state, folder)
     if training_model.distilling:
