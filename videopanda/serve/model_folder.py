@@ -598,8 +598,13 @@ def _check_all_loaded(weights: Path, loading: dict) -> None:
     leave them at their random initial values); `loading`: its `output_loading_info`."""
     missing = sorted(loading.get("missing_keys") or ())
     if missing:
-        raise ModelFolderError(f"{weights}: {len(missing)} of the model's tensors are not in its weight files "
-                               f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); a partial save?")
+        raise ModelFolderError(missing_tensors_message(weights, missing))
+
+
+def missing_tensors_message(where: Path, missing: list[str]) -> str:
+    """The one line for weight files (`where`: the file, or its folder) that lack some of the model's tensors."""
+    shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+    return f"{where}: {len(missing)} of the model's tensors are not in its weight files ({shown}); a partial save?"
 
 
 def load_model(folder: str | Path | ModelFolder, device: str = "cpu", dtype: torch.dtype | None = None, *,

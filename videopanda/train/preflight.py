@@ -11,8 +11,8 @@ from pathlib import Path
 
 from videopanda.io import OutputError, describe_os_error, write_text_atomic
 from videopanda.log import get_logger
-from videopanda.serve.model_folder import ADAPTER_RECORD, ModelFolderError, is_adapter_folder, model_identity, \
-    read_adapter_record, read_model_folder
+from videopanda.serve.model_folder import ADAPTER_RECORD, ModelFolderError, is_adapter_folder, \
+    missing_tensors_message, model_identity, read_adapter_record, read_model_folder
 from videopanda.train.arguments import BatchPlan, derive_batch, report_integrations
 from videopanda.train.checkpointing import FINAL_MARKER, checkpoint_folders, checkpoint_world_size, finished_stage, \
     holds_last_step, is_complete, is_finished, latest_complete_checkpoint
@@ -252,8 +252,7 @@ def _all_tensors_stored(model: Path, kind: str, config, stored: set | None) -> N
     if missing:
         files, _ = checkpoint_files(model)
         where = files[0] if len(files) == 1 else model
-        raise PreflightError(f"{where}: {len(missing)} of the model's tensors are not in its weight files "
-                             f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); a partial save?")
+        raise PreflightError(missing_tensors_message(where, missing))
 
 
 def run_preflight(resolved: ResolvedExperiment, stage: str, resume: str = "auto",
